@@ -1,0 +1,965 @@
+#!/usr/bin/env python3
+"""Back up EC2 instances as AMIs, tag them at creation, and prune old ones by retention.
+
+Run it from cron:  python ec2_to_ami.py --config /etc/ec2-backup/daily.py -q
+
+Exit codes: 0 all servers done, 1 at least one server failed (the others were
+still done), 2 usage or config error (nothing done), 3 another run of the same
+config holds its lock (nothing done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import string
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+
+log = logging.getLogger("ec2_to_ami")
+
+TOOL = "ec2-to-ami"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+# --- The tag contract -------------------------------------------------------
+# Every managed image and its snapshots carry these tags, set at creation.
+# ami_to_ec2.py reads them; tests/test_contract.py keeps the two scripts agreed.
+# A value longer than TAG_VALUE_MAX continues in "<key>:2", "<key>:3", ...
+TAG_PREFIX = "ec2-to-ami:"
+TAG_MANAGED = "ec2-to-ami:managed-by"  # marker: value is TOOL
+TAG_SERVER = "ec2-to-ami:server"  # exactly the server name
+TAG_SCHEDULE = "ec2-to-ami:schedule"
+TAG_INSTANCE_ID = "ec2-to-ami:instance-id"
+TAG_CREATED = "ec2-to-ami:created"  # run start, ISO 8601 UTC
+# The source instance's launch configuration, for the restore.
+TAG_INSTANCE_TYPE = "ec2-to-ami:instance-type"
+TAG_SUBNET = "ec2-to-ami:subnet-id"
+TAG_SECURITY_GROUPS = "ec2-to-ami:security-group-ids"  # comma-separated
+TAG_KEY_NAME = "ec2-to-ami:key-name"
+TAG_INSTANCE_PROFILE = "ec2-to-ami:iam-instance-profile"  # ARN
+TAG_PRIVATE_IP = "ec2-to-ami:private-ip"
+TAG_ELASTIC_IP = "ec2-to-ami:eip-allocation-id"
+TAG_PLATFORM = "ec2-to-ami:platform"  # windows | linux
+TAG_HTTP_TOKENS = "ec2-to-ami:http-tokens"  # required | optional
+TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"  # JSON list of copied keys
+
+MAX_TAGS = 50
+TAG_VALUE_MAX = 256
+TAG_KEY_MAX = 128
+
+# --- EC2 facts ----------------------------------------------------------------
+AVAILABLE, PENDING, FAILED = "available", "pending", "failed"
+LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
+ERR_DUPLICATE_NAME = "InvalidAMIName.Duplicate"
+ERR_SNAPSHOT_IN_USE = "InvalidSnapshot.InUse"
+ERR_SNAPSHOT_NOT_FOUND = "InvalidSnapshot.NotFound"
+SNAPSHOT_SKIPPED = "skipped"  # DeregisterImage kept a snapshot another image uses
+SNAPSHOT_DELETED = "success"
+FILTER_VALUES_MAX = 200
+AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
+AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
+INSTANCE_ID_RE = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
+DEFAULT_MAX_ATTEMPTS = 10
+
+# --- Config -------------------------------------------------------------------
+
+DEFAULTS: dict[str, Any] = {
+    "REGION": None,
+    "PROFILE": None,
+    "SERVERS": [],
+    "SELECT_TAGS": {},
+    "SCHEDULE": "daily",
+    "KEEP": 7,
+    "MAX_AGE_DAYS": None,
+    "NO_REBOOT": True,
+    "TAGS": {},
+    "COPY_INSTANCE_TAGS": True,
+    "NAME_FORMAT": "{server}-{schedule}-{time:%Y%m%d-%H%M%S}",
+    "WAIT": True,
+    "WAIT_TIMEOUT_MINUTES": 120,
+    "LOG_FILE": None,
+}
+SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags"}
+NAME_FIELDS = {"server", "schedule", "time", "instance_id"}
+# Contract tags a single image can carry, counting continuation tags generously.
+CONTRACT_TAGS_MAX = 20
+
+
+class ConfigError(Exception):
+    """A config problem; the message names the setting."""
+
+
+@dataclass
+class ServerSpec:
+    """A server as the config names it."""
+
+    name: str
+    instance_id: str
+    keep: int
+    no_reboot: bool
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read a config file and return its validated settings."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            source = handle.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    namespace: dict[str, Any] = {"__file__": path, "__name__": "config"}
+    try:
+        exec(compile(source, path, "exec"), namespace)  # the config is Python by design
+    except SyntaxError as err:
+        raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
+    except Exception as err:  # any failure in the file is a config error
+        raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
+    settings = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+    return validate_config(settings)
+
+
+def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """Check every setting's name, type and range; return them merged with defaults."""
+    for name in settings:
+        if name not in DEFAULTS:
+            close = difflib.get_close_matches(name, DEFAULTS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+    config = {**DEFAULTS, **settings}
+    _check_optional_str(config, "REGION", REGION_RE, "a region such as eu-west-1")
+    _check_optional_str(config, "PROFILE")
+    _check_optional_str(config, "LOG_FILE")
+    _check_int(config, "KEEP", minimum=1)
+    _check_number(config, "WAIT_TIMEOUT_MINUTES", allow_none=False)
+    _check_number(config, "MAX_AGE_DAYS", allow_none=True)
+    for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT"):
+        _check_bool(config[name], name)
+    if not isinstance(config["SCHEDULE"], str) or not SCHEDULE_RE.match(config["SCHEDULE"]):
+        raise ConfigError("SCHEDULE must be 1-64 letters, digits, '.', '_' or '-'")
+    check_tags(config["TAGS"], "TAGS")
+    check_tags(config["SELECT_TAGS"], "SELECT_TAGS", allow_reserved=True)
+    config["SERVERS"] = check_servers(config)
+    check_name_format(config)
+    if not config["SERVERS"] and not config["SELECT_TAGS"]:
+        raise ConfigError("SERVERS and SELECT_TAGS are both empty: nothing to back up")
+    return config
+
+
+def _check_optional_str(config: dict, name: str, pattern=None, example: str = "") -> None:
+    """A setting that is None or a non-empty string (matching pattern, if given)."""
+    value = config[name]
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or (pattern and not pattern.match(value)):
+        want = example or "a non-empty string"
+        raise ConfigError(f"{name} must be None or {want}, not {value!r}")
+
+
+def _check_bool(value: Any, name: str) -> None:
+    """A setting that is True or False."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, not {value!r}")
+
+
+def _check_int(config: dict, name: str, minimum: int) -> None:
+    """A whole-number setting of at least minimum."""
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, not {value!r}")
+
+
+def _check_number(config: dict, name: str, allow_none: bool) -> None:
+    """A positive number setting, optionally None."""
+    value = config[name]
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        none = "None or " if allow_none else ""
+        raise ConfigError(f"{name} must be {none}a number > 0, not {value!r}")
+
+
+def check_tags(tags: Any, name: str, allow_reserved: bool = False) -> None:
+    """A dict of tag keys to string values within EC2's limits."""
+    if not isinstance(tags, dict):
+        raise ConfigError(f"{name} must be a dict of tag key to value, not {tags!r}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= TAG_KEY_MAX:
+            raise ConfigError(f"{name}: tag key {key!r} must be a string of 1-128 characters")
+        if not isinstance(value, str) or len(value) > TAG_VALUE_MAX:
+            raise ConfigError(f"{name}[{key!r}] must be a string of at most 256 characters")
+        if not allow_reserved and key.lower().startswith(("aws:", TAG_PREFIX)):
+            raise ConfigError(f"{name}: tag key {key!r} uses a reserved prefix")
+
+
+def check_servers(config: dict) -> list[ServerSpec]:
+    """Validate SERVERS and turn each entry into a ServerSpec."""
+    servers = config["SERVERS"]
+    if not isinstance(servers, (list, tuple)):
+        raise ConfigError(f"SERVERS must be a list of dicts, not {servers!r}")
+    specs: list[ServerSpec] = []
+    for index, entry in enumerate(servers):
+        where = f"SERVERS[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a dict with name and instance_id")
+        unknown = set(entry) - SERVER_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            close = difflib.get_close_matches(key, SERVER_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        specs.append(_server_spec(entry, where, config))
+    _check_unique(specs)
+    return specs
+
+
+def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
+    """Check one SERVERS entry and build its ServerSpec."""
+    name, instance_id = entry.get("name"), entry.get("instance_id")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    if not isinstance(instance_id, str) or not INSTANCE_ID_RE.match(instance_id):
+        raise ConfigError(
+            f"{where} ({name}): 'instance_id' {instance_id!r} is not an instance id "
+            "(i- and 8 or 17 hex digits)"
+        )
+    keep = entry.get("keep", config["KEEP"])
+    _check_int({f"{where}['keep']": keep}, f"{where}['keep']", minimum=1)
+    no_reboot = entry.get("no_reboot", config["NO_REBOOT"])
+    _check_bool(no_reboot, f"{where}['no_reboot']")
+    tags = entry.get("tags", {})
+    check_tags(tags, f"{where}['tags']")
+    return ServerSpec(name, instance_id, keep, no_reboot, dict(tags))
+
+
+def _check_unique(specs: list[ServerSpec]) -> None:
+    """No two SERVERS entries share a name or an instance id."""
+    for attribute in ("name", "instance_id"):
+        seen: set[str] = set()
+        for spec in specs:
+            value = getattr(spec, attribute)
+            if value in seen:
+                raise ConfigError(f"SERVERS: {attribute} {value!r} appears twice")
+            seen.add(value)
+
+
+def check_name_format(config: dict) -> None:
+    """NAME_FORMAT uses only known fields, includes {time}, and renders a valid name."""
+    fmt = config["NAME_FORMAT"]
+    if not isinstance(fmt, str):
+        raise ConfigError(f"NAME_FORMAT must be a string, not {fmt!r}")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None}
+    except ValueError as err:
+        raise ConfigError(f"NAME_FORMAT is not a valid format string: {err}") from None
+    if "time" not in fields:
+        raise ConfigError("NAME_FORMAT must contain {time}, so each backup has its own name")
+    unknown = fields - NAME_FIELDS
+    if unknown:
+        raise ConfigError(f"NAME_FORMAT: unknown field {{{sorted(unknown)[0]}}}")
+    sample = ServerSpec("server", "i-0123456789abcdef0", 1, True)
+    try:
+        name = render_name(fmt, sample, config["SCHEDULE"], datetime(2026, 1, 2, 3, 4, 5))
+    except (ValueError, KeyError, IndexError) as err:
+        raise ConfigError(f"NAME_FORMAT does not render: {err}") from None
+    if not AMI_NAME_RE.match(name):
+        raise ConfigError(f"NAME_FORMAT renders {name!r}, not a valid AMI name (3-128 chars)")
+
+
+def render_name(fmt: str, server: ServerSpec, schedule: str, when: datetime) -> str:
+    """Render an AMI name, replacing characters EC2 does not allow with '-'."""
+    name = fmt.format(
+        server=server.name, schedule=schedule, time=when, instance_id=server.instance_id
+    )
+    return AMI_NAME_BAD_CHARS.sub("-", name)
+
+
+# --- Retention planning (pure) ------------------------------------------------
+
+
+@dataclass
+class Image:
+    """A managed image as DescribeImages reports it."""
+
+    image_id: str
+    name: str
+    state: str
+    created: datetime
+    server: str
+    schedule: str
+    instance_id: str = ""
+    snapshot_ids: list[str] = field(default_factory=list)
+    reason: str = ""  # StateReason, for a failed image
+
+
+def plan_prune(
+    images: list[Image], keep: int, max_age_days: float | None, now: datetime
+) -> list[tuple[Image, str]]:
+    """Return (image, reason) for each image of one server that retention removes.
+
+    Failed images always go. Pending images never go. Of the available ones the
+    newest `keep` stay; older ones go, and with max_age_days so does any but the
+    newest that is older than that.
+    """
+    doomed = [(image, "state failed") for image in images if image.state == FAILED]
+    available = sorted(
+        (image for image in images if image.state == AVAILABLE),
+        key=lambda image: (image.created, image.image_id),
+        reverse=True,
+    )
+    cutoff = now - timedelta(days=max_age_days) if max_age_days is not None else None
+    for rank, image in enumerate(available):
+        if rank >= keep:
+            doomed.append((image, f"beyond KEEP={keep}"))
+        elif rank > 0 and cutoff is not None and image.created < cutoff:
+            doomed.append((image, f"older than MAX_AGE_DAYS={max_age_days:g}"))
+    return doomed
+
+
+# --- Tags -----------------------------------------------------------------------
+
+
+def split_value(key: str, value: str) -> list[tuple[str, str]]:
+    """Store a long value under key, key:2, key:3, ... without cutting it short."""
+    chunks = [value[i : i + TAG_VALUE_MAX] for i in range(0, len(value), TAG_VALUE_MAX)]
+    return [(key if n == 0 else f"{key}:{n + 1}", chunk) for n, chunk in enumerate(chunks)]
+
+
+def joined_value(tags: dict[str, str], key: str) -> str | None:
+    """Read back a value that split_value stored."""
+    if key not in tags:
+        return None
+    parts, n = [tags[key]], 2
+    while f"{key}:{n}" in tags:
+        parts.append(tags[f"{key}:{n}"])
+        n += 1
+    return "".join(parts)
+
+
+def contract_tags(
+    server: ServerSpec, schedule: str, created: datetime, instance: dict, eip: str | None
+) -> list[tuple[str, str]]:
+    """The tool's own tags for one backup: identity plus launch configuration."""
+    groups = ",".join(g["GroupId"] for g in instance.get("SecurityGroups", []))
+    values = [
+        (TAG_MANAGED, TOOL),
+        (TAG_SERVER, server.name),
+        (TAG_SCHEDULE, schedule),
+        (TAG_INSTANCE_ID, server.instance_id),
+        (TAG_CREATED, stamp(created)),
+        (TAG_INSTANCE_TYPE, instance.get("InstanceType")),
+        (TAG_SUBNET, instance.get("SubnetId")),
+        (TAG_SECURITY_GROUPS, groups),
+        (TAG_KEY_NAME, instance.get("KeyName")),
+        (TAG_INSTANCE_PROFILE, instance.get("IamInstanceProfile", {}).get("Arn")),
+        (TAG_PRIVATE_IP, instance.get("PrivateIpAddress")),
+        (TAG_ELASTIC_IP, eip),
+        (TAG_PLATFORM, "windows" if instance.get("Platform") == "windows" else "linux"),
+        (TAG_HTTP_TOKENS, instance.get("MetadataOptions", {}).get("HttpTokens")),
+    ]
+    tags: list[tuple[str, str]] = []
+    for key, value in values:
+        if value:
+            tags.extend(split_value(key, value))
+    return tags
+
+
+def stamp(when: datetime) -> str:
+    """The TAG_CREATED form of a time: ISO 8601 UTC to the second."""
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def instance_tags(instance: dict) -> list[tuple[str, str]]:
+    """The instance's own tags worth copying, Name first, then by key."""
+    own = [
+        (t["Key"], t["Value"])
+        for t in instance.get("Tags", [])
+        if not t["Key"].lower().startswith(("aws:", TAG_PREFIX))
+    ]
+    return sorted(own, key=lambda kv: (kv[0] != "Name", kv[0]))
+
+
+def backup_tags(
+    fixed: list[tuple[str, str]], extra: dict[str, str], copied: list[tuple[str, str]]
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Combine contract, config and instance tags within EC2's 50-tag limit.
+
+    The tool's tags come first, then the config's, then the instance's own;
+    an instance tag wins over a config tag of the same key, so a restore gets
+    the original's value. Returns the tags and the instance tag keys dropped.
+    """
+    copied_keys = {key for key, _ in copied}
+    base = fixed + [(k, v) for k, v in extra.items() if k not in copied_keys]
+    kept = list(copied)
+    while kept:
+        keys_tag = split_value(
+            TAG_INSTANCE_TAG_KEYS, json.dumps([k for k, _ in kept], separators=(",", ":"))
+        )
+        if len(base) + len(keys_tag) + len(kept) <= MAX_TAGS:
+            break
+        kept.pop()
+    else:
+        keys_tag = []
+    dropped = [key for key, _ in copied[len(kept) :]]
+    tags = base + keys_tag + kept
+    return [{"Key": k, "Value": v} for k, v in tags], dropped
+
+
+# --- AWS access -------------------------------------------------------------------
+
+
+def make_ec2(config: dict) -> Any:
+    """Build the EC2 client: region, profile and botocore's standard retries."""
+    try:
+        core = botocore.session.Session(profile=config["PROFILE"])
+        # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
+        region = config["REGION"] or os.environ.get("AWS_REGION") or None
+        session = boto3.Session(botocore_session=core, region_name=region)
+    except ProfileNotFound as err:
+        raise ConfigError(f"PROFILE: {err}") from None
+    if not session.region_name:
+        raise ConfigError(
+            "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
+        )
+    attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
+    retries = {"mode": "standard", "total_max_attempts": int(attempts)}
+    return session.client("ec2", config=Config(retries=retries, user_agent_extra=TOOL))
+
+
+def paginate(ec2: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:
+    """Yield every item under key from every page of a describe call."""
+    for page in ec2.get_paginator(operation).paginate(**kwargs):
+        yield from page.get(key, [])
+
+
+def error_text(err: Exception) -> str:
+    """A one-line description of an AWS error, with its code."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return f"{type(err).__name__}: {err}"
+
+
+def chunked(values: list[str], size: int = FILTER_VALUES_MAX) -> Iterator[list[str]]:
+    """Split values into filter-sized lists."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+# --- Look at what exists ------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server resolved to its instance, ready to back up."""
+
+    spec: ServerSpec
+    instance: dict
+    eip: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one server in this run."""
+
+    name: str
+    instance_id: str
+    image_id: str | None = None
+    image_name: str | None = None
+    created_tag: str = ""  # the TAG_CREATED value of this run's image
+    image: Image | None = None  # this run's image as last seen
+    error: str | None = None
+    pruned: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
+    """All instances matching filters, flattened out of their reservations."""
+    reservations = paginate(ec2, "describe_instances", "Reservations", Filters=filters)
+    return [instance for r in reservations for instance in r["Instances"]]
+
+
+def discover(ec2: Any, config: dict, only: list[str]) -> tuple[list[Server], list[Outcome]]:
+    """Resolve SERVERS and SELECT_TAGS to instances; return servers and early failures."""
+    specs = [s for s in config["SERVERS"] if not only or s.name in only]
+    failures: list[Outcome] = []
+    found: dict[str, dict] = {}
+    ids = [s.instance_id for s in specs]
+    for batch in chunked(ids):
+        for instance in describe_instances(ec2, [{"Name": "instance-id", "Values": batch}]):
+            found[instance["InstanceId"]] = instance
+    servers: list[Server] = []
+    for spec in specs:
+        instance = found.get(spec.instance_id)
+        state = instance["State"]["Name"] if instance else None
+        if state in LIVE_INSTANCE_STATES:
+            servers.append(Server(spec, instance))
+        else:
+            reason = f"instance is {state}" if state else "instance not found"
+            failures.append(Outcome(spec.name, spec.instance_id, error=reason))
+    servers += select_by_tags(ec2, config, set(ids) | {s.instance_id for s in config["SERVERS"]})
+    servers = [s for s in servers if not only or s.spec.name in only]
+    return split_name_clashes(servers, failures)
+
+
+def select_by_tags(ec2: Any, config: dict, listed: set[str]) -> list[Server]:
+    """Every live instance carrying all SELECT_TAGS that SERVERS does not list."""
+    if not config["SELECT_TAGS"]:
+        return []
+    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in config["SELECT_TAGS"].items()]
+    filters.append({"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES})
+    servers = []
+    for instance in describe_instances(ec2, filters):
+        if instance["InstanceId"] in listed:
+            continue
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        name = tags.get("Name") or instance["InstanceId"]
+        spec = ServerSpec(name, instance["InstanceId"], config["KEEP"], config["NO_REBOOT"])
+        servers.append(Server(spec, instance))
+    return servers
+
+
+def split_name_clashes(
+    servers: list[Server], failures: list[Outcome]
+) -> tuple[list[Server], list[Outcome]]:
+    """Fail every server name that two different instances resolve to."""
+    by_name: dict[str, list[Server]] = {}
+    for server in servers:
+        by_name.setdefault(server.spec.name, []).append(server)
+    clean: list[Server] = []
+    for name, group in by_name.items():
+        if len(group) == 1:
+            clean.extend(group)
+            continue
+        ids = ", ".join(s.spec.instance_id for s in group)
+        error = (
+            f"server name {name!r} resolves to several instances ({ids}); give them distinct names"
+        )
+        failures += [Outcome(name, s.spec.instance_id, error=error) for s in group]
+    return clean, failures
+
+
+def attach_elastic_ips(ec2: Any, servers: list[Server]) -> None:
+    """Record each server's Elastic IP allocation, from one DescribeAddresses call."""
+    by_id = {s.spec.instance_id: s for s in servers}
+    for address in ec2.describe_addresses().get("Addresses", []):
+        server = by_id.get(address.get("InstanceId", ""))
+        if server and address.get("AllocationId"):
+            server.eip = address["AllocationId"]
+
+
+def to_image(raw: dict) -> Image:
+    """Turn a DescribeImages entry into an Image."""
+    tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+    snapshots = [
+        m["Ebs"]["SnapshotId"]
+        for m in raw.get("BlockDeviceMappings", [])
+        if m.get("Ebs", {}).get("SnapshotId")
+    ]
+    return Image(
+        image_id=raw["ImageId"],
+        name=raw.get("Name", ""),
+        state=raw["State"],
+        created=parse_time(raw.get("CreationDate") or tags.get(TAG_CREATED, "")),
+        server=tags.get(TAG_SERVER, ""),
+        schedule=tags.get(TAG_SCHEDULE, ""),
+        instance_id=tags.get(TAG_INSTANCE_ID, ""),
+        snapshot_ids=snapshots,
+    )
+
+
+def parse_time(text: str) -> datetime:
+    """Parse EC2's ISO 8601 time; an unreadable one sorts as oldest."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def managed_images(ec2: Any, schedule: str | None) -> list[Image]:
+    """Every image this tool made in this account and region (for one schedule)."""
+    filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
+    if schedule:
+        filters.append({"Name": f"tag:{TAG_SCHEDULE}", "Values": [schedule]})
+    raw = paginate(ec2, "describe_images", "Images", Owners=["self"], Filters=filters)
+    return [to_image(image) for image in raw]
+
+
+# --- Do it ------------------------------------------------------------------------------
+
+
+def create_backup(ec2: Any, server: Server, config: dict, now: datetime, out: Outcome) -> None:
+    """Start CreateImage for one server, with every tag set at creation."""
+    spec = server.spec
+    name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+    if not AMI_NAME_RE.match(name):
+        out.error = f"NAME_FORMAT gives {name!r}, which is not a valid AMI name (3-128 chars)"
+        return
+    fixed = contract_tags(spec, config["SCHEDULE"], now, server.instance, server.eip)
+    copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
+    tags, dropped = backup_tags(fixed, {**config["TAGS"], **spec.tags}, copied)
+    if dropped:
+        out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
+    out.image_name, out.created_tag = name, stamp(now)
+    try:
+        response = ec2.create_image(
+            InstanceId=spec.instance_id,
+            Name=name,
+            Description=f"{TOOL} {config['SCHEDULE']} backup of {spec.name} ({spec.instance_id})",
+            NoReboot=spec.no_reboot,
+            TagSpecifications=[
+                {"ResourceType": "image", "Tags": tags},
+                {"ResourceType": "snapshot", "Tags": tags},
+            ],
+        )
+        out.image_id = response["ImageId"]
+    except ClientError as err:
+        if err.response["Error"]["Code"] != ERR_DUPLICATE_NAME:
+            raise
+        adopt_duplicate(ec2, spec, config["SCHEDULE"], name, out)
+
+
+def adopt_duplicate(ec2: Any, spec: ServerSpec, schedule: str, name: str, out: Outcome) -> None:
+    """Take an existing image of this name as this run's backup, if this tool made it."""
+    raw = list(
+        paginate(
+            ec2,
+            "describe_images",
+            "Images",
+            Owners=["self"],
+            Filters=[{"Name": "name", "Values": [name]}],
+        )
+    )
+    tags = {t["Key"]: t["Value"] for image in raw for t in image.get("Tags", [])}
+    ours = (
+        tags.get(TAG_MANAGED) == TOOL
+        and tags.get(TAG_INSTANCE_ID) == spec.instance_id
+        and tags.get(TAG_SCHEDULE) == schedule
+    )
+    if raw and ours:
+        out.image_id, out.created_tag = raw[0]["ImageId"], tags.get(TAG_CREATED, "")
+        log.info("%s: image %s already exists as %s; using it", spec.name, name, out.image_id)
+    else:
+        owner = raw[0]["ImageId"] if raw else "an image this account cannot see"
+        out.error = f"AMI name {name} is taken by {owner}, which is not this server's backup"
+
+
+def wait_for_images(ec2: Any, outcomes: list[Outcome], timeout_minutes: float) -> None:
+    """Poll all new images together until each is available, failed or timed out."""
+    waiting = {o.image_id: o for o in outcomes if o.image_id and not o.error}
+    deadline = time.monotonic() + timeout_minutes * 60
+    delay = POLL_FIRST_SECONDS
+    while waiting:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        images = describe_run_images(ec2, sorted({o.created_tag for o in waiting.values()}))
+        for image_id in list(waiting):
+            if settle_image(waiting[image_id], images.get(image_id)):
+                del waiting[image_id]
+        if waiting and time.monotonic() >= deadline:
+            for image_id, out in waiting.items():
+                out.error = f"image {image_id} still pending after {timeout_minutes:g} minutes"
+            return
+        delay = min(delay * POLL_FACTOR, POLL_MAX_SECONDS)
+
+
+def describe_run_images(ec2: Any, stamps: list[str]) -> dict[str, Image]:
+    """This run's images, found by their created tag: one call however many servers."""
+    filters = [
+        {"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]},
+        {"Name": f"tag:{TAG_CREATED}", "Values": stamps},
+    ]
+    images: dict[str, Image] = {}
+    for raw in paginate(ec2, "describe_images", "Images", Owners=["self"], Filters=filters):
+        image = to_image(raw)
+        image.reason = raw.get("StateReason", {}).get("Message", "")
+        images[image.image_id] = image
+    return images
+
+
+def settle_image(out: Outcome, image: Image | None) -> bool:
+    """Record one polled image in its outcome; return whether it is settled."""
+    if image is None:
+        if out.image is None:
+            return False  # not visible yet: EC2 is eventually consistent
+        out.error = f"image {out.image_id} disappeared while pending"
+        return True
+    out.image = image
+    if image.state == PENDING:
+        return False
+    if image.state != AVAILABLE:
+        reason = image.reason or "no reason given"
+        out.error = f"image {image.image_id} ended in state {image.state}: {reason}"
+    return True
+
+
+def deregister(ec2: Any, image: Image, out: Outcome) -> None:
+    """Deregister one image and delete its snapshots, so none is orphaned."""
+    response = ec2.deregister_image(ImageId=image.image_id, DeleteAssociatedSnapshots=True)
+    results = {r["SnapshotId"]: r["ReturnCode"] for r in response.get("DeleteSnapshotResults", [])}
+    for snapshot_id in image.snapshot_ids:
+        code = results.get(snapshot_id)
+        if code == SNAPSHOT_DELETED:
+            continue
+        if code == SNAPSHOT_SKIPPED:
+            out.warnings.append(f"snapshot {snapshot_id} of {image.image_id} kept: in use")
+            continue
+        delete_snapshot(ec2, snapshot_id, image.image_id, out)
+
+
+def delete_snapshot(ec2: Any, snapshot_id: str, image_id: str, out: Outcome) -> None:
+    """Delete a snapshot that DeregisterImage left behind; in use is only a warning."""
+    try:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    except ClientError as err:
+        code = err.response["Error"]["Code"]
+        if code == ERR_SNAPSHOT_NOT_FOUND:
+            return
+        if code != ERR_SNAPSHOT_IN_USE:
+            raise
+        out.warnings.append(f"snapshot {snapshot_id} of {image_id} kept: in use")
+
+
+def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
+    """Deregister the planned images of one server; an error fails that server."""
+    for image, reason in doomed:
+        try:
+            deregister(ec2, image, out)
+        except (ClientError, BotoCoreError) as err:
+            out.error = f"could not deregister {image.image_id}: {error_text(err)}"
+            return
+        out.pruned.append(image.image_id)
+        log.info("%s: deregistered %s (%s): %s", out.name, image.image_id, image.name, reason)
+
+
+# --- The run -------------------------------------------------------------------------------
+
+
+def run_backup(ec2: Any, config: dict, args: argparse.Namespace) -> int:
+    """Image every server, wait, prune the ones that succeeded, and report."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    servers, failures = discover(ec2, config, args.server)
+    check_requested(args.server, servers, failures)
+    attach_elastic_ips(ec2, servers)
+    existing = managed_images(ec2, config["SCHEDULE"])
+    if args.dry_run:
+        print_plan(servers, failures, existing, config, now)
+        return EXIT_FAILED if failures else EXIT_OK
+    outcomes = [Outcome(s.spec.name, s.spec.instance_id) for s in servers]
+    for server, out in zip(servers, outcomes, strict=True):
+        guarded(out, "backup failed", create_backup, ec2, server, config, now, out)
+    if config["WAIT"]:
+        wait_for_images(ec2, outcomes, config["WAIT_TIMEOUT_MINUTES"])
+    if not args.no_prune:
+        prune_all(ec2, servers, outcomes, existing, config)
+    return report(outcomes + failures)
+
+
+def guarded(out: Outcome, what: str, func: Any, *args: Any) -> None:
+    """Run one server's step; an AWS error fails that server only."""
+    try:
+        func(*args)
+    except (ClientError, BotoCoreError) as err:
+        out.error = f"{what}: {error_text(err)}"
+
+
+def check_requested(only: list[str], servers: list[Server], failures: list[Outcome]) -> None:
+    """Every --server NAME given must have resolved to something."""
+    known = {s.spec.name for s in servers} | {f.name for f in failures}
+    for name in only or []:
+        if name not in known:
+            failures.append(Outcome(name, "-", error="no such server in SERVERS or SELECT_TAGS"))
+
+
+def prune_all(
+    ec2: Any, servers: list[Server], outcomes: list[Outcome], existing: list[Image], config: dict
+) -> None:
+    """Apply retention to every server; one whose backup failed loses only failed images."""
+    now = datetime.now(timezone.utc)
+    for server, out in zip(servers, outcomes, strict=True):
+        images = {i.image_id: i for i in existing if i.server == out.name}
+        if out.image:
+            images[out.image.image_id] = out.image
+        doomed = plan_prune(list(images.values()), server.spec.keep, config["MAX_AGE_DAYS"], now)
+        if out.error:
+            doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
+        prune(ec2, doomed, out)
+
+
+def report(outcomes: list[Outcome]) -> int:
+    """Log one line per server and a summary; return the exit code."""
+    for out in outcomes:
+        for warning in out.warnings:
+            log.warning("%s (%s): %s", out.name, out.instance_id, warning)
+        if out.error:
+            log.error("%s (%s): FAILED: %s", out.name, out.instance_id, out.error)
+        else:
+            pruned = f"; pruned {', '.join(out.pruned)}" if out.pruned else ""
+            log.info("%s (%s): backed up as %s%s", out.name, out.instance_id, out.image_id, pruned)
+    failed = [o for o in outcomes if o.error]
+    level = logging.ERROR if failed else logging.INFO
+    log.log(
+        level,
+        "%d server(s): %d backed up, %d failed",
+        len(outcomes),
+        len(outcomes) - len(failed),
+        len(failed),
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --- Dry run and listing -----------------------------------------------------------------
+
+
+def print_plan(
+    servers: list[Server],
+    failures: list[Outcome],
+    existing: list[Image],
+    config: dict,
+    now: datetime,
+) -> None:
+    """Print what a run would do, assuming every new backup succeeds."""
+    for server in servers:
+        spec = server.spec
+        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        mode = "no reboot" if spec.no_reboot else "with reboot"
+        print(f"Would create image {name} of {spec.instance_id} ({spec.name}, {mode})")
+        images = [i for i in existing if i.server == spec.name]
+        assumed = Image("(new)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
+        for image, reason in plan_prune([*images, assumed], spec.keep, config["MAX_AGE_DAYS"], now):
+            print(f"Would deregister {image.image_id} ({image.name}) of {spec.name}: {reason}")
+    for out in failures:
+        print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
+
+
+def list_backups(ec2: Any, only: list[str]) -> int:
+    """Print a table of managed backups per server, newest first."""
+    images = [i for i in managed_images(ec2, None) if not only or i.server in only]
+    images.sort(key=lambda i: (i.server, -i.created.timestamp()))
+    rows = [("SERVER", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE")]
+    for i in images:
+        created = i.created.strftime("%Y-%m-%d %H:%M:%S")
+        rows.append((i.server, i.image_id, i.name, created, i.state, i.schedule))
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if not images:
+        print("(no managed backups)")
+    return EXIT_OK
+
+
+# --- Command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 on bad usage."""
+    parser = argparse.ArgumentParser(
+        prog="ec2_to_ami.py", description="Back up EC2 instances as AMIs and prune old ones."
+    )
+    parser.add_argument("--config", default=default_config_path(), help="config file")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--list", action="store_true", help="list managed backups and exit")
+    parser.add_argument("--server", action="append", metavar="NAME", help="only this server")
+    parser.add_argument("--no-prune", action="store_true", help="create backups, delete nothing")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    if args.list and (args.dry_run or args.no_prune):
+        parser.error("--list does not go with --dry-run or --no-prune")
+    return args
+
+
+def default_config_path() -> str:
+    """ec2_to_ami_config.py beside this script."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "ec2_to_ami_config.py")
+
+
+def setup_logging(args: argparse.Namespace, log_file: str | None = None) -> None:
+    """Log to stderr (and LOG_FILE); keep botocore quiet unless -vv."""
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.getLogger("botocore").setLevel(logging.DEBUG if args.verbose > 1 else logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if args.verbose > 1 else logging.WARNING)
+
+
+@contextmanager
+def run_lock(config_path: str) -> Iterator[bool]:
+    """Hold an exclusive lock per config file; yield False if another run holds it."""
+    digest = hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.lock")
+    with open(path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the config, take the lock, then list, plan or run the backup."""
+    args = parse_args(argv)
+    setup_logging(args)
+    try:
+        config = load_config(args.config)
+        setup_logging(args, config["LOG_FILE"])
+        if args.server and not config["SELECT_TAGS"]:
+            names = {s.name for s in config["SERVERS"]}
+            unknown = [n for n in args.server if n not in names]
+            if unknown:
+                raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
+        ec2 = make_ec2(config)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_USAGE
+    except OSError as err:
+        log.error("config error: LOG_FILE: %s", err)
+        return EXIT_USAGE
+    with run_lock(args.config) as locked:
+        if not locked:
+            log.error("another run of %s is still going; nothing done", args.config)
+            return EXIT_LOCKED
+        try:
+            if args.list:
+                return list_backups(ec2, args.server)
+            return run_backup(ec2, config, args)
+        except (ClientError, BotoCoreError) as err:
+            log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+            return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+# Settings for ec2_to_ami.py: plain Python, UPPER_CASE names only.
+# Run another file with:  python ec2_to_ami.py --config /path/to/weekly.py
+# A misspelt or mistyped setting stops the run with exit 2 before any AWS call.
+
+# AWS region. None: AWS_REGION / AWS_DEFAULT_REGION, or the profile's region.
+REGION = None
+
+# Named profile from ~/.aws/config. None: the default credential chain
+# (environment, profile, or the admin host's instance role).
+PROFILE = None
+
+# Servers to back up. name is the server's identity: it names its images and
+# its retention pool, and the restore finds backups by it.
+# Optional per server: keep (overrides KEEP), no_reboot (overrides NO_REBOOT),
+# tags (extra tags on this server's images and snapshots).
+SERVERS = [
+    # {"name": "web01", "instance_id": "i-0123456789abcdef0"},
+    # {"name": "dc01", "instance_id": "i-0fedcba9876543210", "no_reboot": False, "keep": 14},
+]
+
+# Also back up every non-terminated instance carrying all of these tags,
+# named by its Name tag (or its instance id). Instances in SERVERS are not
+# picked up twice. Example: {"Backup": "daily"}
+SELECT_TAGS = {}
+
+# Label of this schedule. Retention is counted per server per schedule, so a
+# daily and a weekly config keep separate pools of images.
+SCHEDULE = "daily"
+
+# Newest available backups kept per server (>= 1). Pending images never count
+# and are never deleted.
+KEEP = 7
+
+# Also delete backups older than this many days. The newest available backup
+# of a server is never deleted by age. None: no age limit.
+MAX_AGE_DAYS = None
+
+# True: image without rebooting (crash-consistent, no downtime).
+# False: EC2 reboots the instance for a file-system-consistent image.
+NO_REBOOT = True
+
+# Extra tags on every image and snapshot, e.g. {"CostCenter": "ops"}.
+TAGS = {}
+
+# Copy the instance's own tags (not aws:*) onto its images, so a restore can
+# give them back. With False a restore only gets the recorded configuration.
+COPY_INSTANCE_TAGS = True
+
+# AMI name. Fields: {server}, {schedule}, {time} (required, a UTC datetime),
+# {instance_id}. Characters EC2 does not allow become "-".
+NAME_FORMAT = "{server}-{schedule}-{time:%Y%m%d-%H%M%S}"
+
+# Wait until the new images are available, which verifies the backup.
+# A server whose image is not available in time is reported failed and not pruned.
+WAIT = True
+WAIT_TIMEOUT_MINUTES = 120
+
+# Also append log lines to this file. None: stderr only.
+LOG_FILE = None

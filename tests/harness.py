@@ -1,0 +1,264 @@
+"""A local EC2 endpoint for the tests: moto's server, patched where moto differs
+from EC2 in ways that matter to this tool, with fault injection and a call log.
+
+The server runs in a thread of the test process, on 127.0.0.1; the scripts under
+test reach it over HTTP through AWS_ENDPOINT_URL, exactly as they reach AWS.
+
+Patches (each has a test in tests/test_harness.py):
+  P1 CreateImage accepts a "snapshot" TagSpecification and tags the image's
+     snapshots (moto answers HTTP 500).
+  P2 CreateImage refuses a name already used in the account and region with
+     InvalidAMIName.Duplicate (moto allows duplicates).
+  P3 A new image is "pending" for `pending_seconds`, then "available", or
+     "failed" for instances listed in `fail_images_of` (moto: available at once).
+  P4 DeregisterImage honours DeleteAssociatedSnapshots and reports
+     DeleteSnapshotResults (moto ignores it and orphans the snapshot).
+  P5 CreateImage on a terminated instance fails with IncorrectInstanceState
+     (moto succeeds).
+
+Faults: `inject()` makes the next matching calls of an action fail with an EC2
+error document (for example RequestLimitExceeded with 503, InternalError with
+500), so botocore sees what it would see from EC2.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.amis import AmiBackend
+from moto.ec2.responses.amis import AmisResponse
+from moto.moto_api._internal.models import moto_api_backend
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+LINUX_AMI = "ami-1e749f67"  # from moto's bundled amis.json
+WINDOWS_AMI = "ami-03cf127a"
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+
+
+@dataclass
+class Fault:
+    """Make the next `times` calls of `action` (matching `match`) fail."""
+
+    action: str
+    code: str
+    status: int = 400
+    times: int = 1
+    match: dict[str, str] = field(default_factory=dict)
+    message: str = "injected by the test harness"
+
+    def matches(self, action: str, params: dict[str, str]) -> bool:
+        """Whether this fault applies to a call."""
+        if self.times <= 0 or action != self.action:
+            return False
+        return all(params.get(key) == value for key, value in self.match.items())
+
+
+@dataclass
+class Call:
+    """One request the endpoint saw."""
+
+    action: str
+    params: dict[str, str]
+    status: int = 0
+
+
+class Settings:
+    """Behaviour knobs the tests turn; read by the patched backend."""
+
+    def __init__(self) -> None:
+        self.pending_seconds = 0.0
+        self.fail_images_of: set[str] = set()
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+SETTINGS = Settings()
+
+
+# --- P1, P2, P3, P5: CreateImage ---------------------------------------------------
+
+_original_create_image = AmiBackend.create_image
+_original_describe_images = AmiBackend.describe_images
+
+
+def _create_image(self, instance_id, name, description, tag_specifications):
+    """CreateImage as EC2 does it: unique names, snapshot tags, a pending state."""
+    for ami in self.amis.values():
+        if ami.name == name and ami.owner_id == self.account_id:
+            raise EC2ClientError(
+                "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}"
+            )
+    instance = self.get_instance(instance_id)
+    if instance.state == "terminated":
+        raise EC2ClientError(
+            "IncorrectInstanceState",
+            f"The instance '{instance_id}' is not in a state from which it can be imaged.",
+        )
+    image_specs = [s for s in tag_specifications if s["ResourceType"] != "snapshot"]
+    snapshot_tags = [
+        t for s in tag_specifications if s["ResourceType"] == "snapshot" for t in s["Tags"]
+    ]
+    ami = _original_create_image(self, instance_id, name, description, image_specs)
+    for tag in snapshot_tags:
+        ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+    ami.state = "pending"
+    ami.harness_ready_at = time.monotonic() + SETTINGS.pending_seconds
+    ami.harness_final = "failed" if instance_id in SETTINGS.fail_images_of else "available"
+    return ami
+
+
+def _describe_images(self, *args, **kwargs):
+    """DescribeImages, after moving images whose time has come out of pending."""
+    now = time.monotonic()
+    for ami in self.amis.values():
+        ready_at = getattr(ami, "harness_ready_at", None)
+        if ami.state == "pending" and ready_at is not None and now >= ready_at:
+            ami.state = ami.harness_final
+    return _original_describe_images(self, *args, **kwargs)
+
+
+def finish_pending() -> None:
+    """Let every pending image settle at the next DescribeImages."""
+    from moto.ec2.models import ec2_backends
+
+    for account in ec2_backends.values():
+        for backend in account.values():
+            for ami in backend.amis.values():
+                if getattr(ami, "harness_ready_at", None) is not None:
+                    ami.harness_ready_at = 0.0
+
+
+# --- P4: DeregisterImage with DeleteAssociatedSnapshots ------------------------------
+
+
+def _deregister_image(self) -> ActionResult:
+    """DeregisterImage that deletes the image's snapshots when asked, as EC2 does."""
+    ami_id = self._get_param("ImageId")
+    delete_snapshots = self._get_bool_param("DeleteAssociatedSnapshots", False)
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    ami = backend.amis.get(ami_id)
+    backend.deregister_image(ami_id)
+    result: dict[str, Any] = {"Return": True}
+    if delete_snapshots and ami is not None:
+        snapshot = ami.ebs_snapshot
+        shared = any(other.ebs_snapshot.id == snapshot.id for other in backend.amis.values())
+        if not shared:
+            backend.delete_snapshot(snapshot.id)
+        code = "skipped" if shared else "success"
+        result["DeleteSnapshotResults"] = [{"SnapshotId": snapshot.id, "ReturnCode": code}]
+    return ActionResult(result)
+
+
+def apply_patches() -> None:
+    """Patch moto's EC2 backend in this process (idempotent)."""
+    AmiBackend.create_image = _create_image
+    AmiBackend.describe_images = _describe_images
+    AmisResponse.deregister_image = _deregister_image
+
+
+# --- Faults and the call log ---------------------------------------------------------
+
+ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+    "<RequestID>harness-{n}</RequestID></Response>"
+)
+
+
+class Endpoint:
+    """The patched moto server with its faults and call log."""
+
+    def __init__(self) -> None:
+        apply_patches()
+        self.faults: list[Fault] = []
+        self.calls: list[Call] = []
+        self.hooks: list[Callable[[Call], None]] = []
+        self._lock = threading.Lock()
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server("127.0.0.1", 0, self._wrap(app), threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> Endpoint:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()
+
+    def reset(self) -> None:
+        """Forget all AWS state, faults, calls and settings."""
+        moto_api_backend.reset()
+        SETTINGS.reset()
+        with self._lock:
+            self.faults.clear()
+            self.calls.clear()
+            self.hooks.clear()
+
+    def inject(
+        self, action: str, code: str, status: int = 400, times: int = 1, **match: str
+    ) -> Fault:
+        """Fail the next `times` calls of action whose parameters match."""
+        fault = Fault(action, code, status, times, match)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def count(self, action: str | None = None, ok: bool | None = None) -> int:
+        """How many calls (of an action; that succeeded or not) the endpoint saw."""
+        with self._lock:
+            calls = list(self.calls)
+        return sum(
+            1
+            for c in calls
+            if (action is None or c.action == action) and (ok is None or (c.status < 400) == ok)
+        )
+
+    def _take_fault(self, action: str, params: dict[str, str]) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(action, params):
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def _wrap(self, app: Any) -> Callable:
+        def middleware(environ: dict, start_response: Callable) -> Any:
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            params = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+            action = params.get("Action", "")
+            call = Call(action, params)
+            with self._lock:
+                self.calls.append(call)
+                hooks = list(self.hooks)
+            for hook in hooks:
+                hook(call)
+            fault = self._take_fault(action, params) if action else None
+            if fault:
+                call.status = fault.status
+                text = ERROR_XML.format(code=fault.code, message=fault.message, n=len(self.calls))
+                start_response(f"{fault.status} Error", [("Content-Type", "text/xml")])
+                return [text.encode()]
+
+            def recording_start(status: str, headers: list, exc_info: Any = None) -> Any:
+                call.status = int(status.split()[0])
+                return start_response(status, headers, exc_info)
+
+            return app(environ, recording_start)
+
+        return middleware

@@ -1,0 +1,129 @@
+"""Bad configs stop the backup with exit 2 and a message naming the setting, before any AWS call."""
+
+from __future__ import annotations
+
+import pytest
+
+from ec2_to_ami import ConfigError, load_config, validate_config
+from tests.conftest import ROOT, run, write_config
+
+GOOD_ID = "i-0123456789abcdef0"
+SERVER = {"name": "web01", "instance_id": GOOD_ID}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"KEPP": 3}, "unknown setting KEPP; did you mean KEEP?"),
+        ({"KEEP": 0}, "KEEP must be a whole number >= 1"),
+        ({"KEEP": "7"}, "KEEP must be a whole number >= 1"),
+        ({"KEEP": True}, "KEEP must be a whole number >= 1"),
+        ({"MAX_AGE_DAYS": -1}, "MAX_AGE_DAYS must be None or a number > 0"),
+        ({"NO_REBOOT": "yes"}, "NO_REBOOT must be True or False"),
+        ({"WAIT_TIMEOUT_MINUTES": 0}, "WAIT_TIMEOUT_MINUTES must be a number > 0"),
+        ({"REGION": "Ireland"}, "REGION must be None or a region such as eu-west-1"),
+        ({"SCHEDULE": "daily backups"}, "SCHEDULE must be 1-64 letters"),
+        ({"TAGS": {"aws:x": "1"}}, "TAGS: tag key 'aws:x' uses a reserved prefix"),
+        ({"TAGS": {"k": "v" * 257}}, "TAGS['k'] must be a string of at most 256"),
+        ({"TAGS": ["a"]}, "TAGS must be a dict"),
+        ({"NAME_FORMAT": "{server}-backup"}, "NAME_FORMAT must contain {time}"),
+        ({"NAME_FORMAT": "{host}-{time}"}, "NAME_FORMAT: unknown field {host}"),
+        ({"NAME_FORMAT": "{time:%Y}" + "x" * 130}, "not a valid AMI name"),
+        ({"SERVERS": "web01"}, "SERVERS must be a list of dicts"),
+        ({"SERVERS": [{"name": "web01", "instance_id": "i-123"}]}, "is not an instance id"),
+        ({"SERVERS": [{"name": "web01", "instance_id": "I-0123456789ABCDEF0"}]}, "not an instance"),
+        (
+            {"SERVERS": [{**SERVER, "kep": 2}]},
+            "SERVERS[0]: unknown key 'kep'; did you mean 'keep'?",
+        ),
+        ({"SERVERS": [{**SERVER, "keep": 0}]}, "SERVERS[0]['keep'] must be a whole number >= 1"),
+        ({"SERVERS": [{**SERVER, "no_reboot": 1}]}, "SERVERS[0]['no_reboot'] must be True"),
+        ({"SERVERS": [{"instance_id": GOOD_ID}]}, "SERVERS[0]: 'name' must be a non-empty"),
+        ({"SERVERS": [SERVER, SERVER]}, "SERVERS: name 'web01' appears twice"),
+        ({"SERVERS": [], "SELECT_TAGS": {}}, "nothing to back up"),
+    ],
+)
+def test_bad_setting_is_named(settings, message):
+    settings = {"SERVERS": [SERVER], **settings}
+    with pytest.raises(ConfigError) as err:
+        validate_config(settings)
+    assert message in str(err.value)
+
+
+def test_good_config_gets_defaults_and_server_overrides():
+    config = validate_config(
+        {
+            "SERVERS": [
+                {**SERVER, "keep": 3, "no_reboot": False},
+                {"name": "b", "instance_id": "i-0badcafe"},
+            ]
+        }
+    )
+    assert [(s.name, s.keep, s.no_reboot) for s in config["SERVERS"]] == [
+        ("web01", 3, False),
+        ("b", 7, True),
+    ]
+    assert config["SCHEDULE"] == "daily"
+
+
+def test_the_shipped_example_config_only_lacks_servers():
+    with pytest.raises(ConfigError, match="nothing to back up"):
+        load_config(str(ROOT / "ec2_to_ami_config.py"))
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("KEEP = 3\nSERVERS = [\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value)
+    assert "line 2" in str(err.value) or "line 3" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("KEPP = 3\n", "unknown setting KEPP; did you mean KEEP?"),
+        ("SERVERS = [{'name': 'x', 'instance_id': 'i-zz'}]\n", "SERVERS[0] (x): 'instance_id'"),
+        ("KEEP = (\n", "line 1"),
+        ("import nonexistent_module\n", "ModuleNotFoundError"),
+    ],
+)
+def test_bad_config_exits_2_without_traceback_or_aws_call(endpoint, tmp_path, body, message):
+    path = tmp_path / "config.py"
+    path.write_text(body, encoding="utf-8")
+    result = run("ec2_to_ami.py", path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert endpoint.count() == 0
+
+
+def test_missing_config_file_exits_2(endpoint, tmp_path):
+    result = run("ec2_to_ami.py", tmp_path / "nope.py")
+    assert result.returncode == 2
+    assert "cannot read config file" in result.stderr and "nope.py" in result.stderr
+    assert endpoint.count() == 0
+
+
+def test_missing_region_exits_2(endpoint, tmp_path):
+    path = write_config(tmp_path / "c.py", SERVERS=[SERVER])
+    result = run("ec2_to_ami.py", path, AWS_REGION="", AWS_DEFAULT_REGION="")
+    assert result.returncode == 2
+    assert "REGION is None" in result.stderr
+    assert endpoint.count() == 0
+
+
+def test_unknown_server_flag_exits_2(endpoint, tmp_path):
+    path = write_config(tmp_path / "c.py", SERVERS=[SERVER])
+    result = run("ec2_to_ami.py", path, "--server", "web02")
+    assert result.returncode == 2
+    assert "--server web02: not in SERVERS" in result.stderr
+    assert endpoint.count() == 0
+
+
+def test_bad_usage_exits_2(endpoint, tmp_path):
+    path = write_config(tmp_path / "c.py", SERVERS=[SERVER])
+    result = run("ec2_to_ami.py", path, "--list", "--dry-run")
+    assert result.returncode == 2
+    assert endpoint.count() == 0

@@ -1,0 +1,120 @@
+"""The harness's patches make moto behave like EC2, and its faults look like EC2's."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.conftest import REGION, tags_of
+from tests.harness import LINUX_AMI, SETTINGS, finish_pending
+
+IMAGE_TAGS = [{"Key": "who", "Value": "test"}]
+
+
+def image_of(ec2, instance_id: str, name: str = "img-1", specs=None) -> str:
+    specs = specs or [
+        {"ResourceType": "image", "Tags": IMAGE_TAGS},
+        {"ResourceType": "snapshot", "Tags": IMAGE_TAGS},
+    ]
+    return ec2.create_image(InstanceId=instance_id, Name=name, TagSpecifications=specs)["ImageId"]
+
+
+def an_instance(ec2) -> str:
+    return ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
+
+
+def snapshot_ids(ec2) -> set[str]:
+    snaps = ec2.describe_snapshots(Filters=[{"Name": "owner-id", "Values": ["123456789012"]}])
+    return {s["SnapshotId"] for s in snaps["Snapshots"]}
+
+
+def test_p1_create_image_tags_snapshots_at_creation(ec2):
+    image_id = image_of(ec2, an_instance(ec2))
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert tags_of(snapshot) == {"who": "test"}
+    assert tags_of(image) == {"who": "test"}
+
+
+def test_p2_duplicate_image_name_is_refused(ec2):
+    instance_id = an_instance(ec2)
+    first = image_of(ec2, instance_id, name="same-name")
+    with pytest.raises(ClientError) as err:
+        image_of(ec2, instance_id, name="same-name")
+    assert err.value.response["Error"]["Code"] == "InvalidAMIName.Duplicate"
+    assert first in err.value.response["Error"]["Message"]
+
+
+def test_p3_new_image_is_pending_then_available(ec2):
+    SETTINGS.pending_seconds = 0.6
+    image_id = image_of(ec2, an_instance(ec2))
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "pending"
+    time.sleep(0.7)
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"
+
+
+def test_p3_image_of_a_marked_instance_ends_failed(ec2):
+    instance_id = an_instance(ec2)
+    SETTINGS.pending_seconds = 60
+    SETTINGS.fail_images_of.add(instance_id)
+    image_id = image_of(ec2, instance_id)
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "pending"
+    finish_pending()
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "failed"
+
+
+def test_p4_deregister_deletes_associated_snapshots_only_when_asked(ec2):
+    instance_id = an_instance(ec2)
+    kept, deleted = image_of(ec2, instance_id, "img-a"), image_of(ec2, instance_id, "img-b")
+    before = snapshot_ids(ec2)
+    ec2.deregister_image(ImageId=kept)
+    assert snapshot_ids(ec2) == before  # EC2's default: snapshots stay
+
+    response = ec2.deregister_image(ImageId=deleted, DeleteAssociatedSnapshots=True)
+    [result] = response["DeleteSnapshotResults"]
+    assert result["ReturnCode"] == "success"
+    assert snapshot_ids(ec2) == before - {result["SnapshotId"]}
+
+
+def test_p5_terminated_instance_cannot_be_imaged(ec2):
+    instance_id = an_instance(ec2)
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    with pytest.raises(ClientError) as err:
+        image_of(ec2, instance_id)
+    assert err.value.response["Error"]["Code"] == "IncorrectInstanceState"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("RequestLimitExceeded", 503), ("InternalError", 500)]
+)
+def test_injected_fault_reads_as_an_ec2_error_and_is_then_retried(endpoint, code, status):
+    import boto3
+
+    no_retry = boto3.client(
+        "ec2",
+        region_name=REGION,
+        endpoint_url=endpoint.url,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    endpoint.inject("DescribeImages", code, status, times=1)
+    with pytest.raises(ClientError) as err:
+        no_retry.describe_images(Owners=["self"])
+    assert err.value.response["Error"]["Code"] == code
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    no_retry.describe_images(Owners=["self"])  # the fault was used up
+    assert endpoint.count("DescribeImages", ok=False) == 1
+    assert endpoint.count("DescribeImages", ok=True) == 1
+
+
+def test_fault_matches_only_the_named_parameters(ec2, endpoint):
+    first, second = an_instance(ec2), an_instance(ec2)
+    endpoint.inject("CreateImage", "InvalidParameterValue", times=5, InstanceId=second)
+    image_of(ec2, first, "img-ok")
+    with pytest.raises(ClientError):
+        image_of(ec2, second, "refused")
