@@ -15,6 +15,16 @@ Patches (each has a test in tests/test_harness.py):
      DeleteSnapshotResults (moto ignores it and orphans the snapshot).
   P5 CreateImage on a terminated instance fails with IncorrectInstanceState
      (moto succeeds).
+  P6 RunInstances with a ClientToken it has seen returns that reservation
+     again, or IdempotentParameterMismatch if the image or count differ
+     (moto launches new instances every time).
+  P7 RunInstances honours DisableApiTermination (moto ignores it).
+  P8 A new instance is "pending" for `instance_pending_seconds`, then
+     "running"; AssociateAddress on a pending instance fails with
+     IncorrectInstanceState, as on EC2 (moto: running at once).
+  P9 Terminating an instance disassociates its Elastic IP and deletes its
+     primary network interface, freeing its private IP, as on EC2 (moto keeps
+     both attached to the terminated instance).
 
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
@@ -35,7 +45,10 @@ from typing import Any
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.amis import AmiBackend
+from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
+from moto.ec2.models.instances import Instance, InstanceState
 from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.responses.instances import InstanceResponse
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
@@ -79,6 +92,7 @@ class Settings:
     def __init__(self) -> None:
         self.pending_seconds = 0.0
         self.fail_images_of: set[str] = set()
+        self.instance_pending_seconds = 0.0
 
     def reset(self) -> None:
         self.__init__()
@@ -90,7 +104,9 @@ SETTINGS = Settings()
 # --- P1, P2, P3, P5: CreateImage ---------------------------------------------------
 
 _original_create_image = AmiBackend.create_image
-_original_describe_images = AmiBackend.describe_images
+_original_run_instances = InstanceResponse.run_instances
+_original_associate_address = ElasticAddressBackend.associate_address
+_original_terminate = Instance.terminate
 
 
 def _create_image(self, instance_id, name, description, tag_specifications):
@@ -119,25 +135,33 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     return ami
 
 
-def _describe_images(self, *args, **kwargs):
-    """DescribeImages, after moving images whose time has come out of pending."""
+def _backends() -> list[Any]:
+    """Every EC2 backend (account, region) moto has made so far."""
+    from moto.ec2.models import ec2_backends
+
+    return [backend for account in ec2_backends.values() for backend in account.values()]
+
+
+def advance() -> None:
+    """Move images and instances whose time has come out of pending (P3, P8)."""
     now = time.monotonic()
-    for ami in self.amis.values():
-        ready_at = getattr(ami, "harness_ready_at", None)
-        if ami.state == "pending" and ready_at is not None and now >= ready_at:
-            ami.state = ami.harness_final
-    return _original_describe_images(self, *args, **kwargs)
+    for backend in _backends():
+        for ami in list(backend.amis.values()):
+            ready_at = getattr(ami, "harness_ready_at", None)
+            if ami.state == "pending" and ready_at is not None and now >= ready_at:
+                ami.state = ami.harness_final
+        for instance in list(backend.all_instances()):
+            ready_at = getattr(instance, "harness_ready_at", None)
+            if instance.state == "pending" and ready_at is not None and now >= ready_at:
+                instance._state = InstanceState("running", 16)
 
 
 def finish_pending() -> None:
     """Let every pending image settle at the next DescribeImages."""
-    from moto.ec2.models import ec2_backends
-
-    for account in ec2_backends.values():
-        for backend in account.values():
-            for ami in backend.amis.values():
-                if getattr(ami, "harness_ready_at", None) is not None:
-                    ami.harness_ready_at = 0.0
+    for backend in _backends():
+        for ami in backend.amis.values():
+            if getattr(ami, "harness_ready_at", None) is not None:
+                ami.harness_ready_at = 0.0
 
 
 # --- P4: DeregisterImage with DeleteAssociatedSnapshots ------------------------------
@@ -162,11 +186,59 @@ def _deregister_image(self) -> ActionResult:
     return ActionResult(result)
 
 
+# --- P6, P7, P8: RunInstances and AssociateAddress -----------------------------------
+
+
+def _run_instances(self) -> ActionResult:
+    """RunInstances with EC2's ClientToken idempotency, termination protection and pending."""
+    token = self._get_param("ClientToken")
+    if token and not self._get_bool_param("DryRun", False):
+        for reservation in self.ec2_backend.reservations.values():
+            first = reservation.instances[0] if reservation.instances else None
+            if first is not None and first.client_token == token:
+                same = first.image_id == self._get_param("ImageId") and len(
+                    reservation.instances
+                ) == int(self._get_param("MinCount", 1))
+                if not same:
+                    raise EC2ClientError("IdempotentParameterMismatch", f"token {token} reused")
+                return ActionResult(reservation)
+    result = _original_run_instances(self)
+    protect = self._get_bool_param("DisableApiTermination", False)
+    for instance in result.result.instances:
+        instance.disable_api_termination = protect
+        if SETTINGS.instance_pending_seconds:
+            instance._state = InstanceState("pending", 0)
+            instance.harness_ready_at = time.monotonic() + SETTINGS.instance_pending_seconds
+    return result
+
+
+def _associate_address(self, instance=None, *args, **kwargs):
+    """AssociateAddress refuses an instance that is not yet running."""
+    if instance is not None and instance.state == "pending":
+        raise EC2ClientError(
+            "IncorrectInstanceState",
+            f"The pending instance '{instance.id}' is not in a valid state for this operation.",
+        )
+    return _original_associate_address(self, instance, *args, **kwargs)
+
+
+def _terminate(self) -> InstanceState:
+    """Terminate, releasing the Elastic IP and the primary network interface (P9)."""
+    for address in self.ec2_backend.addresses:
+        if address.instance is self:
+            self.ec2_backend.disassociate_address(address=address.public_ip)
+    for nic in self.nics.values():
+        nic.delete_on_termination = True
+    return _original_terminate(self)
+
+
 def apply_patches() -> None:
     """Patch moto's EC2 backend in this process (idempotent)."""
     AmiBackend.create_image = _create_image
-    AmiBackend.describe_images = _describe_images
     AmisResponse.deregister_image = _deregister_image
+    InstanceResponse.run_instances = _run_instances
+    ElasticAddressBackend.associate_address = _associate_address
+    Instance.terminate = _terminate
 
 
 # --- Faults and the call log ---------------------------------------------------------
@@ -248,6 +320,7 @@ class Endpoint:
                 hooks = list(self.hooks)
             for hook in hooks:
                 hook(call)
+            advance()
             fault = self._take_fault(action, params) if action else None
             if fault:
                 call.status = fault.status

@@ -118,3 +118,62 @@ def test_fault_matches_only_the_named_parameters(ec2, endpoint):
     image_of(ec2, first, "img-ok")
     with pytest.raises(ClientError):
         image_of(ec2, second, "refused")
+
+
+def launch_one(ec2, **extra) -> str:
+    return ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, **extra)["Instances"][0][
+        "InstanceId"
+    ]
+
+
+def state_of(ec2, instance_id: str) -> str:
+    reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return reservations[0]["Instances"][0]["State"]["Name"]
+
+
+def test_p6_client_token_returns_the_same_reservation(ec2):
+    first = launch_one(ec2, ClientToken="token-1")
+    again = launch_one(ec2, ClientToken="token-1")
+    assert first == again
+    assert launch_one(ec2, ClientToken="token-2") != first
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=LINUX_AMI, MinCount=2, MaxCount=2, ClientToken="token-1")
+    assert err.value.response["Error"]["Code"] == "IdempotentParameterMismatch"
+
+
+def test_p7_termination_protection_is_honoured(ec2):
+    instance_id = launch_one(ec2, DisableApiTermination=True)
+    with pytest.raises(ClientError) as err:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    assert err.value.response["Error"]["Code"] == "OperationNotPermitted"
+    attribute = ec2.describe_instance_attribute(
+        InstanceId=instance_id, Attribute="disableApiTermination"
+    )
+    assert attribute["DisableApiTermination"]["Value"] is True
+
+
+def test_p8_new_instance_is_pending_and_refuses_an_elastic_ip_until_running(ec2):
+    SETTINGS.instance_pending_seconds = 0.6
+    instance_id = launch_one(ec2)
+    allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    assert state_of(ec2, instance_id) == "pending"
+    with pytest.raises(ClientError) as err:
+        ec2.associate_address(AllocationId=allocation, InstanceId=instance_id)
+    assert err.value.response["Error"]["Code"] == "IncorrectInstanceState"
+    time.sleep(0.7)
+    assert state_of(ec2, instance_id) == "running"
+    ec2.associate_address(AllocationId=allocation, InstanceId=instance_id)
+
+
+def test_p9_termination_frees_the_elastic_ip_and_private_ip(ec2):
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    instance_id = launch_one(ec2, SubnetId=subnet, PrivateIpAddress="10.9.1.50")
+    allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(AllocationId=allocation, InstanceId=instance_id)
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    [address] = ec2.describe_addresses(AllocationIds=[allocation])["Addresses"]
+    assert not address.get("InstanceId")
+    ip_filter = [{"Name": "addresses.private-ip-address", "Values": ["10.9.1.50"]}]
+    assert ec2.describe_network_interfaces(Filters=ip_filter)["NetworkInterfaces"] == []
+    launch_one(ec2, SubnetId=subnet, PrivateIpAddress="10.9.1.50")  # the address is free again

@@ -1,0 +1,1048 @@
+#!/usr/bin/env python3
+"""Launch a working replacement EC2 instance from a backup made by ec2_to_ami.py.
+
+    python ami_to_ec2.py --server web01 --dry-run
+    python ami_to_ec2.py --server web01
+
+The backup recorded the original's launch configuration on the image, so the
+server's name is enough, even when the original instance is gone.
+
+Exit codes: 0 launched and reached WAIT, 1 an AWS-side failure (the report
+still names every instance launched), 2 usage or config error (no AWS call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+
+log = logging.getLogger("ami_to_ec2")
+
+TOOL = "ec2-to-ami"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# --- The tag contract (written by ec2_to_ami.py; tests/test_contract.py keeps them equal) ---
+TAG_PREFIX = "ec2-to-ami:"
+TAG_MANAGED = "ec2-to-ami:managed-by"
+TAG_SERVER = "ec2-to-ami:server"
+TAG_SCHEDULE = "ec2-to-ami:schedule"
+TAG_INSTANCE_ID = "ec2-to-ami:instance-id"
+TAG_CREATED = "ec2-to-ami:created"
+TAG_INSTANCE_TYPE = "ec2-to-ami:instance-type"
+TAG_SUBNET = "ec2-to-ami:subnet-id"
+TAG_SECURITY_GROUPS = "ec2-to-ami:security-group-ids"
+TAG_KEY_NAME = "ec2-to-ami:key-name"
+TAG_INSTANCE_PROFILE = "ec2-to-ami:iam-instance-profile"
+TAG_PRIVATE_IP = "ec2-to-ami:private-ip"
+TAG_ELASTIC_IP = "ec2-to-ami:eip-allocation-id"
+TAG_PLATFORM = "ec2-to-ami:platform"
+TAG_HTTP_TOKENS = "ec2-to-ami:http-tokens"
+TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"
+# Tags the restore puts on the new instance.
+TAG_RESTORED_FROM = "ec2-to-ami:restored-from"  # source image id
+TAG_RESTORED_BACKUP_TIME = "ec2-to-ami:restored-backup-time"  # the backup's created time
+
+MAX_TAGS = 50
+
+# --- EC2 facts -------------------------------------------------------------------------
+AVAILABLE, RUNNING, PENDING = "available", "running", "pending"
+GONE_STATES = {"terminated", "shutting-down"}
+STATUS_OK = "ok"
+ERR_DRY_RUN_OK = "DryRunOperation"
+NOT_FOUND_CODES = {
+    "InvalidSubnetID.NotFound": "subnet",
+    "InvalidGroup.NotFound": "security group",
+    "InvalidGroupId.Malformed": "security group",
+    "InvalidKeyPair.NotFound": "key pair",
+    "InvalidInstanceType": "instance type",
+    "InvalidAllocationID.NotFound": "Elastic IP allocation",
+    "InvalidAMIID.NotFound": "image",
+    "InvalidAMIID.Malformed": "image",
+}
+AMI_ID_RE = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+SUBNET_ID_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
+GROUP_ID_RE = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
+ALLOCATION_ID_RE = re.compile(r"^eipalloc-([0-9a-f]{8}|[0-9a-f]{17})$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+WINDOWS_NAME_MAX = 15
+VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
+WAIT_MODES = ("none", "running", "status-ok")
+POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
+DEFAULT_MAX_ATTEMPTS = 10
+
+# --- Config -------------------------------------------------------------------------------
+
+DEFAULTS: dict[str, Any] = {
+    "REGION": None,
+    "PROFILE": None,
+    "SERVER": None,
+    "AMI_ID": None,
+    "SCHEDULE": None,
+    "BACKUP_BEFORE": None,
+    "COUNT": 1,
+    "INSTANCE_TYPE": None,
+    "SUBNET_ID": None,
+    "SECURITY_GROUP_IDS": None,
+    "KEY_NAME": None,
+    "IAM_INSTANCE_PROFILE": None,
+    "PRIVATE_IP": None,
+    "ELASTIC_IP": "same",
+    "ALLOW_REASSOCIATION": False,
+    "HOSTNAME": None,
+    "USER_DATA": None,
+    "NAME": None,
+    "TAGS": {},
+    "TERMINATION_PROTECTION": False,
+    "IMDSV2": None,
+    "VOLUME_TYPE": None,
+    "ENCRYPTED": None,
+    "KMS_KEY_ID": None,
+    "DELETE_ON_TERMINATION": None,
+    "WAIT": "status-ok",
+    "WAIT_TIMEOUT_MINUTES": 30,
+}
+
+
+class ConfigError(Exception):
+    """A config or usage problem; the message names the setting."""
+
+
+class RestoreError(Exception):
+    """A problem found before launching; nothing was launched."""
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read a config file's UPPER_CASE settings (not yet validated)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            source = handle.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    namespace: dict[str, Any] = {"__file__": path, "__name__": "config"}
+    try:
+        exec(compile(source, path, "exec"), namespace)  # the config is Python by design
+    except SyntaxError as err:
+        raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
+    except Exception as err:  # any failure in the file is a config error
+        raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
+    settings = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+    for name in settings:
+        if name not in DEFAULTS:
+            close = difflib.get_close_matches(name, DEFAULTS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+    return {**DEFAULTS, **settings}
+
+
+def apply_flags(config: dict, args: argparse.Namespace) -> dict:
+    """Command-line flags override the file."""
+    config = dict(config)
+    if args.server is not None:
+        config["SERVER"], config["AMI_ID"] = args.server, None
+    if args.ami is not None:
+        config["AMI_ID"], config["SERVER"] = args.ami, None
+    if args.before is not None:
+        config["BACKUP_BEFORE"] = args.before
+    if args.count is not None:
+        config["COUNT"] = args.count
+    return config
+
+
+def validate_config(config: dict, listing: bool = False) -> dict:
+    """Check every setting; return the config with parsed values."""
+    _check_choice(config, "SERVER", str)
+    _check_pattern(config, "AMI_ID", AMI_ID_RE, "an image id such as ami-0123456789abcdef0")
+    if not listing and bool(config["SERVER"]) == bool(config["AMI_ID"]):
+        raise ConfigError("set exactly one of SERVER and AMI_ID (or --server / --ami)")
+    _check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
+    for name in ("PROFILE", "SCHEDULE", "INSTANCE_TYPE", "KEY_NAME", "IAM_INSTANCE_PROFILE"):
+        _check_choice(config, name, str)
+    for name in ("NAME", "KMS_KEY_ID"):
+        _check_choice(config, name, str)
+    _check_pattern(config, "SUBNET_ID", SUBNET_ID_RE, "a subnet id")
+    config["BACKUP_BEFORE"] = parse_before(config["BACKUP_BEFORE"])
+    count = config["COUNT"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"COUNT must be a whole number >= 1, not {count!r}")
+    check_group_ids(config["SECURITY_GROUP_IDS"])
+    check_private_ip(config["PRIVATE_IP"], count)
+    check_elastic_ip(config["ELASTIC_IP"])
+    check_hostname(config["HOSTNAME"])
+    config["USER_DATA"] = read_user_data(config["USER_DATA"])
+    check_tags(config["TAGS"])
+    for name in ("ALLOW_REASSOCIATION", "TERMINATION_PROTECTION"):
+        if not isinstance(config[name], bool):
+            raise ConfigError(f"{name} must be True or False, not {config[name]!r}")
+    for name in ("ENCRYPTED", "DELETE_ON_TERMINATION"):
+        if config[name] is not None and not isinstance(config[name], bool):
+            raise ConfigError(f"{name} must be None, True or False, not {config[name]!r}")
+    check_volume_settings(config)
+    _check_enum(config, "IMDSV2", (None, "required", "optional"))
+    _check_enum(config, "WAIT", WAIT_MODES)
+    minutes = config["WAIT_TIMEOUT_MINUTES"]
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+        raise ConfigError(f"WAIT_TIMEOUT_MINUTES must be a number > 0, not {minutes!r}")
+    return config
+
+
+def _check_choice(config: dict, name: str, kind: type) -> None:
+    """A setting that is None or a non-empty value of kind."""
+    value = config[name]
+    if value is not None and (not isinstance(value, kind) or not value):
+        raise ConfigError(f"{name} must be None or a non-empty {kind.__name__}, not {value!r}")
+
+
+def _check_pattern(config: dict, name: str, pattern: re.Pattern, want: str) -> None:
+    """A setting that is None or matches pattern."""
+    value = config[name]
+    if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+        raise ConfigError(f"{name} must be None or {want}, not {value!r}")
+
+
+def _check_enum(config: dict, name: str, choices: tuple) -> None:
+    """A setting that is one of choices."""
+    if config[name] not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {shown}, not {config[name]!r}")
+
+
+def parse_before(value: Any) -> datetime | None:
+    """BACKUP_BEFORE as an aware datetime; a time without zone is UTC."""
+    if value is None or isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"BACKUP_BEFORE must be an ISO 8601 time such as 2026-11-20T02:00Z, not {value!r}"
+            ) from None
+    else:
+        raise ConfigError(f"BACKUP_BEFORE must be None or an ISO 8601 time, not {value!r}")
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when
+
+
+def check_group_ids(groups: Any) -> None:
+    """SECURITY_GROUP_IDS: None or a non-empty list of sg- ids."""
+    if groups is None:
+        return
+    if not isinstance(groups, (list, tuple)) or not groups:
+        raise ConfigError(f"SECURITY_GROUP_IDS must be None or a list of sg- ids, not {groups!r}")
+    for group in groups:
+        if not isinstance(group, str) or not GROUP_ID_RE.match(group):
+            raise ConfigError(f"SECURITY_GROUP_IDS: {group!r} is not a security group id")
+
+
+def check_private_ip(value: Any, count: int) -> None:
+    """PRIVATE_IP: None, "same" or an IPv4 address; a fixed address allows COUNT=1 only."""
+    if value is None:
+        return
+    if value != "same":
+        try:
+            ipaddress.IPv4Address(value)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f'PRIVATE_IP must be None, "same" or an IPv4 address, not {value!r}'
+            ) from None
+    if count != 1:
+        raise ConfigError(f"PRIVATE_IP = {value!r} needs COUNT = 1 (one address, one instance)")
+
+
+def check_elastic_ip(value: Any) -> None:
+    """ELASTIC_IP: None, "same" or an allocation id."""
+    if value in (None, "same"):
+        return
+    if not isinstance(value, str) or not ALLOCATION_ID_RE.match(value):
+        raise ConfigError(f'ELASTIC_IP must be None, "same" or an eipalloc- id, not {value!r}')
+
+
+def check_hostname(value: Any) -> None:
+    """HOSTNAME: None or a valid DNS host name."""
+    if value is None:
+        return
+    labels = value.split(".") if isinstance(value, str) else []
+    if not labels or len(value) > 253 or not all(HOST_LABEL_RE.match(x) for x in labels):
+        raise ConfigError(f"HOSTNAME must be a DNS host name such as web01, not {value!r}")
+
+
+def read_user_data(value: Any) -> str | None:
+    """USER_DATA: text, or "@path" to read a file."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f'USER_DATA must be None, text or "@path", not {type(value).__name__}')
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as err:
+        raise ConfigError(f"USER_DATA: cannot read {value[1:]}: {err.strerror}") from None
+
+
+def check_tags(tags: Any) -> None:
+    """TAGS: a dict of string tag keys to string values within EC2's limits."""
+    if not isinstance(tags, dict):
+        raise ConfigError(f"TAGS must be a dict of tag key to value, not {tags!r}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
+            raise ConfigError(f"TAGS: {key!r} is not a usable tag key")
+        if not isinstance(value, str) or len(value) > 256:
+            raise ConfigError(f"TAGS[{key!r}] must be a string of at most 256 characters")
+
+
+def check_volume_settings(config: dict) -> None:
+    """VOLUME_TYPE, ENCRYPTED and KMS_KEY_ID must agree."""
+    if config["VOLUME_TYPE"] is not None and config["VOLUME_TYPE"] not in VOLUME_TYPES:
+        raise ConfigError(
+            f"VOLUME_TYPE must be None or one of {', '.join(sorted(VOLUME_TYPES))}, "
+            f"not {config['VOLUME_TYPE']!r}"
+        )
+    if config["KMS_KEY_ID"] and config["ENCRYPTED"] is False:
+        raise ConfigError("KMS_KEY_ID needs ENCRYPTED = True (or None)")
+
+
+# --- What the backup recorded -----------------------------------------------------------------
+
+
+def joined_value(tags: dict[str, str], key: str) -> str | None:
+    """Read a tag value that may continue under key:2, key:3, ..."""
+    if key not in tags:
+        return None
+    parts, n = [tags[key]], 2
+    while f"{key}:{n}" in tags:
+        parts.append(tags[f"{key}:{n}"])
+        n += 1
+    return "".join(parts)
+
+
+@dataclass
+class Recorded:
+    """The original instance's configuration, as the backup recorded it on the image."""
+
+    server: str | None = None
+    schedule: str | None = None
+    instance_id: str | None = None
+    created: str | None = None
+    instance_type: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: list[str] = field(default_factory=list)
+    key_name: str | None = None
+    instance_profile: str | None = None
+    private_ip: str | None = None
+    elastic_ip: str | None = None
+    platform: str | None = None
+    http_tokens: str | None = None
+    instance_tags: dict[str, str] = field(default_factory=dict)
+
+
+def read_recorded(image: dict) -> Recorded:
+    """Read the tag contract off an image; an image without it gives an empty record."""
+    tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+    value = lambda key: joined_value(tags, key)  # noqa: E731 - a local shorthand
+    keys = json.loads(value(TAG_INSTANCE_TAG_KEYS) or "[]")
+    platform = value(TAG_PLATFORM) or ("windows" if image.get("Platform") == "windows" else None)
+    return Recorded(
+        server=value(TAG_SERVER),
+        schedule=value(TAG_SCHEDULE),
+        instance_id=value(TAG_INSTANCE_ID),
+        created=value(TAG_CREATED) or image.get("CreationDate"),
+        instance_type=value(TAG_INSTANCE_TYPE),
+        subnet_id=value(TAG_SUBNET),
+        security_group_ids=[g for g in (value(TAG_SECURITY_GROUPS) or "").split(",") if g],
+        key_name=value(TAG_KEY_NAME),
+        instance_profile=value(TAG_INSTANCE_PROFILE),
+        private_ip=value(TAG_PRIVATE_IP),
+        elastic_ip=value(TAG_ELASTIC_IP),
+        platform=platform or "linux",
+        http_tokens=value(TAG_HTTP_TOKENS),
+        instance_tags={k: tags[k] for k in keys if k in tags},
+    )
+
+
+# --- User data --------------------------------------------------------------------------------
+
+WINDOWS_RENAME = """$name = '{name}'
+if ($env:COMPUTERNAME -ne $name) {{ Rename-Computer -NewName $name -Force -Restart }}"""
+
+
+def build_user_data(platform: str, hostname: str | None, extra: str | None) -> str | None:
+    """Combine HOSTNAME and USER_DATA into the user data the platform's agent runs.
+
+    Without HOSTNAME, USER_DATA passes through unchanged. With it: on Linux a
+    cloud-config part that sets the host name, followed by USER_DATA as a second
+    MIME part; on Windows an EC2Launch v2 document whose executeScript tasks
+    (frequency: always) run USER_DATA and then rename the computer if needed.
+    """
+    if not hostname:
+        return extra
+    if platform == "windows":
+        return windows_user_data(hostname, extra)
+    return linux_user_data(hostname, extra)
+
+
+def linux_user_data(hostname: str, extra: str | None) -> str:
+    """cloud-init user data that sets the host name, plus any extra part."""
+    short = hostname.split(".")[0]
+    cloud_config = f"#cloud-config\npreserve_hostname: false\nhostname: {short}\n"
+    if "." in hostname:
+        cloud_config += f"fqdn: {hostname}\nprefer_fqdn_over_hostname: false\n"
+    if not extra:
+        return cloud_config
+    archive = MIMEMultipart()
+    archive.attach(MIMEText(cloud_config, "cloud-config", "utf-8"))
+    archive.attach(MIMEText(extra, mime_subtype(extra), "utf-8"))
+    return archive.as_string()
+
+
+def mime_subtype(text: str) -> str:
+    """cloud-init's part type for a piece of user data, from its first line."""
+    first = text.lstrip().split("\n", 1)[0]
+    if first.startswith("#cloud-config"):
+        return "cloud-config"
+    if first.startswith("#include"):
+        return "x-include-url"
+    if first.startswith("## template: jinja"):
+        return "jinja2"
+    return "x-shellscript"
+
+
+def windows_user_data(hostname: str, extra: str | None) -> str:
+    """An EC2Launch v2 document that runs extra (if any) and sets the computer name."""
+    name = hostname.split(".")[0]
+    if len(name) > WINDOWS_NAME_MAX:
+        raise RestoreError(f"HOSTNAME {name!r} is longer than Windows allows (15 characters)")
+    scripts = []
+    if extra:
+        body = extra.strip()
+        if body.startswith("version:"):
+            raise RestoreError(
+                "USER_DATA is an EC2Launch v2 document, which cannot be merged with HOSTNAME; "
+                "add a setHostName task to it and leave HOSTNAME = None"
+            )
+        match = re.fullmatch(
+            r"<powershell>(.*)</powershell>\s*(<persist>.*</persist>)?", body, re.S
+        )
+        scripts.append(match.group(1).strip() if match else body)
+    scripts.append(WINDOWS_RENAME.format(name=name))
+    lines = ["version: 1.1", "tasks:", "- task: executeScript", "  inputs:"]
+    for script in scripts:
+        lines += ["  - frequency: always", "    type: powershell", "    runAs: localSystem"]
+        lines += ["    content: |-"] + [f"      {line}" for line in script.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+# --- Plan the launch (pure) ---------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything the launch will do."""
+
+    image: dict
+    recorded: Recorded
+    params: dict[str, Any]
+    elastic_ip: str | None
+    name: str
+    warnings: list[str] = field(default_factory=list)
+    eip_holder: str | None = None  # who held the Elastic IP when checked before launch
+
+
+def plan_launch(
+    config: dict, image: dict, recorded: Recorded, original_alive: bool, token: str
+) -> Plan:
+    """Build RunInstances parameters from the config, falling back to what was recorded."""
+    pick = lambda setting, fallback: config[setting] or fallback  # noqa: E731
+    instance_type = pick("INSTANCE_TYPE", recorded.instance_type)
+    subnet = pick("SUBNET_ID", recorded.subnet_id)
+    groups = list(pick("SECURITY_GROUP_IDS", recorded.security_group_ids) or [])
+    missing = [
+        name for name, v in (("INSTANCE_TYPE", instance_type), ("SUBNET_ID", subnet)) if not v
+    ]
+    if missing:
+        raise RestoreError(
+            f"image {image['ImageId']} has no recorded {' or '.join(missing)}; set it in the config"
+        )
+    warnings: list[str] = []
+    name = restored_name(config, recorded, original_alive, warnings)
+    params: dict[str, Any] = {
+        "ImageId": image["ImageId"],
+        "MinCount": config["COUNT"],
+        "MaxCount": config["COUNT"],
+        "InstanceType": instance_type,
+        "SubnetId": subnet,
+        "ClientToken": token,
+        "MetadataOptions": {
+            "HttpTokens": config["IMDSV2"] or recorded.http_tokens or "required",
+            "HttpEndpoint": "enabled",
+        },
+        "DisableApiTermination": config["TERMINATION_PROTECTION"],
+        "TagSpecifications": tag_specifications(config, image, recorded, name),
+    }
+    if groups:
+        params["SecurityGroupIds"] = groups
+    optional = {
+        "KeyName": pick("KEY_NAME", recorded.key_name),
+        "IamInstanceProfile": instance_profile(
+            pick("IAM_INSTANCE_PROFILE", recorded.instance_profile)
+        ),
+        "PrivateIpAddress": private_ip(config["PRIVATE_IP"], recorded),
+        "UserData": build_user_data(recorded.platform, config["HOSTNAME"], config["USER_DATA"]),
+        "BlockDeviceMappings": volume_overrides(config, image),
+    }
+    params.update({k: v for k, v in optional.items() if v})
+    eip = recorded.elastic_ip if config["ELASTIC_IP"] == "same" else config["ELASTIC_IP"]
+    if eip and config["COUNT"] > 1:
+        warnings.append(
+            f"COUNT={config['COUNT']}: Elastic IP {eip} goes to the first instance only"
+        )
+    return Plan(image, recorded, params, eip, name, warnings)
+
+
+def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnings: list) -> str:
+    """NAME, or the original's Name, with "-restored" while the original still exists."""
+    if config["NAME"]:
+        return config["NAME"]
+    name = recorded.instance_tags.get("Name") or recorded.server or "restored"
+    if original_alive:
+        warnings.append(
+            f"original instance {recorded.instance_id} still exists, so the new instance is "
+            f"named {name}-restored; set NAME to choose"
+        )
+        name += "-restored"
+    return name
+
+
+def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str) -> list[dict]:
+    """The original's tags, then TAGS, then Name and the restored-from tags."""
+    tags = {**recorded.instance_tags, **config["TAGS"], "Name": name}
+    tags[TAG_RESTORED_FROM] = image["ImageId"]
+    if recorded.created:
+        tags[TAG_RESTORED_BACKUP_TIME] = recorded.created
+    if len(tags) > MAX_TAGS:
+        raise RestoreError(f"{len(tags)} tags for the new instance; EC2 allows 50: trim TAGS")
+    pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+    return [{"ResourceType": kind, "Tags": pairs} for kind in ("instance", "volume")]
+
+
+def instance_profile(value: str | None) -> dict | None:
+    """IamInstanceProfile by ARN or by name."""
+    if not value:
+        return None
+    return {"Arn": value} if value.startswith("arn:") else {"Name": value}
+
+
+def private_ip(setting: str | None, recorded: Recorded) -> str | None:
+    """The fixed private address, if one was asked for."""
+    if setting != "same":
+        return setting
+    if not recorded.private_ip:
+        raise RestoreError('PRIVATE_IP = "same", but the backup recorded no private address')
+    return recorded.private_ip
+
+
+def volume_overrides(config: dict, image: dict) -> list[dict] | None:
+    """Apply VOLUME_TYPE, ENCRYPTED, KMS_KEY_ID and DELETE_ON_TERMINATION to every EBS volume."""
+    ebs: dict[str, Any] = {}
+    if config["VOLUME_TYPE"]:
+        ebs["VolumeType"] = config["VOLUME_TYPE"]
+    if config["ENCRYPTED"] is not None or config["KMS_KEY_ID"]:
+        ebs["Encrypted"] = config["ENCRYPTED"] is not False
+    if config["KMS_KEY_ID"]:
+        ebs["KmsKeyId"] = config["KMS_KEY_ID"]
+    if config["DELETE_ON_TERMINATION"] is not None:
+        ebs["DeleteOnTermination"] = config["DELETE_ON_TERMINATION"]
+    if not ebs:
+        return None
+    devices = [m["DeviceName"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m]
+    return [{"DeviceName": device, "Ebs": dict(ebs)} for device in devices] or None
+
+
+# --- AWS access ---------------------------------------------------------------------------------
+
+
+def make_ec2(config: dict) -> Any:
+    """Build the EC2 client: region, profile and botocore's standard retries."""
+    try:
+        core = botocore.session.Session(profile=config["PROFILE"])
+        # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
+        region = config["REGION"] or os.environ.get("AWS_REGION") or None
+        session = boto3.Session(botocore_session=core, region_name=region)
+    except ProfileNotFound as err:
+        raise ConfigError(f"PROFILE: {err}") from None
+    if not session.region_name:
+        raise ConfigError(
+            "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
+        )
+    attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
+    retries = {"mode": "standard", "total_max_attempts": int(attempts)}
+    return session.client("ec2", config=Config(retries=retries, user_agent_extra=TOOL))
+
+
+def error_text(err: Exception) -> str:
+    """A one-line description of an AWS error, with its code."""
+    if isinstance(err, LaunchError):
+        return str(err)
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return f"{type(err).__name__}: {err}"
+
+
+def describe(ec2: Any, what: str, call: str, key: str, **kwargs: Any) -> list[dict]:
+    """A describe call whose not-found error becomes a RestoreError naming `what`."""
+    try:
+        return getattr(ec2, call)(**kwargs).get(key, [])
+    except ClientError as err:
+        if err.response["Error"]["Code"] not in NOT_FOUND_CODES:
+            raise
+        raise RestoreError(f"{what} does not exist ({error_text(err)})") from None
+
+
+def managed_images(ec2: Any, server: str | None, schedule: str | None) -> list[dict]:
+    """This tool's images in this account and region, newest first."""
+    filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
+    if server:
+        filters.append({"Name": f"tag:{TAG_SERVER}", "Values": [server]})
+    if schedule:
+        filters.append({"Name": f"tag:{TAG_SCHEDULE}", "Values": [schedule]})
+    images: list[dict] = []
+    for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=filters):
+        images += page.get("Images", [])
+    return sorted(images, key=lambda i: (i.get("CreationDate", ""), i["ImageId"]), reverse=True)
+
+
+def created_at(image: dict) -> datetime:
+    """An image's creation time."""
+    return datetime.fromisoformat(image["CreationDate"].replace("Z", "+00:00"))
+
+
+# --- Look: find the backup and what surrounds it --------------------------------------------------
+
+
+def find_image(ec2: Any, config: dict) -> dict:
+    """The image to restore: AMI_ID, or the newest available backup of SERVER."""
+    if config["AMI_ID"]:
+        what = f"image {config['AMI_ID']}"
+        [image] = describe(ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]])
+        if image["State"] != AVAILABLE:
+            raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
+        return image
+    images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
+    before = config["BACKUP_BEFORE"]
+    for image in images:
+        if image["State"] == AVAILABLE and (before is None or created_at(image) <= before):
+            return image
+    raise RestoreError(no_backup_message(ec2, config))
+
+
+def no_backup_message(ec2: Any, config: dict) -> str:
+    """Say which backup is missing, and which servers do have backups."""
+    scope = f" of schedule {config['SCHEDULE']}" if config["SCHEDULE"] else ""
+    when = (
+        f" at or before {config['BACKUP_BEFORE']:%Y-%m-%dT%H:%M:%SZ}"
+        if config["BACKUP_BEFORE"]
+        else ""
+    )
+    servers = sorted(
+        {read_recorded(i).server or "?" for i in managed_images(ec2, None, config["SCHEDULE"])}
+    )
+    known = ", ".join(servers) if servers else "none"
+    server = config["SERVER"]
+    return f"no available backup{scope} of server {server!r}{when}. Servers with backups: {known}"
+
+
+def original_alive(ec2: Any, recorded: Recorded) -> bool:
+    """Whether the backed-up instance still exists (not terminated)."""
+    if not recorded.instance_id:
+        return False
+    filters = [{"Name": "instance-id", "Values": [recorded.instance_id]}]
+    reservations = ec2.describe_instances(Filters=filters).get("Reservations", [])
+    states = {i["State"]["Name"] for r in reservations for i in r["Instances"]}
+    return bool(states - GONE_STATES)
+
+
+def check_before_launch(ec2: Any, plan: Plan) -> None:
+    """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so."""
+    params = plan.params
+    subnet_id = params["SubnetId"]
+    [subnet] = describe(
+        ec2, f"subnet {subnet_id}", "describe_subnets", "Subnets", SubnetIds=[subnet_id]
+    )
+    groups = params.get("SecurityGroupIds", [])
+    if groups:
+        what = f"security group(s) {', '.join(groups)}"
+        found = describe(ec2, what, "describe_security_groups", "SecurityGroups", GroupIds=groups)
+        for group in found:
+            if group.get("VpcId") != subnet["VpcId"]:
+                raise RestoreError(
+                    f"security group {group['GroupId']} is in {group.get('VpcId')}, but subnet "
+                    f"{subnet_id} is in {subnet['VpcId']}; set SUBNET_ID and SECURITY_GROUP_IDS"
+                )
+    if params.get("KeyName"):
+        what = f"key pair {params['KeyName']}"
+        describe(ec2, what, "describe_key_pairs", "KeyPairs", KeyNames=[params["KeyName"]])
+    check_architecture(ec2, plan)
+    if params.get("PrivateIpAddress"):
+        check_address_free(ec2, params["PrivateIpAddress"], subnet)
+    if plan.elastic_ip:
+        plan.eip_holder = elastic_ip_holder(ec2, plan.elastic_ip)
+
+
+def check_architecture(ec2: Any, plan: Plan) -> None:
+    """The instance type must run the image's architecture."""
+    instance_type = plan.params["InstanceType"]
+    what = f"instance type {instance_type}"
+    [info] = describe(
+        ec2, what, "describe_instance_types", "InstanceTypes", InstanceTypes=[instance_type]
+    )
+    supported = info.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+    architecture = plan.image.get("Architecture")
+    if architecture and supported and architecture not in supported:
+        raise RestoreError(
+            f"instance type {instance_type} runs {', '.join(supported)}, but image "
+            f"{plan.image['ImageId']} is {architecture}; set INSTANCE_TYPE"
+        )
+
+
+def check_address_free(ec2: Any, address: str, subnet: dict) -> None:
+    """A fixed private address must lie in the subnet and be unused."""
+    if ipaddress.IPv4Address(address) not in ipaddress.IPv4Network(subnet["CidrBlock"]):
+        raise RestoreError(
+            f"private IP {address} is outside subnet {subnet['SubnetId']} ({subnet['CidrBlock']})"
+        )
+    filters = [
+        {"Name": "subnet-id", "Values": [subnet["SubnetId"]]},
+        {"Name": "addresses.private-ip-address", "Values": [address]},
+    ]
+    for eni in ec2.describe_network_interfaces(Filters=filters).get("NetworkInterfaces", []):
+        holder = eni.get("Attachment", {}).get("InstanceId") or eni["NetworkInterfaceId"]
+        raise RestoreError(f"private IP {address} is in use by {holder}; set PRIVATE_IP = None")
+
+
+def elastic_ip_holder(ec2: Any, allocation: str) -> str | None:
+    """Who holds the Elastic IP now (an instance or interface id), or None if it is free."""
+    what = f"Elastic IP allocation {allocation}"
+    [address] = describe(ec2, what, "describe_addresses", "Addresses", AllocationIds=[allocation])
+    return address.get("InstanceId") or address.get("NetworkInterfaceId") or None
+
+
+def settle_elastic_ip(ec2: Any, plan: Plan, config: dict, launched: list[str]) -> str | None:
+    """The allocation to associate now, or None; warn when another instance holds it."""
+    allocation = plan.elastic_ip
+    if not allocation:
+        return None
+    holder = elastic_ip_holder(ec2, allocation)
+    if holder and holder in launched:
+        return None  # a rerun with the same client token: already done
+    if holder and not config["ALLOW_REASSOCIATION"]:
+        warning = (
+            f"Elastic IP {allocation} is held by {holder} and was not moved; "
+            "set ALLOW_REASSOCIATION = True to move it"
+        )
+        plan.warnings.append(warning)
+        log.warning("%s", warning)
+        return None
+    return allocation
+
+
+# --- Do it ----------------------------------------------------------------------------------------
+
+
+class LaunchError(Exception):
+    """A failure after instances were launched."""
+
+
+def launch(ec2: Any, plan: Plan) -> list[str]:
+    """RunInstances once for COUNT instances; return their ids."""
+    response = ec2.run_instances(**plan.params)
+    ids = [i["InstanceId"] for i in response["Instances"]]
+    log.info(
+        "launched %s from %s (client token %s)",
+        ", ".join(ids),
+        plan.image["ImageId"],
+        plan.params["ClientToken"],
+    )
+    return ids
+
+
+def finish(ec2: Any, plan: Plan, config: dict, ids: list[str]) -> None:
+    """Associate the Elastic IP and wait as WAIT asks; raise LaunchError on failure."""
+    deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
+    allocation = settle_elastic_ip(ec2, plan, config, ids)
+    if allocation or config["WAIT"] != "none":
+        poll(lambda: running(ec2, ids), deadline, "running")
+    if allocation:
+        ec2.associate_address(
+            AllocationId=allocation,
+            InstanceId=ids[0],
+            AllowReassociation=config["ALLOW_REASSOCIATION"],
+        )
+        log.info("associated Elastic IP %s with %s", allocation, ids[0])
+    if config["WAIT"] == "status-ok":
+        poll(lambda: status_ok(ec2, ids), deadline, "status checks ok")
+
+
+def poll(check: Any, deadline: float, what: str) -> None:
+    """Call check until it is true, backing off from 1 s to 15 s, until the deadline."""
+    delay = POLL_FIRST_SECONDS
+    while not check():
+        if time.monotonic() >= deadline:
+            raise LaunchError(f"instances not {what} before WAIT_TIMEOUT_MINUTES ran out")
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * POLL_FACTOR, POLL_MAX_SECONDS)
+
+
+def running(ec2: Any, ids: list[str]) -> bool:
+    """Whether every instance is running; an instance that died raises LaunchError."""
+    instances = describe_launched(ec2, ids)
+    for instance in instances:
+        state = instance["State"]["Name"]
+        if state not in (PENDING, RUNNING):
+            reason = instance.get("StateReason", {}).get("Message", "no reason given")
+            raise LaunchError(f"instance {instance['InstanceId']} is {state}: {reason}")
+    return len(instances) == len(ids) and all(i["State"]["Name"] == RUNNING for i in instances)
+
+
+def status_ok(ec2: Any, ids: list[str]) -> bool:
+    """Whether every instance passes its instance and system status checks."""
+    statuses = ec2.describe_instance_status(InstanceIds=ids, IncludeAllInstances=True)
+    ok = [
+        s["InstanceId"]
+        for s in statuses.get("InstanceStatuses", [])
+        if s.get("InstanceStatus", {}).get("Status") == STATUS_OK
+        and s.get("SystemStatus", {}).get("Status") == STATUS_OK
+    ]
+    return len(ok) == len(ids)
+
+
+def describe_launched(ec2: Any, ids: list[str]) -> list[dict]:
+    """The launched instances as they are now (new ids may not be visible at once)."""
+    filters = [{"Name": "instance-id", "Values": ids}]
+    reservations = ec2.describe_instances(Filters=filters).get("Reservations", [])
+    return [i for r in reservations for i in r["Instances"]]
+
+
+# --- Report --------------------------------------------------------------------------------
+
+
+def instance_rows(ec2: Any, ids: list[str]) -> list[dict]:
+    """One row per launched instance: id, state, addresses, zone and Name."""
+    found = {i["InstanceId"]: i for i in describe_launched(ec2, ids)}
+    rows = []
+    for instance_id in ids:
+        instance = found.get(instance_id, {})
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        rows.append(
+            {
+                "instance_id": instance_id,
+                "state": instance.get("State", {}).get("Name", "unknown"),
+                "private_ip": instance.get("PrivateIpAddress", ""),
+                "public_ip": instance.get("PublicIpAddress", ""),
+                "availability_zone": instance.get("Placement", {}).get("AvailabilityZone", ""),
+                "name": tags.get("Name", ""),
+            }
+        )
+    return rows
+
+
+def print_report(rows: list[dict], plan: Plan, error: str | None, as_json: bool) -> None:
+    """Print the launched instances as a table or as JSON."""
+    if as_json:
+        document = {
+            "image_id": plan.image["ImageId"],
+            "client_token": plan.params["ClientToken"],
+            "instances": rows,
+            "warnings": plan.warnings,
+            "error": error,
+        }
+        print(json.dumps(document, indent=2))
+        return
+    header = {"instance_id": "INSTANCE", "state": "STATE", "private_ip": "PRIVATE IP",
+              "public_ip": "PUBLIC IP", "availability_zone": "ZONE", "name": "NAME"}  # fmt: skip
+    print_table([header, *rows], list(header))
+    print(f"client token: {plan.params['ClientToken']} (rerun with --client-token to retry safely)")
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """Print rows as aligned columns."""
+    widths = {c: max(len(str(row.get(c, ""))) for row in rows) for c in columns}
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+def describe_plan(plan: Plan, config: dict) -> list[str]:
+    """The plan in words, for --dry-run; user data is counted, never shown."""
+    p, r = plan.params, plan.recorded
+    volumes = ", ".join(
+        f"{k}={v}" for k, v in (p.get("BlockDeviceMappings") or [{}])[0].get("Ebs", {}).items()
+    )
+    tags = ", ".join(f"{t['Key']}={t['Value']}" for t in p["TagSpecifications"][0]["Tags"])
+    user_data = p.get("UserData")
+    shown = f"{len(user_data)} bytes (not shown)" if user_data else "none"
+    eip = plan.elastic_ip or "none"
+    if plan.eip_holder:
+        moved = "moved" if config["ALLOW_REASSOCIATION"] else "left there (ALLOW_REASSOCIATION)"
+        eip += f", now held by {plan.eip_holder}: would be {moved}"
+    return [
+        f"Would launch {p['MinCount']} x {p['InstanceType']} from {p['ImageId']} "
+        f"(server {r.server or '-'}, backup {r.created or '-'}, schedule {r.schedule or '-'})",
+        f"  name:                   {plan.name}",
+        f"  subnet:                 {p['SubnetId']}",
+        f"  security groups:        {', '.join(p.get('SecurityGroupIds', [])) or 'VPC default'}",
+        f"  key pair:               {p.get('KeyName', 'none')}",
+        f"  instance profile:       {next(iter(p.get('IamInstanceProfile', {}).values()), 'none')}",
+        f"  private IP:             {p.get('PrivateIpAddress', 'a new address')}",
+        f"  IMDS:                   HttpTokens={p['MetadataOptions']['HttpTokens']}",
+        f"  termination protection: {'on' if p['DisableApiTermination'] else 'off'}",
+        f"  Elastic IP:             {eip}",
+        f"  user data:              {shown}",
+        f"  volumes:                {volumes or 'as the image has them'}",
+        f"  tags:                   {tags}",
+        f"  wait:                   {config['WAIT']}",
+        f"  client token:           {p['ClientToken']}",
+    ]
+
+
+def dry_run(ec2: Any, plan: Plan, config: dict) -> int:
+    """Print the plan and let EC2 check it with DryRun=True; launch nothing."""
+    for line in describe_plan(plan, config):
+        print(line)
+    params = {k: v for k, v in plan.params.items() if k != "ClientToken"}
+    try:
+        ec2.run_instances(DryRun=True, **params)
+    except ClientError as err:
+        if err.response["Error"]["Code"] != ERR_DRY_RUN_OK:
+            raise
+    print("DryRun: EC2 accepts this RunInstances request (permissions and parameters).")
+    return EXIT_OK
+
+
+def list_backups(ec2: Any, config: dict) -> int:
+    """Print the restorable backups of SERVER (or of every server), newest first."""
+    images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
+    columns = ["server", "image", "created", "schedule", "state", "type", "subnet"]
+    rows: list[dict] = [{c: c.upper() for c in columns}]
+    for image in sorted(images, key=lambda i: read_recorded(i).server or ""):
+        r = read_recorded(image)
+        rows.append({"server": r.server, "image": image["ImageId"], "created": r.created,
+                     "schedule": r.schedule, "state": image["State"],
+                     "type": r.instance_type, "subnet": r.subnet_id})  # fmt: skip
+    print_table(rows, columns)
+    if not images:
+        print("(no backups)")
+    return EXIT_OK
+
+
+# --- Command line --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 on bad usage."""
+    parser = argparse.ArgumentParser(
+        prog="ami_to_ec2.py", description="Launch a working replacement instance from a backup."
+    )
+    parser.add_argument("--config", default=default_config_path(), help="config file")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--server", metavar="NAME", help="restore this server's newest backup")
+    which.add_argument("--ami", metavar="ID", help="restore this exact image")
+    parser.add_argument("--before", metavar="TIME", help="newest backup at or before this time")
+    parser.add_argument("--count", type=int, metavar="N", help="instances to launch")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, launch nothing")
+    parser.add_argument("--list", action="store_true", help="list restorable backups")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    if args.client_token is not None and not re.fullmatch(r"[\x21-\x7e]{1,64}", args.client_token):
+        parser.error("--client-token must be 1-64 printable ASCII characters")
+    return args
+
+
+def default_config_path() -> str:
+    """ami_to_ec2_config.py beside this script."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "ami_to_ec2_config.py")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Log to stderr; keep botocore quiet unless -vv."""
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
+    for noisy in ("botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose > 1 else logging.WARNING)
+
+
+def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
+    """Find the backup, plan, check, launch, finish and report."""
+    image = find_image(ec2, config)
+    recorded = read_recorded(image)
+    token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    plan = plan_launch(config, image, recorded, original_alive(ec2, recorded), token)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    check_before_launch(ec2, plan)
+    if args.dry_run:
+        return dry_run(ec2, plan, config)
+    ids = launch(ec2, plan)
+    error = None
+    try:
+        finish(ec2, plan, config, ids)
+    except (ClientError, BotoCoreError, LaunchError) as err:
+        error = f"after launching {', '.join(ids)}: {error_text(err)}"
+    print_report(instance_rows(ec2, ids), plan, error, args.json)
+    if error:
+        log.error("%s", error)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load and check the config, then list, dry-run or restore."""
+    args = parse_args(argv)
+    setup_logging(args)
+    try:
+        config = validate_config(apply_flags(load_config(args.config), args), listing=args.list)
+        ec2 = make_ec2(config)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_USAGE
+    except RestoreError as err:
+        log.error("%s", err)
+        return EXIT_USAGE
+    try:
+        if args.list:
+            return list_backups(ec2, config)
+        return restore(ec2, config, args)
+    except RestoreError as err:
+        log.error("%s; nothing launched", err)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as err:
+        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

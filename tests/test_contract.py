@@ -1,0 +1,131 @@
+"""The two standalone scripts agree on the tag contract, and the restore's pure parts behave."""
+
+from __future__ import annotations
+
+import email
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import ami_to_ec2
+import ec2_to_ami
+from ami_to_ec2 import Recorded, RestoreError, build_user_data, plan_launch, validate_config
+
+
+def contract(module) -> dict[str, str]:
+    """The tag keys a module defines."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if name.startswith("TAG_") and isinstance(value, str)
+    }
+
+
+def test_both_scripts_define_the_same_tag_contract():
+    backup, restore = contract(ec2_to_ami), contract(ami_to_ec2)
+    shared = {k: v for k, v in restore.items() if not k.startswith("TAG_RESTORED")}
+    assert shared == backup
+    assert ec2_to_ami.TOOL == ami_to_ec2.TOOL
+
+
+@given(st.text(min_size=1, max_size=2000))
+def test_a_long_value_split_by_the_backup_is_read_back_whole_by_the_restore(value):
+    tags = dict(ec2_to_ami.split_value("k", value))
+    assert all(len(v) <= 256 for v in tags.values())
+    assert ami_to_ec2.joined_value(tags, "k") == value
+
+
+def test_restore_reads_what_the_backup_wrote():
+    spec = ec2_to_ami.ServerSpec("web01", "i-0123456789abcdef0", 7, True)
+    instance = {
+        "InstanceType": "t3.small",
+        "SubnetId": "subnet-1",
+        "SecurityGroups": [{"GroupId": f"sg-{n:017x}"} for n in range(16)],
+        "KeyName": "ops",
+        "IamInstanceProfile": {"Arn": "arn:aws:iam::1:instance-profile/" + "p" * 300},
+        "PrivateIpAddress": "10.0.0.5",
+        "Platform": "windows",
+        "MetadataOptions": {"HttpTokens": "required"},
+        "Tags": [{"Key": "Name", "Value": "web01"}, {"Key": "Env", "Value": "prod"}],
+    }
+    fixed = ec2_to_ami.contract_tags(
+        spec, "daily", datetime.now(timezone.utc), instance, "eipalloc-1"
+    )
+    tags, dropped = ec2_to_ami.backup_tags(
+        fixed, {"Env": "ignored"}, ec2_to_ami.instance_tags(instance)
+    )
+    assert dropped == []
+    recorded = ami_to_ec2.read_recorded({"ImageId": "ami-1", "Tags": tags})
+    assert recorded.server == "web01" and recorded.platform == "windows"
+    assert recorded.security_group_ids == [g["GroupId"] for g in instance["SecurityGroups"]]
+    assert recorded.instance_profile == instance["IamInstanceProfile"]["Arn"]
+    assert recorded.instance_tags == {"Name": "web01", "Env": "prod"}  # the instance's value wins
+    assert (recorded.elastic_ip, recorded.http_tokens) == ("eipalloc-1", "required")
+
+
+def plan_for(recorded: Recorded, **settings):
+    config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", **settings})
+    image = {"ImageId": "ami-12345678", "BlockDeviceMappings": [
+        {"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": "snap-1"}},
+        {"DeviceName": "/dev/sdb", "Ebs": {"SnapshotId": "snap-2"}},
+        {"DeviceName": "xvdc", "VirtualName": "ephemeral0"},
+    ]}  # fmt: skip
+    return plan_launch(config, image, recorded, False, "token")
+
+
+RECORDED = Recorded(server="web01", instance_type="t3.small", subnet_id="subnet-1")
+
+
+def test_imdsv2_is_required_when_nothing_was_recorded():
+    assert plan_for(RECORDED).params["MetadataOptions"]["HttpTokens"] == "required"
+
+
+def test_volume_settings_apply_to_every_ebs_volume():
+    plan = plan_for(RECORDED, VOLUME_TYPE="gp3", KMS_KEY_ID="alias/backup")
+    assert plan.params["BlockDeviceMappings"] == [
+        {
+            "DeviceName": d,
+            "Ebs": {"VolumeType": "gp3", "Encrypted": True, "KmsKeyId": "alias/backup"},
+        }
+        for d in ("/dev/sda1", "/dev/sdb")
+    ]
+
+
+def test_instance_profile_by_name_or_arn():
+    assert plan_for(RECORDED, IAM_INSTANCE_PROFILE="app").params["IamInstanceProfile"] == {
+        "Name": "app"
+    }
+    arn = "arn:aws:iam::1:instance-profile/app"
+    assert plan_for(RECORDED, IAM_INSTANCE_PROFILE=arn).params["IamInstanceProfile"] == {"Arn": arn}
+
+
+def test_linux_host_name_alone_is_cloud_config():
+    data = build_user_data("linux", "db01.corp.example", None)
+    assert data.startswith("#cloud-config\n")
+    assert "hostname: db01\n" in data and "fqdn: db01.corp.example\n" in data
+
+
+def test_linux_host_name_with_a_cloud_config_keeps_both_parts():
+    data = build_user_data("linux", "db01", "#cloud-config\npackages: [htop]\n")
+    parts = [p for p in email.message_from_string(data).walk() if not p.is_multipart()]
+    assert [p.get_content_type() for p in parts] == ["text/cloud-config", "text/cloud-config"]
+    assert "packages: [htop]" in parts[1].get_payload(decode=True).decode()
+
+
+def test_user_data_without_host_name_passes_unchanged():
+    assert (
+        build_user_data("windows", None, "<powershell>x</powershell>")
+        == "<powershell>x</powershell>"
+    )
+
+
+def test_windows_host_name_longer_than_netbios_allows_is_refused():
+    with pytest.raises(RestoreError, match="15 characters"):
+        build_user_data("windows", "a-very-long-hostname", None)
+
+
+def test_ec2launch_document_cannot_be_merged_with_a_host_name():
+    with pytest.raises(RestoreError, match="setHostName"):
+        build_user_data("windows", "web01", "version: 1.1\ntasks: []\n")
