@@ -1,15 +1,19 @@
 # make test: set up .venv from requirements-dev.txt, then lint and run every test.
+# make demo: back up a local fleet three times, lose a server and restore it (no AWS account).
 # make bench: run the call-count and wall-time benchmark against the local endpoint.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint bench clean
+.PHONY: demo test lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m demo.demo
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .

@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import re
+import shlex
 import string
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,6 +80,11 @@ AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
 INSTANCE_ID_RE = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+CRON_MARKER = "# ec2-to-ami-cron config="  # ends each managed crontab entry
+CRON_SPECIAL = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
+                "@hourly"}  # fmt: skip
+CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 DEFAULT_MAX_ATTEMPTS = 10
@@ -869,6 +876,94 @@ def list_backups(ec2: Any, only: list[str]) -> int:
     return EXIT_OK
 
 
+# --- Scheduling: one managed crontab entry per config -------------------------------------
+
+
+class CronError(Exception):
+    """The crontab could not be read or written."""
+
+
+def check_cron_schedule(schedule: str) -> None:
+    """Five cron fields, or one of cron's @-names."""
+    fields = schedule.split()
+    if schedule.strip() in CRON_SPECIAL:
+        return
+    if len(fields) != 5 or not all(CRON_FIELD_RE.match(f) for f in fields):
+        raise ConfigError(f"--install-cron {schedule!r}: give five cron fields, e.g. '0 2 * * *'")
+
+
+def cron_marker(config_path: str) -> str:
+    """The comment that ends this config's crontab entry."""
+    return CRON_MARKER + os.path.abspath(config_path)
+
+
+def cron_entry(schedule: str, config_path: str, log_path: str) -> str:
+    """The crontab line: flock, absolute paths, -q, output appended to a log, the marker."""
+    config = os.path.abspath(config_path)
+    digest = hashlib.sha256(config.encode()).hexdigest()[:16]
+    lock = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.cron.lock")
+    words = ["flock", "-n", lock, sys.executable, os.path.abspath(__file__), "--config", config]
+    command = " ".join(shlex.quote(w) for w in words) + " -q"
+    command += f" >> {shlex.quote(os.path.abspath(log_path))} 2>&1"
+    return f"{' '.join(schedule.split())} {command} {cron_marker(config)}".replace("%", "\\%")
+
+
+def read_crontab() -> bytes:
+    """The current user's crontab, byte for byte (empty if there is none)."""
+    try:
+        result = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
+    except FileNotFoundError:
+        raise CronError(
+            "the crontab command is not installed (Debian: apt-get install cron)"
+        ) from None
+    if result.returncode and b"no crontab" not in result.stderr:
+        raise CronError(f"crontab -l failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout if result.returncode == 0 else b""
+
+
+def write_crontab(content: bytes) -> None:
+    """Replace the current user's crontab."""
+    result = subprocess.run(["crontab", "-"], input=content, capture_output=True, check=False)
+    if result.returncode:
+        raise CronError(f"crontab - failed: {result.stderr.decode(errors='replace').strip()}")
+
+
+def split_crontab(content: bytes, config_path: str) -> tuple[list[bytes], list[bytes]]:
+    """The crontab's lines: (this config's entries, all other lines), each with its newline."""
+    marker = cron_marker(config_path).replace("%", "\\%").encode()
+    ours, others = [], []
+    for line in content.splitlines(keepends=True):
+        (ours if line.rstrip(b"\r\n").endswith(marker) else others).append(line)
+    return ours, others
+
+
+def manage_cron(args: argparse.Namespace) -> int:
+    """Install, show or uninstall this config's crontab entry; nothing else is touched."""
+    ours, others = split_crontab(read_crontab(), args.config)
+    if args.show_cron:
+        for line in ours:
+            print(line.decode().rstrip("\n"))
+        if not ours:
+            log.error("no crontab entry for %s", os.path.abspath(args.config))
+        return EXIT_OK if ours else EXIT_FAILED
+    kept = b"".join(others)
+    if kept and not kept.endswith(b"\n"):
+        kept += b"\n"
+    if args.install_cron:
+        log_path = args.cron_log or default_cron_log(args.config)
+        kept += (cron_entry(args.install_cron, args.config, log_path) + "\n").encode()
+    write_crontab(kept)
+    verb = "installed" if args.install_cron else "removed" if ours else "nothing to remove for"
+    log.info("crontab entry %s: %s", verb, os.path.abspath(args.config))
+    return EXIT_OK
+
+
+def default_cron_log(config_path: str) -> str:
+    """~/ec2_to_ami.<config name>.log"""
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join(os.path.expanduser("~"), f"ec2_to_ami.{stem}.log")
+
+
 # --- Command line ----------------------------------------------------------------------------
 
 
@@ -882,12 +977,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list managed backups and exit")
     parser.add_argument("--server", action="append", metavar="NAME", help="only this server")
     parser.add_argument("--no-prune", action="store_true", help="create backups, delete nothing")
+    cron = parser.add_mutually_exclusive_group()
+    cron.add_argument(
+        "--install-cron", metavar="SCHEDULE", help="add or replace this config's crontab entry"
+    )
+    cron.add_argument(
+        "--uninstall-cron", action="store_true", help="remove this config's crontab entry"
+    )
+    cron.add_argument("--show-cron", action="store_true", help="print this config's crontab entry")
+    parser.add_argument("--cron-log", metavar="PATH", help="log file for --install-cron")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
     noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
+    args.cron = bool(args.install_cron or args.uninstall_cron or args.show_cron)
     if args.list and (args.dry_run or args.no_prune):
         parser.error("--list does not go with --dry-run or --no-prune")
+    if args.cron and (args.list or args.dry_run or args.no_prune or args.server):
+        parser.error("the cron options go only with --config and --cron-log")
+    if args.cron_log and not args.install_cron:
+        parser.error("--cron-log goes with --install-cron")
     return args
 
 
@@ -936,6 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         setup_logging(args, config["LOG_FILE"])
+        if args.install_cron:
+            check_cron_schedule(args.install_cron)
+        if args.cron:
+            return manage_cron(args)
         if args.server and not config["SELECT_TAGS"]:
             names = {s.name for s in config["SERVERS"]}
             unknown = [n for n in args.server if n not in names]
@@ -948,6 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         log.error("config error: LOG_FILE: %s", err)
         return EXIT_USAGE
+    except CronError as err:
+        log.error("%s", err)
+        return EXIT_FAILED
     with run_lock(args.config) as locked:
         if not locked:
             log.error("another run of %s is still going; nothing done", args.config)

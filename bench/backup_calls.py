@@ -20,7 +20,7 @@ from pathlib import Path
 
 import boto3
 
-from tests.conftest import ROOT, aws_env, build_network, write_config
+from tests.fleet import ROOT, aws_env, build_network, write_config
 from tests.harness import LINUX_AMI, SETTINGS, Endpoint
 
 COLUMNS = ["CreateImage", "DeregisterImage", "DescribeImages", "DescribeInstances",

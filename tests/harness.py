@@ -33,6 +33,7 @@ error document (for example RequestLimitExceeded with 503, InternalError with
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import threading
@@ -253,14 +254,14 @@ ERROR_XML = (
 class Endpoint:
     """The patched moto server with its faults and call log."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         apply_patches()
         self.faults: list[Fault] = []
         self.calls: list[Call] = []
         self.hooks: list[Callable[[Call], None]] = []
         self._lock = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server("127.0.0.1", 0, self._wrap(app), threaded=True)
+        self._server = make_server("127.0.0.1", port, self._wrap(app), threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -335,3 +336,22 @@ class Endpoint:
             return app(environ, recording_start)
 
         return middleware
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the patched endpoint on 127.0.0.1 until killed; print its URL first."""
+    parser = argparse.ArgumentParser(description="The tests' local EC2 endpoint, standalone.")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--image-pending-seconds", type=float, default=1.0)
+    parser.add_argument("--instance-pending-seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    endpoint = Endpoint(args.port)
+    SETTINGS.pending_seconds = args.image_pending_seconds
+    SETTINGS.instance_pending_seconds = args.instance_pending_seconds
+    print(endpoint.url, flush=True)
+    endpoint._server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""--install-cron, --show-cron and --uninstall-cron against Debian's real crontab command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run, write_config
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("crontab") is None and not os.environ.get("CI"),
+    reason="the crontab command is not installed (CI installs Debian's cron package)",
+)
+
+UNRELATED = (
+    b"# my own jobs\n"
+    b"MAILTO=ops@example.com\n"
+    b"*/5 * * * * /usr/local/bin/check-disk  --warn 90%\n"
+    b"\n"
+    b"@reboot   /usr/local/bin/hello   # trailing comment\n"
+)
+
+
+def crontab_l() -> bytes:
+    result = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
+    return result.stdout if result.returncode == 0 else b""
+
+
+@pytest.fixture
+def crontab():
+    """The user's crontab is saved before the test and put back after it."""
+    saved = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
+    subprocess.run(["crontab", "-r"], capture_output=True, check=False)
+    yield
+    if saved.returncode == 0:
+        subprocess.run(["crontab", "-"], input=saved.stdout, check=True)
+    else:
+        subprocess.run(["crontab", "-r"], capture_output=True, check=False)
+
+
+@pytest.fixture
+def config(tmp_path):
+    return write_config(
+        tmp_path / "daily 100%.py",  # a space and a percent sign, which cron must not mangle
+        SERVERS=[{"name": "web01", "instance_id": "i-0123456789abcdef0"}],
+    )
+
+
+def entries(content: bytes) -> list[str]:
+    return [line for line in content.decode().splitlines() if "# ec2-to-ami-cron config=" in line]
+
+
+def test_install_writes_one_complete_entry(crontab, config, tmp_path):
+    log = tmp_path / "backup.log"
+    result = run("ec2_to_ami.py", config, "--install-cron", "0 2 * * *", "--cron-log", str(log))
+    assert result.returncode == 0, result.stderr
+    [entry] = entries(crontab_l())
+    assert entry.startswith("0 2 * * * flock -n ")
+    assert sys.executable in entry and str(ROOT / "ec2_to_ami.py") in entry
+    assert " -q >> " in entry and str(log) in entry and entry.rstrip().endswith("100\\%.py")
+    assert "daily 100\\%.py" in entry  # cron turns \% back into %
+
+
+def test_the_installed_command_runs_and_exits_2_on_this_config(crontab, config, tmp_path):
+    """What cron would run: the command part, with cron's \\% unescaped, through sh."""
+    log = tmp_path / "backup.log"
+    run("ec2_to_ami.py", config, "--install-cron", "@daily", "--cron-log", str(log))
+    [entry] = entries(crontab_l())
+    command = entry.split(" ", 1)[1].replace("\\%", "%")
+    result = subprocess.run(["sh", "-c", command], env={"PATH": os.environ["PATH"]}, check=False)
+    assert result.returncode == 2  # the config has no REGION and no AWS_REGION: a config error
+    assert "config error: REGION is None" in log.read_text()
+
+
+def test_install_again_replaces_the_entry(crontab, config):
+    run("ec2_to_ami.py", config, "--install-cron", "0 2 * * *")
+    run("ec2_to_ami.py", config, "--install-cron", "30 3 * * 0")
+    [entry] = entries(crontab_l())
+    assert entry.startswith("30 3 * * 0 ")
+
+
+def test_unrelated_lines_survive_byte_for_byte(crontab, config, tmp_path):
+    subprocess.run(["crontab", "-"], input=UNRELATED, check=True)
+    other = write_config(
+        tmp_path / "weekly.py", SERVERS=[{"name": "a", "instance_id": "i-0badcafe"}]
+    )
+    run("ec2_to_ami.py", other, "--install-cron", "0 4 * * 0")
+    run("ec2_to_ami.py", config, "--install-cron", "0 2 * * *")
+    run("ec2_to_ami.py", config, "--install-cron", "0 1 * * *")
+    content = crontab_l()
+    assert content.startswith(UNRELATED)
+    assert len(entries(content)) == 2
+    assert run("ec2_to_ami.py", config, "--uninstall-cron").returncode == 0
+    assert run("ec2_to_ami.py", other, "--uninstall-cron").returncode == 0
+    assert crontab_l() == UNRELATED
+
+
+def test_show_prints_only_this_configs_entry(crontab, config, tmp_path):
+    other = write_config(
+        tmp_path / "weekly.py", SERVERS=[{"name": "a", "instance_id": "i-0badcafe"}]
+    )
+    run("ec2_to_ami.py", other, "--install-cron", "0 4 * * 0")
+    missing = run("ec2_to_ami.py", config, "--show-cron")
+    assert missing.returncode == 1 and "no crontab entry for" in missing.stderr
+    run("ec2_to_ami.py", config, "--install-cron", "0 2 * * *")
+    shown = run("ec2_to_ami.py", config, "--show-cron")
+    assert shown.returncode == 0
+    assert shown.stdout.splitlines() == entries(crontab_l())[1:]
+
+
+def test_uninstall_without_an_entry_changes_nothing(crontab, config):
+    subprocess.run(["crontab", "-"], input=UNRELATED, check=True)
+    assert run("ec2_to_ami.py", config, "--uninstall-cron").returncode == 0
+    assert crontab_l() == UNRELATED
+
+
+@pytest.mark.parametrize("schedule", ["0 2 * *", "every day", "0 2 * * * rm -rf /"])
+def test_bad_schedule_exits_2_and_leaves_the_crontab(crontab, config, schedule):
+    subprocess.run(["crontab", "-"], input=UNRELATED, check=True)
+    result = run("ec2_to_ami.py", config, "--install-cron", schedule)
+    assert result.returncode == 2
+    assert "give five cron fields" in result.stderr
+    assert crontab_l() == UNRELATED
+
+
+def test_bad_config_is_not_installed(crontab, tmp_path):
+    bad = write_config(tmp_path / "bad.py", KEPP=3)
+    result = run("ec2_to_ami.py", bad, "--install-cron", "0 2 * * *")
+    assert result.returncode == 2
+    assert crontab_l() == b""

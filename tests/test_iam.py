@@ -1,0 +1,216 @@
+"""Each script does its whole job under its shipped IAM policy alone, and no more.
+
+moto's server enforces IAM when asked (INITIAL_NO_AUTH_ACTION_COUNT); the
+scripts run under the access key of an IAM user that holds only the policy.
+
+What moto can check, and what it cannot:
+- moto authorizes every EC2 action against the resource "*" and does not
+  evaluate EC2's resource-level ARNs or conditions (aws:RequestTag,
+  aws:ResourceTag, ec2:CreateAction, iam:PassedToService). So the tests give
+  moto the policy with each statement's Resource widened to "*" and its
+  Condition dropped, which checks the policy's actions: enough, and no more.
+- The conditions themselves are checked statically below: every destructive
+  action is limited to resources carrying the tool's marker tag.
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import settings as moto_settings
+from moto.core.authorization import ActionAuthenticatorMixin
+
+from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
+from tests.harness import SETTINGS
+
+MARKER_CONDITION = {"StringEquals": {"aws:ResourceTag/ec2-to-ami:managed-by": "ec2-to-ami"}}
+
+
+def policy(name: str) -> dict:
+    return json.loads((ROOT / "docs" / "iam" / name).read_text())
+
+
+def actions_of(document: dict) -> set[str]:
+    """Every action a policy allows, such as "ec2:CreateImage"."""
+    return {action for s in document["Statement"] for action in as_list(s["Action"])}
+
+
+def as_list(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def as_moto_sees_it(document: dict) -> str:
+    """The policy with resources widened to "*" and conditions dropped (see the docstring)."""
+    statements = [
+        {"Effect": s["Effect"], "Action": s["Action"], "Resource": "*"}
+        for s in document["Statement"]
+    ]
+    return json.dumps({"Version": document["Version"], "Statement": statements})
+
+
+@pytest.fixture
+def user_env(endpoint, iam):
+    """Make an IAM user with a policy; return a function giving its credentials as env."""
+
+    def make(name: str, document: dict) -> dict[str, str]:
+        iam.create_user(UserName=name)
+        iam.put_user_policy(
+            UserName=name, PolicyName=name, PolicyDocument=as_moto_sees_it(document)
+        )
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+
+    yield make
+    relax()
+
+
+def enforce() -> None:
+    """From now on, moto checks every call against the caller's IAM policies."""
+    ActionAuthenticatorMixin.request_count = 0
+    moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+
+
+def relax() -> None:
+    """Back to no IAM checks, so the test's own client can look at the outcome."""
+    moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+
+
+def refused(calls) -> list[str]:
+    """Calls the endpoint refused, other than EC2's DryRunOperation answer."""
+    return [c.action for c in calls if c.status >= 400 and c.params.get("DryRun") != "true"]
+
+
+def client_for(endpoint, env: dict[str, str]):
+    return boto3.client(
+        "ec2",
+        region_name=REGION,
+        endpoint_url=endpoint.url,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def actions_used(endpoint, env, script: str, config, runs: list[list[str]]) -> set[str]:
+    """Run a script under enforcement; each run must succeed; return the actions it used."""
+    enforce()
+    start = len(endpoint.calls)
+    for args in runs:
+        result = run(script, config, *args, **env)
+        assert result.returncode == 0, result.stderr
+    relax()
+    assert refused(endpoint.calls[start:]) == []
+    return {f"ec2:{c.action}" for c in endpoint.calls[start:]}
+
+
+def assert_refused(calls) -> None:
+    """Each call is refused for lack of permission."""
+    for call in calls:
+        with pytest.raises(ClientError) as err:
+            call()
+        assert err.value.response["Error"]["Code"] in {"UnauthorizedOperation", "AccessDenied"}
+
+
+def test_backup_does_its_whole_job_under_the_backup_policy(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    document = policy("backup-policy.json")
+    env = user_env("backup-bot", document)
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    used = actions_used(endpoint, env, "ec2_to_ami.py", config, [[], [], ["--dry-run"], ["--list"]])
+    # Tagging happens inside CreateImage; DeleteSnapshot is the fallback for a
+    # snapshot DeregisterImage could not delete.
+    assert used == actions_of(document) - {"ec2:CreateTags", "ec2:DeleteSnapshot"}
+    assert len(managed(ec2, "web01")) == 1
+
+
+def test_backup_policy_refuses_what_the_backup_does_not_need(fleet, endpoint, user_env):
+    env = user_env("backup-bot", policy("backup-policy.json"))
+    enforce()
+    bot = client_for(endpoint, env)
+    assert_refused(
+        [
+            lambda: bot.terminate_instances(InstanceIds=[fleet.instances["web01"]]),
+            lambda: bot.run_instances(ImageId="ami-1e749f67", MinCount=1, MaxCount=1),
+            lambda: bot.describe_subnets(),
+        ]
+    )
+
+
+def test_restore_does_its_whole_job_under_the_restore_policy(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    ec2.terminate_instances(InstanceIds=[fleet.instances["web01"]])
+    document = policy("restore-policy.json")
+    env = user_env("restore-bot", document)
+    SETTINGS.instance_pending_seconds = 0.5
+    config = write_config(tmp_path / "restore.py", SERVER="web01", PRIVATE_IP="same")
+    used = actions_used(endpoint, env, "ami_to_ec2.py", config, [["--list"], ["--dry-run"], []])
+    # CreateTags and iam:PassRole are checked inside RunInstances.
+    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole"}
+    addresses = ec2.describe_addresses(AllocationIds=[fleet.eips["web01"]])["Addresses"]
+    assert addresses[0]["InstanceId"]
+
+
+def test_restore_policy_refuses_what_the_restore_does_not_need(fleet, endpoint, user_env):
+    env = user_env("restore-bot", policy("restore-policy.json"))
+    enforce()
+    bot = client_for(endpoint, env)
+    assert_refused(
+        [
+            lambda: bot.terminate_instances(InstanceIds=[fleet.instances["web01"]]),
+            lambda: bot.deregister_image(ImageId="ami-1e749f67"),
+            lambda: bot.create_image(InstanceId=fleet.instances["web01"], Name="nope-image"),
+        ]
+    )
+
+
+def statements_with(document: dict, action: str) -> list[dict]:
+    return [s for s in document["Statement"] if action in as_list(s["Action"])]
+
+
+@pytest.mark.parametrize("action", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"])
+def test_destructive_actions_need_the_marker_tag(action):
+    [statement] = statements_with(policy("backup-policy.json"), action)
+    assert statement["Condition"] == MARKER_CONDITION
+    assert "*" not in as_list(statement["Resource"])
+
+
+def test_created_images_must_carry_the_marker_and_tags_come_only_at_creation():
+    document = policy("backup-policy.json")
+    conditioned = [s for s in statements_with(document, "ec2:CreateImage") if "Condition" in s]
+    [create] = conditioned
+    assert create["Condition"] == {
+        "StringEquals": {"aws:RequestTag/ec2-to-ami:managed-by": "ec2-to-ami"}
+    }
+    [tagging] = statements_with(document, "ec2:CreateTags")
+    assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateImage"}}
+
+
+def test_restore_passes_roles_to_ec2_only():
+    [statement] = statements_with(policy("restore-policy.json"), "iam:PassRole")
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+
+
+def test_a_policy_missing_an_action_fails_the_run(fleet, tmp_path, user_env):
+    """The enforcement is real: without DeregisterImage, pruning fails and says why."""
+    document = policy("backup-policy.json")
+    for statement in document["Statement"]:
+        statement["Action"] = [
+            a for a in as_list(statement["Action"]) if a != "ec2:DeregisterImage"
+        ]
+    document["Statement"] = [s for s in document["Statement"] if s["Action"]]
+    env = user_env("weak-bot", document)
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    enforce()
+    assert run("ec2_to_ami.py", config, **env).returncode == 0
+    result = run("ec2_to_ami.py", config, **env)
+    assert result.returncode == 1
+    assert "could not deregister" in result.stderr
+    assert "AccessDenied" in result.stderr or "UnauthorizedOperation" in result.stderr
