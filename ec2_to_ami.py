@@ -17,12 +17,14 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shlex
 import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,7 +88,21 @@ CRON_SPECIAL = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@dail
                 "@hourly"}  # fmt: skip
 CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 
+# EC2's request token buckets for the calls a run makes per server: (size, refill per second).
+# The client waits for a token before each call instead of being refused (see Pacer).
+PACED_CALLS = {
+    "CreateImage": ("mutating", 50, 5.0),
+    "DeregisterImage": ("delete", 100, 5.0),
+    "DeleteSnapshot": ("delete", 100, 5.0),
+}
+
+# Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
+PACER_SLACK = 2
+
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
+# In a long (paced) run the first poll comes this soon, so pruning starts while EC2's
+# delete bucket still refills; later polls come every POLL_MAX_SECONDS, so they stay few.
+POLL_WHILE_CREATING_FIRST_SECONDS = 10.0
 DEFAULT_MAX_ATTEMPTS = 10
 
 # --- Config -------------------------------------------------------------------
@@ -165,6 +181,7 @@ def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config["SCHEDULE"], str) or not SCHEDULE_RE.match(config["SCHEDULE"]):
         raise ConfigError("SCHEDULE must be 1-64 letters, digits, '.', '_' or '-'")
     check_tags(config["TAGS"], "TAGS")
+    check_tag_room(config["TAGS"], "TAGS")
     check_tags(config["SELECT_TAGS"], "SELECT_TAGS", allow_reserved=True)
     config["SERVERS"] = check_servers(config)
     check_name_format(config)
@@ -256,7 +273,15 @@ def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
     _check_bool(no_reboot, f"{where}['no_reboot']")
     tags = entry.get("tags", {})
     check_tags(tags, f"{where}['tags']")
+    check_tag_room({**config["TAGS"], **tags}, f"TAGS plus {where}['tags']")
     return ServerSpec(name, instance_id, keep, no_reboot, dict(tags))
+
+
+def check_tag_room(tags: dict, what: str) -> None:
+    """Leave room for the tool's own tags within EC2's 50 tags per resource."""
+    room = MAX_TAGS - CONTRACT_TAGS_MAX
+    if len(tags) > room:
+        raise ConfigError(f"{what}: {len(tags)} tags; at most {room} fit beside the tool's own")
 
 
 def _check_unique(specs: list[ServerSpec]) -> None:
@@ -450,7 +475,40 @@ def make_ec2(config: dict) -> Any:
         )
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     retries = {"mode": "standard", "total_max_attempts": int(attempts)}
-    return session.client("ec2", config=Config(retries=retries, user_agent_extra=TOOL))
+    ec2 = session.client("ec2", config=Config(retries=retries, user_agent_extra=TOOL))
+    pace(ec2)
+    return ec2
+
+
+class Pacer:
+    """A client-side copy of one EC2 request token bucket.
+
+    EC2 refuses a call that finds its bucket empty, and botocore then backs
+    off and spends its retry quota. Waiting for a token here instead keeps a
+    large run at the bucket's pace with nothing refused.
+    """
+
+    def __init__(self, size: int, rate: float) -> None:
+        self.size, self.rate = size - PACER_SLACK, rate
+        self.tokens, self.stamp = float(self.size), time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, **_: Any) -> None:
+        """Block until a token is free, then spend it."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate) - 1
+            self.stamp = now
+            delay = max(0.0, -self.tokens / self.rate)
+        time.sleep(delay)
+
+
+def pace(ec2: Any) -> None:
+    """Make the client wait for a token of the right bucket before each paced call."""
+    pacers: dict[str, Pacer] = {}
+    for operation, (bucket, size, rate) in PACED_CALLS.items():
+        pacer = pacers.setdefault(bucket, Pacer(size, rate))
+        ec2.meta.events.register(f"before-call.ec2.{operation}", pacer.wait)
 
 
 def paginate(ec2: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:
@@ -671,22 +729,86 @@ def adopt_duplicate(ec2: Any, spec: ServerSpec, schedule: str, name: str, out: O
         out.error = f"AMI name {name} is taken by {owner}, which is not this server's backup"
 
 
-def wait_for_images(ec2: Any, outcomes: list[Outcome], timeout_minutes: float) -> None:
-    """Poll all new images together until each is available, failed or timed out."""
-    waiting = {o.image_id: o for o in outcomes if o.image_id and not o.error}
-    deadline = time.monotonic() + timeout_minutes * 60
-    delay = POLL_FIRST_SECONDS
-    while waiting:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+ALL_CREATED: Any = object()  # what create_all queues after the last outcome
+
+
+class PollSchedule:
+    """When to poll the new images.
+
+    While images are still being created (a large run, paced by EC2's buckets):
+    after POLL_WHILE_CREATING_FIRST_SECONDS, then every POLL_MAX_SECONDS, so
+    pruning starts early. Once all are created: after POLL_FIRST_SECONDS,
+    backing off to POLL_MAX_SECONDS.
+    """
+
+    def __init__(self) -> None:
+        self.delay = POLL_MAX_SECONDS
+        self.next_at = time.monotonic() + POLL_WHILE_CREATING_FIRST_SECONDS
+        self.creating = True
+
+    def created_all(self) -> None:
+        """All images are created: poll soon, then back off."""
+        self.creating = False
+        self.delay = POLL_FIRST_SECONDS
+        self.next_at = min(self.next_at, time.monotonic() + POLL_FIRST_SECONDS)
+
+    def seconds_left(self) -> float:
+        """Seconds until the next poll is due."""
+        return max(0.0, self.next_at - time.monotonic())
+
+    def polled(self) -> None:
+        """A poll starts now: schedule the next one."""
+        if not self.creating:
+            self.delay = min(self.delay * POLL_FACTOR, POLL_MAX_SECONDS)
+        self.next_at = time.monotonic() + self.delay
+
+
+def follow_up(ec2: Any, created: queue.Queue, config: dict, settle: Any) -> None:
+    """Verify each new image as it is created, with few polls, and settle each server once.
+
+    A server is settled (handed to `settle`) when its image is available or
+    failed, when its backup failed, or at the timeout; without WAIT, as soon
+    as its image is created. `created` yields outcomes, then ALL_CREATED.
+    """
+    waiting: dict[str, Outcome] = {}
+    schedule, deadline = PollSchedule(), None
+    while schedule.creating or waiting:
+        try:
+            out = created.get(timeout=schedule.seconds_left() if waiting else None)
+        except queue.Empty:
+            out = None
+        if out is ALL_CREATED:
+            schedule.created_all()
+            deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
+        elif out is not None and out.image_id and not out.error and config["WAIT"]:
+            waiting[out.image_id] = out
+        elif out is not None:
+            settle(out)
+        if waiting and schedule.seconds_left() == 0:
+            schedule.polled()
+            poll_once(ec2, waiting, settle)
+        if deadline is not None and waiting and time.monotonic() >= deadline:
+            time_out(waiting, config["WAIT_TIMEOUT_MINUTES"], settle)
+
+
+def time_out(waiting: dict[str, Outcome], minutes: float, settle: Any) -> None:
+    """Fail every server whose image is still pending at the deadline."""
+    for image_id in list(waiting):
+        out = waiting.pop(image_id)
+        out.error = f"image {image_id} still pending after {minutes:g} minutes"
+        settle(out)
+
+
+def poll_once(ec2: Any, waiting: dict[str, Outcome], settle: Any) -> None:
+    """One DescribeImages for all waiting images; settle those that are done."""
+    try:
         images = describe_run_images(ec2, sorted({o.created_tag for o in waiting.values()}))
-        for image_id in list(waiting):
-            if settle_image(waiting[image_id], images.get(image_id)):
-                del waiting[image_id]
-        if waiting and time.monotonic() >= deadline:
-            for image_id, out in waiting.items():
-                out.error = f"image {image_id} still pending after {timeout_minutes:g} minutes"
-            return
-        delay = min(delay * POLL_FACTOR, POLL_MAX_SECONDS)
+    except (ClientError, BotoCoreError) as err:  # the next poll, or the timeout, decides
+        log.warning("could not poll %d new image(s): %s", len(waiting), error_text(err))
+        return
+    for image_id in list(waiting):
+        if settle_image(waiting[image_id], images.get(image_id)):
+            settle(waiting.pop(image_id))
 
 
 def describe_run_images(ec2: Any, stamps: list[str]) -> dict[str, Image]:
@@ -762,7 +884,7 @@ def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
 
 
 def run_backup(ec2: Any, config: dict, args: argparse.Namespace) -> int:
-    """Image every server, wait, prune the ones that succeeded, and report."""
+    """Image every server; prune each as soon as its new image is verified; report."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server)
     check_requested(args.server, servers, failures)
@@ -772,13 +894,32 @@ def run_backup(ec2: Any, config: dict, args: argparse.Namespace) -> int:
         print_plan(servers, failures, existing, config, now)
         return EXIT_FAILED if failures else EXIT_OK
     outcomes = [Outcome(s.spec.name, s.spec.instance_id) for s in servers]
-    for server, out in zip(servers, outcomes, strict=True):
-        guarded(out, "backup failed", create_backup, ec2, server, config, now, out)
-    if config["WAIT"]:
-        wait_for_images(ec2, outcomes, config["WAIT_TIMEOUT_MINUTES"])
-    if not args.no_prune:
-        prune_all(ec2, servers, outcomes, existing, config)
+    created: queue.Queue[Outcome] = queue.Queue()
+    creator_args = (ec2, servers, outcomes, config, now, created)
+    threading.Thread(target=create_all, args=creator_args, daemon=True).start()
+    keep = {s.spec.name: s.spec.keep for s in servers}
+    retention = Retention(ec2, existing, keep, config["MAX_AGE_DAYS"], enabled=not args.no_prune)
+    pruner = Pruner(retention)
+    follow_up(ec2, created, config, pruner.submit)
+    pruner.finish()
     return report(outcomes + failures)
+
+
+def create_all(
+    ec2: Any, servers: list[Server], outcomes: list[Outcome], config: dict, now: datetime,
+    created: queue.Queue,
+) -> None:  # fmt: skip
+    """Start every server's image in turn (the client paces CreateImage); queue each outcome."""
+    try:
+        for server, out in zip(servers, outcomes, strict=True):
+            try:
+                guarded(out, "backup failed", create_backup, ec2, server, config, now, out)
+            except Exception as err:  # a bug must not hide a server: report it as failed
+                log.debug("%s: unexpected error", out.name, exc_info=True)
+                out.error = f"backup failed: unexpected {type(err).__name__}: {err}"
+            created.put(out)
+    finally:
+        created.put(ALL_CREATED)
 
 
 def guarded(out: Outcome, what: str, func: Any, *args: Any) -> None:
@@ -797,23 +938,64 @@ def check_requested(only: list[str], servers: list[Server], failures: list[Outco
             failures.append(Outcome(name, "-", error="no such server in SERVERS or SELECT_TAGS"))
 
 
-def prune_all(
-    ec2: Any, servers: list[Server], outcomes: list[Outcome], existing: list[Image], config: dict
-) -> None:
-    """Apply retention to every server; one whose backup failed loses only failed images."""
-    now = datetime.now(timezone.utc)
-    for server, out in zip(servers, outcomes, strict=True):
-        images = {i.image_id: i for i in existing if i.server == out.name}
+class Retention:
+    """Prunes one server at a time, as each is settled in the run."""
+
+    def __init__(self, ec2: Any, existing: list[Image], keep: dict[str, int],
+                 max_age_days: float | None, enabled: bool) -> None:  # fmt: skip
+        self.ec2, self.existing, self.keep = ec2, existing, keep
+        self.max_age_days, self.enabled = max_age_days, enabled
+
+    def apply(self, out: Outcome) -> None:
+        """Apply retention to a server; one whose backup failed loses only failed images."""
+        if not self.enabled:
+            return
+        images = {i.image_id: i for i in self.existing if i.server == out.name}
         if out.image:
             images[out.image.image_id] = out.image
-        doomed = plan_prune(list(images.values()), server.spec.keep, config["MAX_AGE_DAYS"], now)
+        now = datetime.now(timezone.utc)
+        doomed = plan_prune(list(images.values()), self.keep[out.name], self.max_age_days, now)
         if out.error:
             doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
-        prune(ec2, doomed, out)
+        prune(self.ec2, doomed, out)
+
+
+class Pruner:
+    """Applies retention to each settled server in a thread of its own.
+
+    So deregistrations, paced by their own EC2 bucket, run side by side with
+    the creates and never hold up the polls.
+    """
+
+    def __init__(self, retention: Retention) -> None:
+        self.retention = retention
+        self.queue: queue.Queue[Outcome | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def submit(self, out: Outcome) -> None:
+        """Prune this server when the thread gets to it."""
+        self.queue.put(out)
+
+    def finish(self) -> None:
+        """Wait until every submitted server is pruned."""
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (out := self.queue.get()) is not None:
+            try:
+                self.retention.apply(out)
+            except Exception as err:  # a bug must not hide a server: report it as failed
+                log.debug("%s: unexpected error", out.name, exc_info=True)
+                out.error = f"pruning failed: unexpected {type(err).__name__}: {err}"
 
 
 def report(outcomes: list[Outcome]) -> int:
     """Log one line per server and a summary; return the exit code."""
+    for out in outcomes:
+        if not out.error and not out.image_id:
+            out.error = "no backup was made"  # never report a server as done without an image
     for out in outcomes:
         for warning in out.warnings:
             log.warning("%s (%s): %s", out.name, out.instance_id, warning)

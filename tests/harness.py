@@ -29,6 +29,11 @@ Patches (each has a test in tests/test_harness.py):
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
 500), so botocore sees what it would see from EC2.
+
+Throttling: `throttle()` turns on an emulation of EC2's request token buckets,
+per action category and per region, with the sizes and refill rates of
+shared/aws-notes.md. A call that finds its bucket empty is refused with
+RequestLimitExceeded (HTTP 503), as EC2 does, and takes no token.
 """
 
 from __future__ import annotations
@@ -244,11 +249,71 @@ def apply_patches() -> None:
 
 # --- Faults and the call log ---------------------------------------------------------
 
+# EC2's request token buckets: category -> (bucket size, tokens refilled per second).
+BUCKETS = {
+    "mutating": (50, 5.0),  # CreateImage and most other mutating calls
+    "delete": (100, 5.0),  # DeregisterImage, DeleteSnapshot
+    "tags": (100, 10.0),  # CreateTags
+    "copy": (100, 1.0),  # CopyImage
+    "run": (5, 2.0),  # RunInstances
+    "describe": (100, 20.0),  # non-mutating calls
+    "describe-unfiltered": (50, 10.0),  # Describe* with no filter, id list or MaxResults
+}
+ACTION_BUCKETS = {
+    "DeregisterImage": "delete",
+    "DeleteSnapshot": "delete",
+    "CreateTags": "tags",
+    "CopyImage": "copy",
+    "RunInstances": "run",
+}
+
+
+def bucket_of(action: str, params: dict[str, str]) -> str:
+    """The token bucket an EC2 call draws from."""
+    if action in ACTION_BUCKETS:
+        return ACTION_BUCKETS[action]
+    if not action.startswith(("Describe", "Get", "List")):
+        return "mutating"
+    narrowed = any(k.startswith("Filter.") or k == "MaxResults" or k.endswith(".1") for k in params)
+    return "describe" if narrowed else "describe-unfiltered"
+
+
+def region_of(environ: dict) -> str:
+    """The region a signed request is for, from its SigV4 credential scope."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    scope = auth.split("Credential=", 1)[1].split(",", 1)[0] if "Credential=" in auth else ""
+    parts = scope.split("/")
+    return parts[2] if len(parts) > 2 else "us-east-1"
+
+
+class TokenBuckets:
+    """EC2's request token buckets, one per (region, category), refilled continuously."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._state: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, last refill
+        self._lock = threading.Lock()
+
+    def take(self, region: str, category: str) -> bool:
+        """Spend one token if there is one; return whether the call may go through."""
+        size, rate = BUCKETS[category]
+        now = self._clock()
+        with self._lock:
+            tokens, stamp = self._state.get((region, category), (float(size), now))
+            tokens = min(float(size), tokens + (now - stamp) * rate)
+            allowed = tokens >= 1.0
+            self._state[(region, category)] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+
 ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
     "<RequestID>harness-{n}</RequestID></Response>"
 )
+
+
+THROTTLED = Fault("", "RequestLimitExceeded", 503, message="Request limit exceeded.")
 
 
 class Endpoint:
@@ -259,6 +324,7 @@ class Endpoint:
         self.faults: list[Fault] = []
         self.calls: list[Call] = []
         self.hooks: list[Callable[[Call], None]] = []
+        self.buckets: TokenBuckets | None = None
         self._lock = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", port, self._wrap(app), threaded=True)
@@ -281,6 +347,11 @@ class Endpoint:
             self.faults.clear()
             self.calls.clear()
             self.hooks.clear()
+            self.buckets = None
+
+    def throttle(self, enabled: bool = True) -> None:
+        """Emulate EC2's request token buckets from now on, all of them full."""
+        self.buckets = TokenBuckets() if enabled else None
 
     def inject(
         self, action: str, code: str, status: int = 400, times: int = 1, **match: str
@@ -323,6 +394,14 @@ class Endpoint:
                 hook(call)
             advance()
             fault = self._take_fault(action, params) if action else None
+            buckets = self.buckets
+            if (
+                action
+                and not fault
+                and buckets
+                and not buckets.take(region_of(environ), bucket_of(action, params))
+            ):
+                fault = THROTTLED
             if fault:
                 call.status = fault.status
                 text = ERROR_XML.format(code=fault.code, message=fault.message, n=len(self.calls))

@@ -373,3 +373,61 @@ def test_credentials_come_only_from_the_standard_chain(ec2, fleet, tmp_path):
     assert result.returncode == 1
     assert "Unable to locate credentials" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def throttled_fleet(ec2, iam, count: int) -> list[dict]:
+    """count Linux servers, listed by id."""
+    fleet = build_network(ec2, iam)
+    reservation = ec2.run_instances(
+        ImageId="ami-1e749f67", MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
+    )
+    return [
+        {"name": f"srv{n:02d}", "instance_id": i["InstanceId"]}
+        for n, i in enumerate(reservation["Instances"])
+    ]
+
+
+def test_throttled_run_of_dozens_backs_up_every_server_at_the_buckets_pace(
+    ec2, iam, tmp_path, endpoint
+):
+    servers = throttled_fleet(ec2, iam, 60)
+    config = write_config(tmp_path / "c.py", SERVERS=servers, KEEP=1)
+    for _ in range(2):  # the second run also deregisters 60 images
+        endpoint.throttle()
+        started = time.monotonic()
+        result = run("ec2_to_ami.py", config)
+        assert result.returncode == 0, result.stderr
+        assert "60 server(s): 60 backed up, 0 failed" in result.stderr
+    assert time.monotonic() - started >= (60 - 50) / 5  # EC2's mutating bucket was the limit
+    refused = sum(1 for c in endpoint.calls if c.status == 503)
+    assert refused <= 2  # the client waited for tokens instead of being refused
+    assert len(managed(ec2)) == 60
+
+
+def test_paced_run_still_reports_every_failure(ec2, iam, tmp_path, endpoint):
+    servers = throttled_fleet(ec2, iam, 60)
+    config = write_config(tmp_path / "c.py", SERVERS=servers, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    broken_create, broken_prune = servers[55], servers[3]
+    old_image = managed(ec2, broken_prune["name"])[0]["ImageId"]
+    endpoint.inject("CreateImage", "UnauthorizedOperation", times=5,
+                    InstanceId=broken_create["instance_id"])  # fmt: skip
+    endpoint.inject("DeregisterImage", "UnauthorizedOperation", times=5, ImageId=old_image)
+    endpoint.throttle()
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 1
+    assert "60 server(s): 58 backed up, 2 failed" in result.stderr
+    assert f"{broken_create['name']} ({broken_create['instance_id']}): FAILED: backup failed" in (
+        result.stderr
+    )
+    assert f"could not deregister {old_image}: UnauthorizedOperation" in result.stderr
+    assert len(managed(ec2, broken_create["name"])) == 1  # its last good backup is kept
+
+
+def test_failed_polls_are_retried_at_the_next_poll(ec2, fleet, tmp_path, endpoint):
+    poll = {"Filter.2.Name": "tag:ec2-to-ami:created"}  # the poll, not the listing
+    endpoint.inject("DescribeImages", "InternalError", 500, times=2, **poll)
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet), AWS_MAX_ATTEMPTS="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("could not poll 3 new image(s): InternalError") == 2
+    assert "3 server(s): 3 backed up, 0 failed" in result.stderr

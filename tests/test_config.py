@@ -26,6 +26,14 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
         ({"TAGS": {"aws:x": "1"}}, "TAGS: tag key 'aws:x' uses a reserved prefix"),
         ({"TAGS": {"k": "v" * 257}}, "TAGS['k'] must be a string of at most 256"),
         ({"TAGS": ["a"]}, "TAGS must be a dict"),
+        ({"TAGS": {f"k{n}": "v" for n in range(31)}}, "TAGS: 31 tags; at most 30 fit"),
+        (
+            {
+                "TAGS": {f"k{n}": "v" for n in range(20)},
+                "SERVERS": [{**SERVER, "tags": {f"s{n}": "v" for n in range(11)}}],
+            },
+            "TAGS plus SERVERS[0]['tags']: 31 tags",
+        ),
         ({"NAME_FORMAT": "{server}-backup"}, "NAME_FORMAT must contain {time}"),
         ({"NAME_FORMAT": "{host}-{time}"}, "NAME_FORMAT: unknown field {host}"),
         ({"NAME_FORMAT": "{time:%Y}" + "x" * 130}, "not a valid AMI name"),

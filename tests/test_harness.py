@@ -9,7 +9,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import REGION, tags_of
-from tests.harness import LINUX_AMI, SETTINGS, finish_pending
+from tests.harness import LINUX_AMI, SETTINGS, TokenBuckets, bucket_of, finish_pending
 
 IMAGE_TAGS = [{"Key": "who", "Value": "test"}]
 
@@ -177,3 +177,76 @@ def test_p9_termination_frees_the_elastic_ip_and_private_ip(ec2):
     ip_filter = [{"Name": "addresses.private-ip-address", "Values": ["10.9.1.50"]}]
     assert ec2.describe_network_interfaces(Filters=ip_filter)["NetworkInterfaces"] == []
     launch_one(ec2, SubnetId=subnet, PrivateIpAddress="10.9.1.50")  # the address is free again
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("category", "size", "rate"),
+    [("mutating", 50, 5), ("delete", 100, 5), ("tags", 100, 10), ("copy", 100, 1),
+     ("run", 5, 2), ("describe", 100, 20), ("describe-unfiltered", 50, 10)],
+)  # fmt: skip
+def test_token_bucket_has_ec2s_size_and_refill_rate(category, size, rate):
+    clock = FakeClock()
+    buckets = TokenBuckets(clock)
+    assert all(buckets.take("us-east-1", category) for _ in range(size))
+    assert not buckets.take("us-east-1", category)
+    clock.now += 1.0
+    assert sum(buckets.take("us-east-1", category) for _ in range(rate + 3)) == rate
+    clock.now += 3600
+    assert sum(buckets.take("us-east-1", category) for _ in range(size + 3)) == size  # capped
+
+
+def test_token_buckets_are_per_region_and_per_category():
+    buckets = TokenBuckets(FakeClock())
+    for _ in range(50):
+        buckets.take("us-east-1", "mutating")
+    assert not buckets.take("us-east-1", "mutating")
+    assert buckets.take("us-west-2", "mutating")
+    assert buckets.take("us-east-1", "delete")
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "bucket"),
+    [
+        ("CreateImage", {"InstanceId": "i-1"}, "mutating"),
+        ("DeregisterImage", {}, "delete"),
+        ("DeleteSnapshot", {}, "delete"),
+        ("RunInstances", {}, "run"),
+        ("DescribeImages", {"Filter.1.Name": "tag:x"}, "describe"),
+        ("DescribeInstances", {"InstanceId.1": "i-1"}, "describe"),
+        ("DescribeAddresses", {}, "describe-unfiltered"),
+    ],
+)
+def test_calls_draw_from_their_buckets(action, params, bucket):
+    assert bucket_of(action, params) == bucket
+
+
+def test_throttled_endpoint_refuses_the_51st_mutating_call_with_request_limit_exceeded(endpoint):
+    import boto3
+
+    client = boto3.client(
+        "ec2",
+        region_name=REGION,
+        endpoint_url=endpoint.url,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    endpoint.throttle()
+    started, made = time.monotonic(), 0
+    with pytest.raises(ClientError) as err:
+        while made < 200:
+            client.create_key_pair(KeyName=f"k{made}")
+            made += 1
+    elapsed = time.monotonic() - started
+    assert err.value.response["Error"]["Code"] == "RequestLimitExceeded"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert 50 <= made <= 50 + 5 * elapsed + 1  # the burst, plus what refilled meanwhile
+    client.describe_key_pairs(KeyNames=["k1"])  # another bucket still has tokens
+    time.sleep(0.25)
+    client.create_key_pair(KeyName="one-more")  # a token is back after 0.2 s

@@ -1,0 +1,112 @@
+"""Benchmark: ec2_to_ami.py over hundreds of servers at EC2's throttling limits.
+
+The local endpoint emulates EC2's request token buckets (tests/harness.py:
+CreateImage draws on the mutating bucket, 50 then 5 per second;
+DeregisterImage on its own, 100 then 5 per second). Images stay pending for
+half a second. Each run starts with full buckets, as after a quiet night.
+
+For each N it runs a first backup (nothing to prune) and a steady-state one
+(KEEP=1: N creates and N deregistrations) and reports the wall time, the
+buckets' minimum for that run (creates beyond the burst at 5/s and
+deregistrations beyond theirs at 5/s, which may overlap, so the larger of the
+two), their ratio, the calls EC2 refused, and the servers that failed.
+
+    .venv/bin/python -m bench.fleet_scale 100 300 500
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+from tests.fleet import REGION, ROOT, aws_env, build_network, write_config
+from tests.harness import BUCKETS, LINUX_AMI, SETTINGS, Endpoint
+
+
+def bucket_minimum(creates: int, deregisters: int) -> float:
+    """Seconds EC2's buckets need for these calls, at the least."""
+    create_size, create_rate = BUCKETS["mutating"]
+    delete_size, delete_rate = BUCKETS["delete"]
+    return max(
+        max(0, creates - create_size) / create_rate,
+        max(0, deregisters - delete_size) / delete_rate,
+    )
+
+
+def run_once(endpoint: Endpoint, config: Path) -> dict:
+    """One backup run against full buckets; its numbers."""
+    endpoint.throttle()
+    start = len(endpoint.calls)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "ec2_to_ami.py"), "--config", str(config)],
+        env={**os.environ, **aws_env(endpoint.url)},
+        capture_output=True,
+        text=True,
+    )
+    wall = time.monotonic() - started
+    endpoint.throttle(False)
+    calls = endpoint.calls[start:]
+    ok = [c for c in calls if c.status < 400]
+    summary = re.search(r"(\d+) backed up, (\d+) failed", result.stderr)
+    return {
+        "wall": wall,
+        "creates": sum(c.action == "CreateImage" for c in ok),
+        "deregisters": sum(c.action == "DeregisterImage" for c in ok),
+        "ok": len(ok),
+        "refused": sum(c.status == 503 for c in calls),
+        "failed": int(summary.group(2)) if summary else -1,
+        "exit": result.returncode,
+    }
+
+
+def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
+    endpoint.reset()
+    SETTINGS.pending_seconds = 0.5
+    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint.url, **keys)
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=endpoint.url, **keys)
+    fleet = build_network(ec2, iam, cidr="10.20.16.0/20")
+    reservation = ec2.run_instances(
+        ImageId=LINUX_AMI, MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
+    )
+    servers = [
+        {"name": f"srv{n:04d}", "instance_id": i["InstanceId"]}
+        for n, i in enumerate(reservation["Instances"])
+    ]
+    config = write_config(workdir / f"scale{count}.py", SERVERS=servers, KEEP=1)
+    rows = []
+    for label in ("first", "steady"):
+        r = run_once(endpoint, config)
+        minimum = bucket_minimum(r["creates"], r["deregisters"])
+        ratio = f"{r['wall'] / minimum:.2f}" if minimum else "-"
+        cells = [count, label, f"{r['wall']:.1f}", f"{minimum:.1f}", ratio, r["refused"],
+                 r["failed"], r["ok"], 2 * count + 12, r["exit"]]  # fmt: skip
+        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    counts = [int(a) for a in argv] or [100, 300, 500]
+    endpoint = Endpoint().start()
+    header = ["N", "run", "wall s", "bucket min s", "ratio", "throttled", "failed servers",
+              "calls ok", "budget 2N+12", "exit"]  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    with tempfile.TemporaryDirectory() as workdir:
+        for count in counts:
+            for row in bench(endpoint, count, Path(workdir)):
+                print(row, flush=True)
+    endpoint.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
