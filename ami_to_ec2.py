@@ -611,13 +611,16 @@ def error_text(err: Exception) -> str:
 
 
 def describe(ec2: Any, what: str, call: str, key: str, **kwargs: Any) -> list[dict]:
-    """A describe call whose not-found error becomes a RestoreError naming `what`."""
+    """A describe call whose not-found error (or empty answer) is a RestoreError naming `what`."""
     try:
-        return getattr(ec2, call)(**kwargs).get(key, [])
+        found = getattr(ec2, call)(**kwargs).get(key, [])
     except ClientError as err:
         if err.response["Error"]["Code"] not in NOT_FOUND_CODES:
             raise
         raise RestoreError(f"{what} does not exist ({error_text(err)})") from None
+    if not found:
+        raise RestoreError(f"{what} does not exist")
+    return found
 
 
 def managed_images(ec2: Any, server: str | None, schedule: str | None) -> list[dict]:
@@ -645,7 +648,7 @@ def find_image(ec2: Any, config: dict) -> dict:
     """The image to restore: AMI_ID, or the newest available backup of SERVER."""
     if config["AMI_ID"]:
         what = f"image {config['AMI_ID']}"
-        [image] = describe(ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]])
+        image = describe(ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]])[0]
         if image["State"] != AVAILABLE:
             raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
         return image
@@ -687,7 +690,7 @@ def check_before_launch(ec2: Any, plan: Plan) -> None:
     """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so."""
     params = plan.params
     subnet_id = params["SubnetId"]
-    [subnet] = describe(
+    subnet, *_ = describe(
         ec2, f"subnet {subnet_id}", "describe_subnets", "Subnets", SubnetIds=[subnet_id]
     )
     groups = params.get("SecurityGroupIds", [])
@@ -714,7 +717,7 @@ def check_architecture(ec2: Any, plan: Plan) -> None:
     """The instance type must run the image's architecture."""
     instance_type = plan.params["InstanceType"]
     what = f"instance type {instance_type}"
-    [info] = describe(
+    info, *_ = describe(
         ec2, what, "describe_instance_types", "InstanceTypes", InstanceTypes=[instance_type]
     )
     supported = info.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
@@ -744,7 +747,11 @@ def check_address_free(ec2: Any, address: str, subnet: dict) -> None:
 def elastic_ip_holder(ec2: Any, allocation: str) -> str | None:
     """Who holds the Elastic IP now (an instance or interface id), or None if it is free."""
     what = f"Elastic IP allocation {allocation}"
-    [address] = describe(ec2, what, "describe_addresses", "Addresses", AllocationIds=[allocation])
+    try:
+        found = describe(ec2, what, "describe_addresses", "Addresses", AllocationIds=[allocation])
+    except RestoreError as err:
+        raise RestoreError(f"{err}; set ELASTIC_IP = None to restore without it") from None
+    address = found[0]
     return address.get("InstanceId") or address.get("NetworkInterfaceId") or None
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import boto3
 
+from bench import print_table
 from tests.fleet import ROOT, aws_env, build_network, write_config
 from tests.harness import LINUX_AMI, SETTINGS, Endpoint
 
@@ -75,15 +75,8 @@ def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     counts = [int(a) for a in argv] or [10, 100, 500]
     os.environ.update(aws_env("http://unused"))
-    endpoint = Endpoint().start()
     header = ["N", "run", "wall s", "calls", "budget 2N+12", *COLUMNS, "exit"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    with tempfile.TemporaryDirectory() as workdir:
-        for count in counts:
-            for row in bench(endpoint, count, Path(workdir)):
-                print(row, flush=True)
-    endpoint.stop()
+    print_table(header, counts, bench)
     return 0
 
 

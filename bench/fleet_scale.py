@@ -20,12 +20,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import boto3
 
+from bench import print_table
 from tests.fleet import REGION, ROOT, aws_env, build_network, write_config
 from tests.harness import BUCKETS, LINUX_AMI, SETTINGS, Endpoint
 
@@ -95,16 +95,9 @@ def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
 
 def main(argv: list[str]) -> int:
     counts = [int(a) for a in argv] or [100, 300, 500]
-    endpoint = Endpoint().start()
     header = ["N", "run", "wall s", "bucket min s", "ratio", "throttled", "failed servers",
               "calls ok", "budget 2N+12", "exit"]  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    with tempfile.TemporaryDirectory() as workdir:
-        for count in counts:
-            for row in bench(endpoint, count, Path(workdir)):
-                print(row, flush=True)
-    endpoint.stop()
+    print_table(header, counts, bench)
     return 0
 
 

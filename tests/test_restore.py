@@ -351,3 +351,21 @@ def test_hand_made_ami_without_a_recorded_subnet_needs_one(ec2, backed_up, tmp_p
     result = restore(tmp_path, "--ami", hand_made["ImageId"])
     assert result.returncode == 1
     assert "has no recorded INSTANCE_TYPE or SUBNET_ID; set it in the config" in result.stderr
+
+
+def test_unknown_ami_fails_cleanly(ec2, backed_up, tmp_path):
+    result = restore(tmp_path, "--ami", "ami-0123456789abcdef0", SUBNET_ID=backed_up.subnet_id)
+    assert result.returncode == 1
+    assert "image ami-0123456789abcdef0 does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_released_elastic_ip_fails_before_launch(ec2, backed_up, tmp_path):
+    ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
+    ec2.release_address(AllocationId=backed_up.eips["web01"])
+    before = len(live_instances(ec2))
+    result = restore(tmp_path, SERVER="web01")
+    assert result.returncode == 1
+    assert f"Elastic IP allocation {backed_up.eips['web01']} does not exist" in result.stderr
+    assert "set ELASTIC_IP = None to restore without it" in result.stderr
+    assert len(live_instances(ec2)) == before
