@@ -122,8 +122,19 @@ DEFAULTS: dict[str, Any] = {
     "WAIT": True,
     "WAIT_TIMEOUT_MINUTES": 120,
     "LOG_FILE": None,
+    "CONSISTENCY": None,
+    "PRE_SCRIPT": None,
+    "POST_SCRIPT": None,
+    "SCRIPT_TIMEOUT_SECONDS": 300,
+    "ON_SCRIPT_FAILURE": "fail",
 }
-SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags"}
+SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags", "consistency", "pre_script",
+               "post_script", "platform"}  # fmt: skip
+CONSISTENCY_MODES = ("crash", "reboot", "vss", "scripts")
+SSM_MODES = ("vss", "scripts")
+CONSISTENCY_WORDS = {"crash": "no reboot", "reboot": "with reboot", "vss": "VSS through SSM",
+                     "scripts": "pre/post scripts through SSM"}  # fmt: skip
+PLATFORMS = ("windows", "linux")
 NAME_FIELDS = {"server", "schedule", "time", "instance_id"}
 # Contract tags a single image can carry, counting continuation tags generously.
 CONTRACT_TAGS_MAX = 20
@@ -142,6 +153,10 @@ class ServerSpec:
     keep: int
     no_reboot: bool
     tags: dict[str, str] = field(default_factory=dict)
+    consistency: str = "crash"  # one of CONSISTENCY_MODES
+    pre_script: str | None = None
+    post_script: str | None = None
+    platform: str | None = None  # known from SERVERS, else from the instance
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -178,6 +193,7 @@ def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
     _check_number(config, "MAX_AGE_DAYS", allow_none=True)
     for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT"):
         _check_bool(config[name], name)
+    check_consistency_settings(config)
     if not isinstance(config["SCHEDULE"], str) or not SCHEDULE_RE.match(config["SCHEDULE"]):
         raise ConfigError("SCHEDULE must be 1-64 letters, digits, '.', '_' or '-'")
     check_tags(config["TAGS"], "TAGS")
@@ -188,6 +204,19 @@ def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
     if not config["SERVERS"] and not config["SELECT_TAGS"]:
         raise ConfigError("SERVERS and SELECT_TAGS are both empty: nothing to back up")
     return config
+
+
+def check_consistency_settings(config: dict) -> None:
+    """CONSISTENCY, the scripts, their timeout and ON_SCRIPT_FAILURE."""
+    if config["CONSISTENCY"] not in (None, *CONSISTENCY_MODES):
+        raise ConfigError(f"CONSISTENCY must be None or one of {', '.join(CONSISTENCY_MODES)}")
+    _check_optional_str(config, "PRE_SCRIPT")
+    _check_optional_str(config, "POST_SCRIPT")
+    _check_int(config, "SCRIPT_TIMEOUT_SECONDS", minimum=30)
+    if config["ON_SCRIPT_FAILURE"] not in ("fail", "crash"):
+        raise ConfigError("ON_SCRIPT_FAILURE must be 'fail' or 'crash'")
+    if config["CONSISTENCY"] == "scripts" and not (config["PRE_SCRIPT"] or config["POST_SCRIPT"]):
+        raise ConfigError("CONSISTENCY 'scripts' needs PRE_SCRIPT or POST_SCRIPT")
 
 
 def _check_optional_str(config: dict, name: str, pattern=None, example: str = "") -> None:
@@ -269,12 +298,41 @@ def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
         )
     keep = entry.get("keep", config["KEEP"])
     _check_int({f"{where}['keep']": keep}, f"{where}['keep']", minimum=1)
-    no_reboot = entry.get("no_reboot", config["NO_REBOOT"])
-    _check_bool(no_reboot, f"{where}['no_reboot']")
+    if "no_reboot" in entry:
+        _check_bool(entry["no_reboot"], f"{where}['no_reboot']")
     tags = entry.get("tags", {})
     check_tags(tags, f"{where}['tags']")
     check_tag_room({**config["TAGS"], **tags}, f"TAGS plus {where}['tags']")
-    return ServerSpec(name, instance_id, keep, no_reboot, dict(tags))
+    spec = ServerSpec(name, instance_id, keep, True, dict(tags))
+    return with_consistency(spec, entry, config, where)
+
+
+def with_consistency(spec: ServerSpec, entry: dict, config: dict, where: str) -> ServerSpec:
+    """Resolve a server's consistency: its own setting, its no_reboot, then the global ones."""
+    mode = entry.get("consistency")
+    if mode is None and "no_reboot" in entry:
+        mode = "crash" if entry["no_reboot"] else "reboot"
+    spec.consistency = (
+        mode or config["CONSISTENCY"] or ("crash" if config["NO_REBOOT"] else "reboot")
+    )
+    if spec.consistency not in CONSISTENCY_MODES:
+        raise ConfigError(f"{where}['consistency'] must be one of {', '.join(CONSISTENCY_MODES)}")
+    spec.no_reboot = spec.consistency != "reboot"
+    spec.pre_script = entry.get("pre_script", config["PRE_SCRIPT"])
+    spec.post_script = entry.get("post_script", config["POST_SCRIPT"])
+    spec.platform = entry.get("platform")
+    for key, value in (("pre_script", spec.pre_script), ("post_script", spec.post_script)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{where}['{key}'] (or {key.upper()}) must be None or a command")
+    if spec.platform not in (None, *PLATFORMS):
+        raise ConfigError(f"{where}['platform'] must be None, 'windows' or 'linux'")
+    if spec.consistency == "scripts" and not (spec.pre_script or spec.post_script):
+        raise ConfigError(
+            f"{where} ({spec.name}): consistency 'scripts' needs PRE_SCRIPT or POST_SCRIPT"
+        )
+    if spec.consistency == "vss" and spec.platform == "linux":
+        raise ConfigError(f"{where} ({spec.name}): consistency 'vss' is for Windows; this is linux")
+    return spec
 
 
 def check_tag_room(tags: dict, what: str) -> None:
@@ -432,7 +490,10 @@ def instance_tags(instance: dict) -> list[tuple[str, str]]:
 
 
 def backup_tags(
-    fixed: list[tuple[str, str]], extra: dict[str, str], copied: list[tuple[str, str]]
+    fixed: list[tuple[str, str]],
+    extra: dict[str, str],
+    copied: list[tuple[str, str]],
+    limit: int = MAX_TAGS,
 ) -> tuple[list[dict[str, str]], list[str]]:
     """Combine contract, config and instance tags within EC2's 50-tag limit.
 
@@ -447,7 +508,7 @@ def backup_tags(
         keys_tag = split_value(
             TAG_INSTANCE_TAG_KEYS, json.dumps([k for k, _ in kept], separators=(",", ":"))
         )
-        if len(base) + len(keys_tag) + len(kept) <= MAX_TAGS:
+        if len(base) + len(keys_tag) + len(kept) <= limit:
             break
         kept.pop()
     else:
@@ -460,8 +521,8 @@ def backup_tags(
 # --- AWS access -------------------------------------------------------------------
 
 
-def make_ec2(config: dict) -> Any:
-    """Build the EC2 client: region, profile and botocore's standard retries."""
+def make_clients(config: dict) -> tuple[Any, Any]:
+    """Build the EC2 and SSM clients: region, profile and botocore's standard retries."""
     try:
         core = botocore.session.Session(profile=config["PROFILE"])
         # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
@@ -475,9 +536,10 @@ def make_ec2(config: dict) -> Any:
         )
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     retries = {"mode": "standard", "total_max_attempts": int(attempts)}
-    ec2 = session.client("ec2", config=Config(retries=retries, user_agent_extra=TOOL))
+    client_config = Config(retries=retries, user_agent_extra=TOOL)
+    ec2 = session.client("ec2", config=client_config)
     pace(ec2)
-    return ec2
+    return ec2, session.client("ssm", config=client_config)
 
 
 class Pacer:
@@ -556,6 +618,8 @@ class Outcome:
     error: str | None = None
     pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    post_command: str | None = None  # the post-script's SSM command, checked after the creates
+    post_error: str | None = None  # a failed post-script: reported, but the image stands
 
 
 def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
@@ -600,6 +664,7 @@ def select_by_tags(ec2: Any, config: dict, listed: set[str]) -> list[Server]:
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         name = tags.get("Name") or instance["InstanceId"]
         spec = ServerSpec(name, instance["InstanceId"], config["KEEP"], config["NO_REBOOT"])
+        spec = with_consistency(spec, {}, config, "SELECT_TAGS")
         servers.append(Server(spec, instance))
     return servers
 
@@ -673,7 +738,9 @@ def managed_images(ec2: Any, schedule: str | None) -> list[Image]:
 # --- Do it ------------------------------------------------------------------------------
 
 
-def create_backup(ec2: Any, server: Server, config: dict, now: datetime, out: Outcome) -> None:
+def create_backup(
+    ec2: Any, server: Server, config: dict, now: datetime, out: Outcome, no_reboot: bool = True
+) -> None:
     """Start CreateImage for one server, with every tag set at creation."""
     spec = server.spec
     name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
@@ -691,7 +758,7 @@ def create_backup(ec2: Any, server: Server, config: dict, now: datetime, out: Ou
             InstanceId=spec.instance_id,
             Name=name,
             Description=f"{TOOL} {config['SCHEDULE']} backup of {spec.name} ({spec.instance_id})",
-            NoReboot=spec.no_reboot,
+            NoReboot=no_reboot,
             TagSpecifications=[
                 {"ResourceType": "image", "Tags": tags},
                 {"ResourceType": "snapshot", "Tags": tags},
@@ -880,10 +947,208 @@ def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
         log.info("%s: deregistered %s (%s): %s", out.name, image.image_id, image.name, reason)
 
 
+# --- Consistency through SSM: VSS on Windows, pre/post scripts anywhere ----------------------
+
+SSM_ONLINE, SSM_SUCCESS = "Online", "Success"
+SSM_RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
+DOC_SHELL, DOC_POWERSHELL, DOC_VSS = (
+    "AWS-RunShellScript",
+    "AWS-RunPowerShellScript",
+    "AWSEC2-CreateVssSnapshot",
+)
+ERR_NO_INVOCATION = "InvocationDoesNotExist"  # just sent: not visible yet
+SSM_IDS_MAX = 50  # instance ids per DescribeInstanceInformation filter
+SSM_NEEDS = "SSM Agent running and an instance profile with AmazonSSMManagedInstanceCore"
+VSS_NEEDS = "; for vss also the AwsVssComponents package and AWSEC2VssSnapshotPolicy"
+VSS_TAG_ROOM = 3  # the VSS document adds AppConsistent and AwsVssConfig (Device on snapshots)
+
+
+@dataclass
+class Clients:
+    """The AWS clients a run uses."""
+
+    ec2: Any
+    ssm: Any
+
+
+def back_up(clients: Clients, server: Server, config: dict, now: datetime, out: Outcome) -> None:
+    """Make one server's image the way its consistency asks."""
+    mode = server.spec.consistency
+    if mode == "scripts":
+        backup_with_scripts(clients, server, config, now, out)
+    elif mode == "vss":
+        backup_with_vss(clients, server, config, now, out)
+    else:
+        create_backup(clients.ec2, server, config, now, out, no_reboot=mode == "crash")
+
+
+def platform_of(server: Server) -> str:
+    """windows or linux: from SERVERS if given, else from the instance."""
+    return server.spec.platform or (
+        "windows" if server.instance.get("Platform") == "windows" else "linux"
+    )
+
+
+def ssm_offline(ssm: Any, servers: list[Server]) -> dict[str, str]:
+    """For each server SSM cannot reach now, the reason; one call per 50 servers."""
+    online: set[str] = set()
+    ids = [s.spec.instance_id for s in servers]
+    try:
+        for batch in chunked(ids, SSM_IDS_MAX):
+            filters = [{"Key": "InstanceIds", "Values": batch}]
+            for info in paginate(
+                ssm, "describe_instance_information", "InstanceInformationList", Filters=filters
+            ):
+                if info.get("PingStatus") == SSM_ONLINE:
+                    online.add(info["InstanceId"])
+    except (ClientError, BotoCoreError) as err:
+        return {i: f"could not ask SSM about the instance: {error_text(err)}" for i in ids}
+    return {
+        s.spec.instance_id: (
+            f"SSM cannot reach {s.spec.instance_id} (not a managed instance, or not online); "
+            f"it needs {SSM_NEEDS}{VSS_NEEDS if s.spec.consistency == 'vss' else ''}"
+        )
+        for s in servers
+        if s.spec.instance_id not in online
+    }
+
+
+def send(ssm: Any, instance_id: str, document: str, parameters: dict, timeout: int) -> str:
+    """SendCommand to one instance; return the command id."""
+    response = ssm.send_command(
+        InstanceIds=[instance_id], DocumentName=document, Parameters=parameters,
+        Comment=f"{TOOL} backup", TimeoutSeconds=max(30, timeout),
+    )  # fmt: skip
+    return response["Command"]["CommandId"]
+
+
+def send_script(ssm: Any, server: Server, script: str, timeout: int) -> str:
+    """Run a shell (Linux) or PowerShell (Windows) script through SSM Run Command."""
+    document = DOC_POWERSHELL if platform_of(server) == "windows" else DOC_SHELL
+    parameters = {"commands": [script], "executionTimeout": [str(timeout)]}
+    return send(ssm, server.spec.instance_id, document, parameters, timeout)
+
+
+def wait_command(ssm: Any, command_id: str, instance_id: str, timeout: int) -> str:
+    """Poll one command until it ends; return its status ("TimedOut" if it outlasts timeout)."""
+    deadline, delay = time.monotonic() + timeout + POLL_MAX_SECONDS, POLL_FIRST_SECONDS / 2
+    while time.monotonic() < deadline:
+        try:
+            status = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)[
+                "Status"
+            ]
+        except ClientError as err:
+            if err.response["Error"]["Code"] != ERR_NO_INVOCATION:
+                raise
+            status = "Pending"
+        if status not in SSM_RUNNING:
+            return status
+        time.sleep(delay)
+        delay = min(delay * POLL_FACTOR, 5.0)
+    return "TimedOut"
+
+
+def backup_with_scripts(
+    clients: Clients, server: Server, config: dict, now: datetime, out: Outcome
+) -> None:
+    """Pre-script, then a no-reboot image, then the post-script, which runs whatever happened."""
+    spec, timeout = server.spec, config["SCRIPT_TIMEOUT_SECONDS"]
+    pre_sent = False
+    try:
+        if spec.pre_script:
+            command_id = send_script(clients.ssm, server, spec.pre_script, timeout)
+            pre_sent = True
+            status = wait_command(clients.ssm, command_id, spec.instance_id, timeout)
+            failure = f"pre-script command {command_id} {status}"
+            if status != SSM_SUCCESS and not script_failed(out, failure, config):
+                return
+        create_backup(clients.ec2, server, config, now, out, no_reboot=True)
+    finally:
+        if spec.post_script and (pre_sent or not spec.pre_script):
+            out.post_command = send_script(clients.ssm, server, spec.post_script, timeout)
+
+
+def script_failed(out: Outcome, message: str, config: dict) -> bool:
+    """Record a failed script; return whether to go on with a crash-consistent image."""
+    if config["ON_SCRIPT_FAILURE"] == "crash":
+        out.warnings.append(f"{message}; made a crash-consistent image instead")
+        return True
+    out.error = message
+    return False
+
+
+def backup_with_vss(
+    clients: Clients, server: Server, config: dict, now: datetime, out: Outcome
+) -> None:
+    """AWSEC2-CreateVssSnapshot makes the image; then the rest of the tool's tags go on it."""
+    spec, timeout = server.spec, config["SCRIPT_TIMEOUT_SECONDS"]
+    if platform_of(server) != "windows":
+        out.error = "consistency 'vss' needs a Windows instance; this one is linux"
+        return
+    name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+    identity = contract_tags(spec, config["SCHEDULE"], now, {}, None)[:5]  # marker .. created
+    if any(c in v for _, v in identity for c in ",;="):
+        out.error = f"server name {spec.name!r} has ',', ';' or '=', which VSS tags cannot carry"
+        return
+    parameters = {
+        "CreateAmi": ["True"], "AmiName": [name], "executionTimeout": [str(timeout)],
+        "description": [f"{TOOL} {config['SCHEDULE']} VSS backup of {spec.name}"],
+        "tags": [";".join(f"Key={k},Value={v}" for k, v in identity)],
+    }  # fmt: skip
+    command_id = send(clients.ssm, spec.instance_id, DOC_VSS, parameters, timeout)
+    status = wait_command(clients.ssm, command_id, spec.instance_id, timeout)
+    if status != SSM_SUCCESS:
+        if script_failed(out, f"VSS command {command_id} {status}", config):
+            create_backup(clients.ec2, server, config, now, out, no_reboot=True)
+        return
+    tag_vss_image(clients.ec2, server, config, now, name, out)
+    out.image_name, out.created_tag = name, stamp(now)
+
+
+def tag_vss_image(
+    ec2: Any, server: Server, config: dict, now: datetime, name: str, out: Outcome
+) -> None:
+    """Find the image the VSS document made and give it and its snapshots the tool's tags."""
+    found = list(paginate(ec2, "describe_images", "Images", Owners=["self"],
+                          Filters=[{"Name": "name", "Values": [name]}]))  # fmt: skip
+    if not found:
+        out.error = f"the VSS command succeeded, but no image named {name} exists"
+        return
+    image = to_image(found[0])
+    fixed = contract_tags(server.spec, config["SCHEDULE"], now, server.instance, server.eip)
+    copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
+    extra = {**config["TAGS"], **server.spec.tags}
+    tags, dropped = backup_tags(fixed, extra, copied, limit=MAX_TAGS - VSS_TAG_ROOM)
+    if dropped:
+        out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
+    ec2.create_tags(Resources=[image.image_id, *image.snapshot_ids], Tags=tags)
+    out.image_id = image.image_id
+
+
+def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict) -> None:
+    """Wait for every post-script at once, with one ListCommands a poll; record failures."""
+    pending = {o.post_command: o for o in outcomes if o.post_command}
+    deadline, delay = time.monotonic() + config["SCRIPT_TIMEOUT_SECONDS"] + POLL_MAX_SECONDS, 0.5
+    while pending and time.monotonic() < deadline:
+        for command in paginate(ssm, "list_commands", "Commands"):
+            out = pending.get(command["CommandId"])
+            if out and command["Status"] not in SSM_RUNNING:
+                if command["Status"] != SSM_SUCCESS:
+                    out.post_error = (
+                        f"post-script command {command['CommandId']} {command['Status']}"
+                    )
+                del pending[command["CommandId"]]
+        if pending:
+            time.sleep(delay)
+            delay = min(delay * POLL_FACTOR, 5.0)
+    for command_id, out in pending.items():
+        out.post_error = f"post-script command {command_id} did not finish in time"
+
+
 # --- The run -------------------------------------------------------------------------------
 
 
-def run_backup(ec2: Any, config: dict, args: argparse.Namespace) -> int:
+def run_backup(ec2: Any, ssm: Any, config: dict, args: argparse.Namespace) -> int:
     """Image every server; prune each as soon as its new image is verified; report."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server)
@@ -895,7 +1160,7 @@ def run_backup(ec2: Any, config: dict, args: argparse.Namespace) -> int:
         return EXIT_FAILED if failures else EXIT_OK
     outcomes = [Outcome(s.spec.name, s.spec.instance_id) for s in servers]
     created: queue.Queue[Outcome] = queue.Queue()
-    creator_args = (ec2, servers, outcomes, config, now, created)
+    creator_args = (Clients(ec2, ssm), servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     keep = {s.spec.name: s.spec.keep for s in servers}
     retention = Retention(ec2, existing, keep, config["MAX_AGE_DAYS"], enabled=not args.no_prune)
@@ -906,18 +1171,29 @@ def run_backup(ec2: Any, config: dict, args: argparse.Namespace) -> int:
 
 
 def create_all(
-    ec2: Any, servers: list[Server], outcomes: list[Outcome], config: dict, now: datetime,
+    clients: Clients, servers: list[Server], outcomes: list[Outcome], config: dict, now: datetime,
     created: queue.Queue,
 ) -> None:  # fmt: skip
-    """Start every server's image in turn (the client paces CreateImage); queue each outcome."""
+    """Start every server's image in turn (the client paces CreateImage); queue each outcome.
+
+    Servers backed up through SSM come last, after one check that they are online,
+    so their scripts never hold up the plain ones.
+    """
+    pairs = sorted(
+        zip(servers, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
+    )
     try:
-        for server, out in zip(servers, outcomes, strict=True):
+        offline = ssm_offline(clients.ssm, [s for s, _ in pairs if s.spec.consistency in SSM_MODES])
+        for server, out in pairs:
             try:
-                guarded(out, "backup failed", create_backup, ec2, server, config, now, out)
+                out.error = offline.get(server.spec.instance_id)
+                if not out.error:
+                    guarded(out, "backup failed", back_up, clients, server, config, now, out)
             except Exception as err:  # a bug must not hide a server: report it as failed
                 log.debug("%s: unexpected error", out.name, exc_info=True)
                 out.error = f"backup failed: unexpected {type(err).__name__}: {err}"
             created.put(out)
+        check_post_scripts(clients.ssm, [o for _, o in pairs], config)
     finally:
         created.put(ALL_CREATED)
 
@@ -996,6 +1272,8 @@ def report(outcomes: list[Outcome]) -> int:
     for out in outcomes:
         if not out.error and not out.image_id:
             out.error = "no backup was made"  # never report a server as done without an image
+        if out.post_error:
+            out.error = f"{out.error}; {out.post_error}" if out.error else out.post_error
     for out in outcomes:
         for warning in out.warnings:
             log.warning("%s (%s): %s", out.name, out.instance_id, warning)
@@ -1030,7 +1308,7 @@ def print_plan(
     for server in servers:
         spec = server.spec
         name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
-        mode = "no reboot" if spec.no_reboot else "with reboot"
+        mode = CONSISTENCY_WORDS[spec.consistency]
         print(f"Would create image {name} of {spec.instance_id} ({spec.name}, {mode})")
         images = [i for i in existing if i.server == spec.name]
         assumed = Image("(new)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
@@ -1236,7 +1514,7 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [n for n in args.server if n not in names]
             if unknown:
                 raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
-        ec2 = make_ec2(config)
+        ec2, ssm = make_clients(config)
     except ConfigError as err:
         log.error("config error: %s", err)
         return EXIT_USAGE
@@ -1253,7 +1531,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.list:
                 return list_backups(ec2, args.server)
-            return run_backup(ec2, config, args)
+            return run_backup(ec2, ssm, config, args)
         except (ClientError, BotoCoreError) as err:
             log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
             return EXIT_FAILED

@@ -12,10 +12,16 @@ PROFILE = None
 # Servers to back up. name is the server's identity: it names its images and
 # its retention pool, and the restore finds backups by it.
 # Optional per server: keep (overrides KEEP), no_reboot (overrides NO_REBOOT),
-# tags (extra tags on this server's images and snapshots).
+# tags (extra tags on this server's images and snapshots), consistency,
+# pre_script and post_script (override the settings below), and platform
+# ("windows" or "linux", so that a wrong consistency is caught up front).
 SERVERS = [
     # {"name": "web01", "instance_id": "i-0123456789abcdef0"},
-    # {"name": "dc01", "instance_id": "i-0fedcba9876543210", "no_reboot": False, "keep": 14},
+    # {"name": "dc01", "instance_id": "i-0fedcba9876543210", "consistency": "vss",
+    #  "platform": "windows", "keep": 14},
+    # {"name": "pg01", "instance_id": "i-0aaaabbbbccccdddd", "consistency": "scripts",
+    #  "pre_script": "sudo -u postgres psql -c CHECKPOINT && fsfreeze -f /var/lib/postgresql",
+    #  "post_script": "fsfreeze -u /var/lib/postgresql"},
 ]
 
 # Also back up every non-terminated instance carrying all of these tags,
@@ -38,6 +44,26 @@ MAX_AGE_DAYS = None
 # True: image without rebooting (crash-consistent, no downtime).
 # False: EC2 reboots the instance for a file-system-consistent image.
 NO_REBOOT = True
+
+# How consistent each image is. None: from NO_REBOOT ("crash" or "reboot").
+#   "crash":   no reboot; as if the power was pulled (journals and databases recover).
+#   "reboot":  EC2 reboots the instance for a file-system-consistent image.
+#   "vss":     Windows only: SSM runs AWSEC2-CreateVssSnapshot with CreateAmi=True,
+#              so VSS writers (SQL Server, AD) flush and freeze. Needs SSM Agent, the
+#              AwsVssComponents package and an instance role with
+#              AmazonSSMManagedInstanceCore and AWSEC2VssSnapshotPolicy.
+#   "scripts": SSM runs PRE_SCRIPT (shell on Linux, PowerShell on Windows), the
+#              image is made without reboot, then POST_SCRIPT runs, always, as soon
+#              as CreateImage returns (even if it failed). Needs SSM Agent and
+#              AmazonSSMManagedInstanceCore.
+CONSISTENCY = None
+PRE_SCRIPT = None
+POST_SCRIPT = None
+# Each script (and the VSS document) must finish within this many seconds (>= 30).
+SCRIPT_TIMEOUT_SECONDS = 300
+# A failed pre-script or VSS command: "fail" fails that server's backup (exit 1,
+# nothing pruned for it); "crash" makes a crash-consistent image instead, with a warning.
+ON_SCRIPT_FAILURE = "fail"
 
 # Extra tags on every image and snapshot, e.g. {"CostCenter": "ops"}.
 TAGS = {}

@@ -26,6 +26,18 @@ Patches (each has a test in tests/test_harness.py):
      primary network interface, freeing its private IP, as on EC2 (moto keeps
      both attached to the terminated instance).
 
+SSM (moto's SendCommand succeeds without running anything, and moto has no
+DescribeInstanceInformation):
+  S1 DescribeInstanceInformation lists EC2 instances as managed and Online,
+     except those in `ssm_unmanaged` (absent) or `ssm_offline` (ConnectionLost).
+  S2 A command runs on the instances it names (moto adds every instance in the
+     region when Targets is empty). Its status comes from `ssm_results`: the first key found in the
+     command's document name or script text decides ("Failed", "TimedOut", or
+     "Hang", which stays InProgress); otherwise "Success".
+  S3 AWSEC2-CreateVssSnapshot with CreateAmi=True creates the image, named by
+     AmiName, tagged with the document's `tags` plus the reserved AppConsistent
+     and AwsVssConfig (and Device on the snapshot), as the real document does.
+
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
 500), so botocore sees what it would see from EC2.
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import threading
 import time
@@ -57,6 +70,8 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.instances import InstanceResponse
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
+from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import make_server
 
 LINUX_AMI = "ami-1e749f67"  # from moto's bundled amis.json
@@ -90,6 +105,7 @@ class Call:
     action: str
     params: dict[str, str]
     status: int = 0
+    service: str = "ec2"
 
 
 class Settings:
@@ -99,6 +115,9 @@ class Settings:
         self.pending_seconds = 0.0
         self.fail_images_of: set[str] = set()
         self.instance_pending_seconds = 0.0
+        self.ssm_unmanaged: set[str] = set()
+        self.ssm_offline: set[str] = set()
+        self.ssm_results: dict[str, str] = {}
 
     def reset(self) -> None:
         self.__init__()
@@ -238,6 +257,71 @@ def _terminate(self) -> InstanceState:
     return _original_terminate(self)
 
 
+# --- S1, S2, S3: SSM ------------------------------------------------------------------
+
+_original_send_command = SSMBackend.send_command
+
+
+def _describe_instance_information(self) -> ActionResult:
+    """EC2 instances as SSM managed instances (S1)."""
+    from moto.ec2.models import ec2_backends
+
+    wanted = {
+        v for f in self._get_param("Filters", []) if f["Key"] == "InstanceIds" for v in f["Values"]
+    }
+    backend = ec2_backends[self.current_account][self.region]
+    listed = []
+    for instance in backend.all_instances():
+        if instance.id in SETTINGS.ssm_unmanaged or (wanted and instance.id not in wanted):
+            continue
+        ping = "ConnectionLost" if instance.id in SETTINGS.ssm_offline else "Online"
+        platform = "Windows" if instance.platform == "windows" else "Linux"
+        listed.append({"InstanceId": instance.id, "PingStatus": ping, "PlatformType": platform})
+    return ActionResult({"InstanceInformationList": listed})
+
+
+def _send_command(self, *args, **kwargs):
+    """SendCommand with the outcome the test chose (S2); VSS makes an image (S3)."""
+    requested = list(kwargs.get("instance_ids") or [])
+    command = _original_send_command(self, *args, **kwargs)
+    if requested and not kwargs.get("targets"):  # moto adds every instance when Targets is empty
+        command.instance_ids = requested
+        command.invocations = [i for i in command.invocations if i["InstanceId"] in requested]
+        command.target_count = command.completed_count = len(requested)
+    text = " ".join([command.document_name or "", *command.parameters.get("commands", [])])
+    status = next((v for k, v in SETTINGS.ssm_results.items() if k in text), "Success")
+    status = "InProgress" if status == "Hang" else status
+    command.status = status
+    for invocation in command.invocations:
+        invocation["Status"] = invocation["StatusDetails"] = status
+    if status == "Success" and command.document_name == "AWSEC2-CreateVssSnapshot":
+        for instance_id in command.instance_ids:
+            _vss_image(self.account_id, self.region_name, instance_id, command.parameters)
+    return command
+
+
+def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict) -> None:
+    """What AWSEC2-CreateVssSnapshot with CreateAmi=True leaves behind."""
+    from moto.ec2.models import ec2_backends
+
+    if parameters.get("CreateAmi", ["False"])[0] != "True":
+        return
+    given = [dict(p.split("=", 1) for p in item.split(",", 1)) for item in
+             parameters.get("tags", [""])[0].split(";") if item]  # fmt: skip
+    tags = [{"Key": t["Key"], "Value": t["Value"]} for t in given]
+    reserved = [{"Key": "AppConsistent", "Value": "true"},
+                {"Key": "AwsVssConfig", "Value": "AwsVssComponents:2.4.0"}]  # fmt: skip
+    specs = [
+        {"ResourceType": "image", "Tags": tags + reserved},
+        {
+            "ResourceType": "snapshot",
+            "Tags": [*tags, *reserved, {"Key": "Device", "Value": "/dev/sda1"}],
+        },
+    ]
+    backend = ec2_backends[account_id][region]
+    backend.create_image(instance_id, parameters["AmiName"][0], "VSS", tag_specifications=specs)
+
+
 def apply_patches() -> None:
     """Patch moto's EC2 backend in this process (idempotent)."""
     AmiBackend.create_image = _create_image
@@ -245,6 +329,8 @@ def apply_patches() -> None:
     InstanceResponse.run_instances = _run_instances
     ElasticAddressBackend.associate_address = _associate_address
     Instance.terminate = _terminate
+    SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information
+    SSMBackend.send_command = _send_command
 
 
 # --- Faults and the call log ---------------------------------------------------------
@@ -278,12 +364,31 @@ def bucket_of(action: str, params: dict[str, str]) -> str:
     return "describe" if narrowed else "describe-unfiltered"
 
 
-def region_of(environ: dict) -> str:
-    """The region a signed request is for, from its SigV4 credential scope."""
+def request_params(environ: dict, body: bytes) -> dict[str, str]:
+    """A request's action and parameters, from EC2's query form or a JSON protocol's target."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if not target:
+        return dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+    try:
+        document = json.loads(body or b"{}")
+    except ValueError:
+        document = {}
+    params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in document.items()}
+    params["Action"] = target.rsplit(".", 1)[-1]
+    return params
+
+
+def credential_scope(environ: dict) -> list[str]:
+    """A signed request's SigV4 scope: key id, date, region, service, terminator."""
     auth = environ.get("HTTP_AUTHORIZATION", "")
     scope = auth.split("Credential=", 1)[1].split(",", 1)[0] if "Credential=" in auth else ""
-    parts = scope.split("/")
-    return parts[2] if len(parts) > 2 else "us-east-1"
+    return scope.split("/")
+
+
+def region_of(environ: dict) -> str:
+    """The region a signed request is for."""
+    parts = credential_scope(environ)
+    return parts[2] if len(parts) > 3 else "us-east-1"
 
 
 class TokenBuckets:
@@ -314,6 +419,18 @@ ERROR_XML = (
 
 
 THROTTLED = Fault("", "RequestLimitExceeded", 503, message="Request limit exceeded.")
+
+
+def error_response(environ: dict, fault: Fault, start_response: Callable) -> list[bytes]:
+    """The error document the service's protocol uses: EC2's XML, or JSON (SSM)."""
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        body = json.dumps({"__type": fault.code, "message": fault.message})
+        kind = "application/x-amz-json-1.1"
+    else:
+        body = ERROR_XML.format(code=fault.code, message=fault.message, n=id(fault))
+        kind = "text/xml"
+    start_response(f"{fault.status} Error", [("Content-Type", kind)])
+    return [body.encode()]
 
 
 class Endpoint:
@@ -384,9 +501,10 @@ class Endpoint:
         def middleware(environ: dict, start_response: Callable) -> Any:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)
-            params = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+            params = request_params(environ, body)
             action = params.get("Action", "")
-            call = Call(action, params)
+            scope = credential_scope(environ)
+            call = Call(action, params, service=scope[3] if len(scope) > 3 else "ec2")
             with self._lock:
                 self.calls.append(call)
                 hooks = list(self.hooks)
@@ -404,9 +522,7 @@ class Endpoint:
                 fault = THROTTLED
             if fault:
                 call.status = fault.status
-                text = ERROR_XML.format(code=fault.code, message=fault.message, n=len(self.calls))
-                start_response(f"{fault.status} Error", [("Content-Type", "text/xml")])
-                return [text.encode()]
+                return error_response(environ, fault, start_response)
 
             def recording_start(status: str, headers: list, exc_info: Any = None) -> Any:
                 call.status = int(status.split()[0])

@@ -49,6 +49,14 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
         ({"SERVERS": [{"instance_id": GOOD_ID}]}, "SERVERS[0]: 'name' must be a non-empty"),
         ({"SERVERS": [SERVER, SERVER]}, "SERVERS: name 'web01' appears twice"),
         ({"SERVERS": [], "SELECT_TAGS": {}}, "nothing to back up"),
+        ({"CONSISTENCY": "app"}, "CONSISTENCY must be None or one of crash, reboot, vss, scripts"),
+        ({"CONSISTENCY": "scripts"}, "CONSISTENCY 'scripts' needs PRE_SCRIPT or POST_SCRIPT"),
+        ({"ON_SCRIPT_FAILURE": "ignore"}, "ON_SCRIPT_FAILURE must be 'fail' or 'crash'"),
+        ({"SCRIPT_TIMEOUT_SECONDS": 5}, "SCRIPT_TIMEOUT_SECONDS must be a whole number >= 30"),
+        ({"SERVERS": [{**SERVER, "consistency": "vss", "platform": "linux"}]}, "is for Windows"),
+        ({"SERVERS": [{**SERVER, "consistency": "snap"}]}, "SERVERS[0]['consistency'] must be"),
+        ({"SERVERS": [{**SERVER, "consistency": "scripts"}]}, "needs PRE_SCRIPT or POST_SCRIPT"),
+        ({"SERVERS": [{**SERVER, "platform": "macos"}]}, "SERVERS[0]['platform'] must be None"),
     ],
 )
 def test_bad_setting_is_named(settings, message):

@@ -250,3 +250,50 @@ def test_throttled_endpoint_refuses_the_51st_mutating_call_with_request_limit_ex
     client.describe_key_pairs(KeyNames=["k1"])  # another bucket still has tokens
     time.sleep(0.25)
     client.create_key_pair(KeyName="one-more")  # a token is back after 0.2 s
+
+
+def ssm_client(endpoint):
+    import boto3
+
+    return boto3.client("ssm", region_name=REGION, endpoint_url=endpoint.url)
+
+
+def test_s1_instances_are_managed_and_online_unless_told(ec2, endpoint):
+    online, offline, unmanaged = an_instance(ec2), an_instance(ec2), an_instance(ec2)
+    SETTINGS.ssm_offline, SETTINGS.ssm_unmanaged = {offline}, {unmanaged}
+    filters = [{"Key": "InstanceIds", "Values": [online, offline, unmanaged]}]
+    listed = ssm_client(endpoint).describe_instance_information(Filters=filters)
+    pings = {i["InstanceId"]: i["PingStatus"] for i in listed["InstanceInformationList"]}
+    assert pings == {online: "Online", offline: "ConnectionLost"}
+
+
+@pytest.mark.parametrize(("result", "status"), [(None, "Success"), ("Failed", "Failed"),
+                                               ("Hang", "InProgress")])  # fmt: skip
+def test_s2_command_runs_on_its_instance_with_the_chosen_outcome(ec2, endpoint, result, status):
+    target, _bystander = an_instance(ec2), an_instance(ec2)
+    if result:
+        SETTINGS.ssm_results = {"do-thing": result}
+    ssm = ssm_client(endpoint)
+    command = ssm.send_command(
+        InstanceIds=[target], DocumentName="AWS-RunShellScript",
+        Parameters={"commands": ["do-thing"]},
+    )["Command"]  # fmt: skip
+    assert command["InstanceIds"] == [target]
+    invocation = ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=target)
+    assert invocation["Status"] == status
+
+
+def test_s3_vss_document_makes_a_tagged_image_with_its_reserved_tags(ec2, endpoint):
+    instance_id = an_instance(ec2)
+    ssm_client(endpoint).send_command(
+        InstanceIds=[instance_id], DocumentName="AWSEC2-CreateVssSnapshot",
+        Parameters={"CreateAmi": ["True"], "AmiName": ["vss-image-1"],
+                    "tags": ["Key=a,Value=1;Key=b,Value=2"]},
+    )  # fmt: skip
+    [image] = ec2.describe_images(Filters=[{"Name": "name", "Values": ["vss-image-1"]}])["Images"]
+    tags = tags_of(image)
+    assert (tags["a"], tags["b"], tags["AppConsistent"]) == ("1", "2", "true")
+    assert "AwsVssConfig" in tags
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert tags_of(snapshot)["Device"] == "/dev/sda1"

@@ -105,7 +105,7 @@ def actions_used(endpoint, env, script: str, config, runs: list[list[str]]) -> s
         assert result.returncode == 0, result.stderr
     relax()
     assert refused(endpoint.calls[start:]) == []
-    return {f"ec2:{c.action}" for c in endpoint.calls[start:]}
+    return {f"{c.service}:{c.action}" for c in endpoint.calls[start:]}
 
 
 def assert_refused(calls) -> None:
@@ -121,12 +121,19 @@ def test_backup_does_its_whole_job_under_the_backup_policy(
 ):
     document = policy("backup-policy.json")
     env = user_env("backup-bot", document)
-    config = backup_config(tmp_path, fleet, KEEP=1)
-    used = actions_used(endpoint, env, "ec2_to_ami.py", config, [[], [], ["--dry-run"], ["--list"]])
-    # Tagging happens inside CreateImage; DeleteSnapshot is the fallback for a
-    # snapshot DeregisterImage could not delete.
-    assert used == actions_of(document) - {"ec2:CreateTags", "ec2:DeleteSnapshot"}
-    assert len(managed(ec2, "web01")) == 1
+    servers = [
+        {"name": "web01", "instance_id": fleet.instances["web01"]},
+        {"name": "app01", "instance_id": fleet.instances["app01"], "consistency": "scripts",
+         "pre_script": "sync", "post_script": "true"},
+        {"name": "win01", "instance_id": fleet.instances["win01"], "consistency": "vss"},
+    ]  # fmt: skip
+    config = backup_config(tmp_path, fleet, KEEP=1, SERVERS=servers, SELECT_TAGS={})
+    runs = [[], [], ["--dry-run"], ["--list"]]
+    used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
+    # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
+    # for a snapshot DeregisterImage could not delete.
+    assert used == actions_of(document) - {"ec2:DeleteSnapshot"}
+    assert len(managed(ec2, "web01")) == len(managed(ec2, "win01")) == 1
 
 
 def test_backup_policy_refuses_what_the_backup_does_not_need(fleet, endpoint, user_env):
@@ -189,8 +196,21 @@ def test_created_images_must_carry_the_marker_and_tags_come_only_at_creation():
     assert create["Condition"] == {
         "StringEquals": {"aws:RequestTag/ec2-to-ami:managed-by": "ec2-to-ami"}
     }
-    [tagging] = statements_with(document, "ec2:CreateTags")
-    assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateImage"}}
+    conditions = [s["Condition"] for s in statements_with(document, "ec2:CreateTags")]
+    assert conditions == [
+        {"StringEquals": {"ec2:CreateAction": "CreateImage"}},  # tags at creation
+        MARKER_CONDITION,  # the rest of the tags on an image VSS made with the marker
+    ]
+
+
+def test_ssm_commands_are_limited_to_the_consistency_documents():
+    [statement] = statements_with(policy("backup-policy.json"), "ssm:SendCommand")
+    documents = [r.rsplit("/", 1)[1] for r in statement["Resource"] if ":document/" in r]
+    assert documents == [
+        "AWS-RunShellScript",
+        "AWS-RunPowerShellScript",
+        "AWSEC2-CreateVssSnapshot",
+    ]
 
 
 def test_restore_passes_roles_to_ec2_only():
