@@ -183,3 +183,16 @@ def test_ssm_refusing_the_check_fails_only_the_ssm_servers(ec2, fleet, tmp_path,
     assert result.returncode == 1
     assert "could not ask SSM about the instance: AccessDeniedException" in result.stderr
     assert "3 server(s): 1 backed up, 2 failed" in result.stderr
+
+
+def test_hanging_pre_script_times_out_and_fails_the_server(ec2, fleet, tmp_path):
+    """A command still InProgress at SCRIPT_TIMEOUT_SECONDS (plus a poll's grace) has timed out."""
+    SETTINGS.ssm_results = {"freeze-db": "Hang"}
+    servers = [{"name": "app01", "instance_id": fleet.instances["app01"], "consistency": "scripts"}]
+    config = scripted(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={}, SCRIPT_TIMEOUT_SECONDS=30)
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 1
+    assert re.search(
+        r"app01 \(i-[0-9a-f]+\): FAILED: pre-script command \S+ TimedOut", result.stderr
+    )
+    assert managed(ec2, "app01") == []
