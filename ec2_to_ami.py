@@ -435,17 +435,6 @@ def split_value(key: str, value: str) -> list[tuple[str, str]]:
     return [(key if n == 0 else f"{key}:{n + 1}", chunk) for n, chunk in enumerate(chunks)]
 
 
-def joined_value(tags: dict[str, str], key: str) -> str | None:
-    """Read back a value that split_value stored."""
-    if key not in tags:
-        return None
-    parts, n = [tags[key]], 2
-    while f"{key}:{n}" in tags:
-        parts.append(tags[f"{key}:{n}"])
-        n += 1
-    return "".join(parts)
-
-
 def contract_tags(
     server: ServerSpec, schedule: str, created: datetime, instance: dict, eip: str | None
 ) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ec2_to_ami import joined_value
+from ami_to_ec2 import joined_value
 from tests.conftest import (
     backup_config,
     build_network,
