@@ -151,12 +151,16 @@ class ServerSpec:
     name: str
     instance_id: str
     keep: int
-    no_reboot: bool
     tags: dict[str, str] = field(default_factory=dict)
     consistency: str = "crash"  # one of CONSISTENCY_MODES
     pre_script: str | None = None
     post_script: str | None = None
     platform: str | None = None  # known from SERVERS, else from the instance
+
+    @property
+    def no_reboot(self) -> bool:
+        """Whether CreateImage runs without rebooting: every mode but "reboot"."""
+        return self.consistency != "reboot"
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -303,7 +307,7 @@ def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
     tags = entry.get("tags", {})
     check_tags(tags, f"{where}['tags']")
     check_tag_room({**config["TAGS"], **tags}, f"TAGS plus {where}['tags']")
-    spec = ServerSpec(name, instance_id, keep, True, dict(tags))
+    spec = ServerSpec(name, instance_id, keep, dict(tags))
     return with_consistency(spec, entry, config, where)
 
 
@@ -317,7 +321,6 @@ def with_consistency(spec: ServerSpec, entry: dict, config: dict, where: str) ->
     )
     if spec.consistency not in CONSISTENCY_MODES:
         raise ConfigError(f"{where}['consistency'] must be one of {', '.join(CONSISTENCY_MODES)}")
-    spec.no_reboot = spec.consistency != "reboot"
     spec.pre_script = entry.get("pre_script", config["PRE_SCRIPT"])
     spec.post_script = entry.get("post_script", config["POST_SCRIPT"])
     spec.platform = entry.get("platform")
@@ -367,7 +370,7 @@ def check_name_format(config: dict) -> None:
     unknown = fields - NAME_FIELDS
     if unknown:
         raise ConfigError(f"NAME_FORMAT: unknown field {{{sorted(unknown)[0]}}}")
-    sample = ServerSpec("server", "i-0123456789abcdef0", 1, True)
+    sample = ServerSpec("server", "i-0123456789abcdef0", 1)
     try:
         name = render_name(fmt, sample, config["SCHEDULE"], datetime(2026, 1, 2, 3, 4, 5))
     except (ValueError, KeyError, IndexError) as err:
@@ -601,7 +604,6 @@ class Outcome:
     name: str
     instance_id: str
     image_id: str | None = None
-    image_name: str | None = None
     created_tag: str = ""  # the TAG_CREATED value of this run's image
     image: Image | None = None  # this run's image as last seen
     error: str | None = None
@@ -652,7 +654,7 @@ def select_by_tags(ec2: Any, config: dict, listed: set[str]) -> list[Server]:
             continue
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         name = tags.get("Name") or instance["InstanceId"]
-        spec = ServerSpec(name, instance["InstanceId"], config["KEEP"], config["NO_REBOOT"])
+        spec = ServerSpec(name, instance["InstanceId"], config["KEEP"])
         spec = with_consistency(spec, {}, config, "SELECT_TAGS")
         servers.append(Server(spec, instance))
     return servers
@@ -741,7 +743,7 @@ def create_backup(
     tags, dropped = backup_tags(fixed, {**config["TAGS"], **spec.tags}, copied)
     if dropped:
         out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
-    out.image_name, out.created_tag = name, stamp(now)
+    out.created_tag = stamp(now)
     try:
         response = ec2.create_image(
             InstanceId=spec.instance_id,
@@ -1091,7 +1093,7 @@ def backup_with_vss(
             create_backup(clients.ec2, server, config, now, out, no_reboot=True)
         return
     tag_vss_image(clients.ec2, server, config, now, name, out)
-    out.image_name, out.created_tag = name, stamp(now)
+    out.created_tag = stamp(now)
 
 
 def tag_vss_image(
@@ -1114,12 +1116,13 @@ def tag_vss_image(
     out.image_id = image.image_id
 
 
-def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict) -> None:
+def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: datetime) -> None:
     """Wait for every post-script at once, with one ListCommands a poll; record failures."""
+    invoked_after = [{"key": "InvokedAfter", "value": since.strftime("%Y-%m-%dT%H:%M:%SZ")}]
     pending = {o.post_command: o for o in outcomes if o.post_command}
     deadline, delay = time.monotonic() + config["SCRIPT_TIMEOUT_SECONDS"] + POLL_MAX_SECONDS, 0.5
     while pending and time.monotonic() < deadline:
-        for command in paginate(ssm, "list_commands", "Commands"):
+        for command in paginate(ssm, "list_commands", "Commands", Filters=invoked_after):
             out = pending.get(command["CommandId"])
             if out and command["Status"] not in SSM_RUNNING:
                 if command["Status"] != SSM_SUCCESS:
@@ -1182,7 +1185,7 @@ def create_all(
                 log.debug("%s: unexpected error", out.name, exc_info=True)
                 out.error = f"backup failed: unexpected {type(err).__name__}: {err}"
             created.put(out)
-        check_post_scripts(clients.ssm, [o for _, o in pairs], config)
+        check_post_scripts(clients.ssm, [o for _, o in pairs], config, now)
     finally:
         created.put(ALL_CREATED)
 

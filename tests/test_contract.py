@@ -38,7 +38,7 @@ def test_a_long_value_split_by_the_backup_is_read_back_whole_by_the_restore(valu
 
 
 def test_restore_reads_what_the_backup_wrote():
-    spec = ec2_to_ami.ServerSpec("web01", "i-0123456789abcdef0", 7, True)
+    spec = ec2_to_ami.ServerSpec("web01", "i-0123456789abcdef0", 7)
     instance = {
         "InstanceType": "t3.small",
         "SubnetId": "subnet-1",
