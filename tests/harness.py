@@ -26,6 +26,22 @@ Patches (each has a test in tests/test_harness.py):
      primary network interface, freeing its private IP, as on EC2 (moto keeps
      both attached to the terminated instance).
 
+  P10 CopyImage runs in the destination region from the source region's
+     image: the copy is "pending" for `copy_pending_seconds`, then "available",
+     or "failed" when its region is in `fail_copies_to`; CopyImageTags copies
+     the source's tags, TagSpecifications tag the copy and its snapshot, and
+     Encrypted/KmsKeyId encrypt the copy's snapshot (with the region's
+     AWS-managed aws/ebs key when no key is given; an encrypted source stays
+     encrypted). A repeated ClientToken returns the same copy (moto ignores all
+     of this).
+  P11 EnableImageDeprecation and DisableImageDeprecation set and clear the
+     image's DeprecationTime, which DescribeImages reports (moto: HTTP 500).
+  P12 Encrypted volumes: CreateImage of an instance listed in
+     `encrypt_images_of` gives an image whose snapshot is encrypted with the
+     listed key (None: the region's aws/ebs key), and DescribeImages reports
+     Ebs.Encrypted as EC2 does. moto's aws/ebs key is made AWS-managed
+     (KeyManager "AWS"), as on AWS (moto makes it a customer key).
+
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
   S1 DescribeInstanceInformation lists EC2 instances as managed and Online,
@@ -59,11 +75,13 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
-from moto.ec2.models.amis import AmiBackend
+from moto.ec2.models.amis import Ami, AmiBackend
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.instances import Instance, InstanceState
 from moto.ec2.responses.amis import AmisResponse
@@ -106,6 +124,7 @@ class Call:
     params: dict[str, str]
     status: int = 0
     service: str = "ec2"
+    region: str = "us-east-1"
 
 
 class Settings:
@@ -118,6 +137,9 @@ class Settings:
         self.ssm_unmanaged: set[str] = set()
         self.ssm_offline: set[str] = set()
         self.ssm_results: dict[str, str] = {}
+        self.copy_pending_seconds = 0.0
+        self.fail_copies_to: set[str] = set()
+        self.encrypt_images_of: dict[str, str | None] = {}
 
     def reset(self) -> None:
         self.__init__()
@@ -132,6 +154,7 @@ _original_create_image = AmiBackend.create_image
 _original_run_instances = InstanceResponse.run_instances
 _original_associate_address = ElasticAddressBackend.associate_address
 _original_terminate = Instance.terminate
+_original_block_device_mappings = Ami.block_device_mappings
 
 
 def _create_image(self, instance_id, name, description, tag_specifications):
@@ -154,6 +177,8 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     ami = _original_create_image(self, instance_id, name, description, image_specs)
     for tag in snapshot_tags:
         ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+    if instance_id in SETTINGS.encrypt_images_of:
+        _encrypt(self, ami.ebs_snapshot, SETTINGS.encrypt_images_of[instance_id])
     ami.state = "pending"
     ami.harness_ready_at = time.monotonic() + SETTINGS.pending_seconds
     ami.harness_final = "failed" if instance_id in SETTINGS.fail_images_of else "available"
@@ -187,6 +212,98 @@ def finish_pending() -> None:
         for ami in backend.amis.values():
             if getattr(ami, "harness_ready_at", None) is not None:
                 ami.harness_ready_at = 0.0
+
+
+# --- P10, P11, P12: CopyImage, deprecation, encryption ---------------------------------
+
+_original_default_key = EBSBackend._create_default_encryption_key
+
+
+def _aws_managed_default_key(self) -> str:
+    """The region's aws/ebs key, AWS-managed as on AWS (P12)."""
+    from moto.kms import kms_backends
+
+    arn = _original_default_key(self)
+    kms_backends[self.account_id][self.region_name].describe_key(arn).key_manager = "AWS"
+    return arn
+
+
+def _encrypt(backend: Any, snapshot: Any, key: str | None) -> None:
+    """Encrypt a made-up snapshot with key (an id, ARN or alias), or with aws/ebs."""
+    from moto.kms import kms_backends
+
+    if key is None:
+        arn = backend.default_kms_key_id or backend._create_default_encryption_key()
+    else:
+        arn = kms_backends[backend.account_id][backend.region_name].describe_key(key).arn
+    snapshot.encrypted, snapshot.kms_key_id = True, arn
+
+
+def _block_device_mappings(self) -> list[dict[str, Any]]:
+    """The image's mapping with Ebs.Encrypted, as EC2 reports it (P12)."""
+    mapping = _original_block_device_mappings.fget(self)
+    for device in mapping:
+        device["Ebs"]["Encrypted"] = bool(self.ebs_snapshot.encrypted)
+    return mapping
+
+
+def _copy_image(self) -> ActionResult:
+    """CopyImage with tags, encryption, idempotency and a pending state (P10)."""
+    self.error_on_dryrun()
+    backend, token = self.ec2_backend, self._get_param("ClientToken")
+    for ami in backend.amis.values():
+        if token and getattr(ami, "harness_client_token", None) == token:
+            return ActionResult({"ImageId": ami.id})
+    source_id, source_region = self._get_param("SourceImageId"), self._get_param("SourceRegion")
+    name = self._get_param("Name")
+    for ami in backend.amis.values():
+        if ami.name == name and ami.owner_id == backend.account_id:
+            raise EC2ClientError(
+                "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}"
+            )
+    copy = backend.copy_image(source_id, source_region, name, self._get_param("Description"))
+    from moto.ec2.models import ec2_backends
+
+    source = ec2_backends[backend.account_id][source_region].amis[source_id]
+    if self._get_bool_param("CopyImageTags", False):
+        for tag in source.get_tags():
+            copy.add_tag(tag["key"], tag["value"])
+    for spec in self._get_param("TagSpecifications", []):
+        target = copy if spec["ResourceType"] == "image" else copy.ebs_snapshot
+        for tag in spec.get("Tags", []):
+            target.add_tag(tag["Key"], tag["Value"])
+    encrypted = self._get_bool_param("Encrypted", False) or source.ebs_snapshot.encrypted
+    key = self._get_param("KmsKeyId")
+    if key and not encrypted:
+        raise EC2ClientError("InvalidParameterDependency", "KmsKeyId needs Encrypted")
+    if encrypted:
+        _encrypt(backend, copy.ebs_snapshot, key)
+    copy.harness_client_token = token
+    copy.state = "pending"
+    copy.harness_ready_at = time.monotonic() + SETTINGS.copy_pending_seconds
+    failed = backend.region_name in SETTINGS.fail_copies_to
+    copy.harness_final = "failed" if failed else "available"
+    return ActionResult({"ImageId": copy.id})
+
+
+def _enable_image_deprecation(self) -> ActionResult:
+    """EnableImageDeprecation: record DeprecateAt on the image (P11)."""
+    self.error_on_dryrun()
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    when = self._get_param("DeprecateAt")
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    when = (when + timedelta(seconds=30)).replace(second=0, microsecond=0)  # to the minute
+    ami.deprecation_time = when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return ActionResult({"Return": True})
+
+
+def _disable_image_deprecation(self) -> ActionResult:
+    """DisableImageDeprecation: clear the image's DeprecationTime (P11)."""
+    self.error_on_dryrun()
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    ami.deprecation_time = None
+    return ActionResult({"Return": True})
 
 
 # --- P4: DeregisterImage with DeleteAssociatedSnapshots ------------------------------
@@ -331,6 +448,12 @@ def apply_patches() -> None:
     Instance.terminate = _terminate
     SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information
     SSMBackend.send_command = _send_command
+    AmisResponse.copy_image = _copy_image
+    AmisResponse.enable_image_deprecation = _enable_image_deprecation
+    AmisResponse.disable_image_deprecation = _disable_image_deprecation
+    Ami.block_device_mappings = property(_block_device_mappings)
+    Ami.deprecation_time = None
+    EBSBackend._create_default_encryption_key = _aws_managed_default_key
 
 
 # --- Faults and the call log ---------------------------------------------------------
@@ -504,14 +627,16 @@ class Endpoint:
             params = request_params(environ, body)
             action = params.get("Action", "")
             scope = credential_scope(environ)
-            call = Call(action, params, service=scope[3] if len(scope) > 3 else "ec2")
+            call = Call(action, params, service=scope[3] if len(scope) > 3 else "ec2",
+                        region=region_of(environ))  # fmt: skip
             with self._lock:
                 self.calls.append(call)
                 hooks = list(self.hooks)
             for hook in hooks:
                 hook(call)
             advance()
-            fault = self._take_fault(action, params) if action else None
+            where = {**params, "Region": call.region}  # a fault may match on Region
+            fault = self._take_fault(action, where) if action else None
             buckets = self.buckets
             if (
                 action

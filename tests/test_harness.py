@@ -297,3 +297,77 @@ def test_s3_vss_document_makes_a_tagged_image_with_its_reserved_tags(ec2, endpoi
     snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
     assert tags_of(snapshot)["Device"] == "/dev/sda1"
+
+
+def regional(endpoint, service: str, region: str):
+    import boto3
+
+    return boto3.client(service, region_name=region, endpoint_url=endpoint.url)
+
+
+def test_p10_copy_image_carries_tags_encrypts_and_honours_its_client_token(ec2, endpoint):
+    dr = regional(endpoint, "ec2", "us-west-2")
+    key = regional(endpoint, "kms", "us-west-2").create_key()["KeyMetadata"]["Arn"]
+    source = image_of(ec2, an_instance(ec2))
+    finish_pending()
+    specs = [{"ResourceType": "image", "Tags": [{"Key": "from", "Value": REGION}]},
+             {"ResourceType": "snapshot", "Tags": [{"Key": "snap", "Value": "yes"}]}]  # fmt: skip
+    params = {"SourceImageId": source, "SourceRegion": REGION, "Name": "img-1",
+              "CopyImageTags": True, "TagSpecifications": specs, "ClientToken": "t-1",
+              "Encrypted": True, "KmsKeyId": key}  # fmt: skip
+    copy = dr.copy_image(**params)["ImageId"]
+    assert dr.copy_image(**params)["ImageId"] == copy  # the same token: the same copy
+    image = dr.describe_images(ImageIds=[copy])["Images"][0]
+    assert tags_of(image) == {"who": "test", "from": REGION}
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    snapshot = dr.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert tags_of(snapshot) == {"snap": "yes"}
+    assert snapshot["Encrypted"] and snapshot["KmsKeyId"] == key
+    plain = dr.copy_image(SourceImageId=source, SourceRegion=REGION, Name="img-2")["ImageId"]
+    assert tags_of(dr.describe_images(ImageIds=[plain])["Images"][0]) == {}  # no CopyImageTags
+
+
+def test_p10_a_copy_pends_then_ends_available_or_failed_per_region(ec2, endpoint):
+    source = image_of(ec2, an_instance(ec2))
+    finish_pending()
+    SETTINGS.copy_pending_seconds, SETTINGS.fail_copies_to = 0.5, {"eu-west-1"}
+    states = {}
+    for region in ("us-west-2", "eu-west-1"):
+        dr = regional(endpoint, "ec2", region)
+        copy = dr.copy_image(SourceImageId=source, SourceRegion=REGION, Name="copy-1")["ImageId"]
+        assert dr.describe_images(ImageIds=[copy])["Images"][0]["State"] == "pending"
+        states[region] = (dr, copy)
+    time.sleep(0.6)
+    finals = {
+        r: d.describe_images(ImageIds=[c])["Images"][0]["State"] for r, (d, c) in states.items()
+    }
+    assert finals == {"us-west-2": "available", "eu-west-1": "failed"}
+
+
+def test_p11_image_deprecation_is_recorded_to_the_minute(ec2):
+    image_id = image_of(ec2, an_instance(ec2))
+    ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt="2030-01-02T03:04:35Z")
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert image["DeprecationTime"] == "2030-01-02T03:05:00.000Z"
+    ec2.disable_image_deprecation(ImageId=image_id)
+    assert "DeprecationTime" not in ec2.describe_images(ImageIds=[image_id])["Images"][0]
+
+
+def test_p12_encrypted_instance_gives_an_encrypted_image_under_the_aws_managed_key(ec2, endpoint):
+    encrypted, plain = an_instance(ec2), an_instance(ec2)
+    SETTINGS.encrypt_images_of[encrypted] = None
+    images = ec2.describe_images(ImageIds=[image_of(ec2, encrypted), image_of(ec2, plain, "img-2")])
+    flags = {i["Name"]: i["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] for i in images["Images"]}
+    assert flags == {"img-1": True, "img-2": False}
+    [image] = [i for i in images["Images"] if i["Name"] == "img-1"]
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    key = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["KmsKeyId"]
+    metadata = regional(endpoint, "kms", REGION).describe_key(KeyId=key)["KeyMetadata"]
+    assert metadata["KeyManager"] == "AWS"
+
+
+def test_a_fault_can_match_one_region(ec2, endpoint):
+    endpoint.inject("DescribeVpcs", "UnauthorizedOperation", status=403, Region="us-west-2")
+    ec2.describe_vpcs()  # us-east-1: untouched
+    with pytest.raises(ClientError):
+        regional(endpoint, "ec2", "us-west-2").describe_vpcs()
