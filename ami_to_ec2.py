@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import getpass
 import ipaddress
 import json
 import logging
@@ -23,7 +24,7 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -32,6 +33,7 @@ from typing import Any
 import boto3
 import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 log = logging.getLogger("ami_to_ec2")
@@ -56,6 +58,9 @@ TAG_ELASTIC_IP = "ec2-to-ami:eip-allocation-id"
 TAG_PLATFORM = "ec2-to-ami:platform"
 TAG_HTTP_TOKENS = "ec2-to-ami:http-tokens"
 TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"
+TAG_SOURCE_REGION = "ec2-to-ami:source-region"  # on a copy in another region
+TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
+TAG_SHARED_WITH = "ec2-to-ami:shared-with"
 # Tags the restore puts on the new instance.
 TAG_RESTORED_FROM = "ec2-to-ami:restored-from"  # source image id
 TAG_RESTORED_BACKUP_TIME = "ec2-to-ami:restored-backup-time"  # the backup's created time
@@ -82,6 +87,8 @@ SUBNET_ID_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
 GROUP_ID_RE = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
 ALLOCATION_ID_RE = re.compile(r"^eipalloc-([0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")
 HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 WINDOWS_NAME_MAX = 15
 VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
@@ -119,6 +126,8 @@ DEFAULTS: dict[str, Any] = {
     "DELETE_ON_TERMINATION": None,
     "WAIT": "status-ok",
     "WAIT_TIMEOUT_MINUTES": 30,
+    "REGION_MAP": {},
+    "ROLE_ARN": None,
 }
 
 
@@ -164,6 +173,12 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
         config["BACKUP_BEFORE"] = args.before
     if args.count is not None:
         config["COUNT"] = args.count
+    if args.region is not None:
+        config["REGION"] = args.region
+    if args.subnet_id is not None:
+        config["SUBNET_ID"] = args.subnet_id
+    if args.security_group_ids is not None:
+        config["SECURITY_GROUP_IDS"] = [g for g in args.security_group_ids.split(",") if g]
     return config
 
 
@@ -174,6 +189,8 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     if not listing and bool(config["SERVER"]) == bool(config["AMI_ID"]):
         raise ConfigError("set exactly one of SERVER and AMI_ID (or --server / --ami)")
     _check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
+    _check_pattern(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
+    check_region_map(config["REGION_MAP"])
     for name in ("PROFILE", "SCHEDULE", "INSTANCE_TYPE", "KEY_NAME", "IAM_INSTANCE_PROFILE"):
         _check_choice(config, name, str)
     for name in ("NAME", "KMS_KEY_ID"):
@@ -252,6 +269,21 @@ def check_group_ids(groups: Any) -> None:
     for group in groups:
         if not isinstance(group, str) or not GROUP_ID_RE.match(group):
             raise ConfigError(f"SECURITY_GROUP_IDS: {group!r} is not a security group id")
+
+
+def check_region_map(value: Any) -> None:
+    """REGION_MAP: {region: {source id: this region's id}}, all strings."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"REGION_MAP must be a dict of region to {{source id: id}}, not {value!r}"
+        )
+    for region, mapping in value.items():
+        if not isinstance(region, str) or not REGION_RE.match(region):
+            raise ConfigError(f"REGION_MAP: {region!r} is not a region such as us-west-2")
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items()
+        ):
+            raise ConfigError(f"REGION_MAP[{region!r}] must map source ids to ids, as strings")
 
 
 def check_private_ip(value: Any, count: int) -> None:
@@ -355,6 +387,7 @@ class Recorded:
     platform: str | None = None
     http_tokens: str | None = None
     instance_tags: dict[str, str] = field(default_factory=dict)
+    source_region: str | None = None  # set on a copy: the ids above belong to that region
 
 
 def read_recorded(image: dict) -> Recorded:
@@ -378,6 +411,7 @@ def read_recorded(image: dict) -> Recorded:
         platform=platform or "linux",
         http_tokens=value(TAG_HTTP_TOKENS),
         instance_tags={k: tags[k] for k in keys if k in tags},
+        source_region=value(TAG_SOURCE_REGION),
     )
 
 
@@ -470,9 +504,13 @@ class Plan:
 
 
 def plan_launch(
-    config: dict, image: dict, recorded: Recorded, original_alive: bool, token: str
-) -> Plan:
+    config: dict, image: dict, recorded: Recorded, original_alive: bool, token: str,
+    region: str | None = None,
+) -> Plan:  # fmt: skip
     """Build RunInstances parameters from the config, falling back to what was recorded."""
+    warnings: list[str] = []
+    if recorded.source_region and region and recorded.source_region != region:
+        recorded = in_region(config, image, recorded, region, warnings)
     pick = lambda setting, fallback: config[setting] or fallback  # noqa: E731
     instance_type = pick("INSTANCE_TYPE", recorded.instance_type)
     subnet = pick("SUBNET_ID", recorded.subnet_id)
@@ -484,7 +522,6 @@ def plan_launch(
         raise RestoreError(
             f"image {image['ImageId']} has no recorded {' or '.join(missing)}; set it in the config"
         )
-    warnings: list[str] = []
     name = restored_name(config, recorded, original_alive, warnings)
     params: dict[str, Any] = {
         "ImageId": image["ImageId"],
@@ -518,6 +555,44 @@ def plan_launch(
             f"COUNT={config['COUNT']}: Elastic IP {eip} goes to the first instance only"
         )
     return Plan(image, recorded, params, eip, name, warnings)
+
+
+def in_region(
+    config: dict, image: dict, recorded: Recorded, region: str, warnings: list[str]
+) -> Recorded:
+    """A copy's record for a launch in another region than the backup's.
+
+    The recorded subnet, security groups, private IP and Elastic IP belong to the
+    source region: they are mapped through REGION_MAP[region], or replaced by
+    SUBNET_ID and SECURITY_GROUP_IDS, and never used as they are.
+    """
+    source, mapping = recorded.source_region, config["REGION_MAP"].get(region, {})
+    subnet = mapping.get(recorded.subnet_id or "")
+    groups = [mapping.get(g) for g in recorded.security_group_ids]
+    if not (config["SUBNET_ID"] or subnet) or not (config["SECURITY_GROUP_IDS"] or all(groups)):
+        was = ", ".join([recorded.subnet_id or "-", *recorded.security_group_ids])
+        raise RestoreError(
+            f"image {image['ImageId']} is a copy from {source}, and the subnet and security "
+            f"groups it recorded ({was}) are in {source}. Set SUBNET_ID and SECURITY_GROUP_IDS "
+            f"(or --subnet-id and --security-group-ids) to ids in {region}, or map the recorded "
+            f"ids to them in REGION_MAP[{region!r}]"
+        )
+    if config["PRIVATE_IP"] == "same":
+        raise RestoreError(
+            f'PRIVATE_IP = "same": the recorded address is in {source}; set an address in '
+            f"{region} or None"
+        )
+    eip = mapping.get(recorded.elastic_ip or "")
+    if recorded.elastic_ip and not eip and config["ELASTIC_IP"] == "same":
+        warnings.append(
+            f"Elastic IP {recorded.elastic_ip} is in {source}, so none is associated in {region}; "
+            f"set ELASTIC_IP to an allocation in {region}, or map it in REGION_MAP"
+        )
+    key = mapping.get(recorded.key_name or "", recorded.key_name)
+    return replace(
+        recorded, subnet_id=subnet, security_group_ids=[g for g in groups if g],
+        private_ip=None, elastic_ip=eip, key_name=key,
+    )  # fmt: skip
 
 
 def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnings: list) -> str:
@@ -597,7 +672,41 @@ def make_ec2(config: dict) -> Any:
         )
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     retries = {"mode": "standard", "total_max_attempts": int(attempts)}
-    return session.client("ec2", config=Config(retries=retries, user_agent_extra=TOOL))
+    client_config = Config(retries=retries, user_agent_extra=TOOL)
+    if config["ROLE_ARN"]:
+        name = SESSION_NAME_BAD_CHARS.sub("-", f"{TOOL}-restore-{getpass.getuser()}")[:64]
+        session = assume_role(session, config["ROLE_ARN"], name, client_config)
+    return session.client("ec2", config=client_config)
+
+
+def assume_role(
+    session: boto3.Session, role_arn: str, name: str, client_config: Config
+) -> boto3.Session:
+    """A session acting as role_arn, its credentials renewed before they expire."""
+    sts = session.client("sts", config=client_config)
+
+    def fetch() -> dict[str, str]:
+        response = sts.assume_role(RoleArn=role_arn, RoleSessionName=name)
+        credentials = response["Credentials"]
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+    try:
+        metadata = fetch()
+    except (ClientError, BotoCoreError) as err:
+        raise RoleError(f"could not assume ROLE_ARN {role_arn}: {error_text(err)}") from None
+    credentials = RefreshableCredentials.create_from_metadata(metadata, fetch, "sts-assume-role")
+    core = botocore.session.Session()
+    core._credentials = credentials  # botocore has no public setter for refreshable credentials
+    return boto3.Session(botocore_session=core, region_name=session.region_name)
+
+
+class RoleError(Exception):
+    """ROLE_ARN could not be assumed; nothing was done."""
 
 
 def error_text(err: Exception) -> str:
@@ -633,12 +742,16 @@ def managed_images(ec2: Any, server: str | None, schedule: str | None) -> list[d
     images: list[dict] = []
     for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=filters):
         images += page.get("Images", [])
-    return sorted(images, key=lambda i: (i.get("CreationDate", ""), i["ImageId"]), reverse=True)
+    return sorted(images, key=lambda i: (backup_time(i), i["ImageId"]), reverse=True)
 
 
-def created_at(image: dict) -> datetime:
-    """An image's creation time."""
-    return datetime.fromisoformat(image["CreationDate"].replace("Z", "+00:00"))
+def backup_time(image: dict) -> datetime:
+    """When the backup was taken: its created tag (a copy's CreationDate is the copy's)."""
+    text = read_recorded(image).created or image.get("CreationDate") or ""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 # --- Look: find the backup and what surrounds it --------------------------------------------------
@@ -655,7 +768,7 @@ def find_image(ec2: Any, config: dict) -> dict:
     images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
     before = config["BACKUP_BEFORE"]
     for image in images:
-        if image["State"] == AVAILABLE and (before is None or created_at(image) <= before):
+        if image["State"] == AVAILABLE and (before is None or backup_time(image) <= before):
             return image
     raise RestoreError(no_backup_message(ec2, config))
 
@@ -976,6 +1089,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--ami", metavar="ID", help="restore this exact image")
     parser.add_argument("--before", metavar="TIME", help="newest backup at or before this time")
     parser.add_argument("--count", type=int, metavar="N", help="instances to launch")
+    parser.add_argument("--region", help="restore in this region (a copy there, for DR)")
+    parser.add_argument("--subnet-id", metavar="ID", help="launch into this subnet")
+    parser.add_argument(
+        "--security-group-ids", metavar="IDS", help="comma-separated security group ids"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, launch nothing")
     parser.add_argument("--list", action="store_true", help="list restorable backups")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -1007,7 +1125,8 @@ def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
     image = find_image(ec2, config)
     recorded = read_recorded(image)
     token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
-    plan = plan_launch(config, image, recorded, original_alive(ec2, recorded), token)
+    alive = original_alive(ec2, recorded)
+    plan = plan_launch(config, image, recorded, alive, token, ec2.meta.region_name)
     for warning in plan.warnings:
         log.warning("%s", warning)
     check_before_launch(ec2, plan)
@@ -1039,6 +1158,9 @@ def main(argv: list[str] | None = None) -> int:
     except RestoreError as err:
         log.error("%s", err)
         return EXIT_USAGE
+    except RoleError as err:
+        log.error("%s", err)
+        return EXIT_FAILED
     try:
         if args.list:
             return list_backups(ec2, config)

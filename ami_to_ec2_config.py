@@ -73,3 +73,13 @@ DELETE_ON_TERMINATION = None
 # Wait for "none", "running" or "status-ok" (both status checks passed).
 WAIT = "status-ok"
 WAIT_TIMEOUT_MINUTES = 30
+
+# --- Disaster recovery (README, "Disaster recovery") ---
+# Restoring a copy in another region (REGION or --region): the recorded subnet,
+# security groups and Elastic IP belong to the source region. Set SUBNET_ID and
+# SECURITY_GROUP_IDS, or map the recorded ids here, per destination region:
+# {"us-west-2": {"subnet-0aaa...": "subnet-0bbb...", "sg-0aaa...": "sg-0bbb...",
+#                "eipalloc-0aaa...": "eipalloc-0bbb...", "ops-key": "ops-key-dr"}}
+REGION_MAP = {}
+# Assume this role before any AWS call, to restore in another account.
+ROLE_ARN = None

@@ -35,6 +35,7 @@ from typing import Any
 import boto3
 import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 log = logging.getLogger("ec2_to_ami")
@@ -63,6 +64,12 @@ TAG_ELASTIC_IP = "ec2-to-ami:eip-allocation-id"
 TAG_PLATFORM = "ec2-to-ami:platform"  # windows | linux
 TAG_HTTP_TOKENS = "ec2-to-ami:http-tokens"  # required | optional
 TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"  # JSON list of copied keys
+# Set on a copy in another region (with all of the source's tags, by CopyImageTags).
+TAG_SOURCE_REGION = "ec2-to-ami:source-region"
+TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
+# Set once the image is shared: "<image id>:<account>,<account>". The image id keeps a
+# copy, which inherits its source's tags, from passing for shared itself.
+TAG_SHARED_WITH = "ec2-to-ami:shared-with"
 
 MAX_TAGS = 50
 TAG_VALUE_MAX = 256
@@ -82,6 +89,14 @@ AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
 INSTANCE_ID_RE = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")
+KEY_MANAGER_AWS = "AWS"  # KMS KeyManager of an AWS-managed key such as aws/ebs
+COPY_OPTIONS = {"keep", "kms_key_id"}
+SHARE_ACCOUNTS_MAX = 15  # so TAG_SHARED_WITH fits in one tag value
+DEPRECATE_DAYS_MAX = 3650  # EC2 allows DeprecateAt up to 10 years ahead
+DEPRECATE_LEAD = timedelta(minutes=10)  # DeprecateAt must lie in the future
 
 CRON_MARKER = "# ec2-to-ami-cron config="  # ends each managed crontab entry
 CRON_SPECIAL = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
@@ -92,8 +107,13 @@ CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 # The client waits for a token before each call instead of being refused (see Pacer).
 PACED_CALLS = {
     "CreateImage": ("mutating", 50, 5.0),
+    "ModifyImageAttribute": ("mutating", 50, 5.0),
+    "ModifySnapshotAttribute": ("mutating", 50, 5.0),
+    "EnableImageDeprecation": ("mutating", 50, 5.0),
     "DeregisterImage": ("delete", 100, 5.0),
     "DeleteSnapshot": ("delete", 100, 5.0),
+    "CreateTags": ("tags", 100, 10.0),
+    "CopyImage": ("copy", 100, 1.0),
 }
 
 # Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
@@ -127,6 +147,10 @@ DEFAULTS: dict[str, Any] = {
     "POST_SCRIPT": None,
     "SCRIPT_TIMEOUT_SECONDS": 300,
     "ON_SCRIPT_FAILURE": "fail",
+    "COPY_TO_REGIONS": {},
+    "SHARE_WITH_ACCOUNTS": [],
+    "DEPRECATE_AFTER_DAYS": None,
+    "ROLE_ARN": None,
 }
 SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags", "consistency", "pre_script",
                "post_script", "platform"}  # fmt: skip
@@ -198,6 +222,11 @@ def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
     for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT"):
         _check_bool(config[name], name)
     check_consistency_settings(config)
+    check_dr_settings(config)
+    if config["COPY_TO_REGIONS"] and not config["WAIT"]:
+        raise ConfigError(
+            "COPY_TO_REGIONS needs WAIT = True: only an available image can be copied"
+        )
     if not isinstance(config["SCHEDULE"], str) or not SCHEDULE_RE.match(config["SCHEDULE"]):
         raise ConfigError("SCHEDULE must be 1-64 letters, digits, '.', '_' or '-'")
     check_tags(config["TAGS"], "TAGS")
@@ -221,6 +250,47 @@ def check_consistency_settings(config: dict) -> None:
         raise ConfigError("ON_SCRIPT_FAILURE must be 'fail' or 'crash'")
     if config["CONSISTENCY"] == "scripts" and not (config["PRE_SCRIPT"] or config["POST_SCRIPT"]):
         raise ConfigError("CONSISTENCY 'scripts' needs PRE_SCRIPT or POST_SCRIPT")
+
+
+def check_dr_settings(config: dict) -> None:
+    """COPY_TO_REGIONS, SHARE_WITH_ACCOUNTS, DEPRECATE_AFTER_DAYS and ROLE_ARN."""
+    _check_optional_str(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
+    _check_number(config, "DEPRECATE_AFTER_DAYS", allow_none=True)
+    if (config["DEPRECATE_AFTER_DAYS"] or 0) > DEPRECATE_DAYS_MAX:
+        raise ConfigError(f"DEPRECATE_AFTER_DAYS must be at most {DEPRECATE_DAYS_MAX} (10 years)")
+    accounts = config["SHARE_WITH_ACCOUNTS"]
+    if not isinstance(accounts, (list, tuple)):
+        raise ConfigError(
+            f"SHARE_WITH_ACCOUNTS must be a list of 12-digit account ids, not {accounts!r}"
+        )
+    for account in accounts:
+        if not isinstance(account, str) or not ACCOUNT_RE.match(account):
+            raise ConfigError(
+                f"SHARE_WITH_ACCOUNTS: {account!r} is not a 12-digit account id (a string)"
+            )
+    if len(set(accounts)) != len(accounts) or len(accounts) > SHARE_ACCOUNTS_MAX:
+        raise ConfigError(
+            f"SHARE_WITH_ACCOUNTS must list at most {SHARE_ACCOUNTS_MAX} accounts, each once"
+        )
+    regions = config["COPY_TO_REGIONS"]
+    if not isinstance(regions, dict):
+        raise ConfigError(f"COPY_TO_REGIONS must be a dict of region to options, not {regions!r}")
+    for region, options in regions.items():
+        where = f"COPY_TO_REGIONS[{region!r}]"
+        if not isinstance(region, str) or not REGION_RE.match(region):
+            raise ConfigError(f"COPY_TO_REGIONS: {region!r} is not a region such as us-west-2")
+        if region == config["REGION"]:
+            raise ConfigError(f"{where}: that is REGION itself; copies go to other regions")
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where} must be a dict such as {{'keep': 7, 'kms_key_id': None}}")
+        for key in set(options) - COPY_OPTIONS:
+            close = difflib.get_close_matches(key, COPY_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        if options.get("keep") is not None:
+            _check_int({f"{where}['keep']": options["keep"]}, f"{where}['keep']", minimum=1)
+        name = f"{where}['kms_key_id']"
+        _check_optional_str({name: options.get("kms_key_id")}, name, example="a KMS key id or ARN")
 
 
 def _check_optional_str(config: dict, name: str, pattern=None, example: str = "") -> None:
@@ -403,6 +473,20 @@ class Image:
     instance_id: str = ""
     snapshot_ids: list[str] = field(default_factory=list)
     reason: str = ""  # StateReason, for a failed image
+    tags: dict[str, str] = field(default_factory=dict)
+    encrypted: bool = False
+    deprecation_time: str | None = None
+
+    @property
+    def source_region(self) -> str | None:
+        """The region this copy came from; None for an image made from an instance."""
+        return self.tags.get(TAG_SOURCE_REGION)
+
+    @property
+    def shared_with(self) -> set[str]:
+        """The accounts the tool shared this very image with."""
+        image_id, _, accounts = self.tags.get(TAG_SHARED_WITH, "").partition(":")
+        return set(accounts.split(",")) - {""} if image_id == self.image_id else set()
 
 
 def plan_prune(
@@ -513,8 +597,39 @@ def backup_tags(
 # --- AWS access -------------------------------------------------------------------
 
 
-def make_clients(config: dict) -> tuple[Any, Any]:
-    """Build the EC2 and SSM clients: region, profile and botocore's standard retries."""
+def dr_tag_room(config: dict) -> int:
+    """Tags to leave free for a copy's source tags and the shared-with tag."""
+    return 2 * bool(config["COPY_TO_REGIONS"]) + bool(config["SHARE_WITH_ACCOUNTS"])
+
+
+class Clients:
+    """The AWS clients a run uses: EC2 and SSM in REGION, and EC2 and KMS in other regions.
+
+    All come from one session (PROFILE, then ROLE_ARN if set) with botocore's
+    standard retries; every EC2 client paces its calls to its region's buckets.
+    """
+
+    def __init__(self, session: boto3.Session, client_config: Config) -> None:
+        self.session, self.config = session, client_config
+        self.region: str = session.region_name
+        self._made: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self.ec2, self.ssm = self.client("ec2"), self.client("ssm")
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        """The one client of a service in a region (REGION if None)."""
+        key = (service, region or self.region)
+        with self._lock:
+            if key not in self._made:
+                made = self.session.client(service, region_name=key[1], config=self.config)
+                if service == "ec2":
+                    pace(made)
+                self._made[key] = made
+            return self._made[key]
+
+
+def make_clients(config: dict) -> Clients:
+    """Build the run's clients: region, profile, ROLE_ARN and botocore's standard retries."""
     try:
         core = botocore.session.Session(profile=config["PROFILE"])
         # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
@@ -526,12 +641,54 @@ def make_clients(config: dict) -> tuple[Any, Any]:
         raise ConfigError(
             "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
         )
+    if session.region_name in config["COPY_TO_REGIONS"]:
+        raise ConfigError(f"COPY_TO_REGIONS lists {session.region_name}, the region backed up")
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     retries = {"mode": "standard", "total_max_attempts": int(attempts)}
     client_config = Config(retries=retries, user_agent_extra=TOOL)
-    ec2 = session.client("ec2", config=client_config)
-    pace(ec2)
-    return ec2, session.client("ssm", config=client_config)
+    if config["ROLE_ARN"]:
+        name = session_name("backup", config["SCHEDULE"])
+        session = assume_role(session, config["ROLE_ARN"], name, client_config)
+    return Clients(session, client_config)
+
+
+def session_name(*parts: str) -> str:
+    """A RoleSessionName that shows in CloudTrail who acted: the tool and what it ran."""
+    return SESSION_NAME_BAD_CHARS.sub("-", "-".join((TOOL, *parts)))[:64]
+
+
+def assume_role(
+    session: boto3.Session, role_arn: str, name: str, client_config: Config
+) -> boto3.Session:
+    """A session acting as role_arn, its credentials renewed before they expire.
+
+    The first AssumeRole happens here, so a role that cannot be assumed fails the
+    run before any EC2 call; a run longer than the role's hour renews on its own.
+    """
+    sts = session.client("sts", config=client_config)
+
+    def fetch() -> dict[str, str]:
+        response = sts.assume_role(RoleArn=role_arn, RoleSessionName=name)
+        credentials = response["Credentials"]
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+    try:
+        metadata = fetch()
+    except (ClientError, BotoCoreError) as err:
+        raise RoleError(f"could not assume ROLE_ARN {role_arn}: {error_text(err)}") from None
+    credentials = RefreshableCredentials.create_from_metadata(metadata, fetch, "sts-assume-role")
+    core = botocore.session.Session()
+    core._credentials = credentials  # botocore has no public setter for refreshable credentials
+    return boto3.Session(botocore_session=core, region_name=session.region_name)
+
+
+class RoleError(Exception):
+    """ROLE_ARN could not be assumed; nothing was done."""
 
 
 class Pacer:
@@ -611,6 +768,8 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     post_command: str | None = None  # the post-script's SSM command, checked after the creates
     post_error: str | None = None  # a failed post-script: reported, but the image stands
+    region: str | None = None  # a copy's destination region; None for the backup itself
+    late_errors: list[str] = field(default_factory=list)  # sharing, deprecation: image stands
 
 
 def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
@@ -706,6 +865,12 @@ def to_image(raw: dict) -> Image:
         schedule=tags.get(TAG_SCHEDULE, ""),
         instance_id=tags.get(TAG_INSTANCE_ID, ""),
         snapshot_ids=snapshots,
+        reason=raw.get("StateReason", {}).get("Message", ""),
+        tags=tags,
+        encrypted=any(
+            m.get("Ebs", {}).get("Encrypted") for m in raw.get("BlockDeviceMappings", [])
+        ),
+        deprecation_time=raw.get("DeprecationTime"),
     )
 
 
@@ -740,7 +905,9 @@ def create_backup(
         return
     fixed = contract_tags(spec, config["SCHEDULE"], now, server.instance, server.eip)
     copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
-    tags, dropped = backup_tags(fixed, {**config["TAGS"], **spec.tags}, copied)
+    tags, dropped = backup_tags(
+        fixed, {**config["TAGS"], **spec.tags}, copied, limit=MAX_TAGS - dr_tag_room(config)
+    )
     if dropped:
         out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
     out.created_tag = stamp(now)
@@ -821,12 +988,16 @@ class PollSchedule:
         self.next_at = time.monotonic() + self.delay
 
 
-def follow_up(ec2: Any, created: queue.Queue, config: dict, settle: Any) -> None:
+def follow_up(
+    ec2: Any, created: queue.Queue, config: dict, settle: Any, pending_ok: bool = False
+) -> None:
     """Verify each new image as it is created, with few polls, and settle each server once.
 
     A server is settled (handed to `settle`) when its image is available or
     failed, when its backup failed, or at the timeout; without WAIT, as soon
     as its image is created. `created` yields outcomes, then ALL_CREATED.
+    With pending_ok (copies), an image still pending at the timeout is left
+    to finish, with a warning, instead of failing its server.
     """
     waiting: dict[str, Outcome] = {}
     schedule, deadline = PollSchedule(), None
@@ -846,14 +1017,18 @@ def follow_up(ec2: Any, created: queue.Queue, config: dict, settle: Any) -> None
             schedule.polled()
             poll_once(ec2, waiting, settle)
         if deadline is not None and waiting and time.monotonic() >= deadline:
-            time_out(waiting, config["WAIT_TIMEOUT_MINUTES"], settle)
+            time_out(waiting, config["WAIT_TIMEOUT_MINUTES"], settle, pending_ok)
 
 
-def time_out(waiting: dict[str, Outcome], minutes: float, settle: Any) -> None:
-    """Fail every server whose image is still pending at the deadline."""
+def time_out(waiting: dict[str, Outcome], minutes: float, settle: Any, pending_ok: bool) -> None:
+    """Fail (or with pending_ok, leave) every image still pending at the deadline."""
     for image_id in list(waiting):
         out = waiting.pop(image_id)
-        out.error = f"image {image_id} still pending after {minutes:g} minutes"
+        message = f"image {image_id} still pending after {minutes:g} minutes"
+        if pending_ok:
+            out.warnings.append(f"{message}; left to finish, the next run counts it")
+        else:
+            out.error = message
         settle(out)
 
 
@@ -878,7 +1053,6 @@ def describe_run_images(ec2: Any, stamps: list[str]) -> dict[str, Image]:
     images: dict[str, Image] = {}
     for raw in paginate(ec2, "describe_images", "Images", Owners=["self"], Filters=filters):
         image = to_image(raw)
-        image.reason = raw.get("StateReason", {}).get("Message", "")
         images[image.image_id] = image
     return images
 
@@ -901,6 +1075,8 @@ def settle_image(out: Outcome, image: Image | None) -> bool:
 
 def deregister(ec2: Any, image: Image, out: Outcome) -> None:
     """Deregister one image and delete its snapshots, so none is orphaned."""
+    if image.shared_with:
+        revoke_sharing(ec2, image, image.shared_with)
     response = ec2.deregister_image(ImageId=image.image_id, DeleteAssociatedSnapshots=True)
     results = {r["SnapshotId"]: r["ReturnCode"] for r in response.get("DeleteSnapshotResults", [])}
     for snapshot_id in image.snapshot_ids:
@@ -938,6 +1114,250 @@ def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
         log.info("%s: deregistered %s (%s): %s", out.name, image.image_id, image.name, reason)
 
 
+# --- Disaster recovery: copies in other regions, sharing, deprecation -----------------------
+
+
+@dataclass
+class Region:
+    """A destination region of COPY_TO_REGIONS."""
+
+    name: str
+    ec2: Any
+    keep: int | None  # None: each server's own keep
+    kms_key_id: str | None
+
+
+def destination_regions(clients: Clients, config: dict) -> list[Region]:
+    """COPY_TO_REGIONS with a paced EC2 client for each region."""
+    return [
+        Region(name, clients.client("ec2", name), options.get("keep"), options.get("kms_key_id"))
+        for name, options in config["COPY_TO_REGIONS"].items()
+    ]
+
+
+def copies_in(region: Region, schedule: str, source_region: str) -> list[Image]:
+    """The copies this tool made in a region of this source region's backups."""
+    return [i for i in managed_images(region.ec2, schedule) if i.source_region == source_region]
+
+
+def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
+    """Start CopyImage of a server's new image into a region; return the copy's outcome.
+
+    The copy carries the source's tags (CopyImageTags) plus where it came from, and
+    its snapshots get the same tags at creation. The ClientToken makes a retried
+    call return the same copy.
+    """
+    image = out.image
+    copy = Outcome(out.name, out.instance_id, created_tag=out.created_tag, region=region.name)
+    origin = [
+        {"Key": TAG_SOURCE_REGION, "Value": source_region},
+        {"Key": TAG_SOURCE_IMAGE, "Value": image.image_id},
+    ]
+    inherited = [
+        {"Key": k, "Value": v}
+        for k, v in image.tags.items()
+        if k != TAG_SHARED_WITH and not k.lower().startswith("aws:")
+    ]
+    params: dict[str, Any] = {
+        "SourceImageId": image.image_id,
+        "SourceRegion": source_region,
+        "Name": image.name,
+        "Description": f"{TOOL} copy of {image.image_id} ({out.name}) from {source_region}",
+        "CopyImageTags": True,
+        "ClientToken": f"{TOOL}-{image.image_id}-{region.name}",
+        "TagSpecifications": [
+            {"ResourceType": "image", "Tags": origin},
+            {"ResourceType": "snapshot", "Tags": inherited + origin},
+        ],
+    }
+    if region.kms_key_id:
+        params.update(Encrypted=True, KmsKeyId=region.kms_key_id)
+    try:
+        copy.image_id = region.ec2.copy_image(**params)["ImageId"]
+        log.info("%s: copying %s to %s as %s", out.name, image.image_id, region.name, copy.image_id)
+    except (ClientError, BotoCoreError) as err:
+        copy.error = f"copy of {image.image_id} failed: {error_text(err)}"
+    return copy
+
+
+def copy_all(
+    region: Region, source_region: str, inbox: queue.Queue, created: queue.Queue,
+    copies: list[Outcome],
+) -> None:  # fmt: skip
+    """Copy each available new backup into a region as it arrives; queue each copy."""
+    try:
+        while (out := inbox.get()) is not None:
+            try:
+                copy = copy_backup(region, source_region, out)
+            except Exception as err:  # a bug must not hide a copy: report it as failed
+                log.debug("%s: unexpected error", out.name, exc_info=True)
+                copy = Outcome(out.name, out.instance_id, region=region.name)
+                copy.error = f"copy failed: unexpected {type(err).__name__}: {err}"
+            copies.append(copy)
+            created.put(copy)
+    finally:
+        created.put(ALL_CREATED)
+
+
+class Replication:
+    """Copies each new backup to COPY_TO_REGIONS, and keeps each region's copies.
+
+    Per region, three threads: one starts copies as backups become available, one
+    polls them (one DescribeImages a poll for all of that region's copies), and one
+    shares, deprecates and prunes a server's copies once its new copy has settled.
+    A copy that fails leaves that region's copies of that server unpruned.
+    """
+
+    def __init__(self, clients: Clients, regions: list[Region], config: dict,
+                 keep: dict[str, int], existing: dict[str, list[Image]],
+                 prune: bool) -> None:  # fmt: skip
+        self.copies: list[Outcome] = []
+        self.errors: list[str] = []
+        self.lanes: list[tuple[queue.Queue, threading.Thread, Pruner]] = []
+        for region in regions:
+            inbox: queue.Queue = queue.Queue()
+            created: queue.Queue = queue.Queue()
+            keep_here = {name: region.keep or n for name, n in keep.items()}
+            finisher = Finisher(clients, region.name, config)
+            care = Housekeeping(
+                region.ec2, finisher, existing[region.name], keep_here, config, prune
+            )
+            worker = Pruner(care)
+            args = (region, clients.region, inbox, created, self.copies)
+            threading.Thread(target=copy_all, args=args, daemon=True).start()
+            follower = threading.Thread(
+                target=self._follow, args=(region, created, config, worker), daemon=True
+            )
+            follower.start()
+            self.lanes.append((inbox, follower, worker))
+
+    def _follow(self, region: Region, created: queue.Queue, config: dict, worker: Pruner) -> None:
+        try:
+            follow_up(region.ec2, created, config, worker.submit, pending_ok=True)
+        except Exception as err:  # a bug must not pass for success
+            log.debug("following copies in %s", region.name, exc_info=True)
+            self.errors.append(
+                f"{region.name}: following copies failed: {type(err).__name__}: {err}"
+            )
+
+    def submit(self, out: Outcome) -> None:
+        """Copy a server's new backup, if it is available."""
+        if not out.error and out.image is not None and out.image.state == AVAILABLE:
+            for inbox, _, _ in self.lanes:
+                inbox.put(out)
+
+    def finish(self) -> list[Outcome]:
+        """No more backups: wait for every copy to settle and every region to be pruned."""
+        for inbox, _, _ in self.lanes:
+            inbox.put(None)
+        for _, follower, worker in self.lanes:
+            follower.join()
+            worker.finish()
+        return sorted(self.copies, key=lambda c: (c.name, c.region or ""))
+
+
+class Finisher:
+    """Shares and deprecates one region's available images as the config asks.
+
+    Each image records whom the tool shared it with (TAG_SHARED_WITH), so a later
+    run finishes images a run left pending, and follows SHARE_WITH_ACCOUNTS as it
+    changes: accounts added are granted, accounts removed are revoked.
+    """
+
+    def __init__(self, clients: Clients, region: str | None, config: dict) -> None:
+        self.clients, self.region = clients, region
+        self.ec2 = clients.client("ec2", region)
+        self.accounts = set(config["SHARE_WITH_ACCOUNTS"])
+        self.days = config["DEPRECATE_AFTER_DAYS"]
+        self.key_managers: dict[str, str] = {}
+
+    def finish(self, images: list[Image], out: Outcome) -> None:
+        """Deprecate and share each image that needs it; a failure is reported, not fatal."""
+        where = f" in {self.region}" if self.region else ""
+        for image in images:
+            try:
+                if self.days and not image.deprecation_time:
+                    self.deprecate(image)
+                if image.shared_with != self.accounts:
+                    self.share(image, out, where)
+            except (ClientError, BotoCoreError) as err:
+                out.late_errors.append(
+                    f"could not deprecate or share {image.image_id}{where}: {error_text(err)}"
+                )
+
+    def deprecate(self, image: Image) -> None:
+        """EnableImageDeprecation DEPRECATE_AFTER_DAYS after the backup was taken."""
+        taken = parse_time(image.tags.get(TAG_CREATED, ""))
+        taken = image.created if taken.year == 1 else taken
+        when = max(taken + timedelta(days=self.days), datetime.now(timezone.utc) + DEPRECATE_LEAD)
+        self.ec2.enable_image_deprecation(ImageId=image.image_id, DeprecateAt=when)
+        image.deprecation_time = stamp(when)
+        log.info("%s: %s deprecates at %s", image.server, image.image_id, stamp(when))
+
+    def share(self, image: Image, out: Outcome, where: str) -> None:
+        """Grant and revoke launch and create-volume permissions to match SHARE_WITH_ACCOUNTS."""
+        add, remove = self.accounts - image.shared_with, image.shared_with - self.accounts
+        if add and image.encrypted and self.aws_managed_key(image):
+            out.warnings.append(
+                f"{image.image_id}{where} is encrypted with the AWS-managed KMS key (aws/ebs), "
+                f"which cannot be shared: not shared with {', '.join(sorted(add))}. Encrypt "
+                "with a customer-managed key (COPY_TO_REGIONS kms_key_id) whose policy lets "
+                "those accounts use it"
+            )
+            add = set()
+        if add:
+            grant = [{"UserId": account} for account in sorted(add)]
+            self.ec2.modify_image_attribute(ImageId=image.image_id, LaunchPermission={"Add": grant})
+            for snapshot_id in image.snapshot_ids:
+                self.ec2.modify_snapshot_attribute(
+                    SnapshotId=snapshot_id, Attribute="createVolumePermission",
+                    OperationType="add", UserIds=sorted(add),
+                )  # fmt: skip
+        if remove:
+            revoke_sharing(self.ec2, image, remove)
+        if add or remove:
+            shared = sorted((image.shared_with | add) - remove)
+            value = f"{image.image_id}:{','.join(shared)}"
+            self.ec2.create_tags(
+                Resources=[image.image_id], Tags=[{"Key": TAG_SHARED_WITH, "Value": value}]
+            )
+            image.tags[TAG_SHARED_WITH] = value
+            log.info(
+                "%s: %s%s shared with %s",
+                out.name,
+                image.image_id,
+                where,
+                ", ".join(shared) or "no account",
+            )
+
+    def aws_managed_key(self, image: Image) -> bool:
+        """Whether a snapshot of the image is encrypted with an AWS-managed KMS key."""
+        if not image.snapshot_ids:
+            return False  # DescribeSnapshots without ids would list the whole account
+        snapshots = self.ec2.describe_snapshots(SnapshotIds=image.snapshot_ids)["Snapshots"]
+        kms = self.clients.client("kms", self.region)
+        for key in {s["KmsKeyId"] for s in snapshots if s.get("KmsKeyId")}:
+            if key not in self.key_managers:
+                metadata = kms.describe_key(KeyId=key)["KeyMetadata"]
+                self.key_managers[key] = metadata.get("KeyManager", "")
+            if self.key_managers[key] == KEY_MANAGER_AWS:
+                return True
+        return False
+
+
+def revoke_sharing(ec2: Any, image: Image, accounts: set[str]) -> None:
+    """Take back the launch and create-volume permissions the tool granted to accounts."""
+    users = sorted(accounts)
+    ec2.modify_image_attribute(
+        ImageId=image.image_id, LaunchPermission={"Remove": [{"UserId": u} for u in users]}
+    )
+    for snapshot_id in image.snapshot_ids:
+        ec2.modify_snapshot_attribute(
+            SnapshotId=snapshot_id, Attribute="createVolumePermission",
+            OperationType="remove", UserIds=users,
+        )  # fmt: skip
+
+
 # --- Consistency through SSM: VSS on Windows, pre/post scripts anywhere ----------------------
 
 SSM_ONLINE, SSM_SUCCESS = "Online", "Success"
@@ -952,14 +1372,6 @@ SSM_IDS_MAX = 50  # instance ids per DescribeInstanceInformation filter
 SSM_NEEDS = "SSM Agent running and an instance profile with AmazonSSMManagedInstanceCore"
 VSS_NEEDS = "; for vss also the AwsVssComponents package and AWSEC2VssSnapshotPolicy"
 VSS_TAG_ROOM = 3  # the VSS document adds AppConsistent and AwsVssConfig (Device on snapshots)
-
-
-@dataclass
-class Clients:
-    """The AWS clients a run uses."""
-
-    ec2: Any
-    ssm: Any
 
 
 def back_up(clients: Clients, server: Server, config: dict, now: datetime, out: Outcome) -> None:
@@ -1109,7 +1521,9 @@ def tag_vss_image(
     fixed = contract_tags(server.spec, config["SCHEDULE"], now, server.instance, server.eip)
     copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
     extra = {**config["TAGS"], **server.spec.tags}
-    tags, dropped = backup_tags(fixed, extra, copied, limit=MAX_TAGS - VSS_TAG_ROOM)
+    tags, dropped = backup_tags(
+        fixed, extra, copied, limit=MAX_TAGS - VSS_TAG_ROOM - dr_tag_room(config)
+    )
     if dropped:
         out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
     ec2.create_tags(Resources=[image.image_id, *image.snapshot_ids], Tags=tags)
@@ -1140,26 +1554,35 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
 # --- The run -------------------------------------------------------------------------------
 
 
-def run_backup(ec2: Any, ssm: Any, config: dict, args: argparse.Namespace) -> int:
-    """Image every server; prune each as soon as its new image is verified; report."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+    """Image every server; prune each as soon as its new image is verified; copy; report."""
+    ec2, now = clients.ec2, datetime.now(timezone.utc).replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server)
     check_requested(args.server, servers, failures)
     attach_elastic_ips(ec2, servers)
-    existing = managed_images(ec2, config["SCHEDULE"])
+    natives = [i for i in managed_images(ec2, config["SCHEDULE"]) if not i.source_region]
+    regions = destination_regions(clients, config)
+    copies = {r.name: copies_in(r, config["SCHEDULE"], clients.region) for r in regions}
     if args.dry_run:
-        print_plan(servers, failures, existing, config, now)
+        print_plan(servers, failures, natives, config, now)
+        print_copy_plan(servers, regions, copies, config, now)
         return EXIT_FAILED if failures else EXIT_OK
     outcomes = [Outcome(s.spec.name, s.spec.instance_id) for s in servers]
     created: queue.Queue[Outcome] = queue.Queue()
-    creator_args = (Clients(ec2, ssm), servers, outcomes, config, now, created)
+    creator_args = (clients, servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
-    keep = {s.spec.name: s.spec.keep for s in servers}
-    retention = Retention(ec2, existing, keep, config["MAX_AGE_DAYS"], enabled=not args.no_prune)
-    pruner = Pruner(retention)
-    follow_up(ec2, created, config, pruner.submit)
+    keep, prune = {s.spec.name: s.spec.keep for s in servers}, not args.no_prune
+    finisher = Finisher(clients, None, config)
+    pruner = Pruner(Housekeeping(ec2, finisher, natives, keep, config, prune))
+    replication = Replication(clients, regions, config, keep, copies, prune)
+
+    def settled(out: Outcome) -> None:
+        replication.submit(out)  # first: it reads the outcome before pruning can add to it
+        pruner.submit(out)
+
+    follow_up(ec2, created, config, settled)
     pruner.finish()
-    return report(outcomes + failures)
+    return report(outcomes + failures, replication.finish(), replication.errors)
 
 
 def create_all(
@@ -1206,18 +1629,16 @@ def check_requested(only: list[str], servers: list[Server], failures: list[Outco
             failures.append(Outcome(name, "-", error="no such server in SERVERS or SELECT_TAGS"))
 
 
-class Retention:
-    """Prunes one server at a time, as each is settled in the run."""
+class Housekeeping:
+    """Shares, deprecates and prunes a server's images in one region, as each server settles."""
 
-    def __init__(self, ec2: Any, existing: list[Image], keep: dict[str, int],
-                 max_age_days: float | None, enabled: bool) -> None:  # fmt: skip
-        self.ec2, self.existing, self.keep = ec2, existing, keep
-        self.max_age_days, self.enabled = max_age_days, enabled
+    def __init__(self, ec2: Any, finisher: Finisher, existing: list[Image],
+                 keep: dict[str, int], config: dict, prune: bool) -> None:  # fmt: skip
+        self.ec2, self.finisher, self.existing, self.keep = ec2, finisher, existing, keep
+        self.max_age_days, self.prune = config["MAX_AGE_DAYS"], prune
 
     def apply(self, out: Outcome) -> None:
-        """Apply retention to a server; one whose backup failed loses only failed images."""
-        if not self.enabled:
-            return
+        """Finish and prune a server's images; one whose backup failed loses only failed ones."""
         images = {i.image_id: i for i in self.existing if i.server == out.name}
         if out.image:
             images[out.image.image_id] = out.image
@@ -1225,18 +1646,23 @@ class Retention:
         doomed = plan_prune(list(images.values()), self.keep[out.name], self.max_age_days, now)
         if out.error:
             doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
+        if not self.prune:
+            doomed = []
+        going = {image.image_id for image, _ in doomed}
+        kept = [i for i in images.values() if i.state == AVAILABLE and i.image_id not in going]
+        self.finisher.finish(kept, out)
         prune(self.ec2, doomed, out)
 
 
 class Pruner:
-    """Applies retention to each settled server in a thread of its own.
+    """Applies Housekeeping to each settled server in a thread of its own.
 
     So deregistrations, paced by their own EC2 bucket, run side by side with
     the creates and never hold up the polls.
     """
 
-    def __init__(self, retention: Retention) -> None:
-        self.retention = retention
+    def __init__(self, care: Housekeeping) -> None:
+        self.care = care
         self.queue: queue.Queue[Outcome | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -1253,19 +1679,20 @@ class Pruner:
     def _run(self) -> None:
         while (out := self.queue.get()) is not None:
             try:
-                self.retention.apply(out)
+                self.care.apply(out)
             except Exception as err:  # a bug must not hide a server: report it as failed
                 log.debug("%s: unexpected error", out.name, exc_info=True)
                 out.error = f"pruning failed: unexpected {type(err).__name__}: {err}"
 
 
-def report(outcomes: list[Outcome]) -> int:
-    """Log one line per server and a summary; return the exit code."""
-    for out in outcomes:
+def report(outcomes: list[Outcome], copies: list[Outcome] = (), errors: list[str] = ()) -> int:
+    """Log one line per server and per copy, and a summary; return the exit code."""
+    for out in [*outcomes, *copies]:
         if not out.error and not out.image_id:
             out.error = "no backup was made"  # never report a server as done without an image
-        if out.post_error:
-            out.error = f"{out.error}; {out.post_error}" if out.error else out.post_error
+        late = [e for e in (out.post_error, *out.late_errors) if e]
+        if late:
+            out.error = "; ".join([out.error, *late] if out.error else late)
     for out in outcomes:
         for warning in out.warnings:
             log.warning("%s (%s): %s", out.name, out.instance_id, warning)
@@ -1274,8 +1701,12 @@ def report(outcomes: list[Outcome]) -> int:
         else:
             pruned = f"; pruned {', '.join(out.pruned)}" if out.pruned else ""
             log.info("%s (%s): backed up as %s%s", out.name, out.instance_id, out.image_id, pruned)
+    report_copies(copies)
+    for error in errors:
+        log.error("%s", error)
     failed = [o for o in outcomes if o.error]
-    level = logging.ERROR if failed else logging.INFO
+    failed_copies = [c for c in copies if c.error]
+    level = logging.ERROR if failed or failed_copies or errors else logging.INFO
     log.log(
         level,
         "%d server(s): %d backed up, %d failed",
@@ -1283,7 +1714,27 @@ def report(outcomes: list[Outcome]) -> int:
         len(outcomes) - len(failed),
         len(failed),
     )
-    return EXIT_FAILED if failed else EXIT_OK
+    if copies:
+        pending = [c for c in copies if not c.error and (not c.image or c.image.state == PENDING)]
+        done = len(copies) - len(failed_copies) - len(pending)
+        log.log(level, "%d copies: %d available, %d pending, %d failed", len(copies), done,
+                len(pending), len(failed_copies))  # fmt: skip
+    return EXIT_FAILED if failed or failed_copies or errors else EXIT_OK
+
+
+def report_copies(copies: list[Outcome]) -> None:
+    """One line per copy: available, left pending, or failed, and what its region pruned."""
+    for copy in copies:
+        who = f"{copy.name} ({copy.instance_id}) in {copy.region}"
+        for warning in copy.warnings:
+            log.warning("%s: %s", who, warning)
+        pruned = f"; pruned {', '.join(copy.pruned)}" if copy.pruned else ""
+        if copy.error:
+            log.error("%s: copy FAILED: %s", who, copy.error)
+        elif not copy.image or copy.image.state == PENDING:
+            log.info("%s: copy %s still pending%s", who, copy.image_id, pruned)
+        else:
+            log.info("%s: copied as %s%s", who, copy.image_id, pruned)
 
 
 # --- Dry run and listing -----------------------------------------------------------------
@@ -1310,14 +1761,45 @@ def print_plan(
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
 
 
-def list_backups(ec2: Any, only: list[str]) -> int:
-    """Print a table of managed backups per server, newest first."""
-    images = [i for i in managed_images(ec2, None) if not only or i.server in only]
-    images.sort(key=lambda i: (i.server, -i.created.timestamp()))
-    rows = [("SERVER", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE")]
-    for i in images:
+def print_copy_plan(
+    servers: list[Server], regions: list[Region], copies: dict[str, list[Image]], config: dict,
+    now: datetime,
+) -> None:  # fmt: skip
+    """Print the copies a run would make and what each region's retention would remove."""
+    for server in servers:
+        spec = server.spec
+        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        for region in regions:
+            key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
+            print(f"Would copy {name} ({spec.name}) to {region.name}{key}")
+            images = [i for i in copies[region.name] if i.server == spec.name]
+            assumed = Image("(new copy)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
+            keep = region.keep or spec.keep
+            for image, reason in plan_prune([*images, assumed], keep, config["MAX_AGE_DAYS"], now):
+                print(f"Would deregister {image.image_id} ({image.name}) of {spec.name} in "
+                      f"{region.name}: {reason}")  # fmt: skip
+    if config["SHARE_WITH_ACCOUNTS"]:
+        accounts = ", ".join(config["SHARE_WITH_ACCOUNTS"])
+        print(f"Would share each new image and copy with {accounts}")
+    if config["DEPRECATE_AFTER_DAYS"]:
+        print(f"Would deprecate each new image and copy {config['DEPRECATE_AFTER_DAYS']:g} days on")
+
+
+def list_backups(clients: Clients, config: dict, only: list[str]) -> int:
+    """Print a table of managed backups per server and region, newest first."""
+    found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
+    for region in destination_regions(clients, config):
+        found += [(region.name, i) for i in managed_images(region.ec2, None)
+                  if i.source_region == clients.region]  # fmt: skip
+    found = [(r, i) for r, i in found if not only or i.server in only]
+    found.sort(
+        key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())
+    )
+    images = [i for _, i in found]
+    rows = [("SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE")]
+    for region, i in found:
         created = i.created.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((i.server, i.image_id, i.name, created, i.state, i.schedule))
+        rows.append((i.server, region, i.image_id, i.name, created, i.state, i.schedule))
     widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
     for row in rows:
         print(
@@ -1506,14 +1988,14 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [n for n in args.server if n not in names]
             if unknown:
                 raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
-        ec2, ssm = make_clients(config)
+        clients = make_clients(config)
     except ConfigError as err:
         log.error("config error: %s", err)
         return EXIT_USAGE
     except OSError as err:
         log.error("config error: LOG_FILE: %s", err)
         return EXIT_USAGE
-    except CronError as err:
+    except (CronError, RoleError) as err:
         log.error("%s", err)
         return EXIT_FAILED
     with run_lock(args.config) as locked:
@@ -1522,8 +2004,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_LOCKED
         try:
             if args.list:
-                return list_backups(ec2, args.server)
-            return run_backup(ec2, ssm, config, args)
+                return list_backups(clients, config, args.server)
+            return run_backup(clients, config, args)
         except (ClientError, BotoCoreError) as err:
             log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
             return EXIT_FAILED

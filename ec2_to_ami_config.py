@@ -83,3 +83,17 @@ WAIT_TIMEOUT_MINUTES = 120
 
 # Also append log lines to this file. None: stderr only.
 LOG_FILE = None
+
+# --- Disaster recovery (README, "Disaster recovery"; IAM: docs/iam/backup-dr-policy.json) ---
+# Copy each new backup to these regions, keeping "keep" copies per server there
+# (None: the server's keep), encrypted with "kms_key_id" if given. Needs WAIT = True.
+# Example: {"us-west-2": {"keep": 7, "kms_key_id": "alias/dr-backups"}}
+COPY_TO_REGIONS = {}
+# Share every new image and copy with these accounts (12-digit strings, at most 15).
+# An image encrypted with the AWS-managed key aws/ebs cannot be shared (a warning says so).
+SHARE_WITH_ACCOUNTS = []
+# Deprecate every new image and copy this many days after the backup. None: never.
+DEPRECATE_AFTER_DAYS = None
+# Assume this role before any AWS call, to back up a fleet in another account.
+# Example: "arn:aws:iam::210987654321:role/ec2-to-ami-backup"
+ROLE_ARN = None

@@ -12,6 +12,7 @@ import pytest
 
 from ami_to_ec2 import joined_value
 from tests.conftest import (
+    REGION,
     backup_config,
     build_network,
     launch,
@@ -303,8 +304,12 @@ def test_list_prints_managed_backups_per_server(ec2, fleet, tmp_path):
     result = run("ec2_to_ami.py", config, "--list")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SERVER", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE"]
-    assert [line.split()[0] for line in lines[1:]] == ["app01", "web01", "win01"]
+    assert lines[0].split() == ["SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE"]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["app01", REGION],
+        ["web01", REGION],
+        ["win01", REGION],
+    ]
     assert all(line.split()[-2:] == ["available", "daily"] for line in lines[1:])
     assert "web01-by-hand" not in result.stdout
 

@@ -57,6 +57,27 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
         ({"SERVERS": [{**SERVER, "consistency": "snap"}]}, "SERVERS[0]['consistency'] must be"),
         ({"SERVERS": [{**SERVER, "consistency": "scripts"}]}, "needs PRE_SCRIPT or POST_SCRIPT"),
         ({"SERVERS": [{**SERVER, "platform": "macos"}]}, "SERVERS[0]['platform'] must be None"),
+        ({"COPY_TO_REGIONS": ["us-west-2"]}, "COPY_TO_REGIONS must be a dict of region"),
+        ({"COPY_TO_REGIONS": {"Oregon": {}}}, "COPY_TO_REGIONS: 'Oregon' is not a region"),
+        (
+            {"REGION": "us-east-1", "COPY_TO_REGIONS": {"us-east-1": {}}},
+            "COPY_TO_REGIONS['us-east-1']: that is REGION itself",
+        ),
+        (
+            {"COPY_TO_REGIONS": {"us-west-2": {"kepp": 3}}},
+            "COPY_TO_REGIONS['us-west-2']: unknown key 'kepp'; did you mean 'keep'?",
+        ),
+        ({"COPY_TO_REGIONS": {"us-west-2": {"keep": 0}}}, "['keep'] must be a whole number >= 1"),
+        ({"COPY_TO_REGIONS": {"us-west-2": {"kms_key_id": ""}}}, "['kms_key_id'] must be None"),
+        ({"COPY_TO_REGIONS": {"us-west-2": {}}, "WAIT": False}, "COPY_TO_REGIONS needs WAIT"),
+        ({"SHARE_WITH_ACCOUNTS": "111122223333"}, "SHARE_WITH_ACCOUNTS must be a list"),
+        ({"SHARE_WITH_ACCOUNTS": [111122223333]}, "111122223333 is not a 12-digit account id"),
+        ({"SHARE_WITH_ACCOUNTS": ["1111-2222-3333"]}, "is not a 12-digit account id"),
+        ({"SHARE_WITH_ACCOUNTS": ["111122223333"] * 2}, "at most 15 accounts, each once"),
+        ({"DEPRECATE_AFTER_DAYS": 0}, "DEPRECATE_AFTER_DAYS must be None or a number > 0"),
+        ({"DEPRECATE_AFTER_DAYS": 4000}, "DEPRECATE_AFTER_DAYS must be at most 3650"),
+        ({"ROLE_ARN": "backup-role"}, "ROLE_ARN must be None or an IAM role ARN"),
+        ({"ROLE_ARN": "arn:aws:iam::12345:role/x"}, "ROLE_ARN must be None or an IAM role ARN"),
     ],
 )
 def test_bad_setting_is_named(settings, message):

@@ -129,3 +129,31 @@ def test_windows_host_name_longer_than_netbios_allows_is_refused():
 def test_ec2launch_document_cannot_be_merged_with_a_host_name():
     with pytest.raises(RestoreError, match="setHostName"):
         build_user_data("windows", "web01", "version: 1.1\ntasks: []\n")
+
+
+COPY = Recorded(server="web01", instance_type="t3.small", subnet_id="subnet-1",
+                security_group_ids=["sg-1", "sg-2"], private_ip="10.0.0.5",
+                elastic_ip="eipalloc-1", key_name="ops", source_region="us-east-1")  # fmt: skip
+
+
+def test_a_copy_restored_in_its_source_region_uses_what_was_recorded():
+    plan = plan_launch(validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01"}),
+                       {"ImageId": "ami-1"}, COPY, False, "t", "us-east-1")  # fmt: skip
+    assert plan.params["SubnetId"] == "subnet-1" and plan.elastic_ip == "eipalloc-1"
+
+
+def test_a_copy_in_another_region_never_uses_the_source_regions_ids():
+    region_map = {"us-west-2": {"subnet-1": "subnet-9", "sg-1": "sg-8", "sg-2": "sg-9"}}
+    config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
+    plan = plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-west-2")
+    assert plan.params["SubnetId"] == "subnet-9"
+    assert plan.params["SecurityGroupIds"] == ["sg-8", "sg-9"]
+    assert plan.elastic_ip is None and "PrivateIpAddress" not in plan.params
+    assert any("Elastic IP eipalloc-1 is in us-east-1" in w for w in plan.warnings)
+
+
+def test_a_partly_mapped_copy_fails_naming_both_settings():
+    region_map = {"us-west-2": {"subnet-1": "subnet-9", "sg-1": "sg-8"}}  # sg-2 unmapped
+    config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
+    with pytest.raises(RestoreError, match="Set SUBNET_ID and SECURITY_GROUP_IDS"):
+        plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-west-2")

@@ -234,3 +234,48 @@ def test_a_policy_missing_an_action_fails_the_run(fleet, tmp_path, user_env):
     assert result.returncode == 1
     assert "could not deregister" in result.stderr
     assert "AccessDenied" in result.stderr or "UnauthorizedOperation" in result.stderr
+
+
+def test_disaster_recovery_needs_the_dr_policy_beside_the_backup_policy(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    """Copies, sharing and deprecation work under backup-dr-policy.json, which adds only them."""
+    base, extra = policy("backup-policy.json"), policy("backup-dr-policy.json")
+    both = {"Version": base["Version"], "Statement": base["Statement"] + extra["Statement"]}
+    SETTINGS.encrypt_images_of[fleet.instances["web01"]] = None  # DescribeSnapshots, DescribeKey
+    settings = {"KEEP": 1, "COPY_TO_REGIONS": {"us-west-2": {"keep": 1}},
+                "SHARE_WITH_ACCOUNTS": ["111122223333"], "DEPRECATE_AFTER_DAYS": 30}  # fmt: skip
+    config = backup_config(tmp_path, fleet, **settings)
+    used = actions_used(endpoint, user_env("dr-bot", both), "ec2_to_ami.py", config, [[], []])
+    # EC2 itself uses the KMS grants when it encrypts a copy; moto does not ask for them.
+    on_ec2s_behalf = {"kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext",
+                      "kms:ReEncryptFrom", "kms:ReEncryptTo"}  # fmt: skip
+    assert actions_of(extra) - on_ec2s_behalf <= used <= actions_of(both)
+    assert (
+        len(managed(boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint.url))) == 3
+    )
+    without = user_env("no-dr-bot", base)
+    enforce()
+    result = run("ec2_to_ami.py", config, **without)
+    relax()
+    assert result.returncode == 1
+    assert "copy FAILED" in result.stderr
+    assert "AccessDenied" in result.stderr or "UnauthorizedOperation" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute", "ec2:EnableImageDeprecation"],
+)
+def test_sharing_and_deprecation_need_the_marker_tag(action):
+    [statement] = statements_with(policy("backup-dr-policy.json"), action)
+    assert statement["Condition"] == MARKER_CONDITION
+    assert "*" not in as_list(statement["Resource"])
+
+
+def test_copies_are_tagged_only_as_they_are_created_and_kms_only_through_ec2():
+    document = policy("backup-dr-policy.json")
+    [tagging] = statements_with(document, "ec2:CreateTags")
+    assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CopyImage"}}
+    [grants] = statements_with(document, "kms:CreateGrant")
+    assert grants["Condition"] == {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}

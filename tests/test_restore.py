@@ -266,6 +266,12 @@ def test_security_group_of_another_vpc_is_refused(ec2, backed_up, tmp_path):
         ({"AMI_ID": "ami-xyz"}, [], "AMI_ID must be None or an image id"),
         ({"SERVER": "web01"}, ["--server", "a", "--ami", "ami-12345678"], "not allowed with"),
         ({"SERVER": "web01"}, ["--count", "two"], "invalid int value"),
+        ({"SERVER": "web01"}, ["--region", "Oregon"], "REGION must be None or a region"),
+        ({"SERVER": "web01"}, ["--subnet-id", "net-1"], "SUBNET_ID must be None or a subnet id"),
+        ({"SERVER": "web01"}, ["--security-group-ids", "sg-1,web"], "is not a security group"),
+        ({"SERVER": "web01", "REGION_MAP": {"us-west-2": ["subnet-1"]}}, [], "must map source"),
+        ({"SERVER": "web01", "REGION_MAP": {"west": {}}}, [], "REGION_MAP: 'west' is not a region"),
+        ({"SERVER": "web01", "ROLE_ARN": "restorer"}, [], "ROLE_ARN must be None or an IAM role"),
     ],
 )
 def test_bad_config_or_usage_exits_2_before_any_aws_call(
