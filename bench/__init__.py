@@ -6,7 +6,26 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.harness import Endpoint
+import boto3
+
+from tests.fleet import REGION, build_network
+from tests.harness import LINUX_AMI, Endpoint
+
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def launch_servers(endpoint: Endpoint, count: int) -> list[dict]:
+    """Launch count instances on the endpoint; return them as SERVERS entries."""
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint.url, **KEYS)
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=endpoint.url, **KEYS)
+    fleet = build_network(ec2, iam, cidr="10.20.16.0/20")
+    reservation = ec2.run_instances(
+        ImageId=LINUX_AMI, MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
+    )
+    return [
+        {"name": f"srv{n:04d}", "instance_id": i["InstanceId"]}
+        for n, i in enumerate(reservation["Instances"])
+    ]
 
 
 def print_table(header: list[str], counts: list[int], bench: Callable) -> None:

@@ -24,13 +24,12 @@ from pathlib import Path
 
 import boto3
 
-from bench import print_table
-from tests.fleet import REGION, ROOT, aws_env, build_network, write_config
-from tests.harness import LINUX_AMI, SETTINGS, Endpoint
+from bench import KEYS, launch_servers, print_table
+from tests.fleet import REGION, ROOT, aws_env, write_config
+from tests.harness import SETTINGS, Endpoint
 
 DR = "us-west-2"
 COPY_SECONDS = 5.0
-KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def run_script(endpoint: Endpoint, name: str, config: Path, *args: str) -> dict:
@@ -57,16 +56,7 @@ def run_script(endpoint: Endpoint, name: str, config: Path, *args: str) -> dict:
 def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
     endpoint.reset()
     SETTINGS.pending_seconds, SETTINGS.copy_pending_seconds = 0.5, COPY_SECONDS
-    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint.url, **KEYS)
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=endpoint.url, **KEYS)
-    fleet = build_network(ec2, iam, cidr="10.20.16.0/20")
-    reservation = ec2.run_instances(
-        ImageId=LINUX_AMI, MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
-    )
-    servers = [
-        {"name": f"srv{n:04d}", "instance_id": i["InstanceId"]}
-        for n, i in enumerate(reservation["Instances"])
-    ]
+    servers = launch_servers(endpoint, count)
     config = write_config(workdir / f"dr{count}.py", SERVERS=servers, KEEP=1,
                           COPY_TO_REGIONS={DR: {"keep": 1}})  # fmt: skip
     rows = []

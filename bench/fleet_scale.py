@@ -23,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
-
-from bench import print_table
-from tests.fleet import REGION, ROOT, aws_env, build_network, write_config
-from tests.harness import BUCKETS, LINUX_AMI, SETTINGS, Endpoint
+from bench import launch_servers, print_table
+from tests.fleet import ROOT, aws_env, write_config
+from tests.harness import BUCKETS, SETTINGS, Endpoint
 
 
 def bucket_minimum(creates: int, deregisters: int) -> float:
@@ -70,17 +68,7 @@ def run_once(endpoint: Endpoint, config: Path) -> dict:
 def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
     endpoint.reset()
     SETTINGS.pending_seconds = 0.5
-    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint.url, **keys)
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=endpoint.url, **keys)
-    fleet = build_network(ec2, iam, cidr="10.20.16.0/20")
-    reservation = ec2.run_instances(
-        ImageId=LINUX_AMI, MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
-    )
-    servers = [
-        {"name": f"srv{n:04d}", "instance_id": i["InstanceId"]}
-        for n, i in enumerate(reservation["Instances"])
-    ]
+    servers = launch_servers(endpoint, count)
     config = write_config(workdir / f"scale{count}.py", SERVERS=servers, KEEP=1)
     rows = []
     for label in ("first", "steady"):
