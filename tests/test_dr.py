@@ -4,13 +4,24 @@ DR region after the source region is lost."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
 
-from tests.conftest import REGION, backup_config, managed, run, tags_of, write_config
+from tests.conftest import (
+    REGION,
+    backup_config,
+    managed,
+    run,
+    script_command,
+    tags_of,
+    write_config,
+)
 from tests.fleet import Fleet, build_network, launch
 from tests.harness import SETTINGS, finish_pending
 
@@ -188,6 +199,29 @@ def test_copying_survives_throttling_and_server_errors(ec2, dr, fleet, tmp_path,
     assert result.returncode == 0, result.stderr
     assert {tags_of(i)["ec2-to-ami:server"] for i in managed(dr)} == {"web01", "app01", "win01"}
     assert len(managed(dr)) == 3  # the ClientToken kept a retried copy from doubling
+
+
+def test_a_run_killed_while_copying_leaves_only_labelled_copies_and_the_next_runs_recover(
+    ec2, dr, fleet, tmp_path, endpoint
+):
+    config = dr_config(tmp_path, fleet, KEEP=1, COPY_TO_REGIONS={DR: {"keep": 1}})
+    assert run("ec2_to_ami.py", config).returncode == 0
+    SETTINGS.copy_pending_seconds = 600
+    proc = subprocess.Popen(script_command("ec2_to_ami.py", config), stderr=subprocess.DEVNULL)
+    while endpoint.count("CopyImage", ok=True) < 5:  # 3 in the first run, 2 in this one
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for image in dr.describe_images(Owners=["self"])["Images"]:
+        assert tags_of(image)["ec2-to-ami:managed-by"] == "ec2-to-ami"
+        assert tags_of(image)["ec2-to-ami:source-region"] == REGION
+    finish_pending()
+    SETTINGS.copy_pending_seconds = 0.5
+    for _ in range(2):
+        assert run("ec2_to_ami.py", config).returncode == 0
+    for server in ("web01", "app01", "win01"):
+        assert len(available(dr, server)) == 1 and len(managed(dr, server)) == 1
+    assert orphaned_snapshots(dr) == set() and orphaned_snapshots(ec2) == set()
 
 
 def test_a_copy_still_pending_is_left_and_the_next_run_counts_it(ec2, dr, fleet, tmp_path):
