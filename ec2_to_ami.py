@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -767,9 +767,9 @@ class Outcome:
     pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     post_command: str | None = None  # the post-script's SSM command, checked after the creates
-    post_error: str | None = None  # a failed post-script: reported, but the image stands
     region: str | None = None  # a copy's destination region; None for the backup itself
-    late_errors: list[str] = field(default_factory=list)  # sharing, deprecation: image stands
+    # A failed post-script, share or deprecation: reported (exit 1), but the image stands.
+    late_errors: list[str] = field(default_factory=list)
 
 
 def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
@@ -1135,7 +1135,7 @@ def destination_regions(clients: Clients, config: dict) -> list[Region]:
     ]
 
 
-def copies_in(region: Region, schedule: str, source_region: str) -> list[Image]:
+def copies_in(region: Region, schedule: str | None, source_region: str) -> list[Image]:
     """The copies this tool made in a region of this source region's backups."""
     return [i for i in managed_images(region.ec2, schedule) if i.source_region == source_region]
 
@@ -1213,7 +1213,7 @@ class Replication:
                  prune: bool) -> None:  # fmt: skip
         self.copies: list[Outcome] = []
         self.errors: list[str] = []
-        self.lanes: list[tuple[queue.Queue, threading.Thread, Pruner]] = []
+        self.lanes: list[tuple[queue.Queue, threading.Thread, HousekeepingThread]] = []
         for region in regions:
             inbox: queue.Queue = queue.Queue()
             created: queue.Queue = queue.Queue()
@@ -1222,7 +1222,7 @@ class Replication:
             care = Housekeeping(
                 region.ec2, finisher, existing[region.name], keep_here, config, prune
             )
-            worker = Pruner(care)
+            worker = HousekeepingThread(care)
             args = (region, clients.region, inbox, created, self.copies)
             threading.Thread(target=copy_all, args=args, daemon=True).start()
             follower = threading.Thread(
@@ -1231,7 +1231,9 @@ class Replication:
             follower.start()
             self.lanes.append((inbox, follower, worker))
 
-    def _follow(self, region: Region, created: queue.Queue, config: dict, worker: Pruner) -> None:
+    def _follow(
+        self, region: Region, created: queue.Queue, config: dict, worker: HousekeepingThread
+    ) -> None:
         try:
             follow_up(region.ec2, created, config, worker.submit, pending_ok=True)
         except Exception as err:  # a bug must not pass for success
@@ -1540,7 +1542,7 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
             out = pending.get(command["CommandId"])
             if out and command["Status"] not in SSM_RUNNING:
                 if command["Status"] != SSM_SUCCESS:
-                    out.post_error = (
+                    out.late_errors.append(
                         f"post-script command {command['CommandId']} {command['Status']}"
                     )
                 del pending[command["CommandId"]]
@@ -1548,7 +1550,7 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
             time.sleep(delay)
             delay = min(delay * POLL_FACTOR, 5.0)
     for command_id, out in pending.items():
-        out.post_error = f"post-script command {command_id} did not finish in time"
+        out.late_errors.append(f"post-script command {command_id} did not finish in time")
 
 
 # --- The run -------------------------------------------------------------------------------
@@ -1573,15 +1575,15 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     keep, prune = {s.spec.name: s.spec.keep for s in servers}, not args.no_prune
     finisher = Finisher(clients, None, config)
-    pruner = Pruner(Housekeeping(ec2, finisher, natives, keep, config, prune))
+    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, keep, config, prune))
     replication = Replication(clients, regions, config, keep, copies, prune)
 
     def settled(out: Outcome) -> None:
-        replication.submit(out)  # first: it reads the outcome before pruning can add to it
-        pruner.submit(out)
+        replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
+        source.submit(out)
 
     follow_up(ec2, created, config, settled)
-    pruner.finish()
+    source.finish()
     return report(outcomes + failures, replication.finish(), replication.errors)
 
 
@@ -1654,7 +1656,7 @@ class Housekeeping:
         prune(self.ec2, doomed, out)
 
 
-class Pruner:
+class HousekeepingThread:
     """Applies Housekeeping to each settled server in a thread of its own.
 
     So deregistrations, paced by their own EC2 bucket, run side by side with
@@ -1668,11 +1670,11 @@ class Pruner:
         self.thread.start()
 
     def submit(self, out: Outcome) -> None:
-        """Prune this server when the thread gets to it."""
+        """Look after this server when the thread gets to it."""
         self.queue.put(out)
 
     def finish(self) -> None:
-        """Wait until every submitted server is pruned."""
+        """Wait until every submitted server is looked after."""
         self.queue.put(None)
         self.thread.join()
 
@@ -1685,14 +1687,15 @@ class Pruner:
                 out.error = f"pruning failed: unexpected {type(err).__name__}: {err}"
 
 
-def report(outcomes: list[Outcome], copies: list[Outcome] = (), errors: list[str] = ()) -> int:
+def report(
+    outcomes: list[Outcome], copies: Sequence[Outcome] = (), errors: Sequence[str] = ()
+) -> int:
     """Log one line per server and per copy, and a summary; return the exit code."""
     for out in [*outcomes, *copies]:
         if not out.error and not out.image_id:
             out.error = "no backup was made"  # never report a server as done without an image
-        late = [e for e in (out.post_error, *out.late_errors) if e]
-        if late:
-            out.error = "; ".join([out.error, *late] if out.error else late)
+        if out.late_errors:
+            out.error = "; ".join([e for e in (out.error, *out.late_errors) if e])
     for out in outcomes:
         for warning in out.warnings:
             log.warning("%s (%s): %s", out.name, out.instance_id, warning)
@@ -1722,7 +1725,7 @@ def report(outcomes: list[Outcome], copies: list[Outcome] = (), errors: list[str
     return EXIT_FAILED if failed or failed_copies or errors else EXIT_OK
 
 
-def report_copies(copies: list[Outcome]) -> None:
+def report_copies(copies: Sequence[Outcome]) -> None:
     """One line per copy: available, left pending, or failed, and what its region pruned."""
     for copy in copies:
         who = f"{copy.name} ({copy.instance_id}) in {copy.region}"
@@ -1753,12 +1756,20 @@ def print_plan(
         name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
         mode = CONSISTENCY_WORDS[spec.consistency]
         print(f"Would create image {name} of {spec.instance_id} ({spec.name}, {mode})")
-        images = [i for i in existing if i.server == spec.name]
-        assumed = Image("(new)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
-        for image, reason in plan_prune([*images, assumed], spec.keep, config["MAX_AGE_DAYS"], now):
+        for image, reason in prunes_after(existing, "(new)", name, spec.keep, config, now, spec):
             print(f"Would deregister {image.image_id} ({image.name}) of {spec.name}: {reason}")
     for out in failures:
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
+
+
+def prunes_after(
+    images: list[Image], new_id: str, name: str, keep: int, config: dict, now: datetime,
+    spec: ServerSpec,
+) -> list[tuple[Image, str]]:  # fmt: skip
+    """What retention would remove of a server's images once a new one is available."""
+    mine = [i for i in images if i.server == spec.name]
+    assumed = Image(new_id, name, AVAILABLE, now, spec.name, config["SCHEDULE"])
+    return plan_prune([*mine, assumed], keep, config["MAX_AGE_DAYS"], now)
 
 
 def print_copy_plan(
@@ -1772,10 +1783,8 @@ def print_copy_plan(
         for region in regions:
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
             print(f"Would copy {name} ({spec.name}) to {region.name}{key}")
-            images = [i for i in copies[region.name] if i.server == spec.name]
-            assumed = Image("(new copy)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
-            keep = region.keep or spec.keep
-            for image, reason in plan_prune([*images, assumed], keep, config["MAX_AGE_DAYS"], now):
+            keep, images = region.keep or spec.keep, copies[region.name]
+            for image, reason in prunes_after(images, "(new copy)", name, keep, config, now, spec):
                 print(f"Would deregister {image.image_id} ({image.name}) of {spec.name} in "
                       f"{region.name}: {reason}")  # fmt: skip
     if config["SHARE_WITH_ACCOUNTS"]:
@@ -1789,8 +1798,7 @@ def list_backups(clients: Clients, config: dict, only: list[str]) -> int:
     """Print a table of managed backups per server and region, newest first."""
     found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
     for region in destination_regions(clients, config):
-        found += [(region.name, i) for i in managed_images(region.ec2, None)
-                  if i.source_region == clients.region]  # fmt: skip
+        found += [(region.name, i) for i in copies_in(region, None, clients.region)]
     found = [(r, i) for r, i in found if not only or i.server in only]
     found.sort(
         key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())

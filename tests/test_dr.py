@@ -198,7 +198,7 @@ def test_copying_survives_throttling_and_server_errors(ec2, dr, fleet, tmp_path,
     result = run("ec2_to_ami.py", dr_config(tmp_path, fleet))
     assert result.returncode == 0, result.stderr
     assert {tags_of(i)["ec2-to-ami:server"] for i in managed(dr)} == {"web01", "app01", "win01"}
-    assert len(managed(dr)) == 3  # the ClientToken kept a retried copy from doubling
+    assert len(managed(dr)) == 3  # one copy each: a retried call makes no second one
 
 
 def test_a_run_killed_while_copying_leaves_only_labelled_copies_and_the_next_runs_recover(

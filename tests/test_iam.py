@@ -182,9 +182,18 @@ def statements_with(document: dict, action: str) -> list[dict]:
     return [s for s in document["Statement"] if action in as_list(s["Action"])]
 
 
-@pytest.mark.parametrize("action", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"])
-def test_destructive_actions_need_the_marker_tag(action):
-    [statement] = statements_with(policy("backup-policy.json"), action)
+@pytest.mark.parametrize(
+    ("document", "action"),
+    [
+        ("backup-policy.json", "ec2:DeregisterImage"),
+        ("backup-policy.json", "ec2:DeleteSnapshot"),
+        ("backup-dr-policy.json", "ec2:ModifyImageAttribute"),
+        ("backup-dr-policy.json", "ec2:ModifySnapshotAttribute"),
+        ("backup-dr-policy.json", "ec2:EnableImageDeprecation"),
+    ],
+)
+def test_deleting_sharing_and_deprecating_need_the_marker_tag(document, action):
+    [statement] = statements_with(policy(document), action)
     assert statement["Condition"] == MARKER_CONDITION
     assert "*" not in as_list(statement["Resource"])
 
@@ -261,16 +270,6 @@ def test_disaster_recovery_needs_the_dr_policy_beside_the_backup_policy(
     assert result.returncode == 1
     assert "copy FAILED" in result.stderr
     assert "AccessDenied" in result.stderr or "UnauthorizedOperation" in result.stderr
-
-
-@pytest.mark.parametrize(
-    "action",
-    ["ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute", "ec2:EnableImageDeprecation"],
-)
-def test_sharing_and_deprecation_need_the_marker_tag(action):
-    [statement] = statements_with(policy("backup-dr-policy.json"), action)
-    assert statement["Condition"] == MARKER_CONDITION
-    assert "*" not in as_list(statement["Resource"])
 
 
 def test_copies_are_tagged_only_as_they_are_created_and_kms_only_through_ec2():
