@@ -48,6 +48,8 @@ TAG_SERVER = "ec2-to-ami:server"
 TAG_SCHEDULE = "ec2-to-ami:schedule"
 TAG_INSTANCE_ID = "ec2-to-ami:instance-id"
 TAG_CREATED = "ec2-to-ami:created"
+TAG_POOL = "ec2-to-ami:pool"  # the backup config's retention pool
+TAG_RUN = "ec2-to-ami:run"  # the backup run that made the image
 TAG_INSTANCE_TYPE = "ec2-to-ami:instance-type"
 TAG_SUBNET = "ec2-to-ami:subnet-id"
 TAG_SECURITY_GROUPS = "ec2-to-ami:security-group-ids"
@@ -151,7 +153,7 @@ def load_config(path: str) -> dict[str, Any]:
         exec(compile(source, path, "exec"), namespace)  # the config is Python by design
     except SyntaxError as err:
         raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
-    except Exception as err:  # any failure in the file is a config error
+    except BaseException as err:  # any failure in the file, even sys.exit(), is a config error
         raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
     settings = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
     for name in settings:

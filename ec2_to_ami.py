@@ -16,9 +16,11 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import re
+import secrets
 import shlex
 import string
 import subprocess
@@ -53,6 +55,10 @@ TAG_SERVER = "ec2-to-ami:server"  # exactly the server name
 TAG_SCHEDULE = "ec2-to-ami:schedule"
 TAG_INSTANCE_ID = "ec2-to-ami:instance-id"
 TAG_CREATED = "ec2-to-ami:created"  # run start, ISO 8601 UTC
+# The retention pool: POOL, which defaults to the config file's name, so two configs
+# that back up a server of the same name never count (or prune) each other's images.
+TAG_POOL = "ec2-to-ami:pool"
+TAG_RUN = "ec2-to-ami:run"  # this run's own id: only its images are adopted or polled
 # The source instance's launch configuration, for the restore.
 TAG_INSTANCE_TYPE = "ec2-to-ami:instance-type"
 TAG_SUBNET = "ec2-to-ami:subnet-id"
@@ -81,21 +87,24 @@ LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 ERR_DUPLICATE_NAME = "InvalidAMIName.Duplicate"
 ERR_SNAPSHOT_IN_USE = "InvalidSnapshot.InUse"
 ERR_SNAPSHOT_NOT_FOUND = "InvalidSnapshot.NotFound"
+ERRS_IMAGE_GONE = {"InvalidAMIID.Unavailable", "InvalidAMIID.NotFound"}  # already deregistered
 SNAPSHOT_SKIPPED = "skipped"  # DeregisterImage kept a snapshot another image uses
 SNAPSHOT_DELETED = "success"
 FILTER_VALUES_MAX = 200
 AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
 AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
+AMI_NAME_CHARS = "letters, digits and ()[] ./-'@_"
 INSTANCE_ID_RE = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+POOL_RE = SCHEDULE_RE
+POOL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")
 KEY_MANAGER_AWS = "AWS"  # KMS KeyManager of an AWS-managed key such as aws/ebs
 COPY_OPTIONS = {"keep", "kms_key_id"}
 SHARE_ACCOUNTS_MAX = 15  # so TAG_SHARED_WITH fits in one tag value
-DEPRECATE_DAYS_MAX = 3650  # EC2 allows DeprecateAt up to 10 years ahead
 DEPRECATE_LEAD = timedelta(minutes=10)  # DeprecateAt must lie in the future
 
 CRON_MARKER = "# ec2-to-ami-cron config="  # ends each managed crontab entry
@@ -123,6 +132,9 @@ POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 # In a long (paced) run the first poll comes this soon, so pruning starts while EC2's
 # delete bucket still refills; later polls come every POLL_MAX_SECONDS, so they stay few.
 POLL_WHILE_CREATING_FIRST_SECONDS = 10.0
+# A new image missing from this many polls in a row is gone, not late (EC2 is eventually
+# consistent, so one or two misses right after CreateImage are allowed).
+MISSED_POLLS_MAX = 3
 DEFAULT_MAX_ATTEMPTS = 10
 
 # --- Config -------------------------------------------------------------------
@@ -151,6 +163,7 @@ DEFAULTS: dict[str, Any] = {
     "SHARE_WITH_ACCOUNTS": [],
     "DEPRECATE_AFTER_DAYS": None,
     "ROLE_ARN": None,
+    "POOL": None,
 }
 SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags", "consistency", "pre_script",
                "post_script", "platform"}  # fmt: skip
@@ -161,7 +174,16 @@ CONSISTENCY_WORDS = {"crash": "no reboot", "reboot": "with reboot", "vss": "VSS 
 PLATFORMS = ("windows", "linux")
 NAME_FIELDS = {"server", "schedule", "time", "instance_id"}
 # Contract tags a single image can carry, counting continuation tags generously.
-CONTRACT_TAGS_MAX = 20
+CONTRACT_TAGS_MAX = 22
+# The largest value each numeric setting takes: beyond these, a setting is a typo.
+NUMBER_LIMITS = {
+    "KEEP": 1000,
+    "MAX_AGE_DAYS": 36500,  # 100 years
+    "WAIT_TIMEOUT_MINUTES": 1440,  # a day
+    "SCRIPT_TIMEOUT_SECONDS": 172800,  # SSM's longest executionTimeout, 48 hours
+    "DEPRECATE_AFTER_DAYS": 3650,  # EC2 allows DeprecateAt up to 10 years ahead
+}
+SCRIPT_TIMEOUT_MIN = 30  # SSM's shortest TimeoutSeconds
 
 
 class ConfigError(Exception):
@@ -199,10 +221,18 @@ def load_config(path: str) -> dict[str, Any]:
         exec(compile(source, path, "exec"), namespace)  # the config is Python by design
     except SyntaxError as err:
         raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
-    except Exception as err:  # any failure in the file is a config error
+    except BaseException as err:  # any failure in the file, even sys.exit(), is a config error
         raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
     settings = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+    if settings.get("POOL") is None:
+        settings["POOL"] = default_pool(path)
     return validate_config(settings)
+
+
+def default_pool(path: str) -> str:
+    """POOL when the config sets none: the config file's name, e.g. "prod" for prod.py."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return POOL_BAD_CHARS.sub("-", stem)[:64] or "default"
 
 
 def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +243,7 @@ def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"unknown setting {name}{hint}")
     config = {**DEFAULTS, **settings}
+    config["POOL"] = config["POOL"] or "default"
     _check_optional_str(config, "REGION", REGION_RE, "a region such as eu-west-1")
     _check_optional_str(config, "PROFILE")
     _check_optional_str(config, "LOG_FILE")
@@ -227,8 +258,9 @@ def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             "COPY_TO_REGIONS needs WAIT = True: only an available image can be copied"
         )
-    if not isinstance(config["SCHEDULE"], str) or not SCHEDULE_RE.match(config["SCHEDULE"]):
-        raise ConfigError("SCHEDULE must be 1-64 letters, digits, '.', '_' or '-'")
+    for name in ("SCHEDULE", "POOL"):
+        if not isinstance(config[name], str) or not SCHEDULE_RE.match(config[name]):
+            raise ConfigError(f"{name} must be 1-64 letters, digits, '.', '_' or '-'")
     check_tags(config["TAGS"], "TAGS")
     check_tag_room(config["TAGS"], "TAGS")
     check_tags(config["SELECT_TAGS"], "SELECT_TAGS", allow_reserved=True)
@@ -245,7 +277,7 @@ def check_consistency_settings(config: dict) -> None:
         raise ConfigError(f"CONSISTENCY must be None or one of {', '.join(CONSISTENCY_MODES)}")
     _check_optional_str(config, "PRE_SCRIPT")
     _check_optional_str(config, "POST_SCRIPT")
-    _check_int(config, "SCRIPT_TIMEOUT_SECONDS", minimum=30)
+    _check_int(config, "SCRIPT_TIMEOUT_SECONDS", minimum=SCRIPT_TIMEOUT_MIN)
     if config["ON_SCRIPT_FAILURE"] not in ("fail", "crash"):
         raise ConfigError("ON_SCRIPT_FAILURE must be 'fail' or 'crash'")
     if config["CONSISTENCY"] == "scripts" and not (config["PRE_SCRIPT"] or config["POST_SCRIPT"]):
@@ -256,8 +288,6 @@ def check_dr_settings(config: dict) -> None:
     """COPY_TO_REGIONS, SHARE_WITH_ACCOUNTS, DEPRECATE_AFTER_DAYS and ROLE_ARN."""
     _check_optional_str(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
     _check_number(config, "DEPRECATE_AFTER_DAYS", allow_none=True)
-    if (config["DEPRECATE_AFTER_DAYS"] or 0) > DEPRECATE_DAYS_MAX:
-        raise ConfigError(f"DEPRECATE_AFTER_DAYS must be at most {DEPRECATE_DAYS_MAX} (10 years)")
     accounts = config["SHARE_WITH_ACCOUNTS"]
     if not isinstance(accounts, (list, tuple)):
         raise ConfigError(
@@ -288,7 +318,7 @@ def check_dr_settings(config: dict) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
         if options.get("keep") is not None:
-            _check_int({f"{where}['keep']": options["keep"]}, f"{where}['keep']", minimum=1)
+            _check_int({f"{where}['keep']": options["keep"]}, f"{where}['keep']", 1, "KEEP")
         name = f"{where}['kms_key_id']"
         _check_optional_str({name: options.get("kms_key_id")}, name, example="a KMS key id or ARN")
 
@@ -309,21 +339,26 @@ def _check_bool(value: Any, name: str) -> None:
         raise ConfigError(f"{name} must be True or False, not {value!r}")
 
 
-def _check_int(config: dict, name: str, minimum: int) -> None:
-    """A whole-number setting of at least minimum."""
-    value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be a whole number >= {minimum}, not {value!r}")
+def _check_int(config: dict, name: str, minimum: int, limit: str | None = None) -> None:
+    """A whole-number setting from minimum to its NUMBER_LIMITS maximum."""
+    value, maximum = config[name], NUMBER_LIMITS[limit or name]
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(
+            f"{name} must be a whole number from {minimum} to {maximum}, not {value!r}"
+        )
 
 
 def _check_number(config: dict, name: str, allow_none: bool) -> None:
-    """A positive number setting, optionally None."""
-    value = config[name]
+    """A finite number setting above 0 and at most its NUMBER_LIMITS maximum, optionally None."""
+    value, maximum = config[name], NUMBER_LIMITS[name]
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not 0 < value <= maximum:
         none = "None or " if allow_none else ""
-        raise ConfigError(f"{name} must be {none}a number > 0, not {value!r}")
+        raise ConfigError(
+            f"{name} must be {none}a number above 0 and at most {maximum}, not {value!r}"
+        )
 
 
 def check_tags(tags: Any, name: str, allow_reserved: bool = False) -> None:
@@ -371,7 +406,7 @@ def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
             "(i- and 8 or 17 hex digits)"
         )
     keep = entry.get("keep", config["KEEP"])
-    _check_int({f"{where}['keep']": keep}, f"{where}['keep']", minimum=1)
+    _check_int({f"{where}['keep']": keep}, f"{where}['keep']", 1, "KEEP")
     if "no_reboot" in entry:
         _check_bool(entry["no_reboot"], f"{where}['no_reboot']")
     tags = entry.get("tags", {})
@@ -427,7 +462,7 @@ def _check_unique(specs: list[ServerSpec]) -> None:
 
 
 def check_name_format(config: dict) -> None:
-    """NAME_FORMAT uses only known fields, includes {time}, and renders a valid name."""
+    """NAME_FORMAT names each server's backups apart, at least a minute apart, validly."""
     fmt = config["NAME_FORMAT"]
     if not isinstance(fmt, str):
         raise ConfigError(f"NAME_FORMAT must be a string, not {fmt!r}")
@@ -437,16 +472,50 @@ def check_name_format(config: dict) -> None:
         raise ConfigError(f"NAME_FORMAT is not a valid format string: {err}") from None
     if "time" not in fields:
         raise ConfigError("NAME_FORMAT must contain {time}, so each backup has its own name")
+    if not fields & {"server", "instance_id"}:
+        raise ConfigError(
+            "NAME_FORMAT must contain {server} or {instance_id}, so each server's names differ"
+        )
     unknown = fields - NAME_FIELDS
     if unknown:
         raise ConfigError(f"NAME_FORMAT: unknown field {{{sorted(unknown)[0]}}}")
     sample = ServerSpec("server", "i-0123456789abcdef0", 1)
+    when = datetime(2026, 1, 2, 3, 4, 5)
     try:
-        name = render_name(fmt, sample, config["SCHEDULE"], datetime(2026, 1, 2, 3, 4, 5))
+        first = render_name(fmt, sample, config["SCHEDULE"], when)
+        later = render_name(fmt, sample, config["SCHEDULE"], when + timedelta(minutes=1))
     except (ValueError, KeyError, IndexError) as err:
         raise ConfigError(f"NAME_FORMAT does not render: {err}") from None
-    if not AMI_NAME_RE.match(name):
-        raise ConfigError(f"NAME_FORMAT renders {name!r}, not a valid AMI name (3-128 chars)")
+    if first == later:
+        raise ConfigError(
+            f"NAME_FORMAT gives runs a minute apart the same name ({first!r}): "
+            "its {time} needs at least minutes, e.g. {time:%Y%m%d-%H%M}"
+        )
+    check_server_names(fmt, config["SCHEDULE"], config["SERVERS"] or [sample], when)
+
+
+def check_server_names(fmt: str, schedule: str, specs: list[ServerSpec], when: datetime) -> None:
+    """Each listed server's AMI name is valid, and no two servers share one."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        problem = name_problem(fmt, spec, schedule, when)
+        if problem:
+            raise ConfigError(f"NAME_FORMAT: {problem}")
+        name = render_name(fmt, spec, schedule, when)
+        if name in seen:
+            raise ConfigError(
+                f"NAME_FORMAT gives servers {seen[name]!r} and {spec.name!r} the same AMI "
+                f"name {name!r} (EC2 allows only {AMI_NAME_CHARS}); rename one"
+            )
+        seen[name] = spec.name
+
+
+def name_problem(fmt: str, spec: ServerSpec, schedule: str, when: datetime) -> str | None:
+    """Why the AMI name for a server is not one EC2 takes, or None."""
+    name = render_name(fmt, spec, schedule, when)
+    if AMI_NAME_RE.match(name):
+        return None
+    return f"the AMI name for {spec.name!r} would be {name!r} ({len(name)} characters), not 3-128"
 
 
 def render_name(fmt: str, server: ServerSpec, schedule: str, when: datetime) -> str:
@@ -476,6 +545,7 @@ class Image:
     tags: dict[str, str] = field(default_factory=dict)
     encrypted: bool = False
     deprecation_time: str | None = None
+    pool: str = ""  # "" for an image made before pools were recorded
 
     @property
     def source_region(self) -> str | None:
@@ -522,17 +592,29 @@ def split_value(key: str, value: str) -> list[tuple[str, str]]:
     return [(key if n == 0 else f"{key}:{n + 1}", chunk) for n, chunk in enumerate(chunks)]
 
 
-def contract_tags(
-    server: ServerSpec, schedule: str, created: datetime, instance: dict, eip: str | None
+def identity_tags(
+    server: ServerSpec, config: dict, created: datetime, run_id: str
 ) -> list[tuple[str, str]]:
+    """The tags that say which backup an image is: the tool, pool, server and run."""
+    return [
+        (TAG_MANAGED, TOOL),
+        (TAG_SERVER, server.name),
+        (TAG_SCHEDULE, config["SCHEDULE"]),
+        (TAG_POOL, config["POOL"]),
+        (TAG_INSTANCE_ID, server.instance_id),
+        (TAG_CREATED, stamp(created)),
+        (TAG_RUN, run_id),
+    ]
+
+
+def contract_tags(
+    server: ServerSpec, config: dict, created: datetime, run_id: str, instance: dict,
+    eip: str | None,
+) -> list[tuple[str, str]]:  # fmt: skip
     """The tool's own tags for one backup: identity plus launch configuration."""
     groups = ",".join(g["GroupId"] for g in instance.get("SecurityGroups", []))
     values = [
-        (TAG_MANAGED, TOOL),
-        (TAG_SERVER, server.name),
-        (TAG_SCHEDULE, schedule),
-        (TAG_INSTANCE_ID, server.instance_id),
-        (TAG_CREATED, stamp(created)),
+        *identity_tags(server, config, created, run_id),
         (TAG_INSTANCE_TYPE, instance.get("InstanceType")),
         (TAG_SUBNET, instance.get("SubnetId")),
         (TAG_SECURITY_GROUPS, groups),
@@ -614,7 +696,12 @@ class Clients:
         self.region: str = session.region_name
         self._made: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        self.ec2, self.ssm = self.client("ec2"), self.client("ssm")
+        self.ec2 = self.client("ec2")
+
+    @property
+    def ssm(self) -> Any:
+        """SSM in REGION, made the first time a server needs it."""
+        return self.client("ssm")
 
     def client(self, service: str, region: str | None = None) -> Any:
         """The one client of a service in a region (REGION if None)."""
@@ -761,8 +848,9 @@ class Outcome:
     name: str
     instance_id: str
     image_id: str | None = None
-    created_tag: str = ""  # the TAG_CREATED value of this run's image
+    run_id: str = ""  # the TAG_RUN of this run: its images, and only they, are polled
     image: Image | None = None  # this run's image as last seen
+    missed_polls: int = 0  # polls in a row that did not find the new image
     error: str | None = None
     pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -778,7 +866,9 @@ def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
     return [instance for r in reservations for instance in r["Instances"]]
 
 
-def discover(ec2: Any, config: dict, only: list[str]) -> tuple[list[Server], list[Outcome]]:
+def discover(
+    ec2: Any, config: dict, only: list[str], now: datetime
+) -> tuple[list[Server], list[Outcome]]:
     """Resolve SERVERS and SELECT_TAGS to instances; return servers and early failures."""
     specs = [s for s in config["SERVERS"] if not only or s.name in only]
     failures: list[Outcome] = []
@@ -798,7 +888,8 @@ def discover(ec2: Any, config: dict, only: list[str]) -> tuple[list[Server], lis
             failures.append(Outcome(spec.name, spec.instance_id, error=reason))
     servers += select_by_tags(ec2, config, set(ids) | {s.instance_id for s in config["SERVERS"]})
     servers = [s for s in servers if not only or s.spec.name in only]
-    return split_name_clashes(servers, failures)
+    servers, failures = split_name_clashes(servers, failures)
+    return split_bad_image_names(servers, failures, config, now)
 
 
 def select_by_tags(ec2: Any, config: dict, listed: set[str]) -> list[Server]:
@@ -839,6 +930,30 @@ def split_name_clashes(
     return clean, failures
 
 
+def split_bad_image_names(
+    servers: list[Server], failures: list[Outcome], config: dict, now: datetime
+) -> tuple[list[Server], list[Outcome]]:
+    """Fail servers found by tag whose AMI name is invalid or the same as another's."""
+    by_name: dict[str, list[Server]] = {}
+    for server in servers:
+        spec = server.spec
+        problem = name_problem(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        if problem:
+            failures.append(Outcome(spec.name, spec.instance_id, error=f"NAME_FORMAT: {problem}"))
+            continue
+        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        by_name.setdefault(name, []).append(server)
+    clean: list[Server] = []
+    for name, group in by_name.items():
+        if len(group) == 1:
+            clean.extend(group)
+            continue
+        names = " and ".join(repr(s.spec.name) for s in group)
+        error = f"servers {names} would get the same AMI name {name!r}; rename one"
+        failures += [Outcome(s.spec.name, s.spec.instance_id, error=error) for s in group]
+    return clean, failures
+
+
 def attach_elastic_ips(ec2: Any, servers: list[Server]) -> None:
     """Record each server's Elastic IP allocation, from one DescribeAddresses call."""
     by_id = {s.spec.instance_id: s for s in servers}
@@ -871,6 +986,7 @@ def to_image(raw: dict) -> Image:
             m.get("Ebs", {}).get("Encrypted") for m in raw.get("BlockDeviceMappings", [])
         ),
         deprecation_time=raw.get("DeprecationTime"),
+        pool=tags.get(TAG_POOL, ""),
     )
 
 
@@ -900,17 +1016,13 @@ def create_backup(
     """Start CreateImage for one server, with every tag set at creation."""
     spec = server.spec
     name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
-    if not AMI_NAME_RE.match(name):
-        out.error = f"NAME_FORMAT gives {name!r}, which is not a valid AMI name (3-128 chars)"
-        return
-    fixed = contract_tags(spec, config["SCHEDULE"], now, server.instance, server.eip)
+    fixed = contract_tags(spec, config, now, out.run_id, server.instance, server.eip)
     copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
     tags, dropped = backup_tags(
         fixed, {**config["TAGS"], **spec.tags}, copied, limit=MAX_TAGS - dr_tag_room(config)
     )
     if dropped:
         out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
-    out.created_tag = stamp(now)
     try:
         response = ec2.create_image(
             InstanceId=spec.instance_id,
@@ -926,11 +1038,16 @@ def create_backup(
     except ClientError as err:
         if err.response["Error"]["Code"] != ERR_DUPLICATE_NAME:
             raise
-        adopt_duplicate(ec2, spec, config["SCHEDULE"], name, out)
+        adopt_duplicate(ec2, spec, name, out)
 
 
-def adopt_duplicate(ec2: Any, spec: ServerSpec, schedule: str, name: str, out: Outcome) -> None:
-    """Take an existing image of this name as this run's backup, if this tool made it."""
+def adopt_duplicate(ec2: Any, spec: ServerSpec, name: str, out: Outcome) -> None:
+    """Take an image of this name as the backup only if this very run made it.
+
+    That happens when EC2 made the image but its answer was lost, and botocore's
+    retry met the name. Any other image of the name, even an earlier run's, means
+    this run made no backup.
+    """
     raw = list(
         paginate(
             ec2,
@@ -941,17 +1058,17 @@ def adopt_duplicate(ec2: Any, spec: ServerSpec, schedule: str, name: str, out: O
         )
     )
     tags = {t["Key"]: t["Value"] for image in raw for t in image.get("Tags", [])}
-    ours = (
-        tags.get(TAG_MANAGED) == TOOL
-        and tags.get(TAG_INSTANCE_ID) == spec.instance_id
-        and tags.get(TAG_SCHEDULE) == schedule
-    )
+    ours = tags.get(TAG_MANAGED) == TOOL and tags.get(TAG_RUN) == out.run_id
     if raw and ours:
-        out.image_id, out.created_tag = raw[0]["ImageId"], tags.get(TAG_CREATED, "")
-        log.info("%s: image %s already exists as %s; using it", spec.name, name, out.image_id)
-    else:
-        owner = raw[0]["ImageId"] if raw else "an image this account cannot see"
-        out.error = f"AMI name {name} is taken by {owner}, which is not this server's backup"
+        out.image_id = raw[0]["ImageId"]
+        log.info("%s: this run's image %s exists as %s; using it", spec.name, name, out.image_id)
+        return
+    owner = raw[0]["ImageId"] if raw else "an image this account cannot see"
+    whose = "an earlier run's backup" if tags.get(TAG_MANAGED) == TOOL else "not made by this tool"
+    out.error = (
+        f"AMI name {name} is taken by {owner} ({whose}), so no backup was made: "
+        "NAME_FORMAT must give each run its own name"
+    )
 
 
 ALL_CREATED: Any = object()  # what create_all queues after the last outcome
@@ -1035,7 +1152,7 @@ def time_out(waiting: dict[str, Outcome], minutes: float, settle: Any, pending_o
 def poll_once(ec2: Any, waiting: dict[str, Outcome], settle: Any) -> None:
     """One DescribeImages for all waiting images; settle those that are done."""
     try:
-        images = describe_run_images(ec2, sorted({o.created_tag for o in waiting.values()}))
+        images = describe_run_images(ec2, sorted({o.run_id for o in waiting.values()}))
     except (ClientError, BotoCoreError) as err:  # the next poll, or the timeout, decides
         log.warning("could not poll %d new image(s): %s", len(waiting), error_text(err))
         return
@@ -1044,11 +1161,11 @@ def poll_once(ec2: Any, waiting: dict[str, Outcome], settle: Any) -> None:
             settle(waiting.pop(image_id))
 
 
-def describe_run_images(ec2: Any, stamps: list[str]) -> dict[str, Image]:
-    """This run's images, found by their created tag: one call however many servers."""
+def describe_run_images(ec2: Any, run_ids: list[str]) -> dict[str, Image]:
+    """This run's images, found by their run tag: one call however many servers."""
     filters = [
         {"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]},
-        {"Name": f"tag:{TAG_CREATED}", "Values": stamps},
+        {"Name": f"tag:{TAG_RUN}", "Values": run_ids},
     ]
     images: dict[str, Image] = {}
     for raw in paginate(ec2, "describe_images", "Images", Owners=["self"], Filters=filters):
@@ -1060,10 +1177,13 @@ def describe_run_images(ec2: Any, stamps: list[str]) -> dict[str, Image]:
 def settle_image(out: Outcome, image: Image | None) -> bool:
     """Record one polled image in its outcome; return whether it is settled."""
     if image is None:
-        if out.image is None:
+        out.missed_polls += 1
+        if out.image is None and out.missed_polls < MISSED_POLLS_MAX:
             return False  # not visible yet: EC2 is eventually consistent
-        out.error = f"image {out.image_id} disappeared while pending"
+        seen = "while pending" if out.image else "before it was ever seen"
+        out.error = f"image {out.image_id} disappeared {seen} (deregistered by someone else?)"
         return True
+    out.missed_polls = 0
     out.image = image
     if image.state == PENDING:
         return False
@@ -1074,10 +1194,20 @@ def settle_image(out: Outcome, image: Image | None) -> bool:
 
 
 def deregister(ec2: Any, image: Image, out: Outcome) -> None:
-    """Deregister one image and delete its snapshots, so none is orphaned."""
+    """Deregister one image and delete its snapshots, so none is orphaned.
+
+    An image that is already gone counts as deregistered; its snapshots are
+    still deleted here, or by the sweep at the end of the run.
+    """
     if image.shared_with:
         revoke_sharing(ec2, image, image.shared_with)
-    response = ec2.deregister_image(ImageId=image.image_id, DeleteAssociatedSnapshots=True)
+    try:
+        response = ec2.deregister_image(ImageId=image.image_id, DeleteAssociatedSnapshots=True)
+    except ClientError as err:
+        if err.response["Error"]["Code"] not in ERRS_IMAGE_GONE:
+            raise
+        log.info("%s: %s was already deregistered", out.name, image.image_id)
+        response = {}
     results = {r["SnapshotId"]: r["ReturnCode"] for r in response.get("DeleteSnapshotResults", [])}
     for snapshot_id in image.snapshot_ids:
         code = results.get(snapshot_id)
@@ -1086,7 +1216,13 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
         if code == SNAPSHOT_SKIPPED:
             out.warnings.append(f"snapshot {snapshot_id} of {image.image_id} kept: in use")
             continue
-        delete_snapshot(ec2, snapshot_id, image.image_id, out)
+        try:
+            delete_snapshot(ec2, snapshot_id, image.image_id, out)
+        except (ClientError, BotoCoreError) as err:
+            out.warnings.append(
+                f"image {image.image_id} is deregistered, but its snapshot {snapshot_id} stays: "
+                f"{error_text(err)}; the sweep at the end of the run (or the next run) retries"
+            )
 
 
 def delete_snapshot(ec2: Any, snapshot_id: str, image_id: str, out: Outcome) -> None:
@@ -1114,6 +1250,158 @@ def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
         log.info("%s: deregistered %s (%s): %s", out.name, image.image_id, image.name, reason)
 
 
+# --- Pools: whose images a run may count and prune --------------------------------------
+
+
+def in_pool(image: Image, pool: str, instance_of: dict[str, str]) -> bool:
+    """Whether an image counts in this config's retention pool.
+
+    An image tagged with a pool belongs to that pool. One made before pools were
+    recorded belongs to the pool of the config that backs up its very instance now,
+    under the same server name: its first run with pools adopts it.
+    """
+    if image.pool:
+        return image.pool == pool
+    return bool(image.instance_id) and instance_of.get(image.server) == image.instance_id
+
+
+def pool_clashes(ec2: Any, servers: list[Server], images: list[Image], pool: str) -> dict:
+    """For each server, the other live instances whose backups its pool already holds.
+
+    Two instances backed up into one pool under one name would prune each other's
+    backups: that happens when two configs share a POOL (or a config file name).
+    """
+    current = {s.spec.name: s.spec.instance_id for s in servers}
+    others: dict[str, set[str]] = {}
+    for image in images:
+        theirs, mine = image.instance_id, current.get(image.server)
+        if image.pool == pool and mine and theirs and theirs != mine:
+            others.setdefault(image.server, set()).add(theirs)
+    ids = sorted(set().union(*others.values())) if others else []
+    live: set[str] = set()
+    for batch in chunked(ids):
+        filters = [
+            {"Name": "instance-id", "Values": batch},
+            {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES},
+        ]
+        live |= {i["InstanceId"] for i in describe_instances(ec2, filters)}
+    return {name: sorted(ids & live) for name, ids in others.items() if ids & live}
+
+
+def split_pool_clashes(
+    ec2: Any, servers: list[Server], failures: list[Outcome], images: list[Image], pool: str
+) -> list[Server]:
+    """Fail each server whose pool holds backups of another live instance of its name."""
+    clashes = pool_clashes(ec2, servers, images, pool)
+    for server in servers:
+        spec, rivals = server.spec, clashes.get(server.spec.name)
+        if rivals:
+            error = (
+                f"pool {pool!r} already holds backups of {spec.name!r} made from "
+                f"{', '.join(rivals)}, a live instance other than {spec.instance_id}; two "
+                "configs that share a pool would prune each other's backups: give them "
+                "different POOL settings or server names (nothing backed up or pruned)"
+            )
+            failures.append(Outcome(spec.name, spec.instance_id, error=error))
+    return [s for s in servers if s.spec.name not in clashes]
+
+
+# --- The sweep: snapshots of the pool that no image uses ---------------------------------
+
+SNAPSHOT_PENDING = "pending"
+
+
+def sweep_snapshots(
+    ec2: Any,
+    config: dict,
+    instance_of: dict[str, str],
+    started: datetime,
+    source_region: str | None = None,
+    where: str = "",
+) -> None:
+    """Delete this pool's snapshots that no image uses any more, and say so in one line.
+
+    One paginated DescribeSnapshots on the marker and schedule finds the candidates;
+    snapshots of this run, pending ones and those an image still names stay. A
+    snapshot some image still uses is refused by EC2 (in use) and left alone.
+    """
+    swept, kept = [], []
+    for snapshot_id in find_orphans(ec2, config, instance_of, started, source_region):
+        try:
+            ec2.delete_snapshot(SnapshotId=snapshot_id)
+            swept.append(snapshot_id)
+        except ClientError as err:
+            if err.response["Error"]["Code"] == ERR_SNAPSHOT_IN_USE:
+                continue
+            kept.append(f"{snapshot_id} ({error_text(err)})")
+    if swept:
+        log.info(
+            "sweep%s: deleted %d orphaned snapshot(s): %s", where, len(swept), ", ".join(swept)
+        )
+    if kept:
+        log.warning(
+            "sweep%s: could not delete orphaned snapshot(s) %s; the next run retries",
+            where,
+            ", ".join(kept),
+        )
+
+
+def find_orphans(
+    ec2: Any,
+    config: dict,
+    instance_of: dict[str, str],
+    started: datetime,
+    source_region: str | None,
+) -> list[str]:
+    """This pool's snapshots, made before this run, that no image of the account uses."""
+    filters = [
+        {"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]},
+        {"Name": f"tag:{TAG_SCHEDULE}", "Values": [config["SCHEDULE"]]},
+    ]
+    candidates = [
+        s["SnapshotId"]
+        for s in paginate(
+            ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"], Filters=filters
+        )
+        if s.get("State") != SNAPSHOT_PENDING
+        and s["StartTime"] < started
+        and snapshot_in_pool(s, config["POOL"], instance_of, source_region)
+    ]
+    return sorted(set(candidates) - snapshots_in_use(ec2, candidates))
+
+
+def snapshot_in_pool(
+    snapshot: dict, pool: str, instance_of: dict[str, str], source_region: str | None
+) -> bool:
+    """Whether a managed snapshot belongs to this pool (and, in a DR region, to our copies)."""
+    tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+    if tags.get(TAG_SOURCE_REGION) != source_region:
+        return False
+    as_image = Image(
+        "",
+        "",
+        "",
+        datetime.min,
+        tags.get(TAG_SERVER, ""),
+        "",
+        instance_id=tags.get(TAG_INSTANCE_ID, ""),
+        pool=tags.get(TAG_POOL, ""),
+    )
+    return in_pool(as_image, pool, instance_of)
+
+
+def snapshots_in_use(ec2: Any, snapshot_ids: list[str]) -> set[str]:
+    """Which of these snapshots an image of this account uses: one call per 200 snapshots."""
+    used: set[str] = set()
+    for batch in chunked(snapshot_ids):
+        filters = [{"Name": "block-device-mapping.snapshot-id", "Values": batch}]
+        for raw in paginate(
+            ec2, "describe_images", "Images", Owners=["self"], IncludeDisabled=True, Filters=filters
+        ):
+            used |= set(to_image(raw).snapshot_ids)
+    return used
+
+
 # --- Disaster recovery: copies in other regions, sharing, deprecation -----------------------
 
 
@@ -1135,9 +1423,19 @@ def destination_regions(clients: Clients, config: dict) -> list[Region]:
     ]
 
 
-def copies_in(region: Region, schedule: str | None, source_region: str) -> list[Image]:
-    """The copies this tool made in a region of this source region's backups."""
-    return [i for i in managed_images(region.ec2, schedule) if i.source_region == source_region]
+def copies_in(
+    region: Region, config: dict, source_region: str, instance_of: dict[str, str] | None
+) -> list[Image]:
+    """The copies this tool made in a region of this source region's backups (in this pool).
+
+    With instance_of None (listing), every schedule's and pool's copies.
+    """
+    if instance_of is None:
+        images = managed_images(region.ec2, None)
+    else:
+        images = [i for i in managed_images(region.ec2, config["SCHEDULE"])
+                  if in_pool(i, config["POOL"], instance_of)]  # fmt: skip
+    return [i for i in images if i.source_region == source_region]
 
 
 def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
@@ -1148,7 +1446,7 @@ def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
     call return the same copy.
     """
     image = out.image
-    copy = Outcome(out.name, out.instance_id, created_tag=out.created_tag, region=region.name)
+    copy = Outcome(out.name, out.instance_id, run_id=out.run_id, region=region.name)
     origin = [
         {"Key": TAG_SOURCE_REGION, "Value": source_region},
         {"Key": TAG_SOURCE_IMAGE, "Value": image.image_id},
@@ -1210,7 +1508,7 @@ class Replication:
 
     def __init__(self, clients: Clients, regions: list[Region], config: dict,
                  keep: dict[str, int], existing: dict[str, list[Image]],
-                 prune: bool) -> None:  # fmt: skip
+                 prune: bool, now: datetime) -> None:  # fmt: skip
         self.copies: list[Outcome] = []
         self.errors: list[str] = []
         self.lanes: list[tuple[queue.Queue, threading.Thread, HousekeepingThread]] = []
@@ -1220,7 +1518,7 @@ class Replication:
             keep_here = {name: region.keep or n for name, n in keep.items()}
             finisher = Finisher(clients, region.name, config)
             care = Housekeeping(
-                region.ec2, finisher, existing[region.name], keep_here, config, prune
+                region.ec2, finisher, existing[region.name], keep_here, config, prune, now
             )
             worker = HousekeepingThread(care)
             args = (region, clients.region, inbox, created, self.copies)
@@ -1370,7 +1668,7 @@ DOC_SHELL, DOC_POWERSHELL, DOC_VSS = (
     "AWSEC2-CreateVssSnapshot",
 )
 ERR_NO_INVOCATION = "InvocationDoesNotExist"  # just sent: not visible yet
-SSM_IDS_MAX = 50  # instance ids per DescribeInstanceInformation filter
+SSM_IDS_MAX = 50  # instance ids per DescribeInstanceInformation filter, and its largest page
 SSM_NEEDS = "SSM Agent running and an instance profile with AmazonSSMManagedInstanceCore"
 VSS_NEEDS = "; for vss also the AwsVssComponents package and AWSEC2VssSnapshotPolicy"
 VSS_TAG_ROOM = 3  # the VSS document adds AppConsistent and AwsVssConfig (Device on snapshots)
@@ -1402,8 +1700,9 @@ def ssm_offline(ssm: Any, servers: list[Server]) -> dict[str, str]:
         for batch in chunked(ids, SSM_IDS_MAX):
             filters = [{"Key": "InstanceIds", "Values": batch}]
             for info in paginate(
-                ssm, "describe_instance_information", "InstanceInformationList", Filters=filters
-            ):
+                ssm, "describe_instance_information", "InstanceInformationList",
+                Filters=filters, MaxResults=SSM_IDS_MAX,
+            ):  # fmt: skip
                 if info.get("PingStatus") == SSM_ONLINE:
                     online.add(info["InstanceId"])
     except (ClientError, BotoCoreError) as err:
@@ -1491,7 +1790,7 @@ def backup_with_vss(
         out.error = "consistency 'vss' needs a Windows instance; this one is linux"
         return
     name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
-    identity = contract_tags(spec, config["SCHEDULE"], now, {}, None)[:5]  # marker .. created
+    identity = identity_tags(spec, config, now, out.run_id)
     if any(c in v for _, v in identity for c in ",;="):
         out.error = f"server name {spec.name!r} has ',', ';' or '=', which VSS tags cannot carry"
         return
@@ -1507,7 +1806,6 @@ def backup_with_vss(
             create_backup(clients.ec2, server, config, now, out, no_reboot=True)
         return
     tag_vss_image(clients.ec2, server, config, now, name, out)
-    out.created_tag = stamp(now)
 
 
 def tag_vss_image(
@@ -1520,7 +1818,7 @@ def tag_vss_image(
         out.error = f"the VSS command succeeded, but no image named {name} exists"
         return
     image = to_image(found[0])
-    fixed = contract_tags(server.spec, config["SCHEDULE"], now, server.instance, server.eip)
+    fixed = contract_tags(server.spec, config, now, out.run_id, server.instance, server.eip)
     copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
     extra = {**config["TAGS"], **server.spec.tags}
     tags, dropped = backup_tags(
@@ -1557,26 +1855,32 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
 
 
 def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
-    """Image every server; prune each as soon as its new image is verified; copy; report."""
-    ec2, now = clients.ec2, datetime.now(timezone.utc).replace(microsecond=0)
-    servers, failures = discover(ec2, config, args.server)
+    """Image every server; prune each as soon as its new image is verified; copy; sweep; report."""
+    ec2, now = clients.ec2, utc_now().replace(microsecond=0)
+    servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
     attach_elastic_ips(ec2, servers)
-    natives = [i for i in managed_images(ec2, config["SCHEDULE"]) if not i.source_region]
+    listed = managed_images(ec2, config["SCHEDULE"])
+    servers = split_pool_clashes(ec2, servers, failures, listed, config["POOL"])
+    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
+    natives = [i for i in listed if not i.source_region and in_pool(i, config["POOL"], instance_of)]
     regions = destination_regions(clients, config)
-    copies = {r.name: copies_in(r, config["SCHEDULE"], clients.region) for r in regions}
+    copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
     if args.dry_run:
-        print_plan(servers, failures, natives, config, now)
-        print_copy_plan(servers, regions, copies, config, now)
+        print_plan(servers, failures, natives, config, now, prune=not args.no_prune)
+        print_copy_plan(servers, regions, copies, config, now, prune=not args.no_prune)
+        if not args.no_prune:
+            print_sweep_plan(clients, regions, config, instance_of, now)
         return EXIT_FAILED if failures else EXIT_OK
-    outcomes = [Outcome(s.spec.name, s.spec.instance_id) for s in servers]
+    run_id = new_run_id()
+    outcomes = [Outcome(s.spec.name, s.spec.instance_id, run_id=run_id) for s in servers]
     created: queue.Queue[Outcome] = queue.Queue()
     creator_args = (clients, servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     keep, prune = {s.spec.name: s.spec.keep for s in servers}, not args.no_prune
     finisher = Finisher(clients, None, config)
-    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, keep, config, prune))
-    replication = Replication(clients, regions, config, keep, copies, prune)
+    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, keep, config, prune, now))
+    replication = Replication(clients, regions, config, keep, copies, prune, now)
 
     def settled(out: Outcome) -> None:
         replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
@@ -1584,7 +1888,40 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
 
     follow_up(ec2, created, config, settled)
     source.finish()
-    return report(outcomes + failures, replication.finish(), replication.errors)
+    copied = replication.finish()
+    if prune:
+        sweep_all(clients, regions, config, instance_of, now)
+    return report(outcomes + failures, copied, replication.errors)
+
+
+def utc_now() -> datetime:
+    """The time now, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    """An id that no other run has: TAG_RUN on every image this run makes."""
+    return secrets.token_hex(8)
+
+
+def sweep_places(clients: Clients, regions: list[Region]) -> list[tuple[Any, str | None, str]]:
+    """Where a run sweeps: (client, source region of the copies there, " in region")."""
+    return [(clients.ec2, None, "")] + [(r.ec2, clients.region, f" in {r.name}") for r in regions]
+
+
+def sweep_all(
+    clients: Clients,
+    regions: list[Region],
+    config: dict,
+    instance_of: dict[str, str],
+    started: datetime,
+) -> None:
+    """Sweep orphaned snapshots of this pool in REGION and in each COPY_TO_REGIONS region."""
+    for ec2, source_region, where in sweep_places(clients, regions):
+        try:
+            sweep_snapshots(ec2, config, instance_of, started, source_region, where)
+        except (ClientError, BotoCoreError) as err:
+            log.warning("sweep%s: could not look for orphans: %s", where, error_text(err))
 
 
 def create_all(
@@ -1600,7 +1937,8 @@ def create_all(
         zip(servers, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
     )
     try:
-        offline = ssm_offline(clients.ssm, [s for s, _ in pairs if s.spec.consistency in SSM_MODES])
+        through_ssm = [s for s, _ in pairs if s.spec.consistency in SSM_MODES]
+        offline = ssm_offline(clients.ssm, through_ssm) if through_ssm else {}
         for server, out in pairs:
             try:
                 out.error = offline.get(server.spec.instance_id)
@@ -1610,7 +1948,8 @@ def create_all(
                 log.debug("%s: unexpected error", out.name, exc_info=True)
                 out.error = f"backup failed: unexpected {type(err).__name__}: {err}"
             created.put(out)
-        check_post_scripts(clients.ssm, [o for _, o in pairs], config, now)
+        if any(o.post_command for _, o in pairs):
+            check_post_scripts(clients.ssm, [o for _, o in pairs], config, now)
     finally:
         created.put(ALL_CREATED)
 
@@ -1634,18 +1973,19 @@ def check_requested(only: list[str], servers: list[Server], failures: list[Outco
 class Housekeeping:
     """Shares, deprecates and prunes a server's images in one region, as each server settles."""
 
-    def __init__(self, ec2: Any, finisher: Finisher, existing: list[Image],
-                 keep: dict[str, int], config: dict, prune: bool) -> None:  # fmt: skip
+    def __init__(
+        self, ec2: Any, finisher: Finisher, existing: list[Image], keep: dict[str, int],
+        config: dict, prune: bool, now: datetime,
+    ) -> None:  # fmt: skip
         self.ec2, self.finisher, self.existing, self.keep = ec2, finisher, existing, keep
-        self.max_age_days, self.prune = config["MAX_AGE_DAYS"], prune
+        self.max_age_days, self.prune, self.now = config["MAX_AGE_DAYS"], prune, now
 
     def apply(self, out: Outcome) -> None:
         """Finish and prune a server's images; one whose backup failed loses only failed ones."""
         images = {i.image_id: i for i in self.existing if i.server == out.name}
         if out.image:
             images[out.image.image_id] = out.image
-        now = datetime.now(timezone.utc)
-        doomed = plan_prune(list(images.values()), self.keep[out.name], self.max_age_days, now)
+        doomed = plan_prune(list(images.values()), self.keep[out.name], self.max_age_days, self.now)
         if out.error:
             doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
         if not self.prune:
@@ -1749,6 +2089,7 @@ def print_plan(
     existing: list[Image],
     config: dict,
     now: datetime,
+    prune: bool,
 ) -> None:
     """Print what a run would do, assuming every new backup succeeds."""
     for server in servers:
@@ -1756,7 +2097,8 @@ def print_plan(
         name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
         mode = CONSISTENCY_WORDS[spec.consistency]
         print(f"Would create image {name} of {spec.instance_id} ({spec.name}, {mode})")
-        for image, reason in prunes_after(existing, "(new)", name, spec.keep, config, now, spec):
+        doomed = prunes_after(existing, "(new)", name, spec.keep, config, now, spec)
+        for image, reason in doomed if prune else []:
             print(f"Would deregister {image.image_id} ({image.name}) of {spec.name}: {reason}")
     for out in failures:
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
@@ -1774,7 +2116,7 @@ def prunes_after(
 
 def print_copy_plan(
     servers: list[Server], regions: list[Region], copies: dict[str, list[Image]], config: dict,
-    now: datetime,
+    now: datetime, prune: bool,
 ) -> None:  # fmt: skip
     """Print the copies a run would make and what each region's retention would remove."""
     for server in servers:
@@ -1784,7 +2126,8 @@ def print_copy_plan(
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
             print(f"Would copy {name} ({spec.name}) to {region.name}{key}")
             keep, images = region.keep or spec.keep, copies[region.name]
-            for image, reason in prunes_after(images, "(new copy)", name, keep, config, now, spec):
+            doomed = prunes_after(images, "(new copy)", name, keep, config, now, spec)
+            for image, reason in doomed if prune else []:
                 print(f"Would deregister {image.image_id} ({image.name}) of {spec.name} in "
                       f"{region.name}: {reason}")  # fmt: skip
     if config["SHARE_WITH_ACCOUNTS"]:
@@ -1794,11 +2137,24 @@ def print_copy_plan(
         print(f"Would deprecate each new image and copy {config['DEPRECATE_AFTER_DAYS']:g} days on")
 
 
+def print_sweep_plan(
+    clients: Clients,
+    regions: list[Region],
+    config: dict,
+    instance_of: dict[str, str],
+    now: datetime,
+) -> None:
+    """Print the orphaned snapshots the sweep would delete, in each region."""
+    for ec2, source_region, where in sweep_places(clients, regions):
+        for snapshot_id in find_orphans(ec2, config, instance_of, now, source_region):
+            print(f"Would delete orphaned snapshot {snapshot_id}{where}")
+
+
 def list_backups(clients: Clients, config: dict, only: list[str]) -> int:
     """Print a table of managed backups per server and region, newest first."""
     found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
     for region in destination_regions(clients, config):
-        found += [(region.name, i) for i in copies_in(region, None, clients.region)]
+        found += [(region.name, i) for i in copies_in(region, config, clients.region, None)]
     found = [(r, i) for r, i in found if not only or i.server in only]
     found.sort(
         key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())
@@ -1963,21 +2319,51 @@ def setup_logging(args: argparse.Namespace, log_file: str | None = None) -> None
     logging.getLogger("urllib3").setLevel(logging.DEBUG if args.verbose > 1 else logging.WARNING)
 
 
+class LockError(Exception):
+    """The run lock could not be opened; nothing was done."""
+
+
 @contextmanager
 def run_lock(config_path: str) -> Iterator[bool]:
-    """Hold an exclusive lock per config file; yield False if another run holds it."""
-    digest = hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:16]
+    """Hold an exclusive lock per config file, whoever runs it; yield False if another run does.
+
+    The lock file is named for the config's real path, so one config reached through a
+    link is one lock. It is opened read-only (flock needs no more) and created
+    world-writable, so a run as another user than the first can take it too.
+    """
+    real = os.path.realpath(config_path)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
     path = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.lock")
-    with open(path, "a", encoding="utf-8") as handle:
+    fd = open_lock_file(path)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def open_lock_file(path: str) -> int:
+    """Open (or create, mode 0666) the lock file read-only; LockError names it if impossible."""
+    for _ in range(3):  # another user may create it between our two tries
         try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise LockError(f"cannot open the run lock {path}: {err.strerror}") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise LockError(f"cannot create the run lock {path}: {err.strerror}") from None
+        os.fchmod(fd, 0o666)  # the umask took write away from others
+        return fd
+    raise LockError(f"cannot open the run lock {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2006,17 +2392,20 @@ def main(argv: list[str] | None = None) -> int:
     except (CronError, RoleError) as err:
         log.error("%s", err)
         return EXIT_FAILED
-    with run_lock(args.config) as locked:
-        if not locked:
-            log.error("another run of %s is still going; nothing done", args.config)
-            return EXIT_LOCKED
-        try:
-            if args.list:
-                return list_backups(clients, config, args.server)
+    try:
+        if args.list:  # only reads: no lock needed
+            return list_backups(clients, config, args.server)
+        with run_lock(args.config) as locked:
+            if not locked:
+                log.error("another run of %s is still going; nothing done", args.config)
+                return EXIT_LOCKED
             return run_backup(clients, config, args)
-        except (ClientError, BotoCoreError) as err:
-            log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
-            return EXIT_FAILED
+    except LockError as err:
+        log.error("%s; nothing done", err)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as err:
+        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+import ami_to_ec2
+import ec2_to_ami
 from tests.fleet import (
     REGION,
     ROOT,
@@ -33,9 +41,19 @@ def endpoint_server() -> Endpoint:
 
 @pytest.fixture
 def endpoint(endpoint_server: Endpoint, monkeypatch: pytest.MonkeyPatch) -> Endpoint:
-    """A clean endpoint for each test; images settle after half a second."""
+    """A clean endpoint for each test; images settle after a fifth of a second.
+
+    In-process runs poll every few tenths of a second instead of EC2's seconds, so a
+    test waits for the endpoint's pending window, not for the product's poll schedule.
+    """
     endpoint_server.reset()
-    SETTINGS.pending_seconds = 0.5
+    SETTINGS.pending_seconds = 0.2
+    for module in (ec2_to_ami, ami_to_ec2):
+        monkeypatch.setattr(module, "POLL_FIRST_SECONDS", 0.05)
+        monkeypatch.setattr(module, "POLL_MAX_SECONDS", 0.25)
+    monkeypatch.setattr(ec2_to_ami, "POLL_WHILE_CREATING_FIRST_SECONDS", 0.25)
+    CLOCK.last = None
+    monkeypatch.setattr(ec2_to_ami, "utc_now", CLOCK)
     for key, value in aws_env(endpoint_server.url).items():
         monkeypatch.setenv(key, value)
     return endpoint_server
@@ -77,15 +95,51 @@ def backup_config(tmp_path: Path, fleet: Fleet, name: str = "backup.py", **overr
     return write_config(tmp_path / name, **settings)
 
 
+class RunClock:
+    """The backup's clock in tests: real time, but each run starts in a second of its own.
+
+    AMI names carry the run's time to the second, and runs here follow each other
+    within milliseconds; on EC2 they are hours apart. A subprocess run keeps the real
+    clock, so the clock waits for it (a second or two at most) and steps past it.
+    """
+
+    def __init__(self) -> None:
+        self.last: datetime | None = None
+
+    def __call__(self) -> datetime:
+        now = datetime.now(timezone.utc)
+        if self.last is not None and now < self.last + timedelta(seconds=1):
+            now = self.last + timedelta(seconds=1)
+        self.last = now
+        return now
+
+    def before_subprocess(self) -> None:
+        """Wait until real time has passed every in-process run, then step past the subprocess."""
+        if self.last is not None:
+            wait = (self.last + timedelta(seconds=1) - datetime.now(timezone.utc)).total_seconds()
+            time.sleep(max(0.0, min(wait, 5.0)))
+        self.last = datetime.now(timezone.utc) + timedelta(seconds=2)
+
+
+CLOCK = RunClock()
+
+
 def script_command(script: str, config: Path | None, *args: str) -> list[str]:
+    CLOCK.before_subprocess()
     command = [sys.executable, str(ROOT / script)]
     if config is not None:
         command += ["--config", str(config)]
     return command + list(args)
 
 
-def run(script: str, config: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """Run a script the way cron or a person does: a subprocess with a config file."""
+def run_process(
+    script: str, config: Path | None, *args: str, **env: str
+) -> subprocess.CompletedProcess:
+    """Run a script the way cron or a person does: a subprocess with a config file.
+
+    For what only a process shows: exit codes from the interpreter, no traceback,
+    locks between processes, signals.
+    """
     return subprocess.run(
         script_command(script, config, *args),
         capture_output=True,
@@ -94,6 +148,32 @@ def run(script: str, config: Path | None, *args: str, **env: str) -> subprocess.
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )
+
+
+def run(script: str, config: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run a script's main(argv) in this process, against the same HTTP endpoint.
+
+    Real argument parsing, config loading, botocore and HTTP; only the interpreter
+    start is saved. stdout and stderr are captured apart, as a subprocess's are.
+    """
+    module = importlib.import_module(Path(script).stem)
+    argv = (["--config", str(config)] if config is not None else []) + list(args)
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(argv)
+            except SystemExit as exit_:  # argparse
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        for handler in logging.getLogger().handlers[:]:  # main() set them up: LOG_FILE too
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def managed(ec2: Any, server: str | None = None) -> list[dict]:
@@ -106,3 +186,34 @@ def managed(ec2: Any, server: str | None = None) -> list[dict]:
 
 def tags_of(resource: dict) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+ACCOUNT = "123456789012"
+
+
+def all_snapshots(ec2) -> list[dict]:
+    return ec2.describe_snapshots(Filters=[{"Name": "owner-id", "Values": [ACCOUNT]}])["Snapshots"]
+
+
+def orphaned_managed_snapshots(ec2) -> list[str]:
+    """Snapshots carrying the tool's marker that no registered image uses."""
+    used = {
+        m["Ebs"]["SnapshotId"]
+        for image in ec2.describe_images(Owners=["self"])["Images"]
+        for m in image["BlockDeviceMappings"]
+        if "Ebs" in m
+    }
+    return [
+        s["SnapshotId"]
+        for s in all_snapshots(ec2)
+        if tags_of(s).get("ec2-to-ami:managed-by") and s["SnapshotId"] not in used
+    ]
+
+
+def available_by_server(ec2) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for image in managed(ec2):
+        if image["State"] == "available":
+            server = tags_of(image)["ec2-to-ami:server"]
+            counts[server] = counts.get(server, 0) + 1
+    return counts

@@ -36,6 +36,11 @@ Patches (each has a test in tests/test_harness.py):
      of this).
   P11 EnableImageDeprecation and DisableImageDeprecation set and clear the
      image's DeprecationTime, which DescribeImages reports (moto: HTTP 500).
+  P13 DescribeImages filters on block-device-mapping.snapshot-id (moto: HTTP 500),
+     so a run can ask which images still use a snapshot.
+  P14 DeregisterImage with DeleteAssociatedSnapshots answers the ReturnCode in
+     `deregister_snapshot_code` for each snapshot ("internal-error" and the like
+     keep the snapshot, as EC2 does when its delete fails); default "success".
   P12 Encrypted volumes: CreateImage of an instance listed in
      `encrypt_images_of` gives an image whose snapshot is encrypted with the
      listed key (None: the region's aws/ebs key), and DescribeImages reports
@@ -45,7 +50,8 @@ Patches (each has a test in tests/test_harness.py):
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
   S1 DescribeInstanceInformation lists EC2 instances as managed and Online,
-     except those in `ssm_unmanaged` (absent) or `ssm_offline` (ConnectionLost).
+     except those in `ssm_unmanaged` (absent) or `ssm_offline` (ConnectionLost),
+     in pages of MaxResults (5-50; SSM's default 10) with NextToken, as SSM does.
   S2 A command runs on the instances it names (moto adds every instance in the
      region when Targets is empty). Its status comes from `ssm_results`: the first key found in the
      command's document name or script text decides ("Failed", "TimedOut", or
@@ -56,7 +62,9 @@ DescribeInstanceInformation):
 
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
-500), so botocore sees what it would see from EC2.
+500), so botocore sees what it would see from EC2. With `lost=True` the call
+reaches the backend and takes effect first, and only its answer is replaced by
+the error: a response lost on the way back, after which botocore retries.
 
 Throttling: `throttle()` turns on an emulation of EC2's request token buckets,
 per action category and per region, with the sizes and refill rates of
@@ -108,6 +116,7 @@ class Fault:
     times: int = 1
     match: dict[str, str] = field(default_factory=dict)
     message: str = "injected by the test harness"
+    lost: bool = False  # the call takes effect; only its answer is lost
 
     def matches(self, action: str, params: dict[str, str]) -> bool:
         """Whether this fault applies to a call."""
@@ -140,6 +149,7 @@ class Settings:
         self.copy_pending_seconds = 0.0
         self.fail_copies_to: set[str] = set()
         self.encrypt_images_of: dict[str, str | None] = {}
+        self.deregister_snapshot_code = "success"
 
     def reset(self) -> None:
         self.__init__()
@@ -155,6 +165,7 @@ _original_run_instances = InstanceResponse.run_instances
 _original_associate_address = ElasticAddressBackend.associate_address
 _original_terminate = Instance.terminate
 _original_block_device_mappings = Ami.block_device_mappings
+_original_ami_filter_value = Ami.get_filter_value
 
 
 def _create_image(self, instance_id, name, description, tag_specifications):
@@ -306,6 +317,13 @@ def _disable_image_deprecation(self) -> ActionResult:
     return ActionResult({"Return": True})
 
 
+def _ami_filter_value(self, filter_name: str, method_name: str | None = None) -> Any:
+    """DescribeImages' block-device-mapping.snapshot-id filter (P13)."""
+    if filter_name == "block-device-mapping.snapshot-id":
+        return [self.ebs_snapshot.id] if self.ebs_snapshot else []
+    return _original_ami_filter_value(self, filter_name, method_name)
+
+
 # --- P4: DeregisterImage with DeleteAssociatedSnapshots ------------------------------
 
 
@@ -321,9 +339,9 @@ def _deregister_image(self) -> ActionResult:
     if delete_snapshots and ami is not None:
         snapshot = ami.ebs_snapshot
         shared = any(other.ebs_snapshot.id == snapshot.id for other in backend.amis.values())
-        if not shared:
+        code = "skipped" if shared else SETTINGS.deregister_snapshot_code
+        if code == "success":
             backend.delete_snapshot(snapshot.id)
-        code = "skipped" if shared else "success"
         result["DeleteSnapshotResults"] = [{"SnapshotId": snapshot.id, "ReturnCode": code}]
     return ActionResult(result)
 
@@ -377,6 +395,7 @@ def _terminate(self) -> InstanceState:
 # --- S1, S2, S3: SSM ------------------------------------------------------------------
 
 _original_send_command = SSMBackend.send_command
+SSM_DEFAULT_PAGE = 10  # DescribeInstanceInformation's page without MaxResults
 
 
 def _describe_instance_information(self) -> ActionResult:
@@ -388,13 +407,18 @@ def _describe_instance_information(self) -> ActionResult:
     }
     backend = ec2_backends[self.current_account][self.region]
     listed = []
-    for instance in backend.all_instances():
+    for instance in sorted(backend.all_instances(), key=lambda i: i.id):
         if instance.id in SETTINGS.ssm_unmanaged or (wanted and instance.id not in wanted):
             continue
         ping = "ConnectionLost" if instance.id in SETTINGS.ssm_offline else "Online"
         platform = "Windows" if instance.platform == "windows" else "Linux"
         listed.append({"InstanceId": instance.id, "PingStatus": ping, "PlatformType": platform})
-    return ActionResult({"InstanceInformationList": listed})
+    size = int(self._get_param("MaxResults") or SSM_DEFAULT_PAGE)
+    start = int(self._get_param("NextToken") or 0)
+    result: dict[str, Any] = {"InstanceInformationList": listed[start : start + size]}
+    if start + size < len(listed):
+        result["NextToken"] = str(start + size)
+    return ActionResult(result)
 
 
 def _send_command(self, *args, **kwargs):
@@ -453,6 +477,7 @@ def apply_patches() -> None:
     AmisResponse.disable_image_deprecation = _disable_image_deprecation
     Ami.block_device_mappings = property(_block_device_mappings)
     Ami.deprecation_time = None
+    Ami.get_filter_value = _ami_filter_value
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
 
 
@@ -594,10 +619,11 @@ class Endpoint:
         self.buckets = TokenBuckets() if enabled else None
 
     def inject(
-        self, action: str, code: str, status: int = 400, times: int = 1, **match: str
-    ) -> Fault:
-        """Fail the next `times` calls of action whose parameters match."""
-        fault = Fault(action, code, status, times, match)
+        self, action: str, code: str, status: int = 400, times: int = 1, lost: bool = False,
+        **match: str,
+    ) -> Fault:  # fmt: skip
+        """Fail the next `times` calls of action whose parameters match (lost: after acting)."""
+        fault = Fault(action, code, status, times, match, lost=lost)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -645,6 +671,8 @@ class Endpoint:
                 and not buckets.take(region_of(environ), bucket_of(action, params))
             ):
                 fault = THROTTLED
+            if fault and fault.lost:
+                list(app(environ, lambda *_: None))  # the backend acts; its answer is dropped
             if fault:
                 call.status = fault.status
                 return error_response(environ, fault, start_response)

@@ -13,46 +13,19 @@ import pytest
 from ami_to_ec2 import joined_value
 from tests.conftest import (
     REGION,
+    all_snapshots,
+    available_by_server,
     backup_config,
     build_network,
     launch,
     managed,
+    orphaned_managed_snapshots,
     run,
     script_command,
     tags_of,
     write_config,
 )
 from tests.harness import SETTINGS, finish_pending
-
-ACCOUNT = "123456789012"
-
-
-def all_snapshots(ec2) -> list[dict]:
-    return ec2.describe_snapshots(Filters=[{"Name": "owner-id", "Values": [ACCOUNT]}])["Snapshots"]
-
-
-def orphaned_managed_snapshots(ec2) -> list[str]:
-    """Snapshots carrying the tool's marker that no registered image uses."""
-    used = {
-        m["Ebs"]["SnapshotId"]
-        for image in ec2.describe_images(Owners=["self"])["Images"]
-        for m in image["BlockDeviceMappings"]
-        if "Ebs" in m
-    }
-    return [
-        s["SnapshotId"]
-        for s in all_snapshots(ec2)
-        if tags_of(s).get("ec2-to-ami:managed-by") and s["SnapshotId"] not in used
-    ]
-
-
-def available_by_server(ec2) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for image in managed(ec2):
-        if image["State"] == "available":
-            server = tags_of(image)["ec2-to-ami:server"]
-            counts[server] = counts.get(server, 0) + 1
-    return counts
 
 
 def test_four_runs_keep_two_backups_per_server_and_no_orphans(ec2, fleet, tmp_path):
@@ -112,7 +85,7 @@ def test_tag_limits_drop_extra_instance_tags_by_name_and_never_cut_values(ec2, i
     assert result.returncode == 0, result.stderr
     [image] = managed(ec2, "big01")
     tags = tags_of(image)
-    assert len(image["Tags"]) == 50
+    assert len(image["Tags"]) in (49, 50)  # full: one more key would need two more tags
     assert joined_value(tags, "ec2-to-ami:security-group-ids").split(",") == fleet.group_ids
     copied = json.loads(joined_value(tags, "ec2-to-ami:instance-tag-keys"))
     assert copied[0] == "Name" and all(tags[k] for k in copied)
@@ -230,26 +203,6 @@ def test_overlapping_run_of_the_same_config_exits_3_and_each_server_is_imaged_on
     first.communicate(timeout=60)
     assert first.returncode == 0
     assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
-
-
-def test_duplicate_name_is_adopted_when_it_is_this_servers_backup(ec2, fleet, tmp_path):
-    config = backup_config(tmp_path, fleet, NAME_FORMAT="{server}-{time:%Y}")
-    assert run("ec2_to_ami.py", config).returncode == 0
-    other = backup_config(tmp_path, fleet, name="copy.py", NAME_FORMAT="{server}-{time:%Y}")
-    result = run("ec2_to_ami.py", other)
-    assert result.returncode == 0, result.stderr
-    assert "already exists as" in result.stderr
-    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
-
-
-def test_duplicate_name_of_a_foreign_image_fails_that_server(ec2, fleet, tmp_path):
-    year = time.strftime("%Y", time.gmtime())
-    ec2.create_image(InstanceId=fleet.instances["app01"], Name=f"app01-{year}")
-    config = backup_config(tmp_path, fleet, NAME_FORMAT="{server}-{time:%Y}")
-    result = run("ec2_to_ami.py", config)
-    assert result.returncode == 1
-    assert f"AMI name app01-{year} is taken by" in result.stderr
-    assert available_by_server(ec2) == {"web01": 1, "win01": 1}
 
 
 def test_two_instances_with_one_name_fail_that_name_only(ec2, fleet, tmp_path):
@@ -430,7 +383,7 @@ def test_paced_run_still_reports_every_failure(ec2, iam, tmp_path, endpoint):
 
 
 def test_failed_polls_are_retried_at_the_next_poll(ec2, fleet, tmp_path, endpoint):
-    poll = {"Filter.2.Name": "tag:ec2-to-ami:created"}  # the poll, not the listing
+    poll = {"Filter.2.Name": "tag:ec2-to-ami:run"}  # the poll, not the listing
     endpoint.inject("DescribeImages", "InternalError", 500, times=2, **poll)
     result = run("ec2_to_ami.py", backup_config(tmp_path, fleet), AWS_MAX_ATTEMPTS="1")
     assert result.returncode == 0, result.stderr

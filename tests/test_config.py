@@ -15,28 +15,28 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
     ("settings", "message"),
     [
         ({"KEPP": 3}, "unknown setting KEPP; did you mean KEEP?"),
-        ({"KEEP": 0}, "KEEP must be a whole number >= 1"),
-        ({"KEEP": "7"}, "KEEP must be a whole number >= 1"),
-        ({"KEEP": True}, "KEEP must be a whole number >= 1"),
-        ({"MAX_AGE_DAYS": -1}, "MAX_AGE_DAYS must be None or a number > 0"),
+        ({"KEEP": 0}, "KEEP must be a whole number from 1 to 1000"),
+        ({"KEEP": "7"}, "KEEP must be a whole number from 1 to 1000"),
+        ({"KEEP": True}, "KEEP must be a whole number from 1 to 1000"),
+        ({"MAX_AGE_DAYS": -1}, "MAX_AGE_DAYS must be None or a number above 0"),
         ({"NO_REBOOT": "yes"}, "NO_REBOOT must be True or False"),
-        ({"WAIT_TIMEOUT_MINUTES": 0}, "WAIT_TIMEOUT_MINUTES must be a number > 0"),
+        ({"WAIT_TIMEOUT_MINUTES": 0}, "WAIT_TIMEOUT_MINUTES must be a number above 0"),
         ({"REGION": "Ireland"}, "REGION must be None or a region such as eu-west-1"),
         ({"SCHEDULE": "daily backups"}, "SCHEDULE must be 1-64 letters"),
         ({"TAGS": {"aws:x": "1"}}, "TAGS: tag key 'aws:x' uses a reserved prefix"),
         ({"TAGS": {"k": "v" * 257}}, "TAGS['k'] must be a string of at most 256"),
         ({"TAGS": ["a"]}, "TAGS must be a dict"),
-        ({"TAGS": {f"k{n}": "v" for n in range(31)}}, "TAGS: 31 tags; at most 30 fit"),
+        ({"TAGS": {f"k{n}": "v" for n in range(29)}}, "TAGS: 29 tags; at most 28 fit"),
         (
             {
                 "TAGS": {f"k{n}": "v" for n in range(20)},
-                "SERVERS": [{**SERVER, "tags": {f"s{n}": "v" for n in range(11)}}],
+                "SERVERS": [{**SERVER, "tags": {f"s{n}": "v" for n in range(9)}}],
             },
-            "TAGS plus SERVERS[0]['tags']: 31 tags",
+            "TAGS plus SERVERS[0]['tags']: 29 tags",
         ),
         ({"NAME_FORMAT": "{server}-backup"}, "NAME_FORMAT must contain {time}"),
-        ({"NAME_FORMAT": "{host}-{time}"}, "NAME_FORMAT: unknown field {host}"),
-        ({"NAME_FORMAT": "{time:%Y}" + "x" * 130}, "not a valid AMI name"),
+        ({"NAME_FORMAT": "{server}-{host}-{time}"}, "NAME_FORMAT: unknown field {host}"),
+        ({"NAME_FORMAT": "{server}-{time}" + "x" * 130}, "not 3-128"),
         ({"SERVERS": "web01"}, "SERVERS must be a list of dicts"),
         ({"SERVERS": [{"name": "web01", "instance_id": "i-123"}]}, "is not an instance id"),
         ({"SERVERS": [{"name": "web01", "instance_id": "I-0123456789ABCDEF0"}]}, "not an instance"),
@@ -44,7 +44,7 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
             {"SERVERS": [{**SERVER, "kep": 2}]},
             "SERVERS[0]: unknown key 'kep'; did you mean 'keep'?",
         ),
-        ({"SERVERS": [{**SERVER, "keep": 0}]}, "SERVERS[0]['keep'] must be a whole number >= 1"),
+        ({"SERVERS": [{**SERVER, "keep": 0}]}, "SERVERS[0]['keep'] must be a whole number from 1"),
         ({"SERVERS": [{**SERVER, "no_reboot": 1}]}, "SERVERS[0]['no_reboot'] must be True"),
         ({"SERVERS": [{"instance_id": GOOD_ID}]}, "SERVERS[0]: 'name' must be a non-empty"),
         ({"SERVERS": [SERVER, SERVER]}, "SERVERS: name 'web01' appears twice"),
@@ -52,7 +52,7 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
         ({"CONSISTENCY": "app"}, "CONSISTENCY must be None or one of crash, reboot, vss, scripts"),
         ({"CONSISTENCY": "scripts"}, "CONSISTENCY 'scripts' needs PRE_SCRIPT or POST_SCRIPT"),
         ({"ON_SCRIPT_FAILURE": "ignore"}, "ON_SCRIPT_FAILURE must be 'fail' or 'crash'"),
-        ({"SCRIPT_TIMEOUT_SECONDS": 5}, "SCRIPT_TIMEOUT_SECONDS must be a whole number >= 30"),
+        ({"SCRIPT_TIMEOUT_SECONDS": 5}, "SCRIPT_TIMEOUT_SECONDS must be a whole number from 30"),
         ({"SERVERS": [{**SERVER, "consistency": "vss", "platform": "linux"}]}, "is for Windows"),
         ({"SERVERS": [{**SERVER, "consistency": "snap"}]}, "SERVERS[0]['consistency'] must be"),
         ({"SERVERS": [{**SERVER, "consistency": "scripts"}]}, "needs PRE_SCRIPT or POST_SCRIPT"),
@@ -67,15 +67,15 @@ SERVER = {"name": "web01", "instance_id": GOOD_ID}
             {"COPY_TO_REGIONS": {"us-west-2": {"kepp": 3}}},
             "COPY_TO_REGIONS['us-west-2']: unknown key 'kepp'; did you mean 'keep'?",
         ),
-        ({"COPY_TO_REGIONS": {"us-west-2": {"keep": 0}}}, "['keep'] must be a whole number >= 1"),
+        ({"COPY_TO_REGIONS": {"us-west-2": {"keep": 0}}}, "['keep'] must be a whole number from 1"),
         ({"COPY_TO_REGIONS": {"us-west-2": {"kms_key_id": ""}}}, "['kms_key_id'] must be None"),
         ({"COPY_TO_REGIONS": {"us-west-2": {}}, "WAIT": False}, "COPY_TO_REGIONS needs WAIT"),
         ({"SHARE_WITH_ACCOUNTS": "111122223333"}, "SHARE_WITH_ACCOUNTS must be a list"),
         ({"SHARE_WITH_ACCOUNTS": [111122223333]}, "111122223333 is not a 12-digit account id"),
         ({"SHARE_WITH_ACCOUNTS": ["1111-2222-3333"]}, "is not a 12-digit account id"),
         ({"SHARE_WITH_ACCOUNTS": ["111122223333"] * 2}, "at most 15 accounts, each once"),
-        ({"DEPRECATE_AFTER_DAYS": 0}, "DEPRECATE_AFTER_DAYS must be None or a number > 0"),
-        ({"DEPRECATE_AFTER_DAYS": 4000}, "DEPRECATE_AFTER_DAYS must be at most 3650"),
+        ({"DEPRECATE_AFTER_DAYS": 0}, "DEPRECATE_AFTER_DAYS must be None or a number above 0"),
+        ({"DEPRECATE_AFTER_DAYS": 4000}, "and at most 3650, not 4000"),
         ({"ROLE_ARN": "backup-role"}, "ROLE_ARN must be None or an IAM role ARN"),
         ({"ROLE_ARN": "arn:aws:iam::12345:role/x"}, "ROLE_ARN must be None or an IAM role ARN"),
     ],
@@ -85,6 +85,56 @@ def test_bad_setting_is_named(settings, message):
     with pytest.raises(ConfigError) as err:
         validate_config(settings)
     assert message in str(err.value)
+
+
+CLASHING_NAMES = [
+    {"name": "web:01", "instance_id": GOOD_ID},
+    {"name": "web*01", "instance_id": "i-0123456789abcdef1"},
+]
+LONG_NAME = {"name": "w" * 120, "instance_id": GOOD_ID}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        # Numbers out of range or not finite (issue 11, item 7).
+        ({"MAX_AGE_DAYS": 1e6}, "MAX_AGE_DAYS must be None or a number above 0 and at most 36500"),
+        ({"MAX_AGE_DAYS": float("nan")}, "MAX_AGE_DAYS must be None or a number above 0"),
+        ({"MAX_AGE_DAYS": float("inf")}, "MAX_AGE_DAYS must be None or a number above 0"),
+        ({"WAIT_TIMEOUT_MINUTES": float("nan")}, "WAIT_TIMEOUT_MINUTES must be a number"),
+        ({"WAIT_TIMEOUT_MINUTES": 1e9}, "and at most 1440"),
+        ({"DEPRECATE_AFTER_DAYS": float("nan")}, "DEPRECATE_AFTER_DAYS must be None or"),
+        ({"KEEP": 10**9}, "KEEP must be a whole number from 1 to 1000"),
+        ({"SCRIPT_TIMEOUT_SECONDS": 10**7}, "SCRIPT_TIMEOUT_SECONDS must be a whole number"),
+        ({"COPY_TO_REGIONS": {"us-west-2": {"keep": 5000}}}, "['keep'] must be a whole number"),
+        # Names that would fail every run (issue 11, items 2 and 3).
+        ({"NAME_FORMAT": "backup-{time}"}, "NAME_FORMAT must contain {server} or {instance_id}"),
+        ({"NAME_FORMAT": "{server}-{time:%Y-%m}"}, "runs a minute apart the same name"),
+        ({"NAME_FORMAT": "{server}-{time:%Y%m%d-%H}"}, "needs at least minutes"),
+        ({"SERVERS": CLASHING_NAMES}, "servers 'web:01' and 'web*01' the same AMI name"),
+        ({"SERVERS": [LONG_NAME], "NAME_FORMAT": "{server}-{schedule}-{time}"}, "not 3-128"),
+        ({"POOL": "prod pool"}, "POOL must be 1-64 letters"),
+    ],
+)
+def test_settings_that_would_fail_at_run_time_are_config_errors(settings, message):
+    settings = {"SERVERS": [SERVER], **settings}
+    with pytest.raises(ConfigError) as err:
+        validate_config(settings)
+    assert message in str(err.value)
+
+
+def test_a_minute_resolution_name_format_is_accepted():
+    config = validate_config(
+        {"SERVERS": [SERVER], "NAME_FORMAT": "{instance_id}-{time:%Y%m%d%H%M}"}
+    )
+    assert config["NAME_FORMAT"] == "{instance_id}-{time:%Y%m%d%H%M}"
+
+
+def test_pool_defaults_to_the_config_files_name(tmp_path):
+    path = write_config(tmp_path / "prod backup.py", SERVERS=[SERVER])
+    assert load_config(str(path))["POOL"] == "prod-backup"
+    path = write_config(tmp_path / "staging.py", SERVERS=[SERVER], POOL="shared")
+    assert load_config(str(path))["POOL"] == "shared"
 
 
 def test_good_config_gets_defaults_and_server_overrides():
@@ -124,6 +174,13 @@ def test_syntax_error_names_file_and_line(tmp_path):
         ("SERVERS = [{'name': 'x', 'instance_id': 'i-zz'}]\n", "SERVERS[0] (x): 'instance_id'"),
         ("KEEP = (\n", "line 1"),
         ("import nonexistent_module\n", "ModuleNotFoundError"),
+        ("import sys\nsys.exit(0)\n", "SystemExit"),
+        ("raise SystemExit('stop')\n", "SystemExit: stop"),
+        ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+        (
+            "MAX_AGE_DAYS = 1e6\nSERVERS = [{'name': 'a', 'instance_id': 'i-0badcafe'}]\n",
+            "MAX_AGE_DAYS must be None or a number above 0 and at most 36500",
+        ),
     ],
 )
 def test_bad_config_exits_2_without_traceback_or_aws_call(endpoint, tmp_path, body, message):

@@ -50,8 +50,9 @@ def test_restore_reads_what_the_backup_wrote():
         "MetadataOptions": {"HttpTokens": "required"},
         "Tags": [{"Key": "Name", "Value": "web01"}, {"Key": "Env", "Value": "prod"}],
     }
+    config = {"SCHEDULE": "daily", "POOL": "prod"}
     fixed = ec2_to_ami.contract_tags(
-        spec, "daily", datetime.now(timezone.utc), instance, "eipalloc-1"
+        spec, config, datetime.now(timezone.utc), "run-1", instance, "eipalloc-1"
     )
     tags, dropped = ec2_to_ami.backup_tags(
         fixed, {"Env": "ignored"}, ec2_to_ami.instance_tags(instance)

@@ -371,3 +371,45 @@ def test_a_fault_can_match_one_region(ec2, endpoint):
     ec2.describe_vpcs()  # us-east-1: untouched
     with pytest.raises(ClientError):
         regional(endpoint, "ec2", "us-west-2").describe_vpcs()
+
+
+def test_p13_images_can_be_found_by_the_snapshot_they_use(ec2):
+    image_id = image_of(ec2, an_instance(ec2))
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    found = ec2.describe_images(
+        Owners=["self"],
+        Filters=[{"Name": "block-device-mapping.snapshot-id", "Values": [snapshot_id]}],
+    )["Images"]
+    assert [i["ImageId"] for i in found] == [image_id]
+    other = [{"Name": "block-device-mapping.snapshot-id", "Values": ["snap-0123456789abcdef0"]}]
+    assert ec2.describe_images(Owners=["self"], Filters=other)["Images"] == []
+
+
+def test_p14_a_deregistration_can_keep_its_snapshot_and_say_so(ec2):
+    image_id = image_of(ec2, an_instance(ec2))
+    before = snapshot_ids(ec2)
+    SETTINGS.deregister_snapshot_code = "internal-error"
+    result = ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+    assert [r["ReturnCode"] for r in result["DeleteSnapshotResults"]] == ["internal-error"]
+    assert snapshot_ids(ec2) == before
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+
+
+def test_a_lost_answer_still_takes_effect_and_botocore_retries_into_it(ec2, endpoint):
+    instance_id = an_instance(ec2)
+    endpoint.inject("CreateImage", "InternalError", 500, lost=True)
+    with pytest.raises(ClientError) as err:
+        image_of(ec2, instance_id, name="lost-once")  # the retry meets the image the first made
+    assert err.value.response["Error"]["Code"] == "InvalidAMIName.Duplicate"
+    assert len(ec2.describe_images(Owners=["self"])["Images"]) == 1
+
+
+def test_s1_instance_information_comes_in_pages_as_ssm_sends_it(ec2, endpoint):
+    ec2.run_instances(ImageId=LINUX_AMI, MinCount=12, MaxCount=12)
+    ssm = ssm_client(endpoint)
+    first = ssm.describe_instance_information()
+    assert len(first["InstanceInformationList"]) == 10 and first["NextToken"]
+    rest = ssm.describe_instance_information(NextToken=first["NextToken"])
+    assert len(rest["InstanceInformationList"]) == 2 and "NextToken" not in rest
+    assert len(ssm.describe_instance_information(MaxResults=50)["InstanceInformationList"]) == 12

@@ -1,0 +1,440 @@
+"""The backup never loses, leaks or misreports a backup (issue 11), against the local endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+
+import ec2_to_ami
+from tests.conftest import (
+    CLOCK,
+    REGION,
+    available_by_server,
+    backup_config,
+    launch,
+    managed,
+    orphaned_managed_snapshots,
+    run,
+    script_command,
+    tags_of,
+    write_config,
+)
+from tests.harness import SETTINGS, finish_pending
+
+
+def one_server(tmp_path, fleet, name: str, server: str, instance: str, **settings):
+    """A config file called name that backs up one instance as server."""
+    entry = {"name": server, "instance_id": fleet.instances[instance]}
+    return write_config(tmp_path / name, SERVERS=[entry], **{"KEEP": 2, **settings})
+
+
+def images_by_instance(ec2, server: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for image in managed(ec2, server):
+        instance = tags_of(image)["ec2-to-ami:instance-id"]
+        counts[instance] = counts.get(instance, 0) + 1
+    return counts
+
+
+def strip_pool_tags(ec2) -> None:
+    """Make every managed image and snapshot look as the previous version left them."""
+    images = managed(ec2)
+    snapshots = [m["Ebs"]["SnapshotId"] for i in images for m in i["BlockDeviceMappings"]]
+    ec2.delete_tags(
+        Resources=[i["ImageId"] for i in images] + snapshots,
+        Tags=[{"Key": "ec2-to-ami:pool"}, {"Key": "ec2-to-ami:run"}],
+    )
+
+
+# --- 1. Pools: two configs never prune each other ---------------------------------------
+
+
+def test_two_configs_with_a_server_of_one_name_never_prune_each_other(ec2, fleet, tmp_path):
+    prod = one_server(tmp_path, fleet, "prod.py", "web01", "web01")
+    staging = one_server(tmp_path, fleet, "staging.py", "web01", "app01")
+    for _ in range(5):
+        for config in (prod, staging):
+            result = run("ec2_to_ami.py", config)
+            assert result.returncode == 0, result.stderr
+            assert "WARNING" not in result.stderr
+    counts = images_by_instance(ec2, "web01")
+    assert counts == {fleet.instances["web01"]: 2, fleet.instances["app01"]: 2}
+    pools = {tags_of(i)["ec2-to-ami:pool"] for i in managed(ec2, "web01")}
+    assert pools == {"prod", "staging"}
+    assert orphaned_managed_snapshots(ec2) == []
+
+
+def test_two_configs_sharing_a_pool_fail_naming_both_instances_and_prune_nothing(
+    ec2, fleet, tmp_path
+):
+    prod = one_server(tmp_path, fleet, "prod.py", "web01", "web01", POOL="shared", KEEP=1)
+    staging = one_server(tmp_path, fleet, "staging.py", "web01", "app01", POOL="shared", KEEP=1)
+    assert run("ec2_to_ami.py", prod).returncode == 0
+    kept = managed(ec2, "web01")[0]["ImageId"]
+    result = run("ec2_to_ami.py", staging)
+    assert result.returncode == 1
+    web, app = fleet.instances["web01"], fleet.instances["app01"]
+    assert f"web01 ({app}): FAILED: pool 'shared' already holds backups of 'web01'" in result.stderr
+    assert web in result.stderr and "different POOL settings" in result.stderr
+    assert [i["ImageId"] for i in managed(ec2, "web01")] == [kept]
+
+
+def test_a_replaced_instance_hands_its_pool_to_the_new_one(ec2, fleet, tmp_path):
+    old = one_server(tmp_path, fleet, "prod.py", "web01", "web01", KEEP=2)
+    for _ in range(2):
+        assert run("ec2_to_ami.py", old).returncode == 0
+    ec2.terminate_instances(InstanceIds=[fleet.instances["web01"]])
+    launch(ec2, fleet, "web01-new")
+    new = one_server(tmp_path, fleet, "prod.py", "web01", "web01-new", KEEP=2)
+    for _ in range(2):
+        assert run("ec2_to_ami.py", new).returncode == 0
+    assert images_by_instance(ec2, "web01") == {fleet.instances["web01-new"]: 2}
+
+
+def test_images_from_before_pools_are_adopted_by_the_config_of_their_instance(ec2, fleet, tmp_path):
+    prod = one_server(tmp_path, fleet, "prod.py", "web01", "web01", KEEP=2)
+    staging = one_server(tmp_path, fleet, "staging.py", "web01", "app01", KEEP=2)
+    for _ in range(2):
+        for config in (prod, staging):
+            assert run("ec2_to_ami.py", config).returncode == 0
+    strip_pool_tags(ec2)  # two images of each instance, as the previous version left them
+    for config in (prod, staging):
+        assert run("ec2_to_ami.py", config).returncode == 0
+    counts = images_by_instance(ec2, "web01")
+    assert counts == {fleet.instances["web01"]: 2, fleet.instances["app01"]: 2}
+    untagged = [i for i in managed(ec2, "web01") if "ec2-to-ami:pool" not in tags_of(i)]
+    assert len(untagged) == 2  # one old image each is still within KEEP, then goes
+    for config in (prod, staging):
+        assert run("ec2_to_ami.py", config).returncode == 0
+    assert all("ec2-to-ami:pool" in tags_of(i) for i in managed(ec2, "web01"))
+    assert orphaned_managed_snapshots(ec2) == []
+
+
+# --- 2. A run never reports another run's image as its backup ------------------------------
+
+
+def test_a_name_taken_by_an_earlier_run_fails_the_server_naming_name_format(
+    ec2, fleet, tmp_path, monkeypatch
+):
+    times = iter([datetime(2026, 3, 1, 2, 0, 5, tzinfo=timezone.utc),
+                  datetime(2026, 3, 1, 2, 0, 40, tzinfo=timezone.utc)])  # fmt: skip
+    monkeypatch.setattr(ec2_to_ami, "utc_now", lambda: next(times))
+    config = backup_config(tmp_path, fleet, KEEP=1, NAME_FORMAT="{server}-{time:%Y%m%d-%H%M}")
+    assert run("ec2_to_ami.py", config).returncode == 0
+    first = {i["ImageId"] for i in managed(ec2)}
+    result = run("ec2_to_ami.py", config, "-q")
+    assert result.returncode == 1
+    assert "AMI name web01-20260301-0200 is taken by" in result.stderr
+    assert "NAME_FORMAT must give each run its own name" in result.stderr
+    assert "3 server(s): 0 backed up, 3 failed" in result.stderr
+    assert {i["ImageId"] for i in managed(ec2)} == first
+
+
+def test_an_image_whose_answer_was_lost_is_adopted_by_its_own_run(ec2, fleet, tmp_path, endpoint):
+    app = fleet.instances["app01"]
+    endpoint.inject("CreateImage", "InternalError", 500, lost=True, InstanceId=app)
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet))
+    assert result.returncode == 0, result.stderr
+    assert "this run's image" in result.stderr
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+
+
+# --- 3. Names found only at run time fail in the dry run too --------------------------------
+
+
+def test_a_server_found_by_tag_with_too_long_a_name_fails_in_the_dry_run_and_the_run(
+    ec2, fleet, tmp_path, endpoint
+):
+    launch(ec2, fleet, "x" * 120, tags=[{"Key": "Backup", "Value": "yes"}])
+    config = backup_config(tmp_path, fleet)
+    dry = run("ec2_to_ami.py", config, "--dry-run")
+    assert dry.returncode == 1
+    assert f"Would fail {'x' * 120}" in dry.stdout and "not 3-128" in dry.stdout
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 1 and "not 3-128" in result.stderr
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+
+
+def test_servers_found_by_tag_whose_names_become_one_ami_name_both_fail(ec2, fleet, tmp_path):
+    for name in ("db:01", "db*01"):
+        launch(ec2, fleet, name, tags=[{"Key": "Backup", "Value": "yes"}])
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet))
+    assert result.returncode == 1
+    assert result.stderr.count("servers 'db:01' and 'db*01' would get the same AMI name") == 2
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+
+
+# --- 4 and 5. Leaked snapshots are swept; gone is not failed --------------------------------
+
+
+def test_snapshots_another_tool_left_behind_are_swept(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet, KEEP=2)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    for image in managed(ec2, "web01"):
+        ec2.deregister_image(ImageId=image["ImageId"])  # keeps its snapshot
+    assert len(orphaned_managed_snapshots(ec2)) == 1
+    dry = run("ec2_to_ami.py", config, "--dry-run")
+    [orphan] = orphaned_managed_snapshots(ec2)
+    assert f"Would delete orphaned snapshot {orphan}" in dry.stdout
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    assert f"sweep: deleted 1 orphaned snapshot(s): {orphan}" in result.stderr
+    assert orphaned_managed_snapshots(ec2) == []
+
+
+def test_sweep_leaves_snapshots_of_other_pools_and_unmarked_ones(ec2, fleet, tmp_path):
+    other = one_server(tmp_path, fleet, "other.py", "web01", "app01")
+    assert run("ec2_to_ami.py", other).returncode == 0
+    [image] = managed(ec2, "web01")
+    ec2.deregister_image(ImageId=image["ImageId"])  # the other pool's orphan
+    volume = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=1)["VolumeId"]
+    mine = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]  # not the tool's
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    assert len(orphaned_managed_snapshots(ec2)) == 1
+    assert ec2.describe_snapshots(SnapshotIds=[mine])["Snapshots"]
+
+
+def test_a_failed_snapshot_delete_says_the_image_is_gone_and_the_next_run_sweeps_it(
+    ec2, fleet, tmp_path, endpoint
+):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    SETTINGS.deregister_snapshot_code = "internal-error"
+    endpoint.inject("DeleteSnapshot", "InternalError", 500, times=100)
+    result = run("ec2_to_ami.py", config, AWS_MAX_ATTEMPTS="2")
+    assert result.returncode == 0, result.stderr
+    assert "is deregistered, but its snapshot" in result.stderr and "stays" in result.stderr
+    assert "could not deregister" not in result.stderr
+    assert "sweep: could not delete orphaned snapshot(s)" in result.stderr
+    assert len(orphaned_managed_snapshots(ec2)) == 3
+    endpoint.faults.clear()
+    SETTINGS.deregister_snapshot_code = "success"
+    result = run("ec2_to_ami.py", config)
+    assert "sweep: deleted 3 orphaned snapshot(s)" in result.stderr
+    assert orphaned_managed_snapshots(ec2) == []
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+
+
+@pytest.mark.parametrize("code", ["InvalidAMIID.Unavailable", "InvalidAMIID.NotFound"])
+def test_an_image_already_gone_counts_as_pruned(ec2, fleet, tmp_path, endpoint, code):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    SETTINGS.deregister_snapshot_code = "internal-error"  # EC2 kept the snapshots, too
+    endpoint.inject("DeregisterImage", code, times=3, lost=True)
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    assert "3 server(s): 3 backed up, 0 failed" in result.stderr
+    assert "was already deregistered" in result.stderr
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+    assert orphaned_managed_snapshots(ec2) == []
+
+
+def test_a_steady_run_with_the_sweep_stays_within_the_call_budget(ec2, fleet, tmp_path, endpoint):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    before = endpoint.count(ok=True)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    assert endpoint.count(ok=True) - before <= 2 * 3 + 12
+    assert endpoint.count("DescribeSnapshots") == 2  # one sweep per run
+
+
+# --- 6. A vanished image fails its server at once -------------------------------------------
+
+
+def test_an_image_that_vanishes_before_it_is_seen_fails_its_server_at_once(
+    ec2, fleet, tmp_path, endpoint
+):
+    SETTINGS.pending_seconds = 3600
+    app = fleet.instances["app01"]
+    deregistered = threading.Event()
+
+    def vanish_at_first_poll(call) -> None:
+        polling = call.action == "DescribeImages" and "tag:ec2-to-ami:run" in call.params.values()
+        if polling and not deregistered.is_set():
+            deregistered.set()
+            client = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint.url)
+            [image] = [i for i in managed(client) if tags_of(i)["ec2-to-ami:instance-id"] == app]
+            client.deregister_image(ImageId=image["ImageId"])
+            finish_pending()
+
+    endpoint.hooks.append(vanish_at_first_poll)
+    started = time.monotonic()
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet, WAIT_TIMEOUT_MINUTES=1))
+    assert time.monotonic() - started < 30  # not WAIT_TIMEOUT_MINUTES, a minute
+    assert result.returncode == 1
+    assert f"app01 ({app}): FAILED: image" in result.stderr
+    assert "disappeared before it was ever seen" in result.stderr
+    assert "3 server(s): 2 backed up, 1 failed" in result.stderr
+
+
+# --- 8 and 9. The lock, --list, SSM pages ---------------------------------------------------
+
+
+def test_one_config_reached_through_a_link_is_one_lock(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet)
+    link = tmp_path / "link.py"
+    link.symlink_to(config)
+    with ec2_to_ami.run_lock(str(config)) as locked:
+        assert locked
+        result = run("ec2_to_ami.py", link)
+    assert result.returncode == 3 and "nothing done" in result.stderr
+    assert managed(ec2) == []
+
+
+def test_list_reads_while_a_run_holds_the_lock(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    with ec2_to_ami.run_lock(str(config)) as locked:
+        assert locked
+        result = run("ec2_to_ami.py", config, "--list")
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 4  # header and three backups
+
+
+def test_ssm_servers_are_asked_about_fifty_at_a_time(ec2, iam, tmp_path, endpoint):
+    fleet = build_ssm_fleet(ec2, iam, 12)
+    config = write_config(
+        tmp_path / "c.py", SERVERS=fleet, CONSISTENCY="scripts", PRE_SCRIPT="sync", KEEP=1
+    )
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    assert endpoint.count("DescribeInstanceInformation") == 1
+
+
+def build_ssm_fleet(ec2, iam, count: int) -> list[dict]:
+    from tests.fleet import build_network
+
+    network = build_network(ec2, iam)
+    reservation = ec2.run_instances(
+        ImageId="ami-1e749f67", MinCount=count, MaxCount=count, SubnetId=network.subnet_id
+    )
+    return [
+        {"name": f"srv{n:02d}", "instance_id": i["InstanceId"]}
+        for n, i in enumerate(reservation["Instances"])
+    ]
+
+
+def run_as_nobody(config: str, *args: str) -> tuple[int, str]:
+    """Run the backup's main() in a forked process as the unprivileged user nobody.
+
+    A fork, not a new interpreter: this one lives under root's home, which nobody
+    cannot read. Returns the exit code and what the run wrote to stderr.
+    """
+    entry = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody, run, exit without returning to pytest
+        code = 70
+        try:
+            os.dup2(write_end, 2)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            with open(2, "w", closefd=False) as err, contextlib.redirect_stderr(err):
+                code = ec2_to_ami.main(["--config", config, *args])
+        finally:
+            os._exit(code)
+    CLOCK()  # the child's run took this second: the next run here takes a later one
+    os.close(write_end)
+    with os.fdopen(read_end) as stream:
+        stderr = stream.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stderr
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+@pytest.fixture
+def readable_config(fleet):
+    """A config in a folder every user can read, as /etc/ec2-backup is; and its lock's path."""
+    folder = Path(tempfile.mkdtemp(prefix="ec2-backup-"))
+    folder.chmod(0o755)
+    path = backup_config(folder, fleet)
+    path.chmod(0o644)
+    digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"ec2_to_ami-{digest}.lock"
+    yield str(path), lock
+    shutil.rmtree(folder)
+    lock.unlink(missing_ok=True)
+
+
+@needs_root
+def test_another_user_can_run_a_config_root_ran_first(ec2, readable_config):
+    config, lock = readable_config
+    lock.touch(mode=0o644)  # as root's run of the previous version left it
+    assert run("ec2_to_ami.py", config).returncode == 0
+    code, stderr = run_as_nobody(config)
+    assert code == 0, stderr
+    assert "3 server(s): 3 backed up, 0 failed" in stderr
+    assert "Traceback" not in stderr
+
+
+@needs_root
+def test_a_new_lock_file_is_open_to_every_user(ec2, readable_config):
+    config, lock = readable_config
+    code, stderr = run_as_nobody(config)
+    assert code == 0, stderr
+    assert lock.stat().st_mode & 0o777 == 0o666
+    assert run("ec2_to_ami.py", config).returncode == 0  # and root takes it after nobody
+
+
+@needs_root
+def test_a_lock_that_cannot_be_opened_is_named_without_a_traceback(ec2, readable_config):
+    config, lock = readable_config
+    lock.touch(mode=0o600)
+    code, stderr = run_as_nobody(config)
+    assert code == 1
+    assert f"cannot open the run lock {lock}: Permission denied; nothing done" in stderr
+    assert "Traceback" not in stderr
+    assert managed(ec2) == []
+
+
+# --- Kill -9 anywhere, then a normal run heals -----------------------------------------------
+
+KILL_POINTS = [
+    ("CreateImage", 1),  # the first image started
+    ("CreateImage", 3),  # all started, none verified
+    ("DeregisterImage", 1),  # pruning begun
+    ("DeleteSnapshot", 1),  # between DeregisterImage and DeleteSnapshot
+]
+
+
+@pytest.mark.parametrize(("action", "nth"), KILL_POINTS)
+def test_a_run_killed_anywhere_is_healed_by_the_next(ec2, fleet, tmp_path, endpoint, action, nth):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    SETTINGS.deregister_snapshot_code = "internal-error"  # so the run calls DeleteSnapshot
+    SETTINGS.pending_seconds = 0.2
+    endpoint.inject("DeleteSnapshot", "InternalError", 500, times=1)  # the dying call fails
+    proc = subprocess.Popen(script_command("ec2_to_ami.py", config), stderr=subprocess.DEVNULL)
+    seen = []
+
+    def kill_at(call) -> None:
+        if call.action == action:
+            seen.append(call)
+            if len(seen) == nth:
+                proc.send_signal(signal.SIGKILL)
+
+    endpoint.hooks.append(kill_at)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    endpoint.hooks.clear()
+    finish_pending()
+    SETTINGS.deregister_snapshot_code = "success"
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+    assert orphaned_managed_snapshots(ec2) == []
