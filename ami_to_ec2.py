@@ -106,6 +106,7 @@ DEFAULTS: dict[str, Any] = {
     "SERVER": None,
     "AMI_ID": None,
     "SCHEDULE": None,
+    "POOL": None,
     "BACKUP_BEFORE": None,
     "COUNT": 1,
     "INSTANCE_TYPE": None,
@@ -173,6 +174,8 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
         config["AMI_ID"], config["SERVER"] = args.ami, None
     if args.before is not None:
         config["BACKUP_BEFORE"] = args.before
+    if args.pool is not None:
+        config["POOL"] = args.pool
     if args.count is not None:
         config["COUNT"] = args.count
     if args.region is not None:
@@ -193,7 +196,14 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     _check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
     _check_pattern(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
     check_region_map(config["REGION_MAP"])
-    for name in ("PROFILE", "SCHEDULE", "INSTANCE_TYPE", "KEY_NAME", "IAM_INSTANCE_PROFILE"):
+    for name in (
+        "PROFILE",
+        "SCHEDULE",
+        "POOL",
+        "INSTANCE_TYPE",
+        "KEY_NAME",
+        "IAM_INSTANCE_PROFILE",
+    ):
         _check_choice(config, name, str)
     for name in ("NAME", "KMS_KEY_ID"):
         _check_choice(config, name, str)
@@ -734,13 +744,14 @@ def describe(ec2: Any, what: str, call: str, key: str, **kwargs: Any) -> list[di
     return found
 
 
-def managed_images(ec2: Any, server: str | None, schedule: str | None) -> list[dict]:
+def managed_images(
+    ec2: Any, server: str | None, schedule: str | None, pool: str | None = None
+) -> list[dict]:
     """This tool's images in this account and region, newest first."""
     filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
-    if server:
-        filters.append({"Name": f"tag:{TAG_SERVER}", "Values": [server]})
-    if schedule:
-        filters.append({"Name": f"tag:{TAG_SCHEDULE}", "Values": [schedule]})
+    for key, value in ((TAG_SERVER, server), (TAG_SCHEDULE, schedule), (TAG_POOL, pool)):
+        if value:
+            filters.append({"Name": f"tag:{key}", "Values": [value]})
     images: list[dict] = []
     for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=filters):
         images += page.get("Images", [])
@@ -767,12 +778,28 @@ def find_image(ec2: Any, config: dict) -> dict:
         if image["State"] != AVAILABLE:
             raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
         return image
-    images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
+    images = managed_images(ec2, config["SERVER"], config["SCHEDULE"], config["POOL"])
     before = config["BACKUP_BEFORE"]
-    for image in images:
-        if image["State"] == AVAILABLE and (before is None or backup_time(image) <= before):
-            return image
-    raise RestoreError(no_backup_message(ec2, config))
+    usable = [
+        i
+        for i in images
+        if i["State"] == AVAILABLE and (before is None or backup_time(i) <= before)
+    ]
+    if not usable:
+        raise RestoreError(no_backup_message(ec2, config))
+    pools = sorted({p for p in (tag_value(i, TAG_POOL) for i in usable) if p})
+    if len(pools) > 1:
+        raise RestoreError(
+            f"server {config['SERVER']!r} has backups in several pools ({', '.join(pools)}): "
+            "backup configs that each have a server of that name; choose one with POOL "
+            "(or --pool)"
+        )
+    return usable[0]
+
+
+def tag_value(image: dict, key: str) -> str | None:
+    """One tag of an image, or None."""
+    return next((t["Value"] for t in image.get("Tags", []) if t["Key"] == key), None)
 
 
 def no_backup_message(ec2: Any, config: dict) -> str:
@@ -1090,6 +1117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--server", metavar="NAME", help="restore this server's newest backup")
     which.add_argument("--ami", metavar="ID", help="restore this exact image")
     parser.add_argument("--before", metavar="TIME", help="newest backup at or before this time")
+    parser.add_argument("--pool", metavar="POOL", help="only backups of this backup pool")
     parser.add_argument("--count", type=int, metavar="N", help="instances to launch")
     parser.add_argument("--region", help="restore in this region (a copy there, for DR)")
     parser.add_argument("--subnet-id", metavar="ID", help="launch into this subnet")

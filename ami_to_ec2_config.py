@@ -17,6 +17,9 @@ AMI_ID = None
 
 # Consider only backups of this schedule ("daily", "weekly"). None: any.
 SCHEDULE = None
+# Only backups of this backup config's pool (its POOL, by default the backup config's
+# file name). None: any pool; a server name backed up by two configs must then choose.
+POOL = None
 
 # Point in time (ISO 8601, UTC if no zone): the newest backup at or before it.
 BACKUP_BEFORE = None

@@ -438,3 +438,22 @@ def test_a_run_killed_anywhere_is_healed_by_the_next(ec2, fleet, tmp_path, endpo
     assert result.returncode == 0, result.stderr
     assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
     assert orphaned_managed_snapshots(ec2) == []
+
+
+def test_a_restore_by_name_chooses_a_pool_when_two_configs_have_the_server(
+    ec2, fleet, tmp_path, endpoint
+):
+    prod = one_server(tmp_path, fleet, "prod.py", "web01", "web01")
+    staging = one_server(tmp_path, fleet, "staging.py", "web01", "app01")
+    for config in (prod, staging):
+        assert run("ec2_to_ami.py", config).returncode == 0
+    restore = write_config(tmp_path / "restore.py", SERVER="web01", WAIT="none")
+    launches = endpoint.count("RunInstances")
+    result = run("ami_to_ec2.py", restore)
+    assert result.returncode == 1
+    assert "backups in several pools (prod, staging)" in result.stderr
+    assert endpoint.count("RunInstances") == launches  # nothing launched
+    result = run("ami_to_ec2.py", restore, "--pool", "prod", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    [prod_image] = [i for i in managed(ec2, "web01") if tags_of(i)["ec2-to-ami:pool"] == "prod"]
+    assert prod_image["ImageId"] in result.stdout
