@@ -531,7 +531,11 @@ def render_name(fmt: str, server: ServerSpec, schedule: str, when: datetime) -> 
 
 @dataclass
 class Image:
-    """A managed image as DescribeImages reports it."""
+    """A managed image as DescribeImages reports it.
+
+    `created` is when the backup was taken (its created tag, the run's start), not
+    CreationDate: a copy's CreationDate is the time of the copy.
+    """
 
     image_id: str
     name: str
@@ -975,7 +979,7 @@ def to_image(raw: dict) -> Image:
         image_id=raw["ImageId"],
         name=raw.get("Name", ""),
         state=raw["State"],
-        created=parse_time(raw.get("CreationDate") or tags.get(TAG_CREATED, "")),
+        created=parse_time(tags.get(TAG_CREATED) or raw.get("CreationDate", "")),
         server=tags.get(TAG_SERVER, ""),
         schedule=tags.get(TAG_SCHEDULE, ""),
         instance_id=tags.get(TAG_INSTANCE_ID, ""),

@@ -124,6 +124,15 @@ class RunClock:
 CLOCK = RunClock()
 
 
+def wait_for(condition: Any, what: str, seconds: float = 30.0) -> None:
+    """Poll condition() until it is true; fail the test naming what did not happen in time."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s")
+        time.sleep(0.02)
+
+
 def script_command(script: str, config: Path | None, *args: str) -> list[str]:
     CLOCK.before_subprocess()
     command = [sys.executable, str(ROOT / script)]

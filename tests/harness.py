@@ -134,6 +134,7 @@ class Call:
     status: int = 0
     service: str = "ec2"
     region: str = "us-east-1"
+    key: str = ""  # the access key id that signed it
 
 
 class Settings:
@@ -218,11 +219,11 @@ def advance() -> None:
 
 
 def finish_pending() -> None:
-    """Let every pending image settle at the next DescribeImages."""
+    """Let every pending image and instance settle at the next request."""
     for backend in _backends():
-        for ami in backend.amis.values():
-            if getattr(ami, "harness_ready_at", None) is not None:
-                ami.harness_ready_at = 0.0
+        for resource in [*backend.amis.values(), *backend.all_instances()]:
+            if getattr(resource, "harness_ready_at", None) is not None:
+                resource.harness_ready_at = 0.0
 
 
 # --- P10, P11, P12: CopyImage, deprecation, encryption ---------------------------------
@@ -628,14 +629,16 @@ class Endpoint:
             self.faults.append(fault)
         return fault
 
-    def count(self, action: str | None = None, ok: bool | None = None) -> int:
-        """How many calls (of an action; that succeeded or not) the endpoint saw."""
+    def count(self, action: str | None = None, ok: bool | None = None, **match: str) -> int:
+        """How many calls (of an action; that succeeded or not; with these params) it saw."""
         with self._lock:
             calls = list(self.calls)
         return sum(
             1
             for c in calls
-            if (action is None or c.action == action) and (ok is None or (c.status < 400) == ok)
+            if (action is None or c.action == action)
+            and (ok is None or (c.status < 400) == ok)
+            and all(c.params.get(k) == v for k, v in match.items())
         )
 
     def _take_fault(self, action: str, params: dict[str, str]) -> Fault | None:
@@ -654,7 +657,7 @@ class Endpoint:
             action = params.get("Action", "")
             scope = credential_scope(environ)
             call = Call(action, params, service=scope[3] if len(scope) > 3 else "ec2",
-                        region=region_of(environ))  # fmt: skip
+                        region=region_of(environ), key=scope[0])  # fmt: skip
             with self._lock:
                 self.calls.append(call)
                 hooks = list(self.hooks)

@@ -23,6 +23,7 @@ from tests.conftest import (
     run,
     script_command,
     tags_of,
+    wait_for,
     write_config,
 )
 from tests.harness import SETTINGS, finish_pending
@@ -169,16 +170,13 @@ def test_throttling_and_server_errors_are_retried(ec2, fleet, tmp_path, endpoint
 
 def test_image_deregistered_while_pending_fails_only_that_server(ec2, fleet, tmp_path, endpoint):
     config = backup_config(tmp_path, fleet, KEEP=1)
-    SETTINGS.pending_seconds = 4
+    SETTINGS.pending_seconds = 3600  # pending until finish_pending()
     proc = subprocess.Popen(
         script_command("ec2_to_ami.py", config), stderr=subprocess.PIPE, text=True
     )
-    victim = None
-    deadline = time.monotonic() + 30
-    while victim is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-        if endpoint.count("DescribeImages", ok=True) >= 2:  # listed, then polled once
-            victim = managed(ec2, "app01")[0]["ImageId"]
+    polled = {"Filter.2.Name": "tag:ec2-to-ami:run"}
+    wait_for(lambda: endpoint.count("DescribeImages", ok=True, **polled) >= 1, "the first poll")
+    victim = managed(ec2, "app01")[0]["ImageId"]
     ec2.deregister_image(ImageId=victim)
     finish_pending()
     _, stderr = proc.communicate(timeout=60)
@@ -191,15 +189,14 @@ def test_overlapping_run_of_the_same_config_exits_3_and_each_server_is_imaged_on
     ec2, fleet, tmp_path, endpoint
 ):
     config = backup_config(tmp_path, fleet)
-    SETTINGS.pending_seconds = 3
+    SETTINGS.pending_seconds = 3600  # the first run waits until finish_pending()
     first = subprocess.Popen(script_command("ec2_to_ami.py", config), stderr=subprocess.PIPE)
-    while endpoint.count("CreateImage") < 3:
-        time.sleep(0.05)
-    calls = endpoint.count()
-    second = run("ec2_to_ami.py", config)
+    wait_for(lambda: endpoint.count("CreateImage") >= 3, "the first run's creates")
+    second = run("ec2_to_ami.py", config, AWS_ACCESS_KEY_ID="second-run")
     assert second.returncode == 3
     assert "another run of" in second.stderr and "nothing done" in second.stderr
-    assert endpoint.count() == calls  # the locked-out run made no AWS call
+    assert not [c for c in endpoint.calls if c.key == "second-run"]  # it made no AWS call
+    finish_pending()
     first.communicate(timeout=60)
     assert first.returncode == 0
     assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
@@ -286,8 +283,7 @@ def test_killed_run_leaves_only_labelled_images_and_the_next_run_recovers(
     assert run("ec2_to_ami.py", config).returncode == 0
     SETTINGS.pending_seconds = 600
     proc = subprocess.Popen(script_command("ec2_to_ami.py", config), stderr=subprocess.DEVNULL)
-    while endpoint.count("CreateImage", ok=True) < 6:
-        time.sleep(0.05)
+    wait_for(lambda: endpoint.count("CreateImage", ok=True) >= 6, "the second run's creates")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finish_pending()

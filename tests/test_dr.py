@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.conftest import (
     run,
     script_command,
     tags_of,
+    wait_for,
     write_config,
 )
 from tests.fleet import Fleet, build_network, launch
@@ -181,7 +181,8 @@ def test_a_failed_copy_fails_the_run_and_prunes_nothing_in_that_region(
 def test_a_refused_copy_names_the_server_region_and_error(ec2, dr, fleet, tmp_path, endpoint):
     for _ in range(2):
         config = dr_config(tmp_path, fleet, KEEP=1, COPY_TO_REGIONS={DR: {"keep": 2}})
-        assert run("ec2_to_ami.py", config).returncode == 0
+        result = run("ec2_to_ami.py", config)
+        assert result.returncode == 0, result.stderr
     endpoint.inject("CopyImage", "ResourceLimitExceeded", times=100, Region=DR)
     config = dr_config(tmp_path, fleet, KEEP=1, COPY_TO_REGIONS={DR: {"keep": 1}})
     result = run("ec2_to_ami.py", config)
@@ -208,8 +209,7 @@ def test_a_run_killed_while_copying_leaves_only_labelled_copies_and_the_next_run
     assert run("ec2_to_ami.py", config).returncode == 0
     SETTINGS.copy_pending_seconds = 600
     proc = subprocess.Popen(script_command("ec2_to_ami.py", config), stderr=subprocess.DEVNULL)
-    while endpoint.count("CopyImage", ok=True) < 5:  # 3 in the first run, 2 in this one
-        time.sleep(0.05)
+    wait_for(lambda: endpoint.count("CopyImage", ok=True) >= 5, "copies")  # 3, then 2 of these
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for image in dr.describe_images(Owners=["self"])["Images"]:

@@ -337,6 +337,7 @@ def test_linux_host_name_and_user_data_go_in_as_a_mime_archive(ec2, backed_up, t
 
 
 def test_restore_exact_ami_of_any_kind(ec2, backed_up, tmp_path):
+    SETTINGS.pending_seconds = 3600  # pending until finish_pending()
     hand_made = ec2.create_image(InstanceId=backed_up.instances["app01"], Name="hand-made")
     pending = restore(tmp_path, "--ami", hand_made["ImageId"])
     assert pending.returncode == 1
