@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.retries.standard
+import botocore.session
 import pytest
 
 import ami_to_ec2
@@ -32,6 +35,29 @@ from tests.fleet import (
 from tests.harness import SETTINGS, WINDOWS_AMI, Endpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_service_models() -> None:
+    """One botocore data loader for every in-process run, so each run's new session
+    reads the EC2 and SSM models from memory, not from disk again. Only the tests
+    share it: a real run is one process with one session."""
+    loader = botocore.loaders.create_loader()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", lambda *_args, **_kw: loader)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def short_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's standard retries back off a hundredth as long: the same attempts, the
+    same codes retried, without a second's sleep after each injected fault."""
+    original = botocore.retries.standard.ExponentialBackoff.delay_amount
+    monkeypatch.setattr(
+        botocore.retries.standard.ExponentialBackoff,
+        "delay_amount",
+        lambda self, context: original(self, context) / 100,
+    )
+
+
 @pytest.fixture(scope="session")
 def endpoint_server() -> Endpoint:
     server = Endpoint().start()
@@ -41,13 +67,13 @@ def endpoint_server() -> Endpoint:
 
 @pytest.fixture
 def endpoint(endpoint_server: Endpoint, monkeypatch: pytest.MonkeyPatch) -> Endpoint:
-    """A clean endpoint for each test; images settle after a fifth of a second.
+    """A clean endpoint for each test; images settle after a twentieth of a second.
 
     In-process runs poll every few tenths of a second instead of EC2's seconds, so a
     test waits for the endpoint's pending window, not for the product's poll schedule.
     """
     endpoint_server.reset()
-    SETTINGS.pending_seconds = 0.2
+    SETTINGS.pending_seconds = 0.05
     for module in (ec2_to_ami, ami_to_ec2):
         monkeypatch.setattr(module, "POLL_FIRST_SECONDS", 0.05)
         monkeypatch.setattr(module, "POLL_MAX_SECONDS", 0.25)

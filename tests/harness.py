@@ -41,6 +41,9 @@ Patches (each has a test in tests/test_harness.py):
   P14 DeregisterImage with DeleteAssociatedSnapshots answers the ReturnCode in
      `deregister_snapshot_code` for each snapshot ("internal-error" and the like
      keep the snapshot, as EC2 does when its delete fails); default "success".
+  P15 DescribeSnapshots honours OwnerIds ("self" or account ids), before any
+     filter (moto ignores it, and so lists, and tag-filters slowly, the
+     thousand-odd snapshots behind its bundled public AMIs).
   P12 Encrypted volumes: CreateImage of an instance listed in
      `encrypt_images_of` gives an image whose snapshot is encrypted with the
      listed key (None: the region's aws/ebs key), and DescribeImages reports
@@ -78,6 +81,8 @@ import argparse
 import io
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -86,19 +91,44 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+# moto loads its public AMIs when this module imports it: only the two the tests launch
+# from, so that a region's backend starts (and every filter runs) in milliseconds, not
+# over a thousand images and their snapshots.
+PUBLIC_AMIS = [
+    {"ami_id": "ami-1e749f67", "state": "available", "public": True, "owner_id": "099720109477",
+     "image_location": "amazon/getting-started", "sriov": "simple", "root_device_type": "ebs",
+     "root_device_name": "/dev/sda1", "image_type": "machine", "platform": None,
+     "description": "Canonical, Ubuntu, 14.04 LTS, amd64 trusty image build on 2017-07-27",
+     "architecture": "x86_64", "virtualization_type": "hvm", "hypervisor": "xen",
+     "name": "ubuntu/images/hvm-ssd/ubuntu-trusty-14.04-amd64-server-20170727"},
+    {"ami_id": "ami-03cf127a", "state": "available", "public": True, "owner_id": "801119661308",
+     "image_location": "amazon/getting-started", "sriov": "simple", "root_device_type": "ebs",
+     "root_device_name": "/dev/sda1", "image_type": "machine", "platform": "windows",
+     "description": "Microsoft Windows Server 2016 Nano Locale English AMI provided by Amazon",
+     "architecture": "x86_64", "virtualization_type": "hvm", "hypervisor": "xen",
+     "name": "Windows_Server-2016-English-Nano-Base-2017.10.13"},
+]  # fmt: skip
+with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as _handle:
+    json.dump(PUBLIC_AMIS, _handle)
+os.environ["MOTO_AMIS_PATH"] = _handle.name
+
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotIdError
 from moto.ec2.models.amis import Ami, AmiBackend
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.instances import Instance, InstanceState
 from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.utils import generic_filter
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import make_server
+
+os.unlink(_handle.name)  # moto read it on import
 
 LINUX_AMI = "ami-1e749f67"  # from moto's bundled amis.json
 WINDOWS_AMI = "ami-03cf127a"
@@ -325,6 +355,20 @@ def _ami_filter_value(self, filter_name: str, method_name: str | None = None) ->
     return _original_ami_filter_value(self, filter_name, method_name)
 
 
+def _describe_snapshots(self) -> ActionResult:
+    """DescribeSnapshots with OwnerIds, as EC2 does it (P15)."""
+    backend = self.ec2_backend
+    owners = {backend.account_id if o == "self" else o for o in self._get_param("OwnerIds", [])}
+    ids = self._get_param("SnapshotIds", [])
+    matches = [s for s in backend.snapshots.values() if not owners or s.owner_id in owners]
+    if ids:
+        matches = [s for s in matches if s.id in ids]
+        if len(ids) > len(matches):
+            raise InvalidSnapshotIdError()
+    filters = self._filters_from_querystring()
+    return ActionResult({"Snapshots": generic_filter(filters, matches) if filters else matches})
+
+
 # --- P4: DeregisterImage with DeleteAssociatedSnapshots ------------------------------
 
 
@@ -479,6 +523,7 @@ def apply_patches() -> None:
     Ami.block_device_mappings = property(_block_device_mappings)
     Ami.deprecation_time = None
     Ami.get_filter_value = _ami_filter_value
+    ElasticBlockStore.describe_snapshots = _describe_snapshots
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
 
 

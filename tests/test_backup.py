@@ -143,11 +143,11 @@ def test_image_that_ends_failed_fails_the_server_and_is_deregistered(ec2, fleet,
 
 
 def test_wait_timeout_fails_the_server_and_leaves_the_pending_image(ec2, fleet, tmp_path):
-    config = backup_config(tmp_path, fleet, KEEP=1, WAIT_TIMEOUT_MINUTES=0.05)
+    config = backup_config(tmp_path, fleet, KEEP=1, WAIT_TIMEOUT_MINUTES=0.02)
     SETTINGS.pending_seconds = 600
     result = run("ec2_to_ami.py", config)
     assert result.returncode == 1
-    assert "still pending after 0.05 minutes" in result.stderr
+    assert "still pending after 0.02 minutes" in result.stderr
     assert {i["State"] for i in managed(ec2)} == {"pending"}
     finish_pending()
     SETTINGS.pending_seconds = 0.5

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
+import ec2_to_ami
 from tests.conftest import backup_config, managed, run, tags_of
 from tests.harness import SETTINGS
 
@@ -185,12 +187,15 @@ def test_ssm_refusing_the_check_fails_only_the_ssm_servers(ec2, fleet, tmp_path,
     assert "3 server(s): 1 backed up, 2 failed" in result.stderr
 
 
-def test_hanging_pre_script_times_out_and_fails_the_server(ec2, fleet, tmp_path):
+def test_hanging_pre_script_times_out_and_fails_the_server(ec2, fleet, tmp_path, monkeypatch):
     """A command still InProgress at SCRIPT_TIMEOUT_SECONDS (plus a poll's grace) has timed out."""
+    monkeypatch.setattr(ec2_to_ami, "SCRIPT_TIMEOUT_MIN", 1)  # SSM's least is 30 s: too slow here
     SETTINGS.ssm_results = {"freeze-db": "Hang"}
     servers = [{"name": "app01", "instance_id": fleet.instances["app01"], "consistency": "scripts"}]
-    config = scripted(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={}, SCRIPT_TIMEOUT_SECONDS=30)
+    config = scripted(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={}, SCRIPT_TIMEOUT_SECONDS=1)
+    started = time.monotonic()
     result = run("ec2_to_ami.py", config)
+    assert time.monotonic() - started >= 1  # it waited for the script's whole timeout
     assert result.returncode == 1
     assert re.search(
         r"app01 \(i-[0-9a-f]+\): FAILED: pre-script command \S+ TimedOut", result.stderr

@@ -86,7 +86,7 @@ def dr_config(tmp_path, fleet, **overrides):
 def test_four_runs_keep_exactly_keep_in_each_region_with_no_orphaned_snapshots(
     ec2, dr, fleet, tmp_path
 ):
-    SETTINGS.copy_pending_seconds = 0.5
+    SETTINGS.copy_pending_seconds = 0.1
     config = dr_config(tmp_path, fleet, KEEP=2)
     for _ in range(4):
         result = run("ec2_to_ami.py", config)
@@ -216,7 +216,7 @@ def test_a_run_killed_while_copying_leaves_only_labelled_copies_and_the_next_run
         assert tags_of(image)["ec2-to-ami:managed-by"] == "ec2-to-ami"
         assert tags_of(image)["ec2-to-ami:source-region"] == REGION
     finish_pending()
-    SETTINGS.copy_pending_seconds = 0.5
+    SETTINGS.copy_pending_seconds = 0.1
     for _ in range(2):
         assert run("ec2_to_ami.py", config).returncode == 0
     for server in ("web01", "app01", "win01"):
@@ -227,13 +227,13 @@ def test_a_run_killed_while_copying_leaves_only_labelled_copies_and_the_next_run
 def test_a_copy_still_pending_is_left_and_the_next_run_counts_it(ec2, dr, fleet, tmp_path):
     SETTINGS.copy_pending_seconds = 3600
     config = dr_config(
-        tmp_path, fleet, KEEP=1, COPY_TO_REGIONS={DR: {"keep": 1}}, WAIT_TIMEOUT_MINUTES=0.05,
+        tmp_path, fleet, KEEP=1, COPY_TO_REGIONS={DR: {"keep": 1}}, WAIT_TIMEOUT_MINUTES=0.02,
         SHARE_WITH_ACCOUNTS=[PARTNER], DEPRECATE_AFTER_DAYS=30,
     )  # fmt: skip
     result = run("ec2_to_ami.py", config, "--server", "web01")
     assert result.returncode == 0, result.stderr
     assert (
-        "still pending after 0.05 minutes; left to finish, the next run counts it" in result.stderr
+        "still pending after 0.02 minutes; left to finish, the next run counts it" in result.stderr
     )
     [pending] = managed(dr, "web01")
     assert pending["State"] == "pending"
@@ -249,7 +249,7 @@ def test_a_copy_still_pending_is_left_and_the_next_run_counts_it(ec2, dr, fleet,
 def test_the_next_run_finishes_a_copy_left_pending(ec2, dr, fleet, tmp_path):
     SETTINGS.copy_pending_seconds = 3600
     config = dr_config(
-        tmp_path, fleet, COPY_TO_REGIONS={DR: {"keep": 5}}, WAIT_TIMEOUT_MINUTES=0.05,
+        tmp_path, fleet, COPY_TO_REGIONS={DR: {"keep": 5}}, WAIT_TIMEOUT_MINUTES=0.02,
         SHARE_WITH_ACCOUNTS=[PARTNER], DEPRECATE_AFTER_DAYS=30,
     )  # fmt: skip
     assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 0

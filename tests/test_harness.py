@@ -414,3 +414,13 @@ def test_s1_instance_information_comes_in_pages_as_ssm_sends_it(ec2, endpoint):
     rest = ssm.describe_instance_information(NextToken=first["NextToken"])
     assert len(rest["InstanceInformationList"]) == 2 and "NextToken" not in rest
     assert len(ssm.describe_instance_information(MaxResults=50)["InstanceInformationList"]) == 12
+
+
+def test_p15_snapshots_are_listed_by_owner(ec2):
+    image_of(ec2, an_instance(ec2))
+    mine = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert {s["OwnerId"] for s in mine} == {"123456789012"}
+    assert {s["SnapshotId"] for s in mine} == snapshot_ids(ec2)
+    everyone = ec2.describe_snapshots()["Snapshots"]
+    assert len(everyone) > len(mine)  # the snapshots behind moto's public AMIs
+    assert ec2.describe_snapshots(OwnerIds=["111122223333"])["Snapshots"] == []
