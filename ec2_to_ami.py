@@ -1860,7 +1860,8 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
 
 def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     """Image every server; prune each as soon as its new image is verified; copy; sweep; report."""
-    ec2, now = clients.ec2, utc_now().replace(microsecond=0)
+    started = utc_now()  # to the microsecond: the sweep leaves what this run makes
+    ec2, now = clients.ec2, started.replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
     attach_elastic_ips(ec2, servers)
@@ -1874,7 +1875,7 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
         print_plan(servers, failures, natives, config, now, prune=not args.no_prune)
         print_copy_plan(servers, regions, copies, config, now, prune=not args.no_prune)
         if not args.no_prune:
-            print_sweep_plan(clients, regions, config, instance_of, now)
+            print_sweep_plan(clients, regions, config, instance_of, started)
         return EXIT_FAILED if failures else EXIT_OK
     run_id = new_run_id()
     outcomes = [Outcome(s.spec.name, s.spec.instance_id, run_id=run_id) for s in servers]
@@ -1894,7 +1895,7 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     source.finish()
     copied = replication.finish()
     if prune:
-        sweep_all(clients, regions, config, instance_of, now)
+        sweep_all(clients, regions, config, instance_of, started)
     return report(outcomes + failures, copied, replication.errors)
 
 

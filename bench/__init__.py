@@ -8,8 +8,8 @@ from pathlib import Path
 
 import boto3
 
-from tests.fleet import REGION, build_network
-from tests.harness import LINUX_AMI, Endpoint
+from localaws.endpoint import LINUX_AMI, Endpoint
+from localaws.fleet import REGION, build_network
 
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import boto3
 
 from bench import print_table
-from tests.fleet import ROOT, aws_env, build_network, write_config
-from tests.harness import LINUX_AMI, SETTINGS, Endpoint
+from localaws.endpoint import LINUX_AMI, SETTINGS, Endpoint
+from localaws.fleet import ROOT, aws_env, build_network, write_config
 
 COLUMNS = ["CreateImage", "DeregisterImage", "DescribeImages", "DescribeInstances",
            "DescribeAddresses"]  # fmt: skip

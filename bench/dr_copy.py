@@ -25,8 +25,8 @@ from pathlib import Path
 import boto3
 
 from bench import KEYS, launch_servers, print_table
-from tests.fleet import REGION, ROOT, aws_env, write_config
-from tests.harness import SETTINGS, Endpoint
+from localaws.endpoint import SETTINGS, Endpoint
+from localaws.fleet import REGION, ROOT, aws_env, write_config
 
 DR = "us-west-2"
 COPY_SECONDS = 5.0

@@ -1,6 +1,6 @@
 """Benchmark: ec2_to_ami.py over hundreds of servers at EC2's throttling limits.
 
-The local endpoint emulates EC2's request token buckets (tests/harness.py:
+The local endpoint emulates EC2's request token buckets (localaws/endpoint.py:
 CreateImage draws on the mutating bucket, 50 then 5 per second;
 DeregisterImage on its own, 100 then 5 per second). Images stay pending for
 half a second. Each run starts with full buckets, as after a quiet night.
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from bench import launch_servers, print_table
-from tests.fleet import ROOT, aws_env, write_config
-from tests.harness import BUCKETS, SETTINGS, Endpoint
+from localaws.endpoint import BUCKETS, SETTINGS, Endpoint
+from localaws.fleet import ROOT, aws_env, write_config
 
 
 def bucket_minimum(creates: int, deregisters: int) -> float:

@@ -21,8 +21,16 @@ from pathlib import Path
 
 import boto3
 
-from tests.fleet import REGION, ROOT, add_elastic_ip, aws_env, build_network, launch, write_config
-from tests.harness import SETTINGS, Endpoint
+from localaws.endpoint import SETTINGS, Endpoint
+from localaws.fleet import (
+    REGION,
+    ROOT,
+    add_elastic_ip,
+    aws_env,
+    build_network,
+    launch,
+    write_config,
+)
 
 
 def script(endpoint: Endpoint, name: str, config: Path, *args: str) -> tuple[float, Counter]:

@@ -16,14 +16,14 @@ from typing import Any
 
 import boto3
 
-from tests.fleet import REGION, ROOT, add_elastic_ip, aws_env, build_network, launch
-from tests.harness import WINDOWS_AMI
+from localaws.endpoint import WINDOWS_AMI
+from localaws.fleet import REGION, ROOT, add_elastic_ip, aws_env, build_network, launch
 
 
 def start_endpoint() -> tuple[subprocess.Popen, str]:
     """Start the patched endpoint process; return it and its URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.harness", "--port", "0"],
+        [sys.executable, "-m", "localaws.endpoint", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -22,7 +22,8 @@ import pytest
 
 import ami_to_ec2
 import ec2_to_ami
-from tests.fleet import (
+from localaws.endpoint import SETTINGS, WINDOWS_AMI, Endpoint
+from localaws.fleet import (
     REGION,
     ROOT,
     Fleet,
@@ -32,7 +33,6 @@ from tests.fleet import (
     launch,
     write_config,
 )
-from tests.harness import SETTINGS, WINDOWS_AMI, Endpoint
 
 
 @pytest.fixture(scope="session", autouse=True)

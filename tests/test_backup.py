@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ami_to_ec2 import joined_value
+from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import (
     REGION,
     all_snapshots,
@@ -26,7 +27,6 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.harness import SETTINGS, finish_pending
 
 
 def test_four_runs_keep_two_backups_per_server_and_no_orphans(ec2, fleet, tmp_path):

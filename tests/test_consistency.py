@@ -9,8 +9,8 @@ import time
 import pytest
 
 import ec2_to_ami
+from localaws.endpoint import SETTINGS
 from tests.conftest import backup_config, managed, run, tags_of
-from tests.harness import SETTINGS
 
 
 def scripted(tmp_path, fleet, **overrides):

@@ -12,6 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
+from localaws.endpoint import SETTINGS, finish_pending
+from localaws.fleet import Fleet, build_network, launch
 from tests.conftest import (
     REGION,
     backup_config,
@@ -22,8 +24,6 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.fleet import Fleet, build_network, launch
-from tests.harness import SETTINGS, finish_pending
 
 DR = "us-west-2"
 DR2 = "eu-west-1"

@@ -23,8 +23,8 @@ from botocore.exceptions import ClientError
 from moto import settings as moto_settings
 from moto.core.authorization import ActionAuthenticatorMixin
 
+from localaws.endpoint import SETTINGS
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
-from tests.harness import SETTINGS
 
 MARKER_CONDITION = {"StringEquals": {"aws:ResourceTag/ec2-to-ami:managed-by": "ec2-to-ami"}}
 

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
-import time
+import types
 
+import pytest
+
+import ec2_to_ami
 from ec2_to_ami import PACER_SLACK, Pacer
 
 
-def test_pacer_lets_the_burst_through_then_holds_to_the_refill_rate():
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
+    """A fake clock for the pacer: sleeping moves it on, and nothing else does."""
+    fake = types.SimpleNamespace(now=100.0, slept=[])
+    fake.monotonic = lambda: fake.now
+
+    def sleep(seconds: float) -> None:
+        fake.slept.append(seconds)
+        fake.now += seconds
+
+    fake.sleep = sleep
+    monkeypatch.setattr(ec2_to_ami, "time", fake)
+    return fake
+
+
+def test_pacer_lets_the_burst_through_then_holds_to_the_refill_rate(clock):
     pacer = Pacer(size=5 + PACER_SLACK, rate=50.0)
-    started = time.monotonic()
     for _ in range(5):
         pacer.wait()
-    assert time.monotonic() - started < 0.05  # the burst, less the slack
+    assert clock.now == 100.0  # the burst, less the slack, waits for nothing
     for _ in range(10):
         pacer.wait()
-    assert time.monotonic() - started >= 10 / 50 - 0.01  # then 50 per second
+    assert clock.now - 100.0 == pytest.approx(10 / 50)  # then 50 per second
+
+
+def test_pacer_refills_while_no_call_is_made(clock):
+    pacer = Pacer(size=5 + PACER_SLACK, rate=50.0)
+    for _ in range(5):
+        pacer.wait()
+    clock.now += 1.0  # a second without calls refills the whole burst
+    for _ in range(5):
+        pacer.wait()
+    assert clock.now == 101.0

@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 import ec2_to_ami
+from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import (
     CLOCK,
     REGION,
@@ -32,7 +33,6 @@ from tests.conftest import (
     tags_of,
     write_config,
 )
-from tests.harness import SETTINGS, finish_pending
 
 
 def one_server(tmp_path, fleet, name: str, server: str, instance: str, **settings):
@@ -315,7 +315,7 @@ def test_ssm_servers_are_asked_about_fifty_at_a_time(ec2, iam, tmp_path, endpoin
 
 
 def build_ssm_fleet(ec2, iam, count: int) -> list[dict]:
-    from tests.fleet import build_network
+    from localaws.fleet import build_network
 
     network = build_network(ec2, iam)
     reservation = ec2.run_instances(

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import backup_config, managed, run, tags_of, write_config
-from tests.harness import SETTINGS, finish_pending
 
 
 @pytest.fixture

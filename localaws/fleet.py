@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness import LINUX_AMI
+from localaws.endpoint import LINUX_AMI
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"

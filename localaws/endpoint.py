@@ -1,10 +1,10 @@
-"""A local EC2 endpoint for the tests: moto's server, patched where moto differs
+"""The local AWS endpoint: moto's server, patched where moto differs
 from EC2 in ways that matter to this tool, with fault injection and a call log.
 
 The server runs in a thread of the test process, on 127.0.0.1; the scripts under
 test reach it over HTTP through AWS_ENDPOINT_URL, exactly as they reach AWS.
 
-Patches (each has a test in tests/test_harness.py):
+Patches (each has a test in tests/test_endpoint.py):
   P1 CreateImage accepts a "snapshot" TagSpecification and tags the image's
      snapshots (moto answers HTTP 500).
   P2 CreateImage refuses a name already used in the account and region with

@@ -8,8 +8,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from localaws.endpoint import LINUX_AMI, SETTINGS, TokenBuckets, bucket_of, finish_pending
 from tests.conftest import REGION, tags_of
-from tests.harness import LINUX_AMI, SETTINGS, TokenBuckets, bucket_of, finish_pending
 
 IMAGE_TAGS = [{"Key": "who", "Value": "test"}]
 
