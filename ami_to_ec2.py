@@ -144,6 +144,17 @@ class RestoreError(Exception):
 
 def load_config(path: str) -> dict[str, Any]:
     """Read a config file's UPPER_CASE settings (not yet validated)."""
+    settings = read_settings(path)
+    for name in settings:
+        if name not in DEFAULTS:
+            close = difflib.get_close_matches(name, DEFAULTS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+    return {**DEFAULTS, **settings}
+
+
+def read_settings(path: str) -> dict[str, Any]:
+    """Run a config file and return its UPPER_CASE settings, not yet checked."""
     try:
         with open(path, encoding="utf-8") as handle:
             source = handle.read()
@@ -156,13 +167,7 @@ def load_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
     except BaseException as err:  # any failure in the file, even sys.exit(), is a config error
         raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
-    settings = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
-    for name in settings:
-        if name not in DEFAULTS:
-            close = difflib.get_close_matches(name, DEFAULTS, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"unknown setting {name}{hint}")
-    return {**DEFAULTS, **settings}
+    return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
 
 
 def apply_flags(config: dict, args: argparse.Namespace) -> dict:
@@ -671,10 +676,19 @@ def volume_overrides(config: dict, image: dict) -> list[dict] | None:
 
 def make_ec2(config: dict) -> Any:
     """Build the EC2 client: region, profile and botocore's standard retries."""
+    session, client_config = base_session(config["PROFILE"], config["REGION"])
+    if config["ROLE_ARN"]:
+        name = SESSION_NAME_BAD_CHARS.sub("-", f"{TOOL}-restore-{getpass.getuser()}")[:64]
+        session = assume_role(session, config["ROLE_ARN"], name, client_config)
+    return session.client("ec2", config=client_config)
+
+
+def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session, Config]:
+    """The session for PROFILE and REGION, and a client Config with botocore's standard retries."""
     try:
-        core = botocore.session.Session(profile=config["PROFILE"])
+        core = botocore.session.Session(profile=profile)
         # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
-        region = config["REGION"] or os.environ.get("AWS_REGION") or None
+        region = region or os.environ.get("AWS_REGION") or None
         session = boto3.Session(botocore_session=core, region_name=region)
     except ProfileNotFound as err:
         raise ConfigError(f"PROFILE: {err}") from None
@@ -684,17 +698,17 @@ def make_ec2(config: dict) -> Any:
         )
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     retries = {"mode": "standard", "total_max_attempts": int(attempts)}
-    client_config = Config(retries=retries, user_agent_extra=TOOL)
-    if config["ROLE_ARN"]:
-        name = SESSION_NAME_BAD_CHARS.sub("-", f"{TOOL}-restore-{getpass.getuser()}")[:64]
-        session = assume_role(session, config["ROLE_ARN"], name, client_config)
-    return session.client("ec2", config=client_config)
+    return session, Config(retries=retries, user_agent_extra=TOOL)
 
 
 def assume_role(
     session: boto3.Session, role_arn: str, name: str, client_config: Config
 ) -> boto3.Session:
-    """A session acting as role_arn, its credentials renewed before they expire."""
+    """A session acting as role_arn, its credentials renewed before they expire.
+
+    The first AssumeRole happens here, so a role that cannot be assumed fails the
+    run before any EC2 call; a run longer than the role's hour renews on its own.
+    """
     sts = session.client("sts", config=client_config)
 
     def fetch() -> dict[str, str]:
@@ -723,8 +737,6 @@ class RoleError(Exception):
 
 def error_text(err: Exception) -> str:
     """A one-line description of an AWS error, with its code."""
-    if isinstance(err, LaunchError):
-        return str(err)
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
         return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
@@ -1167,7 +1179,8 @@ def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
     try:
         finish(ec2, plan, config, ids)
     except (ClientError, BotoCoreError, LaunchError) as err:
-        error = f"after launching {', '.join(ids)}: {error_text(err)}"
+        text = str(err) if isinstance(err, LaunchError) else error_text(err)
+        error = f"after launching {', '.join(ids)}: {text}"
     print_report(instance_rows(ec2, ids), plan, error, args.json)
     if error:
         log.error("%s", error)
@@ -1184,9 +1197,6 @@ def main(argv: list[str] | None = None) -> int:
         ec2 = make_ec2(config)
     except ConfigError as err:
         log.error("config error: %s", err)
-        return EXIT_USAGE
-    except RestoreError as err:
-        log.error("%s", err)
         return EXIT_USAGE
     except RoleError as err:
         log.error("%s", err)

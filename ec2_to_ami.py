@@ -203,14 +203,17 @@ class ServerSpec:
     post_script: str | None = None
     platform: str | None = None  # known from SERVERS, else from the instance
 
-    @property
-    def no_reboot(self) -> bool:
-        """Whether CreateImage runs without rebooting: every mode but "reboot"."""
-        return self.consistency != "reboot"
-
 
 def load_config(path: str) -> dict[str, Any]:
     """Read a config file and return its validated settings."""
+    settings = read_settings(path)
+    if settings.get("POOL") is None:
+        settings["POOL"] = default_pool(path)
+    return validate_config(settings)
+
+
+def read_settings(path: str) -> dict[str, Any]:
+    """Run a config file and return its UPPER_CASE settings, not yet checked."""
     try:
         with open(path, encoding="utf-8") as handle:
             source = handle.read()
@@ -223,10 +226,7 @@ def load_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
     except BaseException as err:  # any failure in the file, even sys.exit(), is a config error
         raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
-    settings = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
-    if settings.get("POOL") is None:
-        settings["POOL"] = default_pool(path)
-    return validate_config(settings)
+    return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
 
 
 def default_pool(path: str) -> str:
@@ -721,10 +721,21 @@ class Clients:
 
 def make_clients(config: dict) -> Clients:
     """Build the run's clients: region, profile, ROLE_ARN and botocore's standard retries."""
+    session, client_config = base_session(config["PROFILE"], config["REGION"])
+    if session.region_name in config["COPY_TO_REGIONS"]:
+        raise ConfigError(f"COPY_TO_REGIONS lists {session.region_name}, the region backed up")
+    if config["ROLE_ARN"]:
+        name = session_name("backup", config["SCHEDULE"])
+        session = assume_role(session, config["ROLE_ARN"], name, client_config)
+    return Clients(session, client_config)
+
+
+def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session, Config]:
+    """The session for PROFILE and REGION, and a client Config with botocore's standard retries."""
     try:
-        core = botocore.session.Session(profile=config["PROFILE"])
+        core = botocore.session.Session(profile=profile)
         # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
-        region = config["REGION"] or os.environ.get("AWS_REGION") or None
+        region = region or os.environ.get("AWS_REGION") or None
         session = boto3.Session(botocore_session=core, region_name=region)
     except ProfileNotFound as err:
         raise ConfigError(f"PROFILE: {err}") from None
@@ -732,15 +743,9 @@ def make_clients(config: dict) -> Clients:
         raise ConfigError(
             "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
         )
-    if session.region_name in config["COPY_TO_REGIONS"]:
-        raise ConfigError(f"COPY_TO_REGIONS lists {session.region_name}, the region backed up")
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     retries = {"mode": "standard", "total_max_attempts": int(attempts)}
-    client_config = Config(retries=retries, user_agent_extra=TOOL)
-    if config["ROLE_ARN"]:
-        name = session_name("backup", config["SCHEDULE"])
-        session = assume_role(session, config["ROLE_ARN"], name, client_config)
-    return Clients(session, client_config)
+    return session, Config(retries=retries, user_agent_extra=TOOL)
 
 
 def session_name(*parts: str) -> str:

@@ -146,9 +146,9 @@ def test_good_config_gets_defaults_and_server_overrides():
             ]
         }
     )
-    assert [(s.name, s.keep, s.no_reboot) for s in config["SERVERS"]] == [
-        ("web01", 3, False),
-        ("b", 7, True),
+    assert [(s.name, s.keep, s.consistency) for s in config["SERVERS"]] == [
+        ("web01", 3, "reboot"),
+        ("b", 7, "crash"),
     ]
     assert config["SCHEDULE"] == "daily"
 

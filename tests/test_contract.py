@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import inspect
 from datetime import datetime, timezone
 
 import pytest
@@ -28,6 +29,17 @@ def test_both_scripts_define_the_same_tag_contract():
     shared = {k: v for k, v in restore.items() if not k.startswith("TAG_RESTORED")}
     assert shared == backup
     assert ec2_to_ami.TOOL == ami_to_ec2.TOOL
+
+
+# Each script carries its own copy of these, so that it stands alone on a host.
+SHARED_HELPERS = ["read_settings", "base_session", "assume_role", "error_text", "RoleError"]
+
+
+@pytest.mark.parametrize("name", SHARED_HELPERS)
+def test_the_helpers_both_scripts_carry_are_the_same_source(name):
+    backup = inspect.getsource(getattr(ec2_to_ami, name))
+    restore = inspect.getsource(getattr(ami_to_ec2, name))
+    assert backup == restore, f"{name} differs between ec2_to_ami.py and ami_to_ec2.py"
 
 
 @given(st.text(min_size=1, max_size=2000))
