@@ -867,6 +867,35 @@ class Outcome:
     region: str | None = None  # a copy's destination region; None for the backup itself
     # A failed post-script, share or deprecation: reported (exit 1), but the image stands.
     late_errors: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    # An outcome changes only through these methods: the creator, the follower and the
+    # housekeeping threads all write to it.
+
+    def fail(self, message: str) -> None:
+        """This server (or copy) failed; a later failure is added to the first."""
+        with self._lock:
+            self.error = f"{self.error}; {message}" if self.error else message
+
+    def warn(self, message: str) -> None:
+        """Something the operator should know; the backup still stands."""
+        with self._lock:
+            self.warnings.append(message)
+
+    def fail_late(self, message: str) -> None:
+        """A failure after the image stands (post-script, share, deprecation): exit 1."""
+        with self._lock:
+            self.late_errors.append(message)
+
+    def made(self, image_id: str) -> None:
+        """The image that is this run's backup (or copy)."""
+        with self._lock:
+            self.image_id = image_id
+
+    def pruned_image(self, image_id: str) -> None:
+        """An image retention deregistered."""
+        with self._lock:
+            self.pruned.append(image_id)
 
 
 def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
@@ -1031,7 +1060,7 @@ def create_backup(
         fixed, {**config["TAGS"], **spec.tags}, copied, limit=MAX_TAGS - dr_tag_room(config)
     )
     if dropped:
-        out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
+        out.warn(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
     try:
         response = ec2.create_image(
             InstanceId=spec.instance_id,
@@ -1043,7 +1072,7 @@ def create_backup(
                 {"ResourceType": "snapshot", "Tags": tags},
             ],
         )
-        out.image_id = response["ImageId"]
+        out.made(response["ImageId"])
     except ClientError as err:
         if err.response["Error"]["Code"] != ERR_DUPLICATE_NAME:
             raise
@@ -1069,12 +1098,12 @@ def adopt_duplicate(ec2: Any, spec: ServerSpec, name: str, out: Outcome) -> None
     tags = {t["Key"]: t["Value"] for image in raw for t in image.get("Tags", [])}
     ours = tags.get(TAG_MANAGED) == TOOL and tags.get(TAG_RUN) == out.run_id
     if raw and ours:
-        out.image_id = raw[0]["ImageId"]
+        out.made(raw[0]["ImageId"])
         log.info("%s: this run's image %s exists as %s; using it", spec.name, name, out.image_id)
         return
     owner = raw[0]["ImageId"] if raw else "an image this account cannot see"
     whose = "an earlier run's backup" if tags.get(TAG_MANAGED) == TOOL else "not made by this tool"
-    out.error = (
+    out.fail(
         f"AMI name {name} is taken by {owner} ({whose}), so no backup was made: "
         "NAME_FORMAT must give each run its own name"
     )
@@ -1152,9 +1181,9 @@ def time_out(waiting: dict[str, Outcome], minutes: float, settle: Any, pending_o
         out = waiting.pop(image_id)
         message = f"image {image_id} still pending after {minutes:g} minutes"
         if pending_ok:
-            out.warnings.append(f"{message}; left to finish, the next run counts it")
+            out.warn(f"{message}; left to finish, the next run counts it")
         else:
-            out.error = message
+            out.fail(message)
         settle(out)
 
 
@@ -1190,7 +1219,7 @@ def settle_image(out: Outcome, image: Image | None) -> bool:
         if out.image is None and out.missed_polls < MISSED_POLLS_MAX:
             return False  # not visible yet: EC2 is eventually consistent
         seen = "while pending" if out.image else "before it was ever seen"
-        out.error = f"image {out.image_id} disappeared {seen} (deregistered by someone else?)"
+        out.fail(f"image {out.image_id} disappeared {seen} (deregistered by someone else?)")
         return True
     out.missed_polls = 0
     out.image = image
@@ -1198,7 +1227,7 @@ def settle_image(out: Outcome, image: Image | None) -> bool:
         return False
     if image.state != AVAILABLE:
         reason = image.reason or "no reason given"
-        out.error = f"image {image.image_id} ended in state {image.state}: {reason}"
+        out.fail(f"image {image.image_id} ended in state {image.state}: {reason}")
     return True
 
 
@@ -1223,12 +1252,12 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
         if code == SNAPSHOT_DELETED:
             continue
         if code == SNAPSHOT_SKIPPED:
-            out.warnings.append(f"snapshot {snapshot_id} of {image.image_id} kept: in use")
+            out.warn(f"snapshot {snapshot_id} of {image.image_id} kept: in use")
             continue
         try:
             delete_snapshot(ec2, snapshot_id, image.image_id, out)
         except (ClientError, BotoCoreError) as err:
-            out.warnings.append(
+            out.warn(
                 f"image {image.image_id} is deregistered, but its snapshot {snapshot_id} stays: "
                 f"{error_text(err)}; the sweep at the end of the run (or the next run) retries"
             )
@@ -1244,7 +1273,7 @@ def delete_snapshot(ec2: Any, snapshot_id: str, image_id: str, out: Outcome) -> 
             return
         if code != ERR_SNAPSHOT_IN_USE:
             raise
-        out.warnings.append(f"snapshot {snapshot_id} of {image_id} kept: in use")
+        out.warn(f"snapshot {snapshot_id} of {image_id} kept: in use")
 
 
 def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
@@ -1253,9 +1282,9 @@ def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
         try:
             deregister(ec2, image, out)
         except (ClientError, BotoCoreError) as err:
-            out.error = f"could not deregister {image.image_id}: {error_text(err)}"
+            out.fail(f"could not deregister {image.image_id}: {error_text(err)}")
             return
-        out.pruned.append(image.image_id)
+        out.pruned_image(image.image_id)
         log.info("%s: deregistered %s (%s): %s", out.name, image.image_id, image.name, reason)
 
 
@@ -1480,10 +1509,10 @@ def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
     if region.kms_key_id:
         params.update(Encrypted=True, KmsKeyId=region.kms_key_id)
     try:
-        copy.image_id = region.ec2.copy_image(**params)["ImageId"]
+        copy.made(region.ec2.copy_image(**params)["ImageId"])
         log.info("%s: copying %s to %s as %s", out.name, image.image_id, region.name, copy.image_id)
     except (ClientError, BotoCoreError) as err:
-        copy.error = f"copy of {image.image_id} failed: {error_text(err)}"
+        copy.fail(f"copy of {image.image_id} failed: {error_text(err)}")
     return copy
 
 
@@ -1499,7 +1528,7 @@ def copy_all(
             except Exception as err:  # a bug must not hide a copy: report it as failed
                 log.debug("%s: unexpected error", out.name, exc_info=True)
                 copy = Outcome(out.name, out.instance_id, region=region.name)
-                copy.error = f"copy failed: unexpected {type(err).__name__}: {err}"
+                copy.fail(f"copy failed: unexpected {type(err).__name__}: {err}")
             copies.append(copy)
             created.put(copy)
     finally:
@@ -1590,7 +1619,7 @@ class Finisher:
                 if image.shared_with != self.accounts:
                     self.share(image, out, where)
             except (ClientError, BotoCoreError) as err:
-                out.late_errors.append(
+                out.fail_late(
                     f"could not deprecate or share {image.image_id}{where}: {error_text(err)}"
                 )
 
@@ -1607,7 +1636,7 @@ class Finisher:
         """Grant and revoke launch and create-volume permissions to match SHARE_WITH_ACCOUNTS."""
         add, remove = self.accounts - image.shared_with, image.shared_with - self.accounts
         if add and image.encrypted and self.aws_managed_key(image):
-            out.warnings.append(
+            out.warn(
                 f"{image.image_id}{where} is encrypted with the AWS-managed KMS key (aws/ebs), "
                 f"which cannot be shared: not shared with {', '.join(sorted(add))}. Encrypt "
                 "with a customer-managed key (COPY_TO_REGIONS kms_key_id) whose policy lets "
@@ -1784,9 +1813,9 @@ def backup_with_scripts(
 def script_failed(out: Outcome, message: str, config: dict) -> bool:
     """Record a failed script; return whether to go on with a crash-consistent image."""
     if config["ON_SCRIPT_FAILURE"] == "crash":
-        out.warnings.append(f"{message}; made a crash-consistent image instead")
+        out.warn(f"{message}; made a crash-consistent image instead")
         return True
-    out.error = message
+    out.fail(message)
     return False
 
 
@@ -1796,12 +1825,12 @@ def backup_with_vss(
     """AWSEC2-CreateVssSnapshot makes the image; then the rest of the tool's tags go on it."""
     spec, timeout = server.spec, config["SCRIPT_TIMEOUT_SECONDS"]
     if platform_of(server) != "windows":
-        out.error = "consistency 'vss' needs a Windows instance; this one is linux"
+        out.fail("consistency 'vss' needs a Windows instance; this one is linux")
         return
     name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
     identity = identity_tags(spec, config, now, out.run_id)
     if any(c in v for _, v in identity for c in ",;="):
-        out.error = f"server name {spec.name!r} has ',', ';' or '=', which VSS tags cannot carry"
+        out.fail(f"server name {spec.name!r} has ',', ';' or '=', which VSS tags cannot carry")
         return
     parameters = {
         "CreateAmi": ["True"], "AmiName": [name], "executionTimeout": [str(timeout)],
@@ -1824,7 +1853,7 @@ def tag_vss_image(
     found = list(paginate(ec2, "describe_images", "Images", Owners=["self"],
                           Filters=[{"Name": "name", "Values": [name]}]))  # fmt: skip
     if not found:
-        out.error = f"the VSS command succeeded, but no image named {name} exists"
+        out.fail(f"the VSS command succeeded, but no image named {name} exists")
         return
     image = to_image(found[0])
     fixed = contract_tags(server.spec, config, now, out.run_id, server.instance, server.eip)
@@ -1834,9 +1863,9 @@ def tag_vss_image(
         fixed, extra, copied, limit=MAX_TAGS - VSS_TAG_ROOM - dr_tag_room(config)
     )
     if dropped:
-        out.warnings.append(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
+        out.warn(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
     ec2.create_tags(Resources=[image.image_id, *image.snapshot_ids], Tags=tags)
-    out.image_id = image.image_id
+    out.made(image.image_id)
 
 
 def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: datetime) -> None:
@@ -1849,15 +1878,13 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
             out = pending.get(command["CommandId"])
             if out and command["Status"] not in SSM_RUNNING:
                 if command["Status"] != SSM_SUCCESS:
-                    out.late_errors.append(
-                        f"post-script command {command['CommandId']} {command['Status']}"
-                    )
+                    out.fail_late(f"post-script command {command['CommandId']} {command['Status']}")
                 del pending[command["CommandId"]]
         if pending:
             time.sleep(delay)
             delay = min(delay * POLL_FACTOR, 5.0)
     for command_id, out in pending.items():
-        out.late_errors.append(f"post-script command {command_id} did not finish in time")
+        out.fail_late(f"post-script command {command_id} did not finish in time")
 
 
 # --- The run -------------------------------------------------------------------------------
@@ -1951,12 +1978,14 @@ def create_all(
         offline = ssm_offline(clients.ssm, through_ssm) if through_ssm else {}
         for server, out in pairs:
             try:
-                out.error = offline.get(server.spec.instance_id)
-                if not out.error:
+                reason = offline.get(server.spec.instance_id)
+                if reason:
+                    out.fail(reason)
+                else:
                     guarded(out, "backup failed", back_up, clients, server, config, now, out)
             except Exception as err:  # a bug must not hide a server: report it as failed
                 log.debug("%s: unexpected error", out.name, exc_info=True)
-                out.error = f"backup failed: unexpected {type(err).__name__}: {err}"
+                out.fail(f"backup failed: unexpected {type(err).__name__}: {err}")
             created.put(out)
         if any(o.post_command for _, o in pairs):
             check_post_scripts(clients.ssm, [o for _, o in pairs], config, now)
@@ -1969,7 +1998,7 @@ def guarded(out: Outcome, what: str, func: Any, *args: Any) -> None:
     try:
         func(*args)
     except (ClientError, BotoCoreError) as err:
-        out.error = f"{what}: {error_text(err)}"
+        out.fail(f"{what}: {error_text(err)}")
 
 
 def check_requested(only: list[str], servers: list[Server], failures: list[Outcome]) -> None:
@@ -2034,7 +2063,7 @@ class HousekeepingThread:
                 self.care.apply(out)
             except Exception as err:  # a bug must not hide a server: report it as failed
                 log.debug("%s: unexpected error", out.name, exc_info=True)
-                out.error = f"pruning failed: unexpected {type(err).__name__}: {err}"
+                out.fail(f"pruning failed: unexpected {type(err).__name__}: {err}")
 
 
 def report(
@@ -2043,9 +2072,9 @@ def report(
     """Log one line per server and per copy, and a summary; return the exit code."""
     for out in [*outcomes, *copies]:
         if not out.error and not out.image_id:
-            out.error = "no backup was made"  # never report a server as done without an image
+            out.fail("no backup was made")  # never report a server as done without an image
         if out.late_errors:
-            out.error = "; ".join([e for e in (out.error, *out.late_errors) if e])
+            out.fail("; ".join(out.late_errors))
     for out in outcomes:
         for warning in out.warnings:
             log.warning("%s (%s): %s", out.name, out.instance_id, warning)
