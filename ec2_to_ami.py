@@ -587,6 +587,60 @@ def plan_prune(
     return doomed
 
 
+@dataclass
+class ServerPlan:
+    """What a run will do for one server, decided before it acts."""
+
+    server: Server
+    name: str  # the new image's AMI name
+    prunes: list[tuple[Image, str]]  # deregistered once the new image is verified
+    copy_prunes: dict[str, list[tuple[Image, str]]]  # per region, once the new copy is
+
+    @property
+    def spec(self) -> ServerSpec:
+        """The server as the config names it."""
+        return self.server.spec
+
+
+@dataclass
+class BackupPlan:
+    """The whole run, planned: printed by --dry-run, carried out by the run."""
+
+    servers: list[ServerPlan]
+    failures: list[Outcome]  # servers that fail before anything is made
+    prune: bool  # False with --no-prune: nothing is deregistered or swept
+
+
+def plan_backup(
+    config: dict, servers: list[Server], failures: list[Outcome], natives: list[Image],
+    regions: list[Region], copies: dict[str, list[Image]], now: datetime, prune: bool,
+) -> BackupPlan:  # fmt: skip
+    """Plan each server's new image, and what retention removes once it (and each copy)
+    stands, here and in each COPY_TO_REGIONS region. Pure: no AWS call."""
+    plans = []
+    for server in servers:
+        spec = server.spec
+        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        prunes = prunes_after(natives, name, spec.keep, config, now, spec) if prune else []
+        copy_prunes = {
+            r.name: prunes_after(copies[r.name], name, r.keep or spec.keep, config, now, spec)
+            if prune else []
+            for r in regions
+        }  # fmt: skip
+        plans.append(ServerPlan(server, name, prunes, copy_prunes))
+    return BackupPlan(plans, failures, prune)
+
+
+def prunes_after(
+    images: list[Image], name: str, keep: int, config: dict, now: datetime, spec: ServerSpec
+) -> list[tuple[Image, str]]:
+    """What retention removes of a server's existing images once a new one is available."""
+    mine = [i for i in images if i.server == spec.name]
+    assumed = Image("(new)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
+    doomed = plan_prune([*mine, assumed], keep, config["MAX_AGE_DAYS"], now)
+    return [(image, reason) for image, reason in doomed if image is not assumed]
+
+
 # --- Tags -----------------------------------------------------------------------
 
 
@@ -1545,19 +1599,16 @@ class Replication:
     """
 
     def __init__(self, clients: Clients, regions: list[Region], config: dict,
-                 keep: dict[str, int], existing: dict[str, list[Image]],
-                 prune: bool, now: datetime) -> None:  # fmt: skip
+                 existing: dict[str, list[Image]], plan: BackupPlan) -> None:  # fmt: skip
         self.copies: list[Outcome] = []
         self.errors: list[str] = []
         self.lanes: list[tuple[queue.Queue, threading.Thread, HousekeepingThread]] = []
         for region in regions:
             inbox: queue.Queue = queue.Queue()
             created: queue.Queue = queue.Queue()
-            keep_here = {name: region.keep or n for name, n in keep.items()}
             finisher = Finisher(clients, region.name, config)
-            care = Housekeeping(
-                region.ec2, finisher, existing[region.name], keep_here, config, prune, now
-            )
+            planned = {p.spec.name: p.copy_prunes[region.name] for p in plan.servers}
+            care = Housekeeping(region.ec2, finisher, existing[region.name], planned, plan.prune)
             worker = HousekeepingThread(care)
             args = (region, clients.region, inbox, created, self.copies)
             threading.Thread(target=copy_all, args=args, daemon=True).start()
@@ -1903,10 +1954,10 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     natives = [i for i in listed if not i.source_region and in_pool(i, config["POOL"], instance_of)]
     regions = destination_regions(clients, config)
     copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
+    plan = plan_backup(config, servers, failures, natives, regions, copies, now, not args.no_prune)
     if args.dry_run:
-        print_plan(servers, failures, natives, config, now, prune=not args.no_prune)
-        print_copy_plan(servers, regions, copies, config, now, prune=not args.no_prune)
-        if not args.no_prune:
+        print_plan(plan, regions, config)
+        if plan.prune:
             print_sweep_plan(clients, regions, config, instance_of, started)
         return EXIT_FAILED if failures else EXIT_OK
     run_id = new_run_id()
@@ -1914,10 +1965,10 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     created: queue.Queue[Outcome] = queue.Queue()
     creator_args = (clients, servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
-    keep, prune = {s.spec.name: s.spec.keep for s in servers}, not args.no_prune
+    planned = {p.spec.name: p.prunes for p in plan.servers}
     finisher = Finisher(clients, None, config)
-    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, keep, config, prune, now))
-    replication = Replication(clients, regions, config, keep, copies, prune, now)
+    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune))
+    replication = Replication(clients, regions, config, copies, plan)
 
     def settled(out: Outcome) -> None:
         replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
@@ -1926,7 +1977,7 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     follow_up(ec2, created, config, settled)
     source.finish()
     copied = replication.finish()
-    if prune:
+    if plan.prune:
         sweep_all(clients, regions, config, instance_of, started)
     return report(outcomes + failures, copied, replication.errors)
 
@@ -2013,20 +2064,24 @@ class Housekeeping:
     """Shares, deprecates and prunes a server's images in one region, as each server settles."""
 
     def __init__(
-        self, ec2: Any, finisher: Finisher, existing: list[Image], keep: dict[str, int],
-        config: dict, prune: bool, now: datetime,
+        self, ec2: Any, finisher: Finisher, existing: list[Image],
+        planned: dict[str, list[tuple[Image, str]]], prune: bool,
     ) -> None:  # fmt: skip
-        self.ec2, self.finisher, self.existing, self.keep = ec2, finisher, existing, keep
-        self.max_age_days, self.prune, self.now = config["MAX_AGE_DAYS"], prune, now
+        self.ec2, self.finisher, self.existing = ec2, finisher, existing
+        self.planned, self.prune = planned, prune
 
     def apply(self, out: Outcome) -> None:
-        """Finish and prune a server's images; one whose backup failed loses only failed ones."""
+        """Carry out a server's planned prunes once its new image is verified, and finish
+        the images it keeps; a server whose image is not verified loses only failed ones."""
         images = {i.image_id: i for i in self.existing if i.server == out.name}
         if out.image:
             images[out.image.image_id] = out.image
-        doomed = plan_prune(list(images.values()), self.keep[out.name], self.max_age_days, self.now)
-        if out.error:
+        doomed = self.planned.get(out.name, [])
+        verified = not out.error and out.image is not None and out.image.state == AVAILABLE
+        if not verified:
             doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
+            if out.image is not None and out.image.state == FAILED:
+                doomed.append((out.image, "state failed"))
         if not self.prune:
             doomed = []
         going = {image.image_id for image, _ in doomed}
@@ -2122,53 +2177,22 @@ def report_copies(copies: Sequence[Outcome]) -> None:
 # --- Dry run and listing -----------------------------------------------------------------
 
 
-def print_plan(
-    servers: list[Server],
-    failures: list[Outcome],
-    existing: list[Image],
-    config: dict,
-    now: datetime,
-    prune: bool,
-) -> None:
-    """Print what a run would do, assuming every new backup succeeds."""
-    for server in servers:
+def print_plan(plan: BackupPlan, regions: list[Region], config: dict) -> None:
+    """Print the plan, as --dry-run: what the run would create, copy, share and remove."""
+    for server in plan.servers:
         spec = server.spec
-        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
         mode = CONSISTENCY_WORDS[spec.consistency]
-        print(f"Would create image {name} of {spec.instance_id} ({spec.name}, {mode})")
-        doomed = prunes_after(existing, "(new)", name, spec.keep, config, now, spec)
-        for image, reason in doomed if prune else []:
+        print(f"Would create image {server.name} of {spec.instance_id} ({spec.name}, {mode})")
+        for image, reason in server.prunes:
             print(f"Would deregister {image.image_id} ({image.name}) of {spec.name}: {reason}")
-    for out in failures:
-        print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
-
-
-def prunes_after(
-    images: list[Image], new_id: str, name: str, keep: int, config: dict, now: datetime,
-    spec: ServerSpec,
-) -> list[tuple[Image, str]]:  # fmt: skip
-    """What retention would remove of a server's images once a new one is available."""
-    mine = [i for i in images if i.server == spec.name]
-    assumed = Image(new_id, name, AVAILABLE, now, spec.name, config["SCHEDULE"])
-    return plan_prune([*mine, assumed], keep, config["MAX_AGE_DAYS"], now)
-
-
-def print_copy_plan(
-    servers: list[Server], regions: list[Region], copies: dict[str, list[Image]], config: dict,
-    now: datetime, prune: bool,
-) -> None:  # fmt: skip
-    """Print the copies a run would make and what each region's retention would remove."""
-    for server in servers:
-        spec = server.spec
-        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
         for region in regions:
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
-            print(f"Would copy {name} ({spec.name}) to {region.name}{key}")
-            keep, images = region.keep or spec.keep, copies[region.name]
-            doomed = prunes_after(images, "(new copy)", name, keep, config, now, spec)
-            for image, reason in doomed if prune else []:
+            print(f"Would copy {server.name} ({spec.name}) to {region.name}{key}")
+            for image, reason in server.copy_prunes[region.name]:
                 print(f"Would deregister {image.image_id} ({image.name}) of {spec.name} in "
                       f"{region.name}: {reason}")  # fmt: skip
+    for out in plan.failures:
+        print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
     if config["SHARE_WITH_ACCOUNTS"]:
         accounts = ", ".join(config["SHARE_WITH_ACCOUNTS"])
         print(f"Would share each new image and copy with {accounts}")
