@@ -9,6 +9,17 @@ server's name is enough, even when the original instance is gone.
 
 Exit codes: 0 launched and reached WAIT, 1 an AWS-side failure (the report
 still names every instance launched), 2 usage or config error (no AWS call).
+
+Read it in this order; each section is marked "# --- <name>":
+  The tag contract, EC2 facts   what the backup wrote, and the names of things
+  The story                     main(), then restore(): config, look, plan, act, report
+  Config                        load and check the config and flags, before any AWS call
+  What the backup recorded      the launch configuration read back from the tags
+  User data                     host name and the operator's user data, merged
+  Plan the launch (pure)        RunInstances' parameters, with where each came from
+  AWS access                    one session and its client, retries
+  Look                          find the backup and what surrounds it
+  Do it, Report, Command line
 """
 
 from __future__ import annotations
@@ -97,6 +108,60 @@ VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 DEFAULT_MAX_ATTEMPTS = 10
+
+# --- The story: main, then the restore ---------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load and check the config, then list, dry-run or restore."""
+    args = parse_args(argv)
+    setup_logging(args)
+    try:
+        config = validate_config(apply_flags(load_config(args.config), args), listing=args.list)
+        ec2 = make_ec2(config)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_USAGE
+    except RoleError as err:
+        log.error("%s", err)
+        return EXIT_FAILED
+    try:
+        if args.list:
+            return list_backups(ec2, config)
+        return restore(ec2, config, args)
+    except RestoreError as err:
+        log.error("%s; nothing launched", err)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as err:
+        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
+
+
+def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
+    """Find the backup, plan, check, launch, finish and report."""
+    image = find_image(ec2, config)
+    recorded = read_recorded(image)
+    token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    alive = original_alive(ec2, recorded)
+    plan = plan_launch(config, image, recorded, alive, token, ec2.meta.region_name)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    check_before_launch(ec2, plan)
+    if args.dry_run:
+        return dry_run(ec2, plan, config)
+    ids = launch(ec2, plan)
+    error = None
+    try:
+        finish(ec2, plan, config, ids)
+    except (ClientError, BotoCoreError, LaunchError) as err:
+        text = str(err) if isinstance(err, LaunchError) else error_text(err)
+        error = f"after launching {', '.join(ids)}: {text}"
+    print_report(instance_rows(ec2, ids), plan, error, args.json)
+    if error:
+        log.error("%s", error)
+        return EXIT_FAILED
+    return EXIT_OK
+
 
 # --- Config -------------------------------------------------------------------------------
 
@@ -1160,57 +1225,6 @@ def setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
     for noisy in ("botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose > 1 else logging.WARNING)
-
-
-def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
-    """Find the backup, plan, check, launch, finish and report."""
-    image = find_image(ec2, config)
-    recorded = read_recorded(image)
-    token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
-    alive = original_alive(ec2, recorded)
-    plan = plan_launch(config, image, recorded, alive, token, ec2.meta.region_name)
-    for warning in plan.warnings:
-        log.warning("%s", warning)
-    check_before_launch(ec2, plan)
-    if args.dry_run:
-        return dry_run(ec2, plan, config)
-    ids = launch(ec2, plan)
-    error = None
-    try:
-        finish(ec2, plan, config, ids)
-    except (ClientError, BotoCoreError, LaunchError) as err:
-        text = str(err) if isinstance(err, LaunchError) else error_text(err)
-        error = f"after launching {', '.join(ids)}: {text}"
-    print_report(instance_rows(ec2, ids), plan, error, args.json)
-    if error:
-        log.error("%s", error)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Load and check the config, then list, dry-run or restore."""
-    args = parse_args(argv)
-    setup_logging(args)
-    try:
-        config = validate_config(apply_flags(load_config(args.config), args), listing=args.list)
-        ec2 = make_ec2(config)
-    except ConfigError as err:
-        log.error("config error: %s", err)
-        return EXIT_USAGE
-    except RoleError as err:
-        log.error("%s", err)
-        return EXIT_FAILED
-    try:
-        if args.list:
-            return list_backups(ec2, config)
-        return restore(ec2, config, args)
-    except RestoreError as err:
-        log.error("%s; nothing launched", err)
-        return EXIT_FAILED
-    except (ClientError, BotoCoreError) as err:
-        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
-        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -6,6 +6,22 @@ Run it from cron:  python ec2_to_ami.py --config /etc/ec2-backup/daily.py -q
 Exit codes: 0 all servers done, 1 at least one server failed (the others were
 still done), 2 usage or config error (nothing done), 3 another run of the same
 config holds its lock (nothing done).
+
+Read it in this order; each section is marked "# --- <name>":
+  The tag contract, EC2 facts   the names of things: tags, states, error codes, limits
+  The story                     main(), then run_backup(): config, look, plan, act, report
+  Config                        load and check the config file, before any AWS call
+  The plan (pure)               retention, and what the run will create and remove
+  Tags                          the tags written at creation
+  AWS access                    one session and its clients, retries, pacing
+  Look at what exists           servers, their instances and existing backups
+  Do it                         create the images, follow them, deregister
+  Pools                         whose images a run may count and prune
+  The sweep                     this pool's orphaned snapshots
+  Disaster recovery             copies in other regions, sharing, deprecation
+  Consistency through SSM       VSS on Windows, pre and post scripts
+  Carrying out the plan         the creator, follower and housekeeping threads; report
+  Dry run and listing, Scheduling, Command line
 """
 
 from __future__ import annotations
@@ -136,6 +152,92 @@ POLL_WHILE_CREATING_FIRST_SECONDS = 10.0
 # consistent, so one or two misses right after CreateImage are allowed).
 MISSED_POLLS_MAX = 3
 DEFAULT_MAX_ATTEMPTS = 10
+
+# --- The story: main, then the run -------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the config, take the lock, then list, plan or run the backup."""
+    args = parse_args(argv)
+    setup_logging(args)
+    try:
+        config = load_config(args.config)
+        setup_logging(args, config["LOG_FILE"])
+        if args.install_cron:
+            check_cron_schedule(args.install_cron)
+        if args.cron:
+            return manage_cron(args)
+        if args.server and not config["SELECT_TAGS"]:
+            names = {s.name for s in config["SERVERS"]}
+            unknown = [n for n in args.server if n not in names]
+            if unknown:
+                raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
+        clients = make_clients(config)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_USAGE
+    except OSError as err:
+        log.error("config error: LOG_FILE: %s", err)
+        return EXIT_USAGE
+    except (CronError, RoleError) as err:
+        log.error("%s", err)
+        return EXIT_FAILED
+    try:
+        if args.list:  # only reads: no lock needed
+            return list_backups(clients, config, args.server)
+        with run_lock(args.config) as locked:
+            if not locked:
+                log.error("another run of %s is still going; nothing done", args.config)
+                return EXIT_LOCKED
+            return run_backup(clients, config, args)
+    except LockError as err:
+        log.error("%s; nothing done", err)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as err:
+        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
+
+
+def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+    """Image every server; prune each as soon as its new image is verified; copy; sweep; report."""
+    started = utc_now()  # to the microsecond: the sweep leaves what this run makes
+    ec2, now = clients.ec2, started.replace(microsecond=0)
+    servers, failures = discover(ec2, config, args.server, now)
+    check_requested(args.server, servers, failures)
+    attach_elastic_ips(ec2, servers)
+    listed = managed_images(ec2, config["SCHEDULE"])
+    servers = split_pool_clashes(ec2, servers, failures, listed, config["POOL"])
+    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
+    natives = [i for i in listed if not i.source_region and in_pool(i, config["POOL"], instance_of)]
+    regions = destination_regions(clients, config)
+    copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
+    plan = plan_backup(config, servers, failures, natives, regions, copies, now, not args.no_prune)
+    if args.dry_run:
+        print_plan(plan, regions, config)
+        if plan.prune:
+            print_sweep_plan(clients, regions, config, instance_of, started)
+        return EXIT_FAILED if failures else EXIT_OK
+    run_id = new_run_id()
+    outcomes = [Outcome(s.spec.name, s.spec.instance_id, run_id=run_id) for s in servers]
+    created: queue.Queue[Outcome] = queue.Queue()
+    creator_args = (clients, servers, outcomes, config, now, created)
+    threading.Thread(target=create_all, args=creator_args, daemon=True).start()
+    planned = {p.spec.name: p.prunes for p in plan.servers}
+    finisher = Finisher(clients, None, config)
+    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune))
+    replication = Replication(clients, regions, config, copies, plan)
+
+    def settled(out: Outcome) -> None:
+        replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
+        source.submit(out)
+
+    follow_up(ec2, created, config, settled)
+    source.finish()
+    copied = replication.finish()
+    if plan.prune:
+        sweep_all(clients, regions, config, instance_of, started)
+    return report(outcomes + failures, copied, replication.errors)
+
 
 # --- Config -------------------------------------------------------------------
 
@@ -526,7 +628,7 @@ def render_name(fmt: str, server: ServerSpec, schedule: str, when: datetime) -> 
     return AMI_NAME_BAD_CHARS.sub("-", name)
 
 
-# --- Retention planning (pure) ------------------------------------------------
+# --- The plan (pure): retention, and what each server gets --------------------------
 
 
 @dataclass
@@ -1938,48 +2040,7 @@ def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: d
         out.fail_late(f"post-script command {command_id} did not finish in time")
 
 
-# --- The run -------------------------------------------------------------------------------
-
-
-def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
-    """Image every server; prune each as soon as its new image is verified; copy; sweep; report."""
-    started = utc_now()  # to the microsecond: the sweep leaves what this run makes
-    ec2, now = clients.ec2, started.replace(microsecond=0)
-    servers, failures = discover(ec2, config, args.server, now)
-    check_requested(args.server, servers, failures)
-    attach_elastic_ips(ec2, servers)
-    listed = managed_images(ec2, config["SCHEDULE"])
-    servers = split_pool_clashes(ec2, servers, failures, listed, config["POOL"])
-    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
-    natives = [i for i in listed if not i.source_region and in_pool(i, config["POOL"], instance_of)]
-    regions = destination_regions(clients, config)
-    copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
-    plan = plan_backup(config, servers, failures, natives, regions, copies, now, not args.no_prune)
-    if args.dry_run:
-        print_plan(plan, regions, config)
-        if plan.prune:
-            print_sweep_plan(clients, regions, config, instance_of, started)
-        return EXIT_FAILED if failures else EXIT_OK
-    run_id = new_run_id()
-    outcomes = [Outcome(s.spec.name, s.spec.instance_id, run_id=run_id) for s in servers]
-    created: queue.Queue[Outcome] = queue.Queue()
-    creator_args = (clients, servers, outcomes, config, now, created)
-    threading.Thread(target=create_all, args=creator_args, daemon=True).start()
-    planned = {p.spec.name: p.prunes for p in plan.servers}
-    finisher = Finisher(clients, None, config)
-    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune))
-    replication = Replication(clients, regions, config, copies, plan)
-
-    def settled(out: Outcome) -> None:
-        replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
-        source.submit(out)
-
-    follow_up(ec2, created, config, settled)
-    source.finish()
-    copied = replication.finish()
-    if plan.prune:
-        sweep_all(clients, regions, config, instance_of, started)
-    return report(outcomes + failures, copied, replication.errors)
+# --- Carrying out the plan: the creator, the follower, housekeeping, the report ---
 
 
 def utc_now() -> datetime:
@@ -2427,48 +2488,6 @@ def open_lock_file(path: str) -> int:
         os.fchmod(fd, 0o666)  # the umask took write away from others
         return fd
     raise LockError(f"cannot open the run lock {path}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Load the config, take the lock, then list, plan or run the backup."""
-    args = parse_args(argv)
-    setup_logging(args)
-    try:
-        config = load_config(args.config)
-        setup_logging(args, config["LOG_FILE"])
-        if args.install_cron:
-            check_cron_schedule(args.install_cron)
-        if args.cron:
-            return manage_cron(args)
-        if args.server and not config["SELECT_TAGS"]:
-            names = {s.name for s in config["SERVERS"]}
-            unknown = [n for n in args.server if n not in names]
-            if unknown:
-                raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
-        clients = make_clients(config)
-    except ConfigError as err:
-        log.error("config error: %s", err)
-        return EXIT_USAGE
-    except OSError as err:
-        log.error("config error: LOG_FILE: %s", err)
-        return EXIT_USAGE
-    except (CronError, RoleError) as err:
-        log.error("%s", err)
-        return EXIT_FAILED
-    try:
-        if args.list:  # only reads: no lock needed
-            return list_backups(clients, config, args.server)
-        with run_lock(args.config) as locked:
-            if not locked:
-                log.error("another run of %s is still going; nothing done", args.config)
-                return EXIT_LOCKED
-            return run_backup(clients, config, args)
-    except LockError as err:
-        log.error("%s; nothing done", err)
-        return EXIT_FAILED
-    except (ClientError, BotoCoreError) as err:
-        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
-        return EXIT_FAILED
 
 
 if __name__ == "__main__":
