@@ -218,9 +218,9 @@ def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
             print_sweep_plan(clients, regions, config, instance_of, started)
         return EXIT_FAILED if failures else EXIT_OK
     run_id = new_run_id()
-    outcomes = [Outcome(s.spec.name, s.spec.instance_id, run_id=run_id) for s in servers]
+    outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=run_id) for p in plan.servers]
     created: queue.Queue[Outcome] = queue.Queue()
-    creator_args = (clients, servers, outcomes, config, now, created)
+    creator_args = (clients, plan.servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     planned = {p.spec.name: p.prunes for p in plan.servers}
     finisher = Finisher(clients, None, config)
@@ -1205,11 +1205,10 @@ def managed_images(ec2: Any, schedule: str | None) -> list[Image]:
 
 
 def create_backup(
-    ec2: Any, server: Server, config: dict, now: datetime, out: Outcome, no_reboot: bool = True
+    ec2: Any, planned: ServerPlan, config: dict, now: datetime, out: Outcome, no_reboot: bool = True
 ) -> None:
-    """Start CreateImage for one server, with every tag set at creation."""
-    spec = server.spec
-    name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+    """Start CreateImage for one server, named as planned, with every tag set at creation."""
+    server, spec, name = planned.server, planned.spec, planned.name
     fixed = contract_tags(spec, config, now, out.run_id, server.instance, server.eip)
     copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
     tags, dropped = backup_tags(
@@ -1865,15 +1864,17 @@ VSS_NEEDS = "; for vss also the AwsVssComponents package and AWSEC2VssSnapshotPo
 VSS_TAG_ROOM = 3  # the VSS document adds AppConsistent and AwsVssConfig (Device on snapshots)
 
 
-def back_up(clients: Clients, server: Server, config: dict, now: datetime, out: Outcome) -> None:
-    """Make one server's image the way its consistency asks."""
-    mode = server.spec.consistency
+def back_up(
+    clients: Clients, planned: ServerPlan, config: dict, now: datetime, out: Outcome
+) -> None:
+    """Make one server's planned image the way its consistency asks."""
+    mode = planned.spec.consistency
     if mode == "scripts":
-        backup_with_scripts(clients, server, config, now, out)
+        backup_with_scripts(clients, planned, config, now, out)
     elif mode == "vss":
-        backup_with_vss(clients, server, config, now, out)
+        backup_with_vss(clients, planned, config, now, out)
     else:
-        create_backup(clients.ec2, server, config, now, out, no_reboot=mode == "crash")
+        create_backup(clients.ec2, planned, config, now, out, no_reboot=mode == "crash")
 
 
 def platform_of(server: Server) -> str:
@@ -1944,10 +1945,10 @@ def wait_command(ssm: Any, command_id: str, instance_id: str, timeout: int) -> s
 
 
 def backup_with_scripts(
-    clients: Clients, server: Server, config: dict, now: datetime, out: Outcome
+    clients: Clients, planned: ServerPlan, config: dict, now: datetime, out: Outcome
 ) -> None:
     """Pre-script, then a no-reboot image, then the post-script, which runs whatever happened."""
-    spec, timeout = server.spec, config["SCRIPT_TIMEOUT_SECONDS"]
+    server, spec, timeout = planned.server, planned.spec, config["SCRIPT_TIMEOUT_SECONDS"]
     pre_sent = False
     try:
         if spec.pre_script:
@@ -1957,7 +1958,7 @@ def backup_with_scripts(
             failure = f"pre-script command {command_id} {status}"
             if status != SSM_SUCCESS and not script_failed(out, failure, config):
                 return
-        create_backup(clients.ec2, server, config, now, out, no_reboot=True)
+        create_backup(clients.ec2, planned, config, now, out, no_reboot=True)
     finally:
         if spec.post_script and (pre_sent or not spec.pre_script):
             out.post_command = send_script(clients.ssm, server, spec.post_script, timeout)
@@ -1973,14 +1974,14 @@ def script_failed(out: Outcome, message: str, config: dict) -> bool:
 
 
 def backup_with_vss(
-    clients: Clients, server: Server, config: dict, now: datetime, out: Outcome
+    clients: Clients, planned: ServerPlan, config: dict, now: datetime, out: Outcome
 ) -> None:
     """AWSEC2-CreateVssSnapshot makes the image; then the rest of the tool's tags go on it."""
-    spec, timeout = server.spec, config["SCRIPT_TIMEOUT_SECONDS"]
+    server, spec, timeout = planned.server, planned.spec, config["SCRIPT_TIMEOUT_SECONDS"]
     if platform_of(server) != "windows":
         out.fail("consistency 'vss' needs a Windows instance; this one is linux")
         return
-    name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+    name = planned.name
     identity = identity_tags(spec, config, now, out.run_id)
     if any(c in v for _, v in identity for c in ",;="):
         out.fail(f"server name {spec.name!r} has ',', ';' or '=', which VSS tags cannot carry")
@@ -1994,7 +1995,7 @@ def backup_with_vss(
     status = wait_command(clients.ssm, command_id, spec.instance_id, timeout)
     if status != SSM_SUCCESS:
         if script_failed(out, f"VSS command {command_id} {status}", config):
-            create_backup(clients.ec2, server, config, now, out, no_reboot=True)
+            create_backup(clients.ec2, planned, config, now, out, no_reboot=True)
         return
     tag_vss_image(clients.ec2, server, config, now, name, out)
 
@@ -2074,27 +2075,28 @@ def sweep_all(
 
 
 def create_all(
-    clients: Clients, servers: list[Server], outcomes: list[Outcome], config: dict, now: datetime,
-    created: queue.Queue,
+    clients: Clients, plans: list[ServerPlan], outcomes: list[Outcome], config: dict,
+    now: datetime, created: queue.Queue,
 ) -> None:  # fmt: skip
-    """Start every server's image in turn (the client paces CreateImage); queue each outcome.
+    """Start every server's planned image in turn (the client paces CreateImage); queue each
+    outcome.
 
     Servers backed up through SSM come last, after one check that they are online,
     so their scripts never hold up the plain ones.
     """
     pairs = sorted(
-        zip(servers, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
+        zip(plans, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
     )
     try:
-        through_ssm = [s for s, _ in pairs if s.spec.consistency in SSM_MODES]
+        through_ssm = [p.server for p, _ in pairs if p.spec.consistency in SSM_MODES]
         offline = ssm_offline(clients.ssm, through_ssm) if through_ssm else {}
-        for server, out in pairs:
+        for planned, out in pairs:
             try:
-                reason = offline.get(server.spec.instance_id)
+                reason = offline.get(planned.spec.instance_id)
                 if reason:
                     out.fail(reason)
                 else:
-                    guarded(out, "backup failed", back_up, clients, server, config, now, out)
+                    guarded(out, "backup failed", back_up, clients, planned, config, now, out)
             except Exception as err:  # a bug must not hide a server: report it as failed
                 log.debug("%s: unexpected error", out.name, exc_info=True)
                 out.fail(f"backup failed: unexpected {type(err).__name__}: {err}")
