@@ -23,8 +23,8 @@ from bench import print_table
 from localaws.endpoint import LINUX_AMI, SETTINGS, Endpoint
 from localaws.fleet import ROOT, aws_env, build_network, write_config
 
-COLUMNS = ["CreateImage", "DeregisterImage", "DescribeImages", "DescribeInstances",
-           "DescribeAddresses"]  # fmt: skip
+COLUMNS = ["CreateImage", "DeregisterImage", "DescribeImages", "DescribeSnapshots",
+           "DescribeInstances", "DescribeAddresses"]  # fmt: skip
 
 
 def make_servers(ec2, iam, count: int) -> list[dict]:
