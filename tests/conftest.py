@@ -22,7 +22,7 @@ import pytest
 
 import ami_to_ec2
 import ec2_to_ami
-from localaws.endpoint import SETTINGS, WINDOWS_AMI, Endpoint
+from localaws.endpoint import LINUX_AMI, SETTINGS, WINDOWS_AMI, Endpoint
 from localaws.fleet import (
     REGION,
     ROOT,
@@ -252,3 +252,15 @@ def available_by_server(ec2) -> dict[str, int]:
             server = tags_of(image)["ec2-to-ami:server"]
             counts[server] = counts.get(server, 0) + 1
     return counts
+
+
+def linux_servers(ec2: Any, iam: Any, count: int) -> list[dict]:
+    """count Linux instances in a network of their own, as SERVERS entries srv00, srv01, ..."""
+    fleet = build_network(ec2, iam)
+    reservation = ec2.run_instances(
+        ImageId=LINUX_AMI, MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
+    )
+    return [
+        {"name": f"srv{n:02d}", "instance_id": i["InstanceId"]}
+        for n, i in enumerate(reservation["Instances"])
+    ]

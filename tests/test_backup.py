@@ -19,6 +19,7 @@ from tests.conftest import (
     backup_config,
     build_network,
     launch,
+    linux_servers,
     managed,
     orphaned_managed_snapshots,
     run,
@@ -329,22 +330,10 @@ def test_credentials_come_only_from_the_standard_chain(ec2, fleet, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def throttled_fleet(ec2, iam, count: int) -> list[dict]:
-    """count Linux servers, listed by id."""
-    fleet = build_network(ec2, iam)
-    reservation = ec2.run_instances(
-        ImageId="ami-1e749f67", MinCount=count, MaxCount=count, SubnetId=fleet.subnet_id
-    )
-    return [
-        {"name": f"srv{n:02d}", "instance_id": i["InstanceId"]}
-        for n, i in enumerate(reservation["Instances"])
-    ]
-
-
 def test_throttled_run_of_dozens_backs_up_every_server_at_the_buckets_pace(
     ec2, iam, tmp_path, endpoint
 ):
-    servers = throttled_fleet(ec2, iam, 60)
+    servers = linux_servers(ec2, iam, 60)
     config = write_config(tmp_path / "c.py", SERVERS=servers, KEEP=1)
     for _ in range(2):  # the second run also deregisters 60 images
         endpoint.throttle()
@@ -359,7 +348,7 @@ def test_throttled_run_of_dozens_backs_up_every_server_at_the_buckets_pace(
 
 
 def test_paced_run_still_reports_every_failure(ec2, iam, tmp_path, endpoint):
-    servers = throttled_fleet(ec2, iam, 60)
+    servers = linux_servers(ec2, iam, 60)
     config = write_config(tmp_path / "c.py", SERVERS=servers, KEEP=1)
     assert run("ec2_to_ami.py", config).returncode == 0
     broken_create, broken_prune = servers[55], servers[3]

@@ -26,6 +26,7 @@ from tests.conftest import (
     available_by_server,
     backup_config,
     launch,
+    linux_servers,
     managed,
     orphaned_managed_snapshots,
     run,
@@ -305,26 +306,13 @@ def test_list_reads_while_a_run_holds_the_lock(ec2, fleet, tmp_path):
 
 
 def test_ssm_servers_are_asked_about_fifty_at_a_time(ec2, iam, tmp_path, endpoint):
-    fleet = build_ssm_fleet(ec2, iam, 12)
+    fleet = linux_servers(ec2, iam, 12)
     config = write_config(
         tmp_path / "c.py", SERVERS=fleet, CONSISTENCY="scripts", PRE_SCRIPT="sync", KEEP=1
     )
     result = run("ec2_to_ami.py", config)
     assert result.returncode == 0, result.stderr
     assert endpoint.count("DescribeInstanceInformation") == 1
-
-
-def build_ssm_fleet(ec2, iam, count: int) -> list[dict]:
-    from localaws.fleet import build_network
-
-    network = build_network(ec2, iam)
-    reservation = ec2.run_instances(
-        ImageId="ami-1e749f67", MinCount=count, MaxCount=count, SubnetId=network.subnet_id
-    )
-    return [
-        {"name": f"srv{n:02d}", "instance_id": i["InstanceId"]}
-        for n, i in enumerate(reservation["Instances"])
-    ]
 
 
 def run_as_nobody(config: str, *args: str) -> tuple[int, str]:
