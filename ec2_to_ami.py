@@ -148,9 +148,11 @@ POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 # In a long (paced) run the first poll comes this soon, so pruning starts while EC2's
 # delete bucket still refills; later polls come every POLL_MAX_SECONDS, so they stay few.
 POLL_WHILE_CREATING_FIRST_SECONDS = 10.0
-# A new image missing from this many polls in a row is gone, not late (EC2 is eventually
-# consistent, so one or two misses right after CreateImage are allowed).
-MISSED_POLLS_MAX = 3
+# A new image never seen, and missing from this many polls in a row over at least this
+# long, is gone, not late: EC2 is eventually consistent, and a copy's tags come with it
+# (CopyImageTags), so the first polls may miss it. An image seen once and then missing
+# is gone at once.
+MISSED_POLLS_MAX, MISSED_GRACE_SECONDS = 3, 60.0
 DEFAULT_MAX_ATTEMPTS = 10
 
 # --- The story: main, then the run -------------------------------------------------------
@@ -1016,6 +1018,7 @@ class Outcome:
     run_id: str = ""  # the TAG_RUN of this run: its images, and only they, are polled
     image: Image | None = None  # this run's image as last seen
     missed_polls: int = 0  # polls in a row that did not find the new image
+    missing_since: float | None = None  # when a poll first missed it (time.monotonic)
     error: str | None = None
     pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -1371,12 +1374,15 @@ def settle_image(out: Outcome, image: Image | None) -> bool:
     """Record one polled image in its outcome; return whether it is settled."""
     if image is None:
         out.missed_polls += 1
-        if out.image is None and out.missed_polls < MISSED_POLLS_MAX:
+        if out.missing_since is None:
+            out.missing_since = time.monotonic()
+        late = time.monotonic() - out.missing_since < MISSED_GRACE_SECONDS
+        if out.image is None and (out.missed_polls < MISSED_POLLS_MAX or late):
             return False  # not visible yet: EC2 is eventually consistent
         seen = "while pending" if out.image else "before it was ever seen"
         out.fail(f"image {out.image_id} disappeared {seen} (deregistered by someone else?)")
         return True
-    out.missed_polls = 0
+    out.missed_polls, out.missing_since = 0, None
     out.image = image
     if image.state == PENDING:
         return False

@@ -78,6 +78,7 @@ def endpoint(endpoint_server: Endpoint, monkeypatch: pytest.MonkeyPatch) -> Endp
         monkeypatch.setattr(module, "POLL_FIRST_SECONDS", 0.05)
         monkeypatch.setattr(module, "POLL_MAX_SECONDS", 0.25)
     monkeypatch.setattr(ec2_to_ami, "POLL_WHILE_CREATING_FIRST_SECONDS", 0.25)
+    monkeypatch.setattr(ec2_to_ami, "MISSED_GRACE_SECONDS", 0.5)
     CLOCK.last = None
     monkeypatch.setattr(ec2_to_ami, "utc_now", CLOCK)
     for key, value in aws_env(endpoint_server.url).items():
