@@ -113,7 +113,6 @@ AMI_NAME_CHARS = "letters, digits and ()[] ./-'@_"
 INSTANCE_ID_RE = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-POOL_RE = SCHEDULE_RE
 POOL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
