@@ -46,16 +46,21 @@ def shared_service_models() -> None:
         yield
 
 
+THROTTLING_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException"}
+
+
 @pytest.fixture(autouse=True)
 def short_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """botocore's standard retries back off a hundredth as long: the same attempts, the
-    same codes retried, without a second's sleep after each injected fault."""
+    """botocore's standard retries back off a hundredth as long after an injected error:
+    the same attempts, the same codes retried, without a second's sleep each time.
+    Throttling keeps its full backoff, which the emulated token buckets refill against."""
     original = botocore.retries.standard.ExponentialBackoff.delay_amount
-    monkeypatch.setattr(
-        botocore.retries.standard.ExponentialBackoff,
-        "delay_amount",
-        lambda self, context: original(self, context) / 100,
-    )
+
+    def delay_amount(self: Any, context: Any) -> float:
+        delay = original(self, context)
+        return delay if context.get_error_code() in THROTTLING_CODES else delay / 100
+
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", delay_amount)
 
 
 @pytest.fixture(scope="session")

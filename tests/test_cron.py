@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -30,16 +32,27 @@ def crontab_l() -> bytes:
     return result.stdout if result.returncode == 0 else b""
 
 
+CRONTAB_LOCK = os.path.join(tempfile.gettempdir(), "ec2-ami-backup-tests-crontab.lock")
+
+
 @pytest.fixture
 def crontab():
-    """The user's crontab is saved before the test and put back after it."""
-    saved = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
-    subprocess.run(["crontab", "-r"], capture_output=True, check=False)
-    yield
-    if saved.returncode == 0:
-        subprocess.run(["crontab", "-"], input=saved.stdout, check=True)
-    else:
+    """The user's crontab, saved before the test and put back after it.
+
+    There is one crontab per user, and the suite runs in several workers (or twice at
+    once): a lock across processes lets one test at a time have it.
+    """
+    with open(CRONTAB_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
         subprocess.run(["crontab", "-r"], capture_output=True, check=False)
+        try:
+            yield
+        finally:
+            if saved.returncode == 0:
+                subprocess.run(["crontab", "-"], input=saved.stdout, check=True)
+            else:
+                subprocess.run(["crontab", "-r"], capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -335,11 +335,11 @@ def run_as_nobody(config: str, *args: str) -> tuple[int, str]:
                 code = ec2_to_ami.main(["--config", config, *args])
         finally:
             os._exit(code)
-    CLOCK()  # the child's run took this second: the next run here takes a later one
     os.close(write_end)
     with os.fdopen(read_end) as stream:
         stderr = stream.read()
     _, status = os.waitpid(pid, 0)
+    CLOCK.before_subprocess()  # the child's run took a second of its own: step past it
     return os.waitstatus_to_exitcode(status), stderr
 
 
