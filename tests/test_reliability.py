@@ -32,6 +32,7 @@ from tests.conftest import (
     run,
     script_command,
     tags_of,
+    wait_for,
     write_config,
 )
 
@@ -420,7 +421,8 @@ def test_a_run_killed_anywhere_is_healed_by_the_next(ec2, fleet, tmp_path, endpo
     endpoint.hooks.append(kill_at)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     endpoint.hooks.clear()
-    finish_pending()
+    wait_for(lambda: all(c.status for c in endpoint.calls), "the answer to the dying call")
+    finish_pending()  # the killed run's images, made by now, settle
     SETTINGS.deregister_snapshot_code = "success"
     result = run("ec2_to_ami.py", config)
     assert result.returncode == 0, result.stderr
