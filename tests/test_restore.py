@@ -171,7 +171,7 @@ def test_unknown_server_fails_naming_the_servers_that_have_backups(ec2, backed_u
 def test_backup_before_picks_an_older_backup_or_fails_cleanly(ec2, backed_up, tmp_path):
     first = managed(ec2, "app01")[0]
     assert run("ec2_to_ami.py", backup_config(tmp_path, backed_up)).returncode == 0
-    when = first["CreationDate"]
+    when = tags_of(first)["ec2-to-ami:created"]  # when the backup was taken
     result = restore(tmp_path, "--dry-run", "--before", when, SERVER="app01")
     assert result.returncode == 0, result.stderr
     assert f"from {first['ImageId']}" in result.stdout
