@@ -864,7 +864,7 @@ def find_image(ec2: Any, config: dict) -> dict:
     ]
     if not usable:
         raise RestoreError(no_backup_message(ec2, config))
-    pools = sorted({p for p in (tag_value(i, TAG_POOL) for i in usable) if p})
+    pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in usable) if p})
     if len(pools) > 1:
         raise RestoreError(
             f"server {config['SERVER']!r} has backups in several pools ({', '.join(pools)}): "
@@ -874,9 +874,9 @@ def find_image(ec2: Any, config: dict) -> dict:
     return usable[0]
 
 
-def tag_value(image: dict, key: str) -> str | None:
-    """One tag of an image, or None."""
-    return next((t["Value"] for t in image.get("Tags", []) if t["Key"] == key), None)
+def image_tag(image: dict, key: str) -> str | None:
+    """One contract tag of an image (joined from its continuations), or None."""
+    return joined_value({t["Key"]: t["Value"] for t in image.get("Tags", [])}, key)
 
 
 def no_backup_message(ec2: Any, config: dict) -> str:
