@@ -44,10 +44,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import boto3
@@ -163,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     try:
         config = load_config(args.config)
-        setup_logging(args, config["LOG_FILE"])
+        setup_logging(args, config.log_file)
         if args.install_cron:
             check_cron_schedule(args.install_cron)
         if args.cron:
             return manage_cron(args)
-        if args.server and not config["SELECT_TAGS"]:
-            names = {s.name for s in config["SERVERS"]}
+        if args.server and not config.select_tags:
+            names = {s.name for s in config.servers}
             unknown = [n for n in args.server if n not in names]
             if unknown:
                 raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
@@ -199,32 +200,33 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def run_backup(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+def run_backup(clients: Clients, config: BackupConfig, args: argparse.Namespace) -> int:
     """Image every server; prune each as soon as its new image is verified; copy; sweep; report."""
     started = utc_now()  # to the microsecond: the sweep leaves what this run makes
     ec2, now = clients.ec2, started.replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
     attach_elastic_ips(ec2, servers)
-    listed = managed_images(ec2, config["SCHEDULE"])
-    servers = split_pool_clashes(ec2, servers, failures, listed, config["POOL"])
+    listed = managed_images(ec2, config.schedule)
+    servers = split_pool_clashes(ec2, servers, failures, listed, config.pool)
     instance_of = {s.spec.name: s.spec.instance_id for s in servers}
-    natives = [i for i in listed if not i.source_region and in_pool(i, config["POOL"], instance_of)]
+    natives = [i for i in listed if not i.source_region and in_pool(i, config.pool, instance_of)]
     regions = destination_regions(clients, config)
     copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
-    plan = plan_backup(config, servers, failures, natives, regions, copies, now, not args.no_prune)
+    plan = plan_backup(
+        config, servers, failures, natives, regions, copies, now, not args.no_prune, new_run_id()
+    )
     if args.dry_run:
-        print_plan(plan, regions, config)
+        print_plan(plan, regions)
         if plan.prune:
             print_sweep_plan(clients, regions, config, instance_of, started)
         return EXIT_FAILED if failures else EXIT_OK
-    run_id = new_run_id()
-    outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=run_id) for p in plan.servers]
+    outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=plan.run_id) for p in plan.servers]
     created: queue.Queue[Outcome] = queue.Queue()
     creator_args = (clients, plan.servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     planned = {p.spec.name: p.prunes for p in plan.servers}
-    finisher = Finisher(clients, None, config)
+    finisher = Finisher(clients, None, plan)
     source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune))
     replication = Replication(clients, regions, config, copies, plan)
 
@@ -293,21 +295,66 @@ class ConfigError(Exception):
     """A config problem; the message names the setting."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerSpec:
     """A server as the config names it."""
 
     name: str
     instance_id: str
     keep: int
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     consistency: str = "crash"  # one of CONSISTENCY_MODES
     pre_script: str | None = None
     post_script: str | None = None
     platform: str | None = None  # known from SERVERS, else from the instance
 
 
-def load_config(path: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ServerDefaults:
+    """What a server gets unless its SERVERS entry says otherwise (and all servers found
+    by SELECT_TAGS): KEEP, the consistency (CONSISTENCY, else NO_REBOOT's) and the scripts."""
+
+    keep: int
+    consistency: str
+    pre_script: str | None
+    post_script: str | None
+
+
+@dataclass(frozen=True)
+class CopyTarget:
+    """One COPY_TO_REGIONS entry."""
+
+    keep: int | None  # None: each server's own keep
+    kms_key_id: str | None
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """The checked settings, made once by validate_config; ec2_to_ami_config.py explains each."""
+
+    servers: tuple[ServerSpec, ...]  # SERVERS
+    select_tags: Mapping[str, str]
+    defaults: ServerDefaults  # KEEP, CONSISTENCY, NO_REBOOT, PRE_SCRIPT, POST_SCRIPT
+    schedule: str
+    pool: str
+    max_age_days: float | None
+    name_format: str
+    tags: Mapping[str, str]
+    copy_instance_tags: bool
+    wait: bool
+    wait_timeout_minutes: float
+    script_timeout_seconds: int
+    on_script_failure: str  # "fail" or "crash"
+    copy_to_regions: Mapping[str, CopyTarget]
+    share_with_accounts: tuple[str, ...]
+    deprecate_after_days: float | None
+    region: str | None
+    profile: str | None
+    role_arn: str | None
+    log_file: str | None
+
+
+def load_config(path: str) -> BackupConfig:
     """Read a config file and return its validated settings."""
     settings = read_settings(path)
     if settings.get("POOL") is None:
@@ -338,60 +385,93 @@ def default_pool(path: str) -> str:
     return POOL_BAD_CHARS.sub("-", stem)[:64] or "default"
 
 
-def validate_config(settings: dict[str, Any]) -> dict[str, Any]:
-    """Check every setting's name, type and range; return them merged with defaults."""
+def validate_config(settings: dict[str, Any]) -> BackupConfig:
+    """Check every setting's name, type and range; return them, with defaults, as a BackupConfig."""
     for name in settings:
         if name not in DEFAULTS:
             close = difflib.get_close_matches(name, DEFAULTS, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"unknown setting {name}{hint}")
-    config = {**DEFAULTS, **settings}
-    config["POOL"] = config["POOL"] or "default"
-    _check_optional_str(config, "REGION", REGION_RE, "a region such as eu-west-1")
-    _check_optional_str(config, "PROFILE")
-    _check_optional_str(config, "LOG_FILE")
-    _check_int(config, "KEEP", minimum=1)
-    _check_number(config, "WAIT_TIMEOUT_MINUTES", allow_none=False)
-    _check_number(config, "MAX_AGE_DAYS", allow_none=True)
+    settings = {**DEFAULTS, **settings}
+    settings["POOL"] = settings["POOL"] or "default"
+    _check_optional_str(settings, "REGION", REGION_RE, "a region such as eu-west-1")
+    _check_optional_str(settings, "PROFILE")
+    _check_optional_str(settings, "LOG_FILE")
+    _check_int(settings, "KEEP", minimum=1)
+    _check_number(settings, "WAIT_TIMEOUT_MINUTES", allow_none=False)
+    _check_number(settings, "MAX_AGE_DAYS", allow_none=True)
     for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT"):
-        _check_bool(config[name], name)
-    check_consistency_settings(config)
-    check_dr_settings(config)
-    if config["COPY_TO_REGIONS"] and not config["WAIT"]:
+        _check_bool(settings[name], name)
+    check_consistency_settings(settings)
+    check_dr_settings(settings)
+    if settings["COPY_TO_REGIONS"] and not settings["WAIT"]:
         raise ConfigError(
             "COPY_TO_REGIONS needs WAIT = True: only an available image can be copied"
         )
     for name in ("SCHEDULE", "POOL"):
-        if not isinstance(config[name], str) or not SCHEDULE_RE.match(config[name]):
+        if not isinstance(settings[name], str) or not SCHEDULE_RE.match(settings[name]):
             raise ConfigError(f"{name} must be 1-64 letters, digits, '.', '_' or '-'")
-    check_tags(config["TAGS"], "TAGS")
-    check_tag_room(config["TAGS"], "TAGS")
-    check_tags(config["SELECT_TAGS"], "SELECT_TAGS", allow_reserved=True)
-    config["SERVERS"] = check_servers(config)
-    check_name_format(config)
-    if not config["SERVERS"] and not config["SELECT_TAGS"]:
+    check_tags(settings["TAGS"], "TAGS")
+    check_tag_room(settings["TAGS"], "TAGS")
+    check_tags(settings["SELECT_TAGS"], "SELECT_TAGS", allow_reserved=True)
+    defaults = ServerDefaults(
+        settings["KEEP"],
+        settings["CONSISTENCY"] or ("crash" if settings["NO_REBOOT"] else "reboot"),
+        settings["PRE_SCRIPT"],
+        settings["POST_SCRIPT"],
+    )
+    servers = check_servers(settings["SERVERS"], defaults, settings["TAGS"])
+    check_name_format(settings["NAME_FORMAT"], settings["SCHEDULE"], servers)
+    if not servers and not settings["SELECT_TAGS"]:
         raise ConfigError("SERVERS and SELECT_TAGS are both empty: nothing to back up")
-    return config
+    copies = {
+        region: CopyTarget(options.get("keep"), options.get("kms_key_id"))
+        for region, options in settings["COPY_TO_REGIONS"].items()
+    }
+    return BackupConfig(
+        servers=tuple(servers),
+        select_tags=MappingProxyType(dict(settings["SELECT_TAGS"])),
+        defaults=defaults,
+        schedule=settings["SCHEDULE"],
+        pool=settings["POOL"],
+        max_age_days=settings["MAX_AGE_DAYS"],
+        name_format=settings["NAME_FORMAT"],
+        tags=MappingProxyType(dict(settings["TAGS"])),
+        copy_instance_tags=settings["COPY_INSTANCE_TAGS"],
+        wait=settings["WAIT"],
+        wait_timeout_minutes=settings["WAIT_TIMEOUT_MINUTES"],
+        script_timeout_seconds=settings["SCRIPT_TIMEOUT_SECONDS"],
+        on_script_failure=settings["ON_SCRIPT_FAILURE"],
+        copy_to_regions=MappingProxyType(copies),
+        share_with_accounts=tuple(settings["SHARE_WITH_ACCOUNTS"]),
+        deprecate_after_days=settings["DEPRECATE_AFTER_DAYS"],
+        region=settings["REGION"],
+        profile=settings["PROFILE"],
+        role_arn=settings["ROLE_ARN"],
+        log_file=settings["LOG_FILE"],
+    )
 
 
-def check_consistency_settings(config: dict) -> None:
+def check_consistency_settings(settings: dict) -> None:
     """CONSISTENCY, the scripts, their timeout and ON_SCRIPT_FAILURE."""
-    if config["CONSISTENCY"] not in (None, *CONSISTENCY_MODES):
+    if settings["CONSISTENCY"] not in (None, *CONSISTENCY_MODES):
         raise ConfigError(f"CONSISTENCY must be None or one of {', '.join(CONSISTENCY_MODES)}")
-    _check_optional_str(config, "PRE_SCRIPT")
-    _check_optional_str(config, "POST_SCRIPT")
-    _check_int(config, "SCRIPT_TIMEOUT_SECONDS", minimum=SCRIPT_TIMEOUT_MIN)
-    if config["ON_SCRIPT_FAILURE"] not in ("fail", "crash"):
+    _check_optional_str(settings, "PRE_SCRIPT")
+    _check_optional_str(settings, "POST_SCRIPT")
+    _check_int(settings, "SCRIPT_TIMEOUT_SECONDS", minimum=SCRIPT_TIMEOUT_MIN)
+    if settings["ON_SCRIPT_FAILURE"] not in ("fail", "crash"):
         raise ConfigError("ON_SCRIPT_FAILURE must be 'fail' or 'crash'")
-    if config["CONSISTENCY"] == "scripts" and not (config["PRE_SCRIPT"] or config["POST_SCRIPT"]):
+    if settings["CONSISTENCY"] == "scripts" and not (
+        settings["PRE_SCRIPT"] or settings["POST_SCRIPT"]
+    ):
         raise ConfigError("CONSISTENCY 'scripts' needs PRE_SCRIPT or POST_SCRIPT")
 
 
-def check_dr_settings(config: dict) -> None:
+def check_dr_settings(settings: dict) -> None:
     """COPY_TO_REGIONS, SHARE_WITH_ACCOUNTS, DEPRECATE_AFTER_DAYS and ROLE_ARN."""
-    _check_optional_str(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
-    _check_number(config, "DEPRECATE_AFTER_DAYS", allow_none=True)
-    accounts = config["SHARE_WITH_ACCOUNTS"]
+    _check_optional_str(settings, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
+    _check_number(settings, "DEPRECATE_AFTER_DAYS", allow_none=True)
+    accounts = settings["SHARE_WITH_ACCOUNTS"]
     if not isinstance(accounts, (list, tuple)):
         raise ConfigError(
             f"SHARE_WITH_ACCOUNTS must be a list of 12-digit account ids, not {accounts!r}"
@@ -405,14 +485,14 @@ def check_dr_settings(config: dict) -> None:
         raise ConfigError(
             f"SHARE_WITH_ACCOUNTS must list at most {SHARE_ACCOUNTS_MAX} accounts, each once"
         )
-    regions = config["COPY_TO_REGIONS"]
+    regions = settings["COPY_TO_REGIONS"]
     if not isinstance(regions, dict):
         raise ConfigError(f"COPY_TO_REGIONS must be a dict of region to options, not {regions!r}")
     for region, options in regions.items():
         where = f"COPY_TO_REGIONS[{region!r}]"
         if not isinstance(region, str) or not REGION_RE.match(region):
             raise ConfigError(f"COPY_TO_REGIONS: {region!r} is not a region such as us-west-2")
-        if region == config["REGION"]:
+        if region == settings["REGION"]:
             raise ConfigError(f"{where}: that is REGION itself; copies go to other regions")
         if not isinstance(options, dict):
             raise ConfigError(f"{where} must be a dict such as {{'keep': 7, 'kms_key_id': None}}")
@@ -426,9 +506,9 @@ def check_dr_settings(config: dict) -> None:
         _check_optional_str({name: options.get("kms_key_id")}, name, example="a KMS key id or ARN")
 
 
-def _check_optional_str(config: dict, name: str, pattern=None, example: str = "") -> None:
+def _check_optional_str(settings: dict, name: str, pattern=None, example: str = "") -> None:
     """A setting that is None or a non-empty string (matching pattern, if given)."""
-    value = config[name]
+    value = settings[name]
     if value is None:
         return
     if not isinstance(value, str) or not value or (pattern and not pattern.match(value)):
@@ -442,18 +522,18 @@ def _check_bool(value: Any, name: str) -> None:
         raise ConfigError(f"{name} must be True or False, not {value!r}")
 
 
-def _check_int(config: dict, name: str, minimum: int, limit: str | None = None) -> None:
+def _check_int(settings: dict, name: str, minimum: int, limit: str | None = None) -> None:
     """A whole-number setting from minimum to its NUMBER_LIMITS maximum."""
-    value, maximum = config[name], NUMBER_LIMITS[limit or name]
+    value, maximum = settings[name], NUMBER_LIMITS[limit or name]
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ConfigError(
             f"{name} must be a whole number from {minimum} to {maximum}, not {value!r}"
         )
 
 
-def _check_number(config: dict, name: str, allow_none: bool) -> None:
+def _check_number(settings: dict, name: str, allow_none: bool) -> None:
     """A finite number setting above 0 and at most its NUMBER_LIMITS maximum, optionally None."""
-    value, maximum = config[name], NUMBER_LIMITS[name]
+    value, maximum = settings[name], NUMBER_LIMITS[name]
     if value is None and allow_none:
         return
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -477,9 +557,8 @@ def check_tags(tags: Any, name: str, allow_reserved: bool = False) -> None:
             raise ConfigError(f"{name}: tag key {key!r} uses a reserved prefix")
 
 
-def check_servers(config: dict) -> list[ServerSpec]:
+def check_servers(servers: Any, defaults: ServerDefaults, tags: dict) -> list[ServerSpec]:
     """Validate SERVERS and turn each entry into a ServerSpec."""
-    servers = config["SERVERS"]
     if not isinstance(servers, (list, tuple)):
         raise ConfigError(f"SERVERS must be a list of dicts, not {servers!r}")
     specs: list[ServerSpec] = []
@@ -493,12 +572,12 @@ def check_servers(config: dict) -> list[ServerSpec]:
             close = difflib.get_close_matches(key, SERVER_KEYS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
-        specs.append(_server_spec(entry, where, config))
+        specs.append(_server_spec(entry, where, defaults, tags))
     _check_unique(specs)
     return specs
 
 
-def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
+def _server_spec(entry: dict, where: str, defaults: ServerDefaults, tags: dict) -> ServerSpec:
     """Check one SERVERS entry and build its ServerSpec."""
     name, instance_id = entry.get("name"), entry.get("instance_id")
     if not isinstance(name, str) or not name.strip():
@@ -508,42 +587,45 @@ def _server_spec(entry: dict, where: str, config: dict) -> ServerSpec:
             f"{where} ({name}): 'instance_id' {instance_id!r} is not an instance id "
             "(i- and 8 or 17 hex digits)"
         )
-    keep = entry.get("keep", config["KEEP"])
+    keep = entry.get("keep", defaults.keep)
     _check_int({f"{where}['keep']": keep}, f"{where}['keep']", 1, "KEEP")
     if "no_reboot" in entry:
         _check_bool(entry["no_reboot"], f"{where}['no_reboot']")
-    tags = entry.get("tags", {})
-    check_tags(tags, f"{where}['tags']")
-    check_tag_room({**config["TAGS"], **tags}, f"TAGS plus {where}['tags']")
-    spec = ServerSpec(name, instance_id, keep, dict(tags))
-    return with_consistency(spec, entry, config, where)
+    own = entry.get("tags", {})
+    check_tags(own, f"{where}['tags']")
+    check_tag_room({**tags, **own}, f"TAGS plus {where}['tags']")
+    spec = ServerSpec(name, instance_id, keep, MappingProxyType(dict(own)))
+    return with_consistency(spec, entry, defaults, where)
 
 
-def with_consistency(spec: ServerSpec, entry: dict, config: dict, where: str) -> ServerSpec:
-    """Resolve a server's consistency: its own setting, its no_reboot, then the global ones."""
+def with_consistency(
+    spec: ServerSpec, entry: dict, defaults: ServerDefaults, where: str
+) -> ServerSpec:
+    """Resolve a server's consistency: its own setting, its no_reboot, then the defaults."""
     mode = entry.get("consistency")
     if mode is None and "no_reboot" in entry:
         mode = "crash" if entry["no_reboot"] else "reboot"
-    spec.consistency = (
-        mode or config["CONSISTENCY"] or ("crash" if config["NO_REBOOT"] else "reboot")
-    )
-    if spec.consistency not in CONSISTENCY_MODES:
+    consistency = mode or defaults.consistency
+    if consistency not in CONSISTENCY_MODES:
         raise ConfigError(f"{where}['consistency'] must be one of {', '.join(CONSISTENCY_MODES)}")
-    spec.pre_script = entry.get("pre_script", config["PRE_SCRIPT"])
-    spec.post_script = entry.get("post_script", config["POST_SCRIPT"])
-    spec.platform = entry.get("platform")
-    for key, value in (("pre_script", spec.pre_script), ("post_script", spec.post_script)):
+    pre_script = entry.get("pre_script", defaults.pre_script)
+    post_script = entry.get("post_script", defaults.post_script)
+    platform = entry.get("platform")
+    for key, value in (("pre_script", pre_script), ("post_script", post_script)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigError(f"{where}['{key}'] (or {key.upper()}) must be None or a command")
-    if spec.platform not in (None, *PLATFORMS):
+    if platform not in (None, *PLATFORMS):
         raise ConfigError(f"{where}['platform'] must be None, 'windows' or 'linux'")
-    if spec.consistency == "scripts" and not (spec.pre_script or spec.post_script):
+    if consistency == "scripts" and not (pre_script or post_script):
         raise ConfigError(
             f"{where} ({spec.name}): consistency 'scripts' needs PRE_SCRIPT or POST_SCRIPT"
         )
-    if spec.consistency == "vss" and spec.platform == "linux":
+    if consistency == "vss" and platform == "linux":
         raise ConfigError(f"{where} ({spec.name}): consistency 'vss' is for Windows; this is linux")
-    return spec
+    return replace(
+        spec, consistency=consistency, pre_script=pre_script, post_script=post_script,
+        platform=platform,
+    )  # fmt: skip
 
 
 def check_tag_room(tags: dict, what: str) -> None:
@@ -564,9 +646,8 @@ def _check_unique(specs: list[ServerSpec]) -> None:
             seen.add(value)
 
 
-def check_name_format(config: dict) -> None:
+def check_name_format(fmt: Any, schedule: str, specs: list[ServerSpec]) -> None:
     """NAME_FORMAT names each server's backups apart, at least a minute apart, validly."""
-    fmt = config["NAME_FORMAT"]
     if not isinstance(fmt, str):
         raise ConfigError(f"NAME_FORMAT must be a string, not {fmt!r}")
     try:
@@ -585,8 +666,8 @@ def check_name_format(config: dict) -> None:
     sample = ServerSpec("server", "i-0123456789abcdef0", 1)
     when = datetime(2026, 1, 2, 3, 4, 5)
     try:
-        first = render_name(fmt, sample, config["SCHEDULE"], when)
-        later = render_name(fmt, sample, config["SCHEDULE"], when + timedelta(minutes=1))
+        first = render_name(fmt, sample, schedule, when)
+        later = render_name(fmt, sample, schedule, when + timedelta(minutes=1))
     except (ValueError, KeyError, IndexError) as err:
         raise ConfigError(f"NAME_FORMAT does not render: {err}") from None
     if first == later:
@@ -594,7 +675,7 @@ def check_name_format(config: dict) -> None:
             f"NAME_FORMAT gives runs a minute apart the same name ({first!r}): "
             "its {time} needs at least minutes, e.g. {time:%Y%m%d-%H%M}"
         )
-    check_server_names(fmt, config["SCHEDULE"], config["SERVERS"] or [sample], when)
+    check_server_names(fmt, schedule, specs or [sample], when)
 
 
 def check_server_names(fmt: str, schedule: str, specs: list[ServerSpec], when: datetime) -> None:
@@ -696,8 +777,11 @@ class ServerPlan:
 
     server: Server
     name: str  # the new image's AMI name
+    tags: list[dict[str, str]]  # set at creation on the image and its snapshots
+    dropped_tags: list[str]  # instance tag keys left out by EC2's 50-tag limit
     prunes: list[tuple[Image, str]]  # deregistered once the new image is verified
     copy_prunes: dict[str, list[tuple[Image, str]]]  # per region, once the new copy is
+    deprecate_at: datetime | None  # DEPRECATE_AFTER_DAYS after the run starts
 
     @property
     def spec(self) -> ServerSpec:
@@ -712,35 +796,57 @@ class BackupPlan:
     servers: list[ServerPlan]
     failures: list[Outcome]  # servers that fail before anything is made
     prune: bool  # False with --no-prune: nothing is deregistered or swept
+    run_id: str  # TAG_RUN on every image the run makes
+    share_with: frozenset[str]  # each new image and copy is shared with exactly these
+    deprecate_after_days: float | None
 
 
 def plan_backup(
-    config: dict, servers: list[Server], failures: list[Outcome], natives: list[Image],
+    config: BackupConfig, servers: list[Server], failures: list[Outcome], natives: list[Image],
     regions: list[Region], copies: dict[str, list[Image]], now: datetime, prune: bool,
+    run_id: str,
 ) -> BackupPlan:  # fmt: skip
-    """Plan each server's new image, and what retention removes once it (and each copy)
-    stands, here and in each COPY_TO_REGIONS region. Pure: no AWS call."""
+    """Plan each server's new image (name, tags, deprecation), and what retention removes
+    once it (and each copy) stands, here and in each COPY_TO_REGIONS region. Pure: no AWS
+    call."""
+    days = config.deprecate_after_days
     plans = []
     for server in servers:
         spec = server.spec
-        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        name = render_name(config.name_format, spec, config.schedule, now)
+        tags, dropped = planned_tags(server, config, now, run_id)
         prunes = prunes_after(natives, name, spec.keep, config, now, spec) if prune else []
         copy_prunes = {
             r.name: prunes_after(copies[r.name], name, r.keep or spec.keep, config, now, spec)
             if prune else []
             for r in regions
         }  # fmt: skip
-        plans.append(ServerPlan(server, name, prunes, copy_prunes))
-    return BackupPlan(plans, failures, prune)
+        deprecate_at = now + timedelta(days=days) if days else None
+        plans.append(ServerPlan(server, name, tags, dropped, prunes, copy_prunes, deprecate_at))
+    accounts = frozenset(config.share_with_accounts)
+    return BackupPlan(plans, failures, prune, run_id, accounts, days)
+
+
+def planned_tags(
+    server: Server, config: BackupConfig, now: datetime, run_id: str
+) -> tuple[list[dict[str, str]], list[str]]:
+    """A new image's tags, and the instance tags that do not fit. Room is left for what
+    copies and sharing add, and for the VSS document's own tags."""
+    spec = server.spec
+    fixed = contract_tags(spec, config, now, run_id, server.instance, server.eip)
+    copied = instance_tags(server.instance) if config.copy_instance_tags else []
+    room = 2 * bool(config.copy_to_regions) + bool(config.share_with_accounts)
+    room += VSS_TAG_ROOM if spec.consistency == "vss" else 0
+    return backup_tags(fixed, {**config.tags, **spec.tags}, copied, limit=MAX_TAGS - room)
 
 
 def prunes_after(
-    images: list[Image], name: str, keep: int, config: dict, now: datetime, spec: ServerSpec
+    images: list[Image], name: str, keep: int, config: BackupConfig, now: datetime, spec: ServerSpec
 ) -> list[tuple[Image, str]]:
     """What retention removes of a server's existing images once a new one is available."""
     mine = [i for i in images if i.server == spec.name]
-    assumed = Image("(new)", name, AVAILABLE, now, spec.name, config["SCHEDULE"])
-    doomed = plan_prune([*mine, assumed], keep, config["MAX_AGE_DAYS"], now)
+    assumed = Image("(new)", name, AVAILABLE, now, spec.name, config.schedule)
+    doomed = plan_prune([*mine, assumed], keep, config.max_age_days, now)
     return [(image, reason) for image, reason in doomed if image is not assumed]
 
 
@@ -754,14 +860,14 @@ def split_value(key: str, value: str) -> list[tuple[str, str]]:
 
 
 def identity_tags(
-    server: ServerSpec, config: dict, created: datetime, run_id: str
+    server: ServerSpec, config: BackupConfig, created: datetime, run_id: str
 ) -> list[tuple[str, str]]:
     """The tags that say which backup an image is: the tool, pool, server and run."""
     return [
         (TAG_MANAGED, TOOL),
         (TAG_SERVER, server.name),
-        (TAG_SCHEDULE, config["SCHEDULE"]),
-        (TAG_POOL, config["POOL"]),
+        (TAG_SCHEDULE, config.schedule),
+        (TAG_POOL, config.pool),
         (TAG_INSTANCE_ID, server.instance_id),
         (TAG_CREATED, stamp(created)),
         (TAG_RUN, run_id),
@@ -769,7 +875,7 @@ def identity_tags(
 
 
 def contract_tags(
-    server: ServerSpec, config: dict, created: datetime, run_id: str, instance: dict,
+    server: ServerSpec, config: BackupConfig, created: datetime, run_id: str, instance: dict,
     eip: str | None,
 ) -> list[tuple[str, str]]:  # fmt: skip
     """The tool's own tags for one backup: identity plus launch configuration."""
@@ -840,11 +946,6 @@ def backup_tags(
 # --- AWS access -------------------------------------------------------------------
 
 
-def dr_tag_room(config: dict) -> int:
-    """Tags to leave free for a copy's source tags and the shared-with tag."""
-    return 2 * bool(config["COPY_TO_REGIONS"]) + bool(config["SHARE_WITH_ACCOUNTS"])
-
-
 class Clients:
     """The AWS clients a run uses: EC2 and SSM in REGION, and EC2 and KMS in other regions.
 
@@ -876,14 +977,14 @@ class Clients:
             return self._made[key]
 
 
-def make_clients(config: dict) -> Clients:
+def make_clients(config: BackupConfig) -> Clients:
     """Build the run's clients: region, profile, ROLE_ARN and botocore's standard retries."""
-    session, client_config = base_session(config["PROFILE"], config["REGION"])
-    if session.region_name in config["COPY_TO_REGIONS"]:
+    session, client_config = base_session(config.profile, config.region)
+    if session.region_name in config.copy_to_regions:
         raise ConfigError(f"COPY_TO_REGIONS lists {session.region_name}, the region backed up")
-    if config["ROLE_ARN"]:
-        name = session_name("backup", config["SCHEDULE"])
-        session = assume_role(session, config["ROLE_ARN"], name, client_config)
+    if config.role_arn:
+        name = session_name("backup", config.schedule)
+        session = assume_role(session, config.role_arn, name, client_config)
     return Clients(session, client_config)
 
 
@@ -1063,10 +1164,10 @@ def describe_instances(ec2: Any, filters: list[dict]) -> list[dict]:
 
 
 def discover(
-    ec2: Any, config: dict, only: list[str], now: datetime
+    ec2: Any, config: BackupConfig, only: list[str], now: datetime
 ) -> tuple[list[Server], list[Outcome]]:
     """Resolve SERVERS and SELECT_TAGS to instances; return servers and early failures."""
-    specs = [s for s in config["SERVERS"] if not only or s.name in only]
+    specs = [s for s in config.servers if not only or s.name in only]
     failures: list[Outcome] = []
     found: dict[str, dict] = {}
     ids = [s.instance_id for s in specs]
@@ -1082,17 +1183,17 @@ def discover(
         else:
             reason = f"instance is {state}" if state else "instance not found"
             failures.append(Outcome(spec.name, spec.instance_id, error=reason))
-    servers += select_by_tags(ec2, config, set(ids) | {s.instance_id for s in config["SERVERS"]})
+    servers += select_by_tags(ec2, config, set(ids) | {s.instance_id for s in config.servers})
     servers = [s for s in servers if not only or s.spec.name in only]
     servers, failures = split_name_clashes(servers, failures)
     return split_bad_image_names(servers, failures, config, now)
 
 
-def select_by_tags(ec2: Any, config: dict, listed: set[str]) -> list[Server]:
+def select_by_tags(ec2: Any, config: BackupConfig, listed: set[str]) -> list[Server]:
     """Every live instance carrying all SELECT_TAGS that SERVERS does not list."""
-    if not config["SELECT_TAGS"]:
+    if not config.select_tags:
         return []
-    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in config["SELECT_TAGS"].items()]
+    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in config.select_tags.items()]
     filters.append({"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES})
     servers = []
     for instance in describe_instances(ec2, filters):
@@ -1100,8 +1201,8 @@ def select_by_tags(ec2: Any, config: dict, listed: set[str]) -> list[Server]:
             continue
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         name = tags.get("Name") or instance["InstanceId"]
-        spec = ServerSpec(name, instance["InstanceId"], config["KEEP"])
-        spec = with_consistency(spec, {}, config, "SELECT_TAGS")
+        spec = ServerSpec(name, instance["InstanceId"], config.defaults.keep)
+        spec = with_consistency(spec, {}, config.defaults, "SELECT_TAGS")
         servers.append(Server(spec, instance))
     return servers
 
@@ -1127,17 +1228,17 @@ def split_name_clashes(
 
 
 def split_bad_image_names(
-    servers: list[Server], failures: list[Outcome], config: dict, now: datetime
+    servers: list[Server], failures: list[Outcome], config: BackupConfig, now: datetime
 ) -> tuple[list[Server], list[Outcome]]:
     """Fail servers found by tag whose AMI name is invalid or the same as another's."""
     by_name: dict[str, list[Server]] = {}
     for server in servers:
         spec = server.spec
-        problem = name_problem(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        problem = name_problem(config.name_format, spec, config.schedule, now)
         if problem:
             failures.append(Outcome(spec.name, spec.instance_id, error=f"NAME_FORMAT: {problem}"))
             continue
-        name = render_name(config["NAME_FORMAT"], spec, config["SCHEDULE"], now)
+        name = render_name(config.name_format, spec, config.schedule, now)
         by_name.setdefault(name, []).append(server)
     clean: list[Server] = []
     for name, group in by_name.items():
@@ -1207,22 +1308,15 @@ def managed_images(ec2: Any, schedule: str | None) -> list[Image]:
 
 
 def create_backup(
-    ec2: Any, planned: ServerPlan, config: dict, now: datetime, out: Outcome, no_reboot: bool = True
+    ec2: Any, planned: ServerPlan, config: BackupConfig, out: Outcome, no_reboot: bool = True
 ) -> None:
-    """Start CreateImage for one server, named as planned, with every tag set at creation."""
-    server, spec, name = planned.server, planned.spec, planned.name
-    fixed = contract_tags(spec, config, now, out.run_id, server.instance, server.eip)
-    copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
-    tags, dropped = backup_tags(
-        fixed, {**config["TAGS"], **spec.tags}, copied, limit=MAX_TAGS - dr_tag_room(config)
-    )
-    if dropped:
-        out.warn(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
+    """Start CreateImage for one server, named and tagged as planned: tags at creation."""
+    spec, name, tags = planned.spec, planned.name, planned.tags
     try:
         response = ec2.create_image(
             InstanceId=spec.instance_id,
             Name=name,
-            Description=f"{TOOL} {config['SCHEDULE']} backup of {spec.name} ({spec.instance_id})",
+            Description=f"{TOOL} {config.schedule} backup of {spec.name} ({spec.instance_id})",
             NoReboot=no_reboot,
             TagSpecifications=[
                 {"ResourceType": "image", "Tags": tags},
@@ -1301,7 +1395,7 @@ class PollSchedule:
 
 
 def follow_up(
-    ec2: Any, created: queue.Queue, config: dict, settle: Any, pending_ok: bool = False
+    ec2: Any, created: queue.Queue, config: BackupConfig, settle: Any, pending_ok: bool = False
 ) -> None:
     """Verify each new image as it is created, with few polls, and settle each server once.
 
@@ -1320,8 +1414,8 @@ def follow_up(
             out = None
         if out is ALL_CREATED:
             schedule.created_all()
-            deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
-        elif out is not None and out.image_id and not out.error and config["WAIT"]:
+            deadline = time.monotonic() + config.wait_timeout_minutes * 60
+        elif out is not None and out.image_id and not out.error and config.wait:
             waiting[out.image_id] = out
         elif out is not None:
             settle(out)
@@ -1329,7 +1423,7 @@ def follow_up(
             schedule.polled()
             poll_once(ec2, waiting, settle)
         if deadline is not None and waiting and time.monotonic() >= deadline:
-            time_out(waiting, config["WAIT_TIMEOUT_MINUTES"], settle, pending_ok)
+            time_out(waiting, config.wait_timeout_minutes, settle, pending_ok)
 
 
 def time_out(waiting: dict[str, Outcome], minutes: float, settle: Any, pending_ok: bool) -> None:
@@ -1511,7 +1605,7 @@ SNAPSHOT_PENDING = "pending"
 
 def sweep_snapshots(
     ec2: Any,
-    config: dict,
+    config: BackupConfig,
     instance_of: dict[str, str],
     started: datetime,
     source_region: str | None = None,
@@ -1546,7 +1640,7 @@ def sweep_snapshots(
 
 def find_orphans(
     ec2: Any,
-    config: dict,
+    config: BackupConfig,
     instance_of: dict[str, str],
     started: datetime,
     source_region: str | None,
@@ -1554,7 +1648,7 @@ def find_orphans(
     """This pool's snapshots, made before this run, that no image of the account uses."""
     filters = [
         {"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]},
-        {"Name": f"tag:{TAG_SCHEDULE}", "Values": [config["SCHEDULE"]]},
+        {"Name": f"tag:{TAG_SCHEDULE}", "Values": [config.schedule]},
     ]
     candidates = [
         s["SnapshotId"]
@@ -1563,7 +1657,7 @@ def find_orphans(
         )
         if s.get("State") != SNAPSHOT_PENDING
         and s["StartTime"] < started
-        and snapshot_in_pool(s, config["POOL"], instance_of, source_region)
+        and snapshot_in_pool(s, config.pool, instance_of, source_region)
     ]
     return sorted(set(candidates) - snapshots_in_use(ec2, candidates))
 
@@ -1613,16 +1707,16 @@ class Region:
     kms_key_id: str | None
 
 
-def destination_regions(clients: Clients, config: dict) -> list[Region]:
+def destination_regions(clients: Clients, config: BackupConfig) -> list[Region]:
     """COPY_TO_REGIONS with a paced EC2 client for each region."""
     return [
-        Region(name, clients.client("ec2", name), options.get("keep"), options.get("kms_key_id"))
-        for name, options in config["COPY_TO_REGIONS"].items()
+        Region(name, clients.client("ec2", name), target.keep, target.kms_key_id)
+        for name, target in config.copy_to_regions.items()
     ]
 
 
 def copies_in(
-    region: Region, config: dict, source_region: str, instance_of: dict[str, str] | None
+    region: Region, config: BackupConfig, source_region: str, instance_of: dict[str, str] | None
 ) -> list[Image]:
     """The copies this tool made in a region of this source region's backups (in this pool).
 
@@ -1631,8 +1725,8 @@ def copies_in(
     if instance_of is None:
         images = managed_images(region.ec2, None)
     else:
-        images = [i for i in managed_images(region.ec2, config["SCHEDULE"])
-                  if in_pool(i, config["POOL"], instance_of)]  # fmt: skip
+        images = [i for i in managed_images(region.ec2, config.schedule)
+                  if in_pool(i, config.pool, instance_of)]  # fmt: skip
     return [i for i in images if i.source_region == source_region]
 
 
@@ -1704,7 +1798,7 @@ class Replication:
     A copy that fails leaves that region's copies of that server unpruned.
     """
 
-    def __init__(self, clients: Clients, regions: list[Region], config: dict,
+    def __init__(self, clients: Clients, regions: list[Region], config: BackupConfig,
                  existing: dict[str, list[Image]], plan: BackupPlan) -> None:  # fmt: skip
         self.copies: list[Outcome] = []
         self.errors: list[str] = []
@@ -1712,7 +1806,7 @@ class Replication:
         for region in regions:
             inbox: queue.Queue = queue.Queue()
             created: queue.Queue = queue.Queue()
-            finisher = Finisher(clients, region.name, config)
+            finisher = Finisher(clients, region.name, plan)
             planned = {p.spec.name: p.copy_prunes[region.name] for p in plan.servers}
             care = Housekeeping(region.ec2, finisher, existing[region.name], planned, plan.prune)
             worker = HousekeepingThread(care)
@@ -1725,7 +1819,7 @@ class Replication:
             self.lanes.append((inbox, follower, worker))
 
     def _follow(
-        self, region: Region, created: queue.Queue, config: dict, worker: HousekeepingThread
+        self, region: Region, created: queue.Queue, config: BackupConfig, worker: HousekeepingThread
     ) -> None:
         try:
             follow_up(region.ec2, created, config, worker.submit, pending_ok=True)
@@ -1759,11 +1853,11 @@ class Finisher:
     changes: accounts added are granted, accounts removed are revoked.
     """
 
-    def __init__(self, clients: Clients, region: str | None, config: dict) -> None:
+    def __init__(self, clients: Clients, region: str | None, plan: BackupPlan) -> None:
         self.clients, self.region = clients, region
         self.ec2 = clients.client("ec2", region)
-        self.accounts = set(config["SHARE_WITH_ACCOUNTS"])
-        self.days = config["DEPRECATE_AFTER_DAYS"]
+        self.accounts = set(plan.share_with)
+        self.days = plan.deprecate_after_days
         self.key_managers: dict[str, str] = {}
 
     def finish(self, images: list[Image], out: Outcome) -> None:
@@ -1870,7 +1964,7 @@ VSS_TAG_ROOM = 3  # the VSS document adds AppConsistent and AwsVssConfig (Device
 
 
 def back_up(
-    clients: Clients, planned: ServerPlan, config: dict, now: datetime, out: Outcome
+    clients: Clients, planned: ServerPlan, config: BackupConfig, now: datetime, out: Outcome
 ) -> None:
     """Make one server's planned image the way its consistency asks."""
     mode = planned.spec.consistency
@@ -1879,7 +1973,7 @@ def back_up(
     elif mode == "vss":
         backup_with_vss(clients, planned, config, now, out)
     else:
-        create_backup(clients.ec2, planned, config, now, out, no_reboot=mode == "crash")
+        create_backup(clients.ec2, planned, config, out, no_reboot=mode == "crash")
 
 
 def platform_of(server: Server) -> str:
@@ -1950,10 +2044,10 @@ def wait_command(ssm: Any, command_id: str, instance_id: str, timeout: int) -> s
 
 
 def backup_with_scripts(
-    clients: Clients, planned: ServerPlan, config: dict, now: datetime, out: Outcome
+    clients: Clients, planned: ServerPlan, config: BackupConfig, now: datetime, out: Outcome
 ) -> None:
     """Pre-script, then a no-reboot image, then the post-script, which runs whatever happened."""
-    server, spec, timeout = planned.server, planned.spec, config["SCRIPT_TIMEOUT_SECONDS"]
+    server, spec, timeout = planned.server, planned.spec, config.script_timeout_seconds
     pre_sent = False
     try:
         if spec.pre_script:
@@ -1963,15 +2057,15 @@ def backup_with_scripts(
             failure = f"pre-script command {command_id} {status}"
             if status != SSM_SUCCESS and not script_failed(out, failure, config):
                 return
-        create_backup(clients.ec2, planned, config, now, out, no_reboot=True)
+        create_backup(clients.ec2, planned, config, out, no_reboot=True)
     finally:
         if spec.post_script and (pre_sent or not spec.pre_script):
             out.post_command = send_script(clients.ssm, server, spec.post_script, timeout)
 
 
-def script_failed(out: Outcome, message: str, config: dict) -> bool:
+def script_failed(out: Outcome, message: str, config: BackupConfig) -> bool:
     """Record a failed script; return whether to go on with a crash-consistent image."""
-    if config["ON_SCRIPT_FAILURE"] == "crash":
+    if config.on_script_failure == "crash":
         out.warn(f"{message}; made a crash-consistent image instead")
         return True
     out.fail(message)
@@ -1979,10 +2073,10 @@ def script_failed(out: Outcome, message: str, config: dict) -> bool:
 
 
 def backup_with_vss(
-    clients: Clients, planned: ServerPlan, config: dict, now: datetime, out: Outcome
+    clients: Clients, planned: ServerPlan, config: BackupConfig, now: datetime, out: Outcome
 ) -> None:
     """AWSEC2-CreateVssSnapshot makes the image; then the rest of the tool's tags go on it."""
-    server, spec, timeout = planned.server, planned.spec, config["SCRIPT_TIMEOUT_SECONDS"]
+    server, spec, timeout = planned.server, planned.spec, config.script_timeout_seconds
     if platform_of(server) != "windows":
         out.fail("consistency 'vss' needs a Windows instance; this one is linux")
         return
@@ -1993,45 +2087,38 @@ def backup_with_vss(
         return
     parameters = {
         "CreateAmi": ["True"], "AmiName": [name], "executionTimeout": [str(timeout)],
-        "description": [f"{TOOL} {config['SCHEDULE']} VSS backup of {spec.name}"],
+        "description": [f"{TOOL} {config.schedule} VSS backup of {spec.name}"],
         "tags": [";".join(f"Key={k},Value={v}" for k, v in identity)],
     }  # fmt: skip
     command_id = send(clients.ssm, spec.instance_id, DOC_VSS, parameters, timeout)
     status = wait_command(clients.ssm, command_id, spec.instance_id, timeout)
     if status != SSM_SUCCESS:
         if script_failed(out, f"VSS command {command_id} {status}", config):
-            create_backup(clients.ec2, planned, config, now, out, no_reboot=True)
+            create_backup(clients.ec2, planned, config, out, no_reboot=True)
         return
-    tag_vss_image(clients.ec2, server, config, now, name, out)
+    tag_vss_image(clients.ec2, planned, out)
 
 
-def tag_vss_image(
-    ec2: Any, server: Server, config: dict, now: datetime, name: str, out: Outcome
-) -> None:
-    """Find the image the VSS document made and give it and its snapshots the tool's tags."""
+def tag_vss_image(ec2: Any, planned: ServerPlan, out: Outcome) -> None:
+    """Find the image the VSS document made and give it and its snapshots the planned tags."""
+    name = planned.name
     found = list(paginate(ec2, "describe_images", "Images", Owners=["self"],
                           Filters=[{"Name": "name", "Values": [name]}]))  # fmt: skip
     if not found:
         out.fail(f"the VSS command succeeded, but no image named {name} exists")
         return
     image = to_image(found[0])
-    fixed = contract_tags(server.spec, config, now, out.run_id, server.instance, server.eip)
-    copied = instance_tags(server.instance) if config["COPY_INSTANCE_TAGS"] else []
-    extra = {**config["TAGS"], **server.spec.tags}
-    tags, dropped = backup_tags(
-        fixed, extra, copied, limit=MAX_TAGS - VSS_TAG_ROOM - dr_tag_room(config)
-    )
-    if dropped:
-        out.warn(f"50-tag limit: instance tags not copied: {', '.join(dropped)}")
-    ec2.create_tags(Resources=[image.image_id, *image.snapshot_ids], Tags=tags)
+    ec2.create_tags(Resources=[image.image_id, *image.snapshot_ids], Tags=planned.tags)
     out.made(image.image_id)
 
 
-def check_post_scripts(ssm: Any, outcomes: list[Outcome], config: dict, since: datetime) -> None:
+def check_post_scripts(
+    ssm: Any, outcomes: list[Outcome], config: BackupConfig, since: datetime
+) -> None:
     """Wait for every post-script at once, with one ListCommands a poll; record failures."""
     invoked_after = [{"key": "InvokedAfter", "value": since.strftime("%Y-%m-%dT%H:%M:%SZ")}]
     pending = {o.post_command: o for o in outcomes if o.post_command}
-    deadline, delay = time.monotonic() + config["SCRIPT_TIMEOUT_SECONDS"] + POLL_MAX_SECONDS, 0.5
+    deadline, delay = time.monotonic() + config.script_timeout_seconds + POLL_MAX_SECONDS, 0.5
     while pending and time.monotonic() < deadline:
         for command in paginate(ssm, "list_commands", "Commands", Filters=invoked_after):
             out = pending.get(command["CommandId"])
@@ -2067,7 +2154,7 @@ def sweep_places(clients: Clients, regions: list[Region]) -> list[tuple[Any, str
 def sweep_all(
     clients: Clients,
     regions: list[Region],
-    config: dict,
+    config: BackupConfig,
     instance_of: dict[str, str],
     started: datetime,
 ) -> None:
@@ -2080,7 +2167,7 @@ def sweep_all(
 
 
 def create_all(
-    clients: Clients, plans: list[ServerPlan], outcomes: list[Outcome], config: dict,
+    clients: Clients, plans: list[ServerPlan], outcomes: list[Outcome], config: BackupConfig,
     now: datetime, created: queue.Queue,
 ) -> None:  # fmt: skip
     """Start every server's planned image in turn (the client paces CreateImage); queue each
@@ -2098,6 +2185,9 @@ def create_all(
         for planned, out in pairs:
             try:
                 reason = offline.get(planned.spec.instance_id)
+                if planned.dropped_tags:
+                    out.warn(f"50-tag limit: instance tags not copied: "
+                             f"{', '.join(planned.dropped_tags)}")  # fmt: skip
                 if reason:
                     out.fail(reason)
                 else:
@@ -2245,12 +2335,20 @@ def report_copies(copies: Sequence[Outcome]) -> None:
 # --- Dry run and listing -----------------------------------------------------------------
 
 
-def print_plan(plan: BackupPlan, regions: list[Region], config: dict) -> None:
-    """Print the plan, as --dry-run: what the run would create, copy, share and remove."""
+def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
+    """Print the plan, as --dry-run: what the run would create, tag, copy, share and remove.
+
+    -v adds each new image's tags (tag values are the instance's and the config's,
+    never user data)."""
     for server in plan.servers:
         spec = server.spec
         mode = CONSISTENCY_WORDS[spec.consistency]
         print(f"Would create image {server.name} of {spec.instance_id} ({spec.name}, {mode})")
+        log.debug("  with tags %s", ", ".join(f"{t['Key']}={t['Value']}" for t in server.tags))
+        if server.dropped_tags:
+            print(f"  without instance tags {', '.join(server.dropped_tags)}: 50-tag limit")
+        if server.deprecate_at:
+            print(f"  deprecated, with its copies, at {stamp(server.deprecate_at)}")
         for image, reason in server.prunes:
             print(f"Would deregister {image.image_id} ({image.name}) of {spec.name}: {reason}")
         for region in regions:
@@ -2261,17 +2359,15 @@ def print_plan(plan: BackupPlan, regions: list[Region], config: dict) -> None:
                       f"{region.name}: {reason}")  # fmt: skip
     for out in plan.failures:
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
-    if config["SHARE_WITH_ACCOUNTS"]:
-        accounts = ", ".join(config["SHARE_WITH_ACCOUNTS"])
+    if plan.share_with:
+        accounts = ", ".join(sorted(plan.share_with))
         print(f"Would share each new image and copy with {accounts}")
-    if config["DEPRECATE_AFTER_DAYS"]:
-        print(f"Would deprecate each new image and copy {config['DEPRECATE_AFTER_DAYS']:g} days on")
 
 
 def print_sweep_plan(
     clients: Clients,
     regions: list[Region],
-    config: dict,
+    config: BackupConfig,
     instance_of: dict[str, str],
     now: datetime,
 ) -> None:
@@ -2281,7 +2377,7 @@ def print_sweep_plan(
             print(f"Would delete orphaned snapshot {snapshot_id}{where}")
 
 
-def list_backups(clients: Clients, config: dict, only: list[str]) -> int:
+def list_backups(clients: Clients, config: BackupConfig, only: list[str]) -> int:
     """Print a table of managed backups per server and region, newest first."""
     found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
     for region in destination_regions(clients, config):

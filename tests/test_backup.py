@@ -83,10 +83,14 @@ def test_tag_limits_drop_extra_instance_tags_by_name_and_never_cut_values(ec2, i
         SERVERS=[{"name": "big01", "instance_id": fleet.instances["big01"]}],
         TAGS={"CostCenter": "ops"},
     )
+    planned = run("ec2_to_ami.py", config, "--dry-run", "-v")
     result = run("ec2_to_ami.py", config)
     assert result.returncode == 0, result.stderr
     [image] = managed(ec2, "big01")
     tags = tags_of(image)
+    shown = planned.stdout + planned.stderr
+    per_run = {"ec2-to-ami:created", "ec2-to-ami:run"}
+    assert all(f"{k}={v}" in shown for k, v in tags.items() if k not in per_run)
     assert len(image["Tags"]) in (49, 50)  # full: one more key would need two more tags
     assert joined_value(tags, "ec2-to-ami:security-group-ids").split(",") == fleet.group_ids
     copied = json.loads(joined_value(tags, "ec2-to-ami:instance-tag-keys"))
@@ -94,6 +98,7 @@ def test_tag_limits_drop_extra_instance_tags_by_name_and_never_cut_values(ec2, i
     dropped = [f"tag{n:02d}" for n in range(44) if f"tag{n:02d}" not in copied]
     assert dropped and not set(dropped) & set(tags)
     assert f"instance tags not copied: {', '.join(dropped)}" in result.stderr
+    assert f"without instance tags {', '.join(dropped)}: 50-tag limit" in planned.stdout
     assert all(len(value) <= 256 for value in tags.values())
 
 

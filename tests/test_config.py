@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from ec2_to_ami import ConfigError, load_config, validate_config
+import ec2_to_ami
+from ec2_to_ami import BackupConfig, ConfigError, ServerDefaults, load_config, validate_config
 from tests.conftest import ROOT, run, write_config
 
 GOOD_ID = "i-0123456789abcdef0"
@@ -115,14 +118,14 @@ def test_a_minute_resolution_name_format_is_accepted():
     config = validate_config(
         {"SERVERS": [SERVER], "NAME_FORMAT": "{instance_id}-{time:%Y%m%d%H%M}"}
     )
-    assert config["NAME_FORMAT"] == "{instance_id}-{time:%Y%m%d%H%M}"
+    assert config.name_format == "{instance_id}-{time:%Y%m%d%H%M}"
 
 
 def test_pool_defaults_to_the_config_files_name(tmp_path):
     path = write_config(tmp_path / "prod backup.py", SERVERS=[SERVER])
-    assert load_config(str(path))["POOL"] == "prod-backup"
+    assert load_config(str(path)).pool == "prod-backup"
     path = write_config(tmp_path / "staging.py", SERVERS=[SERVER], POOL="shared")
-    assert load_config(str(path))["POOL"] == "shared"
+    assert load_config(str(path)).pool == "shared"
 
 
 def test_good_config_gets_defaults_and_server_overrides():
@@ -134,11 +137,26 @@ def test_good_config_gets_defaults_and_server_overrides():
             ]
         }
     )
-    assert [(s.name, s.keep, s.consistency) for s in config["SERVERS"]] == [
+    assert [(s.name, s.keep, s.consistency) for s in config.servers] == [
         ("web01", 3, "reboot"),
         ("b", 7, "crash"),
     ]
-    assert config["SCHEDULE"] == "daily"
+    assert config.schedule == "daily"
+    assert config.defaults == ServerDefaults(keep=7, consistency="crash", pre_script=None,
+                                             post_script=None)  # fmt: skip
+
+
+def test_the_checked_config_is_frozen_and_holds_every_setting():
+    config = validate_config({"SERVERS": [SERVER], "TAGS": {"team": "ops"}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.schedule = "weekly"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.servers[0].keep = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.tags["team"] = "dev"  # type: ignore[index]
+    in_defaults = {"KEEP", "CONSISTENCY", "NO_REBOOT", "PRE_SCRIPT", "POST_SCRIPT"}
+    fields = {f.name.upper() for f in dataclasses.fields(BackupConfig)} - {"DEFAULTS"}
+    assert fields | in_defaults == set(ec2_to_ami.DEFAULTS)
 
 
 def test_the_shipped_example_config_only_lacks_servers():

@@ -62,7 +62,9 @@ def test_restore_reads_what_the_backup_wrote():
         "MetadataOptions": {"HttpTokens": "required"},
         "Tags": [{"Key": "Name", "Value": "web01"}, {"Key": "Env", "Value": "prod"}],
     }
-    config = {"SCHEDULE": "daily", "POOL": "prod"}
+    config = ec2_to_ami.validate_config(
+        {"SERVERS": [{"name": "web01", "instance_id": spec.instance_id}], "POOL": "prod"}
+    )
     fixed = ec2_to_ami.contract_tags(
         spec, config, datetime.now(timezone.utc), "run-1", instance, "eipalloc-1"
     )

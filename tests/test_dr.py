@@ -4,6 +4,7 @@ DR region after the source region is lost."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from datetime import datetime, timedelta
@@ -328,13 +329,17 @@ def test_an_image_under_the_aws_managed_key_is_not_shared_and_says_why(
 
 def test_new_images_and_copies_deprecate_together(ec2, dr, fleet, tmp_path):
     config = dr_config(tmp_path, fleet, DEPRECATE_AFTER_DAYS=30)
+    dry_run = run("ec2_to_ami.py", config, "--dry-run").stdout
+    planned = re.search(r"deprecated, with its copies, at (\S+)", dry_run)
     assert run("ec2_to_ami.py", config).returncode == 0
     [image] = managed(ec2, "web01")
     [copy] = managed(dr, "web01")
     taken = datetime.fromisoformat(tags_of(image)["ec2-to-ami:created"].replace("Z", "+00:00"))
+    shown = datetime.fromisoformat(planned.group(1).replace("Z", "+00:00"))
     for deprecated in (image["DeprecationTime"], copy["DeprecationTime"]):
         when = datetime.fromisoformat(deprecated.replace("Z", "+00:00"))
         assert abs(when - (taken + timedelta(days=30))) < timedelta(minutes=1)
+        assert abs(when - shown) < timedelta(minutes=1)  # the dry run showed it
 
 
 def test_dry_run_shows_copies_and_changes_nothing(ec2, dr, fleet, tmp_path, endpoint):
