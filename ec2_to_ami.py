@@ -3,9 +3,11 @@
 
 Run it from cron:  python ec2_to_ami.py --config /etc/ec2-backup/daily.py -q
 
+Watch it with:     python ec2_to_ami.py --config /etc/ec2-backup/daily.py --check -q
+
 Exit codes: 0 all servers done, 1 at least one server failed (the others were
 still done), 2 usage or config error (nothing done), 3 another run of the same
-config holds its lock (nothing done).
+config holds its lock (nothing done). --check: 0 all fresh, 1 a problem, 2 config.
 
 Read it in this order; each section is marked "# --- <name>":
   The tag contract, EC2 facts   the names of things: tags, states, error codes, limits
@@ -21,7 +23,9 @@ Read it in this order; each section is marked "# --- <name>":
   Disaster recovery             copies in other regions, sharing, deprecation
   Consistency through SSM       VSS on Windows, pre and post scripts
   Carrying out the plan         the creator, follower and housekeeping threads; report
-  Dry run and listing, Scheduling, Command line
+  Dry run and listing           print the plan; list the backups
+  Monitoring                    --check, the state file, CloudWatch metrics
+  Scheduling, Command line
 """
 
 from __future__ import annotations
@@ -159,7 +163,7 @@ DEFAULT_MAX_ATTEMPTS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load the config, take the lock, then list, plan or run the backup."""
+    """Load the config, take the lock, then list, check, plan or run the backup."""
     args = parse_args(argv)
     setup_logging(args)
     try:
@@ -174,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [n for n in args.server if n not in names]
             if unknown:
                 raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
+        if args.check and config.rpo_hours is None:
+            raise ConfigError(
+                f"RPO_HOURS: SCHEDULE {config.schedule!r} has no default RPO "
+                f"({', '.join(RPO_DEFAULTS)} have); set RPO_HOURS for --check"
+            )
+        others = [(path, load_other_config(path)) for path in args.also_config]
         clients = make_clients(config)
     except ConfigError as err:
         log.error("config error: %s", err)
@@ -187,11 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.list:  # only reads: no lock needed
             return list_backups(clients, config, args.server)
+        if args.check:  # only reads: no lock needed
+            return run_check(clients, config, args, others)
         with run_lock(args.config) as locked:
             if not locked:
                 log.error("another run of %s is still going; nothing done", args.config)
                 return EXIT_LOCKED
-            return run_backup(clients, config, args)
+            started = utc_now()  # to the microsecond: the sweep leaves what this run makes
+            try:
+                return run_backup(clients, config, args, started)
+            except (ClientError, BotoCoreError):
+                if not args.dry_run:
+                    record_run(clients, config, started, EXIT_FAILED)
+                raise
     except LockError as err:
         log.error("%s; nothing done", err)
         return EXIT_FAILED
@@ -200,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def run_backup(clients: Clients, config: BackupConfig, args: argparse.Namespace) -> int:
-    """Image every server; prune each as soon as its new image is verified; copy; sweep; report."""
-    started = utc_now()  # to the microsecond: the sweep leaves what this run makes
+def run_backup(
+    clients: Clients, config: BackupConfig, args: argparse.Namespace, started: datetime
+) -> int:
+    """Image every server; prune each as soon as its new image is verified; copy; sweep;
+    report, and record the run (STATE_FILE, metrics)."""
     ec2, now = clients.ec2, started.replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
@@ -239,7 +259,9 @@ def run_backup(clients: Clients, config: BackupConfig, args: argparse.Namespace)
     copied = replication.finish()
     if plan.prune:
         sweep_all(clients, regions, config, instance_of, started)
-    return report(outcomes + failures, copied, replication.errors)
+    code = report(outcomes + failures, copied, replication.errors)
+    record_run(clients, config, started, code, outcomes + failures, copied, natives)
+    return code
 
 
 # --- Config -------------------------------------------------------------------
@@ -269,6 +291,9 @@ DEFAULTS: dict[str, Any] = {
     "DEPRECATE_AFTER_DAYS": None,
     "ROLE_ARN": None,
     "POOL": None,
+    "RPO_HOURS": None,
+    "METRICS_NAMESPACE": None,
+    "STATE_FILE": None,
 }
 SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags", "consistency", "pre_script",
                "post_script", "platform"}  # fmt: skip
@@ -287,8 +312,12 @@ NUMBER_LIMITS = {
     "WAIT_TIMEOUT_MINUTES": 1440,  # a day
     "SCRIPT_TIMEOUT_SECONDS": 172800,  # SSM's longest executionTimeout, 48 hours
     "DEPRECATE_AFTER_DAYS": 3650,  # EC2 allows DeprecateAt up to 10 years ahead
+    "RPO_HOURS": 8784,  # a year
 }
 SCRIPT_TIMEOUT_MIN = 30  # SSM's shortest TimeoutSeconds
+# RPO_HOURS when unset: a daily backup may be two hours late, a weekly one a day.
+RPO_DEFAULTS = {"daily": 26.0, "weekly": 192.0}
+METRICS_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._/#: -]{1,255}$")
 
 
 class ConfigError(Exception):
@@ -352,6 +381,17 @@ class BackupConfig:
     profile: str | None
     role_arn: str | None
     log_file: str | None
+    rpo_hours: float | None  # RPO_HOURS, else the schedule's (RPO_DEFAULTS); None: neither
+    metrics_namespace: str | None
+    state_file: str | None  # None only for a config checked without a file (tests)
+
+
+def load_other_config(path: str) -> BackupConfig:
+    """A config named by --also-config, whose servers --check counts as covered."""
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        raise ConfigError(f"--also-config {path}: {err}") from None
 
 
 def load_config(path: str) -> BackupConfig:
@@ -359,6 +399,8 @@ def load_config(path: str) -> BackupConfig:
     settings = read_settings(path)
     if settings.get("POOL") is None:
         settings["POOL"] = default_pool(path)
+    if settings.get("STATE_FILE") is None:
+        settings["STATE_FILE"] = default_state_file(path)
     return validate_config(settings)
 
 
@@ -379,6 +421,17 @@ def read_settings(path: str) -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
 
 
+def default_state_file(path: str) -> str:
+    """STATE_FILE when the config sets none: under $XDG_STATE_HOME (~/.local/state), named
+    for the config's real path like the run lock, but kept across reboots, unlike /tmp."""
+    real = os.path.realpath(path)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
+    stem = POOL_BAD_CHARS.sub("-", os.path.splitext(os.path.basename(real))[0])[:64]
+    home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")  # fmt: skip
+    return os.path.join(home, "ec2-to-ami", f"{stem}-{digest}.json")
+
+
 def default_pool(path: str) -> str:
     """POOL when the config sets none: the config file's name, e.g. "prod" for prod.py."""
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -397,6 +450,18 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     _check_optional_str(settings, "REGION", REGION_RE, "a region such as eu-west-1")
     _check_optional_str(settings, "PROFILE")
     _check_optional_str(settings, "LOG_FILE")
+    _check_optional_str(settings, "STATE_FILE")
+    _check_number(settings, "RPO_HOURS", allow_none=True)
+    namespace = settings["METRICS_NAMESPACE"]
+    if namespace is not None and (
+        not isinstance(namespace, str)
+        or not METRICS_NAMESPACE_RE.match(namespace)
+        or namespace.startswith(("AWS/", ":"))
+    ):
+        raise ConfigError(
+            "METRICS_NAMESPACE must be None or 1-255 letters, digits and ._-/#: (space too), "
+            f"not starting with 'AWS/' or ':', not {namespace!r}"
+        )
     _check_int(settings, "KEEP", minimum=1)
     _check_number(settings, "WAIT_TIMEOUT_MINUTES", allow_none=False)
     _check_number(settings, "MAX_AGE_DAYS", allow_none=True)
@@ -449,6 +514,9 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         profile=settings["PROFILE"],
         role_arn=settings["ROLE_ARN"],
         log_file=settings["LOG_FILE"],
+        rpo_hours=settings["RPO_HOURS"] or RPO_DEFAULTS.get(settings["SCHEDULE"]),
+        metrics_namespace=namespace,
+        state_file=settings["STATE_FILE"],
     )
 
 
@@ -2401,6 +2469,386 @@ def list_backups(clients: Clients, config: BackupConfig, only: list[str]) -> int
     return EXIT_OK
 
 
+# --- Monitoring: --check, the state file, CloudWatch metrics --------------------------------
+
+
+def run_check(
+    clients: Clients,
+    config: BackupConfig,
+    args: argparse.Namespace,
+    others: list[tuple[str, BackupConfig]],
+) -> int:
+    """--check: is every server's newest backup (and copy) within RPO_HOURS, does a config
+    cover every instance, and did the last run succeed in time? Only describe calls."""
+    now, rpo = utc_now(), config.rpo_hours or 0.0
+    ec2 = clients.ec2
+    servers, failures = discover(ec2, config, args.server, now)
+    check_requested(args.server, servers, failures)
+    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
+    instance_of.update({o.name: o.instance_id for o in failures})
+    listed = [i for i in managed_images(ec2, config.schedule) if not i.source_region]
+    natives = [i for i in listed if in_pool(i, config.pool, instance_of)]
+    named = [(s.spec.name, s.spec.instance_id, "") for s in servers]
+    named += [(o.name, o.instance_id, o.error or "") for o in failures]
+    rows = [freshness(n, i, clients.region, natives, rpo, now, why) for n, i, why in named]
+    for region in destination_regions(clients, config):
+        copies = copies_in(region, config, clients.region, instance_of)
+        rows += [freshness(n, i, region.name, copies, rpo, now, why) for n, i, why in named]
+    coverage = Coverage.of(describe_instances(ec2, LIVE_FILTER), config, others, clients.region)
+    last = LastRun.read(config.state_file, rpo, now)
+    if config.metrics_namespace:
+        ages = {r.server: r.age_hours for r in rows if r.region == clients.region}
+        put_metrics(clients, config, age_metrics(config, ages, now))
+    return print_check(rows, coverage, last, clients.region, config, args)
+
+
+LIVE_FILTER = [{"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}]
+FRESH, STALE, MISSING, FAILING = "fresh", "stale", "missing", "failing"
+
+
+@dataclass
+class Freshness:
+    """One server's newest available backup in one region, against RPO_HOURS."""
+
+    server: str
+    instance_id: str
+    region: str
+    image_id: str | None
+    created: datetime | None
+    age_hours: float | None
+    status: str  # FRESH, STALE, MISSING, or FAILING: the run cannot back it up
+    note: str = ""
+
+
+def freshness(
+    server: str,
+    instance_id: str,
+    region: str,
+    images: list[Image],
+    rpo: float,
+    now: datetime,
+    failing: str,
+) -> Freshness:
+    """How old a server's newest available backup among images is, and what that means."""
+    mine = [i for i in images if i.server == server and i.state == AVAILABLE]
+    newest = max(mine, key=lambda i: (i.created, i.image_id), default=None)
+    if newest is None:
+        status = FAILING if failing else MISSING
+        return Freshness(server, instance_id, region, None, None, None, status, failing)
+    age = (now - newest.created).total_seconds() / 3600
+    status = FAILING if failing else STALE if age > rpo else FRESH
+    return Freshness(
+        server, instance_id, region, newest.image_id, newest.created, age, status, failing
+    )
+
+
+@dataclass
+class Coverage:
+    """The region's live instances that no config backs up, and those left out on purpose."""
+
+    uncovered: list[dict]
+    opted_out: list[dict]  # carry OPT_OUT_TAG
+    autoscaled: list[dict]  # launched by an Auto Scaling group: replaced, not restored
+    notes: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        instances: list[dict],
+        config: BackupConfig,
+        others: list[tuple[str, BackupConfig]],
+        region: str,
+    ) -> Coverage:
+        """Sort instances by whether this config or one of the others covers them."""
+        configs, notes = [config], []
+        for path, other in others:
+            if other.region and other.region != region:
+                notes.append(f"{path} backs up {other.region}, not {region}: not counted")
+            else:
+                configs.append(other)
+        coverage = cls([], [], [], notes)
+        for instance in instances:
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            if any(covers(c, instance["InstanceId"], tags) for c in configs):
+                continue
+            row = {
+                "instance_id": instance["InstanceId"],
+                "name": tags.get("Name", ""),
+                "state": instance["State"]["Name"],
+            }
+            if OPT_OUT_TAG in tags:
+                coverage.opted_out.append(row)
+            elif ASG_TAG in tags:
+                coverage.autoscaled.append({**row, "group": tags[ASG_TAG]})
+            else:
+                coverage.uncovered.append(row)
+        return coverage
+
+
+# On an instance, any value: --check lists it apart instead of as not backed up.
+OPT_OUT_TAG = "ec2-to-ami:skip"
+ASG_TAG = "aws:autoscaling:groupName"
+
+
+def covers(config: BackupConfig, instance_id: str, tags: dict[str, str]) -> bool:
+    """Whether a config backs up an instance: SERVERS lists it, or it has all SELECT_TAGS."""
+    if any(s.instance_id == instance_id for s in config.servers):
+        return True
+    return bool(config.select_tags) and all(tags.get(k) == v for k, v in config.select_tags.items())
+
+
+@dataclass
+class LastRun:
+    """The last backup run, as its STATE_FILE records it, and what --check makes of it."""
+
+    path: str | None
+    record: dict | None
+    problem: str | None
+
+    @classmethod
+    def read(cls, path: str | None, rpo: float, now: datetime) -> LastRun:
+        """Read STATE_FILE; a run that failed, or none within 2 x RPO_HOURS, is a problem."""
+        if path is None:
+            return cls(None, None, None)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+            finished = parse_time(record["finished"])
+            code = record["exit_code"]
+        except FileNotFoundError:
+            return cls(path, None, f"no run recorded in {path}")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return cls(path, None, f"cannot read {path}: {err}")
+        hours = (now - finished).total_seconds() / 3600
+        if hours > 2 * rpo:
+            return cls(path, record, f"the last run was {hours:.1f} h ago (2 x RPO: {2 * rpo:g} h)")
+        if code != EXIT_OK:
+            return cls(path, record, f"the last run, {hours:.1f} h ago, exited {code}")
+        return cls(path, record, None)
+
+
+def print_check(
+    rows: list[Freshness], coverage: Coverage, last: LastRun, home: str, config: BackupConfig,
+    args: argparse.Namespace,
+) -> int:  # fmt: skip
+    """Print the summary line first (for Nagios and mail subjects), then the tables;
+    -q prints nothing when all is well. Return 0 all fresh, 1 otherwise."""
+    rpo = config.rpo_hours or 0.0
+    problems = [
+        f"{r.server}{'' if r.region == home else ' in ' + r.region}: {describe_freshness(r, rpo)}"
+        for r in rows
+        if r.status != FRESH
+    ]
+    if not rows:
+        problems.append(f"the config selects no server (SELECT_TAGS {dict(config.select_tags)} "
+                        "matches no live instance)")  # fmt: skip
+    problems += [
+        f"{u['instance_id']} ({u['name'] or 'no Name'}): no config backs it up"
+        for u in coverage.uncovered
+    ]
+    if last.problem:
+        problems.append(last.problem)
+    summary = (
+        f"PROBLEM: {'; '.join(problems)}"
+        if problems
+        else f"OK: {len(rows)} backup(s) within RPO {rpo:g} h"
+    )
+    if args.json:
+        print(json.dumps(check_document(rows, coverage, last, rpo, problems, summary), indent=2))
+    elif problems or not args.quiet:
+        print(summary)
+        print_check_tables(rows, coverage, last, rpo)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def describe_freshness(row: Freshness, rpo: float) -> str:
+    """A row's status in words."""
+    if row.status == FAILING:
+        return f"the backup run fails for it ({row.note})"
+    if row.status == MISSING:
+        return "no available backup"
+    return f"newest backup {row.image_id} is {row.age_hours:.1f} h old (RPO {rpo:g} h)"
+
+
+def print_check_tables(
+    rows: list[Freshness], coverage: Coverage, last: LastRun, rpo: float
+) -> None:
+    """The freshness table, the instances left out, and the last run."""
+    table = [("SERVER", "REGION", "NEWEST BACKUP", "CREATED (UTC)", "AGE", "RPO", "STATUS")]
+    for r in rows:
+        created = r.created.strftime("%Y-%m-%d %H:%M") if r.created else "-"
+        age = f"{r.age_hours:.1f}h" if r.age_hours is not None else "-"
+        table.append((r.server, r.region, r.image_id or "-", created, age, f"{rpo:g}h", r.status))
+    print_table(table)
+    for title, found in (
+        ("Not backed up by any config", coverage.uncovered),
+        (f"Opted out ({OPT_OUT_TAG})", coverage.opted_out),
+        ("In an Auto Scaling group (not counted)", coverage.autoscaled),
+    ):
+        if found:
+            print(f"{title}:")
+            for row in found:
+                group = f" (group {row['group']})" if "group" in row else ""
+                print(f"  {row['instance_id']}  {row['name'] or '-'}  {row['state']}{group}")
+    for note in coverage.notes:
+        print(f"Note: {note}")
+    if last.record:
+        r = last.record
+        print(
+            f"Last run: finished {r['finished']}, exit {r['exit_code']}, "
+            f"{r.get('servers_backed_up', '?')} backed up, {r.get('servers_failed', '?')} "
+            f"failed, {r.get('images_pruned', '?')} pruned"
+        )
+    if last.problem:
+        print(f"Last run: {last.problem}")
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Print rows as left-aligned columns."""
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def check_document(
+    rows: list[Freshness],
+    coverage: Coverage,
+    last: LastRun,
+    rpo: float,
+    problems: list[str],
+    summary: str,
+) -> dict:
+    """--check --json: everything the tables show, and the problems."""
+    return {
+        "ok": not problems,
+        "summary": summary,
+        "rpo_hours": rpo,
+        "backups": [
+            {
+                **vars(r),
+                "created": stamp(r.created) if r.created else None,
+                "age_hours": round(r.age_hours, 2) if r.age_hours is not None else None,
+            }
+            for r in rows
+        ],
+        "uncovered": coverage.uncovered,
+        "opted_out": coverage.opted_out,
+        "autoscaled": coverage.autoscaled,
+        "notes": coverage.notes,
+        "last_run": {"state_file": last.path, "record": last.record, "problem": last.problem},
+        "problems": problems,
+    }
+
+
+def record_run(
+    clients: Clients,
+    config: BackupConfig,
+    started: datetime,
+    code: int,
+    outcomes: Sequence[Outcome] = (),
+    copies: Sequence[Outcome] = (),
+    natives: Sequence[Image] = (),
+) -> None:
+    """After a run: write STATE_FILE, and put the run's metrics if METRICS_NAMESPACE is set.
+    Neither changes the exit code; a failure is a warning (and the alarms see missing data)."""
+    finished = utc_now()
+    seconds = (finished - started).total_seconds()
+    counts = {
+        "servers_backed_up": sum(1 for o in outcomes if not o.error),
+        "servers_failed": sum(1 for o in outcomes if o.error),
+        "images_pruned": sum(len(o.pruned) for o in [*outcomes, *copies]),
+    }
+    if config.state_file:
+        record = {
+            "version": 1,
+            "pool": config.pool,
+            "schedule": config.schedule,
+            "started": stamp(started),
+            "finished": stamp(finished),
+            "exit_code": code,
+            **counts,
+            "run_seconds": round(seconds, 1),
+        }
+        write_state(config.state_file, record)
+    if config.metrics_namespace and outcomes:
+        ages: dict[str, float | None] = {o.name: None for o in outcomes}
+        for image in natives:  # the previous backups: a failed server's age is the newest's
+            if image.state == AVAILABLE and image.server in ages:
+                age = (finished - image.created).total_seconds() / 3600
+                known = ages[image.server]
+                ages[image.server] = age if known is None else min(age, known)
+        for out in outcomes:
+            if not out.error:  # the new backup, taken at the run's start
+                ages[out.name] = (finished - started.replace(microsecond=0)).total_seconds() / 3600
+        run_dims = {"Schedule": config.schedule, "Pool": config.pool}
+        data = age_metrics(config, ages, finished)
+        data += [
+            metric("ServersBackedUp", counts["servers_backed_up"], "Count", run_dims, finished),
+            metric("ServersFailed", counts["servers_failed"], "Count", run_dims, finished),
+            metric("ImagesPruned", counts["images_pruned"], "Count", run_dims, finished),
+            metric("RunSeconds", seconds, "Seconds", run_dims, finished),
+        ]
+        put_metrics(clients, config, data)
+
+
+def write_state(path: str, record: dict) -> None:
+    """Replace STATE_FILE atomically; a failure is a warning."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w",
+            encoding="utf-8",
+            dir=os.path.dirname(path) or ".",
+            delete=False,
+            prefix=".state-",
+        ) as handle:
+            json.dump(record, handle, indent=2)
+        os.replace(handle.name, path)
+    except OSError as err:
+        log.warning("cannot write STATE_FILE %s: %s; --check will not see this run", path, err)
+
+
+def metric(name: str, value: float, unit: str, dimensions: dict[str, str], when: datetime) -> dict:
+    """One PutMetricData datum."""
+    dims = [{"Name": k, "Value": v} for k, v in dimensions.items()]
+    return {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": unit, "Timestamp": when}
+
+
+def age_metrics(config: BackupConfig, ages: dict[str, float | None], when: datetime) -> list[dict]:
+    """BackupAgeHours per server that has a backup; one with none puts nothing, which the
+    alarm's TreatMissingData=breaching counts as a breach."""
+    return [
+        metric(
+            "BackupAgeHours",
+            age,
+            "None",
+            {"Server": server, "Schedule": config.schedule, "Pool": config.pool},
+            when,
+        )
+        for server, age in sorted(ages.items())
+        if age is not None
+    ]
+
+
+def put_metrics(clients: Clients, config: BackupConfig, data: list[dict]) -> None:
+    """PutMetricData, METRICS_PER_CALL at a time; a failure is a warning."""
+    cloudwatch = clients.client("cloudwatch")
+    for start in range(0, len(data), METRICS_PER_CALL):
+        try:
+            cloudwatch.put_metric_data(
+                Namespace=config.metrics_namespace,
+                MetricData=data[start : start + METRICS_PER_CALL],
+            )
+        except (ClientError, BotoCoreError) as err:
+            log.warning(
+                "could not put metrics in %s: %s", config.metrics_namespace, error_text(err)
+            )
+            return
+
+
+METRICS_PER_CALL = 1000  # PutMetricData takes at most 1000 metrics a request
+
+
 # --- Scheduling: one managed crontab entry per config -------------------------------------
 
 
@@ -2502,6 +2950,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list managed backups and exit")
     parser.add_argument("--server", action="append", metavar="NAME", help="only this server")
     parser.add_argument("--no-prune", action="store_true", help="create backups, delete nothing")
+    parser.add_argument(
+        "--check", action="store_true", help="are the backups within RPO_HOURS? exit 1 if not"
+    )
+    parser.add_argument("--json", action="store_true", help="--check's report as JSON")
+    parser.add_argument(
+        "--also-config",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="--check: instances these configs back up are covered too",
+    )
     cron = parser.add_mutually_exclusive_group()
     cron.add_argument(
         "--install-cron", metavar="SCHEDULE", help="add or replace this config's crontab entry"
@@ -2518,7 +2978,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.cron = bool(args.install_cron or args.uninstall_cron or args.show_cron)
     if args.list and (args.dry_run or args.no_prune):
         parser.error("--list does not go with --dry-run or --no-prune")
-    if args.cron and (args.list or args.dry_run or args.no_prune or args.server):
+    if args.check and (args.list or args.dry_run or args.no_prune):
+        parser.error("--check does not go with --list, --dry-run or --no-prune")
+    if (args.json or args.also_config) and not args.check:
+        parser.error("--json and --also-config go with --check")
+    if args.cron and (args.list or args.check or args.dry_run or args.no_prune or args.server):
         parser.error("the cron options go only with --config and --cron-log")
     if args.cron_log and not args.install_cron:
         parser.error("--cron-log goes with --install-cron")

@@ -33,6 +33,11 @@ SELECT_TAGS = {}
 # daily and a weekly config keep separate pools of images.
 SCHEDULE = "daily"
 
+# The retention pool (1-64 letters, digits, '.', '_', '-'): a run counts and prunes
+# only its own pool's images. None: this file's name ("daily" for daily.py), so two
+# configs that each back up a server of the same name never prune each other.
+POOL = None
+
 # Newest available backups kept per server (>= 1). Pending images never count
 # and are never deleted.
 KEEP = 7
@@ -97,3 +102,15 @@ DEPRECATE_AFTER_DAYS = None
 # Assume this role before any AWS call, to back up a fleet in another account.
 # Example: "arn:aws:iam::210987654321:role/ec2-to-ami-backup"
 ROLE_ARN = None
+
+# --- Monitoring (README, "Monitoring") ---------------------------------------------------
+# --check reports a server whose newest available backup is older than this many
+# hours. None: 26 for SCHEDULE "daily", 192 for "weekly"; other schedules must set it.
+RPO_HOURS = None
+# Put BackupAgeHours per server, and ServersBackedUp, ServersFailed, ImagesPruned and
+# RunSeconds per run, into this CloudWatch namespace, on each run and each --check.
+# None: no metrics. Example: "EC2Backup" (IAM: cloudwatch:PutMetricData for it).
+METRICS_NAMESPACE = None
+# Each run records its time, exit code and counts here, for --check. None:
+# $XDG_STATE_HOME/ec2-to-ami/<config name>-<hash>.json (~/.local/state/...).
+STATE_FILE = None

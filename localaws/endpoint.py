@@ -63,6 +63,12 @@ DescribeInstanceInformation):
      AmiName, tagged with the document's `tags` plus the reserved AppConsistent
      and AwsVssConfig (and Device on the snapshot), as the real document does.
 
+IAM (moto's enforcement, when a test turns it on):
+  I1 An action is authorized under its IAM prefix, not the service's signing name:
+     CloudWatch's calls are "cloudwatch:PutMetricData", as in IAM policies (moto
+     checks "monitoring:PutMetricData", which no real policy names). Tested in
+     tests/test_iam.py.
+
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
 500), so botocore sees what it would see from EC2. With `lost=True` the call
@@ -122,6 +128,7 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.utils import generic_filter
+from moto.iam.access_control import IAMRequestBase
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
@@ -508,8 +515,20 @@ def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict)
     backend.create_image(instance_id, parameters["AmiName"][0], "VSS", tag_specifications=specs)
 
 
+# I1: the signing names whose IAM action prefix differs.
+IAM_PREFIXES = {"monitoring": "cloudwatch"}
+_moto_iam_request_init = IAMRequestBase.__init__
+
+
+def _iam_request_init(self: IAMRequestBase, *args: Any, **kwargs: Any) -> None:
+    _moto_iam_request_init(self, *args, **kwargs)
+    service, _, action = self._action.partition(":")
+    self._action = f"{IAM_PREFIXES.get(service, service)}:{action}"
+
+
 def apply_patches() -> None:
     """Patch moto's EC2 backend in this process (idempotent)."""
+    IAMRequestBase.__init__ = _iam_request_init
     AmiBackend.create_image = _create_image
     AmisResponse.deregister_image = _deregister_image
     InstanceResponse.run_instances = _run_instances

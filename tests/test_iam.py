@@ -86,9 +86,9 @@ def refused(calls) -> list[str]:
     return [c.action for c in calls if c.status >= 400 and c.params.get("DryRun") != "true"]
 
 
-def client_for(endpoint, env: dict[str, str]):
+def client_for(endpoint, env: dict[str, str], service: str = "ec2"):
     return boto3.client(
-        "ec2",
+        service,
         region_name=REGION,
         endpoint_url=endpoint.url,
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -105,7 +105,8 @@ def actions_used(endpoint, env, script: str, config, runs: list[list[str]]) -> s
         assert result.returncode == 0, result.stderr
     relax()
     assert refused(endpoint.calls[start:]) == []
-    return {f"{c.service}:{c.action}" for c in endpoint.calls[start:]}
+    prefix = {"monitoring": "cloudwatch"}  # CloudWatch's endpoint is monitoring.*
+    return {f"{prefix.get(c.service, c.service)}:{c.action}" for c in endpoint.calls[start:]}
 
 
 def assert_refused(calls) -> None:
@@ -127,13 +128,28 @@ def test_backup_does_its_whole_job_under_the_backup_policy(
          "pre_script": "sync", "post_script": "true"},
         {"name": "win01", "instance_id": fleet.instances["win01"], "consistency": "vss"},
     ]  # fmt: skip
-    config = backup_config(tmp_path, fleet, KEEP=1, SERVERS=servers, SELECT_TAGS={})
-    runs = [[], [], ["--dry-run"], ["--list"]]
+    config = backup_config(tmp_path, fleet, KEEP=1, SERVERS=servers, SELECT_TAGS={},
+                           METRICS_NAMESPACE="EC2Backup")  # fmt: skip
+    runs = [[], [], ["--dry-run"], ["--list"], ["--check"]]
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
     # for a snapshot DeregisterImage could not delete.
     assert used == actions_of(document) - {"ec2:DeleteSnapshot"}
     assert len(managed(ec2, "web01")) == len(managed(ec2, "win01")) == 1
+
+
+def test_i1_cloudwatch_calls_are_authorized_by_their_iam_name(endpoint, user_env):
+    metric = {"Namespace": "EC2Backup", "MetricData": [{"MetricName": "m", "Value": 1.0}]}
+    clients = {}
+    for prefix in ("cloudwatch", "monitoring"):
+        statement = {"Effect": "Allow", "Action": f"{prefix}:PutMetricData", "Resource": "*"}
+        env = user_env(prefix, {"Version": "2012-10-17", "Statement": [statement]})
+        clients[prefix] = client_for(endpoint, env, "cloudwatch")
+    enforce()
+    clients["cloudwatch"].put_metric_data(**metric)
+    with pytest.raises(ClientError) as err:
+        clients["monitoring"].put_metric_data(**metric)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
 def test_backup_policy_refuses_what_the_backup_does_not_need(fleet, endpoint, user_env):
@@ -196,6 +212,12 @@ def test_deleting_sharing_and_deprecating_need_the_marker_tag(document, action):
     [statement] = statements_with(policy(document), action)
     assert statement["Condition"] == MARKER_CONDITION
     assert "*" not in as_list(statement["Resource"])
+
+
+def test_metrics_go_only_to_the_namespace_the_readme_names():
+    [statement] = statements_with(policy("backup-policy.json"), "cloudwatch:PutMetricData")
+    assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "EC2Backup"}}
+    assert "cloudwatch:namespace" in (ROOT / "README.md").read_text()
 
 
 def test_created_images_must_carry_the_marker_and_tags_come_only_at_creation():

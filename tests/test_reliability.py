@@ -131,8 +131,8 @@ def test_images_from_before_pools_are_adopted_by_the_config_of_their_instance(ec
 def test_a_name_taken_by_an_earlier_run_fails_the_server_naming_name_format(
     ec2, fleet, tmp_path, monkeypatch
 ):
-    times = iter([datetime(2026, 3, 1, 2, 0, 5, tzinfo=timezone.utc),
-                  datetime(2026, 3, 1, 2, 0, 40, tzinfo=timezone.utc)])  # fmt: skip
+    first, second = (datetime(2026, 3, 1, 2, 0, s, tzinfo=timezone.utc) for s in (5, 40))
+    times = iter([first, first, second, second])  # each run reads it as it starts and ends
     monkeypatch.setattr(ec2_to_ami, "utc_now", lambda: next(times))
     config = backup_config(tmp_path, fleet, KEEP=1, NAME_FORMAT="{server}-{time:%Y%m%d-%H%M}")
     assert run("ec2_to_ami.py", config).returncode == 0
