@@ -44,6 +44,11 @@ Patches (each has a test in tests/test_endpoint.py):
   P15 DescribeSnapshots honours OwnerIds ("self" or account ids), before any
      filter (moto ignores it, and so lists, and tag-filters slowly, the
      thousand-odd snapshots behind its bundled public AMIs).
+  P16 DisableImage and EnableImage set an image "disabled" and back to "available";
+     DescribeImages leaves disabled images out unless IncludeDisabled=true, and
+     DeregisterImage takes them (moto has neither call, nor the state).
+  P17 CreateImage and CopyImage refuse a Description longer than 255 characters
+     with InvalidParameterValue, as EC2 does (moto and botocore take any length).
   P12 Encrypted volumes: CreateImage of an instance listed in
      `encrypt_images_of` gives an image whose snapshot is encrypted with the
      listed key (None: the region's aws/ebs key), and DescribeImages reports
@@ -204,11 +209,26 @@ _original_associate_address = ElasticAddressBackend.associate_address
 _original_terminate = Instance.terminate
 _original_block_device_mappings = Ami.block_device_mappings
 _original_ami_filter_value = Ami.get_filter_value
+_original_describe_images = AmisResponse.describe_images
+
+
+DESCRIPTION_MAX = 255
+
+
+def check_description(description: str | None) -> None:
+    """EC2's limit on an image's Description (P17)."""
+    if description and len(description) > DESCRIPTION_MAX:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"Value for parameter Description is too long: {len(description)} characters, "
+            f"at most {DESCRIPTION_MAX}",
+        )
 
 
 def _create_image(self, instance_id, name, description, tag_specifications):
     """CreateImage as EC2 does it: unique names, snapshot tags, a pending state."""
-    for ami in self.amis.values():
+    check_description(description)
+    for ami in list(self.amis.values()):  # other requests' threads change it
         if ami.name == name and ami.owner_id == self.account_id:
             raise EC2ClientError(
                 "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}"
@@ -258,7 +278,7 @@ def advance() -> None:
 def finish_pending() -> None:
     """Let every pending image and instance settle at the next request."""
     for backend in _backends():
-        for resource in [*backend.amis.values(), *backend.all_instances()]:
+        for resource in [*list(backend.amis.values()), *backend.all_instances()]:
             if getattr(resource, "harness_ready_at", None) is not None:
                 resource.harness_ready_at = 0.0
 
@@ -300,12 +320,13 @@ def _copy_image(self) -> ActionResult:
     """CopyImage with tags, encryption, idempotency and a pending state (P10)."""
     self.error_on_dryrun()
     backend, token = self.ec2_backend, self._get_param("ClientToken")
-    for ami in backend.amis.values():
+    for ami in list(backend.amis.values()):
         if token and getattr(ami, "harness_client_token", None) == token:
             return ActionResult({"ImageId": ami.id})
     source_id, source_region = self._get_param("SourceImageId"), self._get_param("SourceRegion")
     name = self._get_param("Name")
-    for ami in backend.amis.values():
+    check_description(self._get_param("Description"))
+    for ami in list(backend.amis.values()):
         if ami.name == name and ami.owner_id == backend.account_id:
             raise EC2ClientError(
                 "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}"
@@ -362,12 +383,39 @@ def _ami_filter_value(self, filter_name: str, method_name: str | None = None) ->
     return _original_ami_filter_value(self, filter_name, method_name)
 
 
+def _disable_image(self) -> ActionResult:
+    """DisableImage: the image is "disabled", hidden from DescribeImages by default (P16)."""
+    self.error_on_dryrun()
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    ami.state = "disabled"
+    ami.launch_permissions = []
+    return ActionResult({"Return": True})
+
+
+def _enable_image(self) -> ActionResult:
+    """EnableImage: a disabled image is "available" again (P16)."""
+    self.error_on_dryrun()
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    if ami.state == "disabled":
+        ami.state = "available"
+    return ActionResult({"Return": True})
+
+
+def _describe_images(self) -> ActionResult:
+    """DescribeImages without disabled images unless IncludeDisabled (P16)."""
+    result = _original_describe_images(self)
+    if str(self._get_param("IncludeDisabled", False)).lower() != "true":
+        images = result.result["Images"]
+        images[:] = [ami for ami in images if ami.state != "disabled"]
+    return result
+
+
 def _describe_snapshots(self) -> ActionResult:
     """DescribeSnapshots with OwnerIds, as EC2 does it (P15)."""
     backend = self.ec2_backend
     owners = {backend.account_id if o == "self" else o for o in self._get_param("OwnerIds", [])}
     ids = self._get_param("SnapshotIds", [])
-    matches = [s for s in backend.snapshots.values() if not owners or s.owner_id in owners]
+    matches = [s for s in list(backend.snapshots.values()) if not owners or s.owner_id in owners]
     if ids:
         matches = [s for s in matches if s.id in ids]
         if len(ids) > len(matches):
@@ -390,7 +438,7 @@ def _deregister_image(self) -> ActionResult:
     result: dict[str, Any] = {"Return": True}
     if delete_snapshots and ami is not None:
         snapshot = ami.ebs_snapshot
-        shared = any(other.ebs_snapshot.id == snapshot.id for other in backend.amis.values())
+        shared = any(other.ebs_snapshot.id == snapshot.id for other in list(backend.amis.values()))
         code = "skipped" if shared else SETTINGS.deregister_snapshot_code
         if code == "success":
             backend.delete_snapshot(snapshot.id)
@@ -405,7 +453,7 @@ def _run_instances(self) -> ActionResult:
     """RunInstances with EC2's ClientToken idempotency, termination protection and pending."""
     token = self._get_param("ClientToken")
     if token and not self._get_bool_param("DryRun", False):
-        for reservation in self.ec2_backend.reservations.values():
+        for reservation in list(self.ec2_backend.reservations.values()):
             first = reservation.instances[0] if reservation.instances else None
             if first is not None and first.client_token == token:
                 same = first.image_id == self._get_param("ImageId") and len(
@@ -439,7 +487,7 @@ def _terminate(self) -> InstanceState:
     for address in self.ec2_backend.addresses:
         if address.instance is self:
             self.ec2_backend.disassociate_address(address=address.public_ip)
-    for nic in self.nics.values():
+    for nic in list(self.nics.values()):
         nic.delete_on_termination = True
     return _original_terminate(self)
 
@@ -542,6 +590,9 @@ def apply_patches() -> None:
     Ami.block_device_mappings = property(_block_device_mappings)
     Ami.deprecation_time = None
     Ami.get_filter_value = _ami_filter_value
+    AmisResponse.describe_images = _describe_images
+    AmisResponse.disable_image = _disable_image
+    AmisResponse.enable_image = _enable_image
     ElasticBlockStore.describe_snapshots = _describe_snapshots
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
 
@@ -656,6 +707,10 @@ class Endpoint:
         self.hooks: list[Callable[[Call], None]] = []
         self.buckets: TokenBuckets | None = None
         self._lock = threading.Lock()
+        # moto's backends are not thread-safe (a CreateImage iterating the images while
+        # a DeregisterImage removes one fails with HTTP 500), so moto gets one request at
+        # a time; the clients' own concurrency, and their calls in flight, are unchanged.
+        self._moto = threading.Lock()
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", port, self._wrap(app), threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -739,7 +794,8 @@ class Endpoint:
             ):
                 fault = THROTTLED
             if fault and fault.lost:
-                list(app(environ, lambda *_: None))  # the backend acts; its answer is dropped
+                with self._moto:  # the backend acts; its answer is dropped
+                    list(app(environ, lambda *_: None))
             if fault:
                 call.status = fault.status
                 return error_response(environ, fault, start_response)
@@ -748,7 +804,8 @@ class Endpoint:
                 call.status = int(status.split()[0])
                 return start_response(status, headers, exc_info)
 
-            return app(environ, recording_start)
+            with self._moto:
+                return list(app(environ, recording_start))
 
         return middleware
 

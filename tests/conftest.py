@@ -226,11 +226,11 @@ def run(script: str, config: Path | None, *args: str, **env: str) -> subprocess.
 
 
 def managed(ec2: Any, server: str | None = None) -> list[dict]:
-    """Managed images (of one server), as DescribeImages reports them."""
+    """Managed images (of one server), disabled ones too, as DescribeImages reports them."""
     filters = [{"Name": "tag:ec2-to-ami:managed-by", "Values": ["ec2-to-ami"]}]
     if server:
         filters.append({"Name": "tag:ec2-to-ami:server", "Values": [server]})
-    return ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+    return ec2.describe_images(Owners=["self"], Filters=filters, IncludeDisabled=True)["Images"]
 
 
 def tags_of(resource: dict) -> dict[str, str]:
@@ -248,7 +248,7 @@ def orphaned_managed_snapshots(ec2) -> list[str]:
     """Snapshots carrying the tool's marker that no registered image uses."""
     used = {
         m["Ebs"]["SnapshotId"]
-        for image in ec2.describe_images(Owners=["self"])["Images"]
+        for image in ec2.describe_images(Owners=["self"], IncludeDisabled=True)["Images"]
         for m in image["BlockDeviceMappings"]
         if "Ebs" in m
     }

@@ -424,3 +424,24 @@ def test_p15_snapshots_are_listed_by_owner(ec2):
     everyone = ec2.describe_snapshots()["Snapshots"]
     assert len(everyone) > len(mine)  # the snapshots behind moto's public AMIs
     assert ec2.describe_snapshots(OwnerIds=["111122223333"])["Snapshots"] == []
+
+
+def test_p16_a_disabled_image_is_hidden_unless_asked_for_and_can_be_deregistered(ec2, fleet):
+    image_id = ec2.create_image(InstanceId=fleet.instances["web01"], Name="p16")["ImageId"]
+    ec2.disable_image(ImageId=image_id)
+    assert ec2.describe_images(ImageIds=[image_id])["Images"] == []
+    [image] = ec2.describe_images(ImageIds=[image_id], IncludeDisabled=True)["Images"]
+    assert image["State"] == "disabled"
+    ec2.enable_image(ImageId=image_id)
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] != "disabled"
+    ec2.disable_image(ImageId=image_id)
+    ec2.deregister_image(ImageId=image_id)
+    assert ec2.describe_images(ImageIds=[image_id], IncludeDisabled=True)["Images"] == []
+
+
+def test_p17_an_image_description_is_at_most_255_characters(ec2, fleet):
+    instance_id = fleet.instances["web01"]
+    ec2.create_image(InstanceId=instance_id, Name="p17-a", Description="d" * 255)
+    with pytest.raises(ClientError) as err:
+        ec2.create_image(InstanceId=instance_id, Name="p17-b", Description="d" * 256)
+    assert err.value.response["Error"]["Code"] == "InvalidParameterValue"
