@@ -179,6 +179,7 @@ DEFAULTS: dict[str, Any] = {
     "SECURITY_GROUP_IDS": None,
     "KEY_NAME": None,
     "IAM_INSTANCE_PROFILE": None,
+    "ALLOWED_INSTANCE_PROFILES": None,
     "PRIVATE_IP": None,
     "ELASTIC_IP": "same",
     "ALLOW_REASSOCIATION": False,
@@ -283,6 +284,7 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"COUNT must be a whole number >= 1, not {count!r}")
     check_group_ids(config["SECURITY_GROUP_IDS"])
+    check_allowed_profiles(config["ALLOWED_INSTANCE_PROFILES"])
     check_private_ip(config["PRIVATE_IP"], count)
     check_elastic_ip(config["ELASTIC_IP"])
     check_hostname(config["HOSTNAME"])
@@ -340,6 +342,17 @@ def parse_before(value: Any) -> datetime | None:
     if when is not None and when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when
+
+
+def check_allowed_profiles(allowed: Any) -> None:
+    """ALLOWED_INSTANCE_PROFILES: None, or a list of instance profile names or ARNs."""
+    if allowed is None:
+        return
+    if not isinstance(allowed, (list, tuple)) or not all(isinstance(p, str) and p for p in allowed):
+        raise ConfigError(
+            "ALLOWED_INSTANCE_PROFILES must be None or a list of instance profile names or "
+            f"ARNs, not {allowed!r}"
+        )
 
 
 def check_group_ids(groups: Any) -> None:
@@ -621,11 +634,10 @@ def plan_launch(
     }
     if groups:
         params["SecurityGroupIds"] = groups
+    profile = config["IAM_INSTANCE_PROFILE"] or trusted_profile(config, recorded, image)
     optional = {
         "KeyName": pick("KEY_NAME", recorded.key_name),
-        "IamInstanceProfile": instance_profile(
-            pick("IAM_INSTANCE_PROFILE", recorded.instance_profile)
-        ),
+        "IamInstanceProfile": instance_profile(profile),
         "PrivateIpAddress": private_ip(config["PRIVATE_IP"], recorded),
         "UserData": build_user_data(recorded.platform, config["HOSTNAME"], config["USER_DATA"]),
         "BlockDeviceMappings": volume_overrides(config, image),
@@ -701,6 +713,26 @@ def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str)
         raise RestoreError(f"{len(tags)} tags for the new instance; EC2 allows 50: trim TAGS")
     pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
     return [{"ResourceType": kind, "Tags": pairs} for kind in ("instance", "volume")]
+
+
+def trusted_profile(config: dict, recorded: Recorded, image: dict) -> str | None:
+    """The instance profile the image's tag names, if ALLOWED_INSTANCE_PROFILES allows it.
+
+    The profile hands its role to the new instance, and a tag is only as trustworthy
+    as whoever may tag the image: so a recorded profile outside the list stops the
+    restore before launch. IAM_INSTANCE_PROFILE, set by the operator, is not checked.
+    """
+    wanted, allowed = recorded.instance_profile, config["ALLOWED_INSTANCE_PROFILES"]
+    if not wanted or allowed is None:
+        return wanted
+    name = wanted.rsplit("/", 1)[-1]
+    if wanted in allowed or name in allowed:
+        return wanted
+    raise RestoreError(
+        f"image {image['ImageId']} names instance profile {wanted} (in its "
+        f"{TAG_INSTANCE_PROFILE} tag), which ALLOWED_INSTANCE_PROFILES does not list; add it "
+        "there, or set IAM_INSTANCE_PROFILE to the one to use"
+    )
 
 
 def instance_profile(value: str | None) -> dict | None:
@@ -1138,7 +1170,7 @@ def describe_plan(plan: Plan, config: dict) -> list[str]:
         f"  subnet:                 {p['SubnetId']}",
         f"  security groups:        {', '.join(p.get('SecurityGroupIds', [])) or 'VPC default'}",
         f"  key pair:               {p.get('KeyName', 'none')}",
-        f"  instance profile:       {next(iter(p.get('IamInstanceProfile', {}).values()), 'none')}",
+        f"  instance profile:       {profile_origin(p, config)}",
         f"  private IP:             {p.get('PrivateIpAddress', 'a new address')}",
         f"  IMDS:                   HttpTokens={p['MetadataOptions']['HttpTokens']}",
         f"  termination protection: {'on' if p['DisableApiTermination'] else 'off'}",
@@ -1149,6 +1181,18 @@ def describe_plan(plan: Plan, config: dict) -> list[str]:
         f"  wait:                   {config['WAIT']}",
         f"  client token:           {p['ClientToken']}",
     ]
+
+
+def profile_origin(params: dict, config: dict) -> str:
+    """The instance profile, and whence it came: it grants the new instance a role."""
+    profile = next(iter(params.get("IamInstanceProfile", {}).values()), None)
+    if not profile:
+        return "none"
+    if config["IAM_INSTANCE_PROFILE"]:
+        return f"{profile} (IAM_INSTANCE_PROFILE)"
+    if config["ALLOWED_INSTANCE_PROFILES"] is None:
+        return f"{profile} (from the image's tag; ALLOWED_INSTANCE_PROFILES is None: not checked)"
+    return f"{profile} (from the image's tag; in ALLOWED_INSTANCE_PROFILES)"
 
 
 def dry_run(ec2: Any, plan: Plan, config: dict) -> int:

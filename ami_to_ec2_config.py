@@ -33,6 +33,12 @@ SUBNET_ID = None  # fixes the availability zone
 SECURITY_GROUP_IDS = None  # a list of sg- ids
 KEY_NAME = None
 IAM_INSTANCE_PROFILE = None  # name or ARN
+# The instance profiles a restore may take from the image's tag, by name or ARN.
+# A profile hands its role to the new instance, and a tag is only as trusted as
+# whoever may tag images: a recorded profile not listed stops the restore before
+# launch. None: any recorded profile (the dry run says it came from a tag).
+# IAM_INSTANCE_PROFILE, when set, is used as it is.
+ALLOWED_INSTANCE_PROFILES = None
 
 # None: a new private address. "same": the original's (COUNT = 1 only; checked
 # to be free first). Or an address in the subnet.

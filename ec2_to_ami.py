@@ -104,6 +104,7 @@ TAG_KEY_MAX = 128
 
 # --- EC2 facts ----------------------------------------------------------------
 AVAILABLE, PENDING, FAILED = "available", "pending", "failed"
+DISABLED = "disabled"  # DisableImage: hidden from DescribeImages unless IncludeDisabled
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 ERR_DUPLICATE_NAME = "InvalidAMIName.Duplicate"
 ERR_SNAPSHOT_IN_USE = "InvalidSnapshot.InUse"
@@ -111,7 +112,9 @@ ERR_SNAPSHOT_NOT_FOUND = "InvalidSnapshot.NotFound"
 ERRS_IMAGE_GONE = {"InvalidAMIID.Unavailable", "InvalidAMIID.NotFound"}  # already deregistered
 SNAPSHOT_SKIPPED = "skipped"  # DeregisterImage kept a snapshot another image uses
 SNAPSHOT_DELETED = "success"
+SNAPSHOT_NO_PERMISSION = "missing-permissions"  # the caller lacks DeleteSnapshot on it
 FILTER_VALUES_MAX = 200
+DESCRIPTION_MAX = 255  # CreateImage and CopyImage
 AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
 AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
 AMI_NAME_CHARS = "letters, digits and ()[] ./-'@_"
@@ -820,13 +823,14 @@ def plan_prune(
 ) -> list[tuple[Image, str]]:
     """Return (image, reason) for each image of one server that retention removes.
 
-    Failed images always go. Pending images never go. Of the available ones the
-    newest `keep` stay; older ones go, and with max_age_days so does any but the
-    newest that is older than that.
+    Failed images always go. Pending images never go. Of the complete ones
+    (available, or disabled by someone: EnableImage brings them back) the newest
+    `keep` stay; older ones go, and with max_age_days so does any but the newest
+    that is older than that.
     """
     doomed = [(image, "state failed") for image in images if image.state == FAILED]
     available = sorted(
-        (image for image in images if image.state == AVAILABLE),
+        (image for image in images if image.state in (AVAILABLE, DISABLED)),
         key=lambda image: (image.created, image.image_id),
         reverse=True,
     )
@@ -1368,7 +1372,9 @@ def managed_images(ec2: Any, schedule: str | None) -> list[Image]:
     filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
     if schedule:
         filters.append({"Name": f"tag:{TAG_SCHEDULE}", "Values": [schedule]})
-    raw = paginate(ec2, "describe_images", "Images", Owners=["self"], Filters=filters)
+    raw = paginate(
+        ec2, "describe_images", "Images", Owners=["self"], Filters=filters, IncludeDisabled=True
+    )
     return [to_image(image) for image in raw]
 
 
@@ -1384,7 +1390,9 @@ def create_backup(
         response = ec2.create_image(
             InstanceId=spec.instance_id,
             Name=name,
-            Description=f"{TOOL} {config.schedule} backup of {spec.name} ({spec.instance_id})",
+            Description=description(
+                f"{TOOL} {config.schedule} backup of {spec.name} ({spec.instance_id})"
+            ),
             NoReboot=no_reboot,
             TagSpecifications=[
                 {"ResourceType": "image", "Tags": tags},
@@ -1396,6 +1404,12 @@ def create_backup(
         if err.response["Error"]["Code"] != ERR_DUPLICATE_NAME:
             raise
         adopt_duplicate(ec2, spec, name, out)
+
+
+def description(text: str) -> str:
+    """An image Description within EC2's 255 characters (the server name is in the tags
+    whole); botocore does not check the limit, EC2 refuses the call."""
+    return text if len(text) <= DESCRIPTION_MAX else text[: DESCRIPTION_MAX - 3] + "..."
 
 
 def adopt_duplicate(ec2: Any, spec: ServerSpec, name: str, out: Outcome) -> None:
@@ -1412,6 +1426,7 @@ def adopt_duplicate(ec2: Any, spec: ServerSpec, name: str, out: Outcome) -> None
             "Images",
             Owners=["self"],
             Filters=[{"Name": "name", "Values": [name]}],
+            IncludeDisabled=True,  # a disabled image keeps its name too
         )
     )
     tags = {t["Key"]: t["Value"] for image in raw for t in image.get("Tags", [])}
@@ -1575,6 +1590,13 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
             continue
         if code == SNAPSHOT_SKIPPED:
             out.warn(f"snapshot {snapshot_id} of {image.image_id} kept: in use")
+            continue
+        if code == SNAPSHOT_NO_PERMISSION:  # a DeleteSnapshot would be refused too
+            out.warn(
+                f"image {image.image_id} is deregistered, but its snapshot {snapshot_id} stays: "
+                "this role may not delete it (ec2:DeleteSnapshot on snapshots carrying the "
+                f"{TAG_MANAGED} tag, docs/iam/backup-policy.json)"
+            )
             continue
         try:
             delete_snapshot(ec2, snapshot_id, image.image_id, out)
@@ -1820,7 +1842,9 @@ def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
         "SourceImageId": image.image_id,
         "SourceRegion": source_region,
         "Name": image.name,
-        "Description": f"{TOOL} copy of {image.image_id} ({out.name}) from {source_region}",
+        "Description": description(
+            f"{TOOL} copy of {image.image_id} ({out.name}) from {source_region}"
+        ),
         "CopyImageTags": True,
         "ClientToken": f"{TOOL}-{image.image_id}-{region.name}",
         "TagSpecifications": [
@@ -2005,9 +2029,10 @@ class Finisher:
 def revoke_sharing(ec2: Any, image: Image, accounts: set[str]) -> None:
     """Take back the launch and create-volume permissions the tool granted to accounts."""
     users = sorted(accounts)
-    ec2.modify_image_attribute(
-        ImageId=image.image_id, LaunchPermission={"Remove": [{"UserId": u} for u in users]}
-    )
+    if image.state != DISABLED:  # DisableImage took its launch permissions already
+        ec2.modify_image_attribute(
+            ImageId=image.image_id, LaunchPermission={"Remove": [{"UserId": u} for u in users]}
+        )
     for snapshot_id in image.snapshot_ids:
         ec2.modify_snapshot_attribute(
             SnapshotId=snapshot_id, Attribute="createVolumePermission",
@@ -2155,7 +2180,7 @@ def backup_with_vss(
         return
     parameters = {
         "CreateAmi": ["True"], "AmiName": [name], "executionTimeout": [str(timeout)],
-        "description": [f"{TOOL} {config.schedule} VSS backup of {spec.name}"],
+        "description": [description(f"{TOOL} {config.schedule} VSS backup of {spec.name}")],
         "tags": [";".join(f"Key={k},Value={v}" for k, v in identity)],
     }  # fmt: skip
     command_id = send(clients.ssm, spec.instance_id, DOC_VSS, parameters, timeout)

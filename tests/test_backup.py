@@ -379,3 +379,18 @@ def test_failed_polls_are_retried_at_the_next_poll(ec2, fleet, tmp_path, endpoin
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("could not poll 3 new image(s): InternalError") == 2
     assert "3 server(s): 3 backed up, 0 failed" in result.stderr
+
+
+def test_a_disabled_backup_counts_and_is_pruned_with_its_snapshots(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    [old] = managed(ec2, "web01")
+    ec2.disable_image(ImageId=old["ImageId"])  # hidden from a plain DescribeImages
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    [new] = managed(ec2, "web01")
+    assert new["ImageId"] != old["ImageId"] and new["State"] == "available"
+    assert f"pruned {old['ImageId']}" in result.stderr
+    assert orphaned_managed_snapshots(ec2) == []
+    snapshot_ids = {s["SnapshotId"] for s in all_snapshots(ec2)}
+    assert old["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] not in snapshot_ids

@@ -518,3 +518,17 @@ def test_role_arn_restores_into_the_other_account(endpoint, tmp_path):
     assert endpoint.calls[start].params["RoleSessionName"].startswith("ec2-to-ami-restore-")
     [new] = instances_in(theirs)
     assert new["SubnetId"] == their_fleet.subnet_id
+
+
+def test_a_long_server_name_still_fits_the_image_and_copy_descriptions(ec2, dr, fleet, tmp_path):
+    name = "w" * 200
+    config = write_config(
+        tmp_path / "long.py", SERVERS=[{"name": name, "instance_id": fleet.instances["web01"]}],
+        SCHEDULE="s" * 60, NAME_FORMAT="{instance_id}-{time:%Y%m%d-%H%M%S}",
+        COPY_TO_REGIONS={DR: {"keep": 1}},
+    )  # fmt: skip
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    [image], [copy] = managed(ec2, name), managed(dr, name)
+    for made in (image, copy):
+        assert len(made["Description"]) == 255 and made["Description"].endswith("...")

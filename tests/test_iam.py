@@ -235,8 +235,9 @@ def test_created_images_must_carry_the_marker_and_tags_come_only_at_creation():
 
 
 def test_ssm_commands_are_limited_to_the_consistency_documents():
-    [statement] = statements_with(policy("backup-policy.json"), "ssm:SendCommand")
-    documents = [r.rsplit("/", 1)[1] for r in statement["Resource"] if ":document/" in r]
+    statements = statements_with(policy("backup-policy.json"), "ssm:SendCommand")
+    resources = [r for s in statements for r in as_list(s["Resource"])]
+    documents = [r.rsplit("/", 1)[1] for r in resources if ":document/" in r]
     assert documents == [
         "AWS-RunShellScript",
         "AWS-RunPowerShellScript",
@@ -300,3 +301,31 @@ def test_copies_are_tagged_only_as_they_are_created_and_kms_only_through_ec2():
     assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CopyImage"}}
     [grants] = statements_with(document, "kms:CreateGrant")
     assert grants["Condition"] == {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
+
+
+def test_commands_run_only_on_instances_that_opt_in():
+    statements = statements_with(policy("backup-policy.json"), "ssm:SendCommand")
+    on_instances = [s for s in statements if "instance/" in str(s["Resource"])]
+    assert on_instances == [
+        {
+            "Sid": "OnlyOnInstancesThatOptIn",
+            "Effect": "Allow",
+            "Action": "ssm:SendCommand",
+            "Resource": "arn:aws:ec2:*:*:instance/*",
+            "Condition": {"StringEquals": {"ssm:resourceTag/ec2-to-ami-commands": "allow"}},
+        }
+    ]
+
+
+def test_the_restore_passes_only_restorable_roles_and_moves_only_opted_in_addresses():
+    document = policy("restore-policy.json")
+    [pass_role] = statements_with(document, "iam:PassRole")
+    assert pass_role["Resource"] == "arn:aws:iam::*:role/ec2-to-ami-restorable/*"
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    for statement in statements_with(document, "ec2:AssociateAddress"):
+        resources = as_list(statement["Resource"])
+        assert "*" not in resources
+        if any(":elastic-ip/" in r for r in resources):
+            assert statement["Condition"] == {
+                "StringEquals": {"aws:ResourceTag/ec2-to-ami-restore": "allow"}
+            }

@@ -447,3 +447,21 @@ def test_a_restore_by_name_chooses_a_pool_when_two_configs_have_the_server(
     assert result.returncode == 0, result.stderr
     [prod_image] = [i for i in managed(ec2, "web01") if tags_of(i)["ec2-to-ami:pool"] == "prod"]
     assert prod_image["ImageId"] in result.stdout
+
+
+def test_a_deregistration_without_delete_permission_names_the_permission(
+    ec2, fleet, tmp_path, endpoint
+):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    SETTINGS.deregister_snapshot_code = "missing-permissions"
+    endpoint.inject("DeleteSnapshot", "UnauthorizedOperation", 403, times=100)
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr  # every backup was made and verified
+    assert "is deregistered, but its snapshot" in result.stderr
+    assert "this role may not delete it (ec2:DeleteSnapshot" in result.stderr
+    assert "could not deregister" not in result.stderr
+    assert available_by_server(ec2) == {"web01": 1, "app01": 1, "win01": 1}
+    # The run tried no DeleteSnapshot of its own: only the sweep did, once per snapshot.
+    assert endpoint.count("DeleteSnapshot") == 3
+    assert "sweep: could not delete orphaned snapshot(s)" in result.stderr

@@ -376,3 +376,23 @@ def test_released_elastic_ip_fails_before_launch(ec2, backed_up, tmp_path):
     assert f"Elastic IP allocation {backed_up.eips['web01']} does not exist" in result.stderr
     assert "set ELASTIC_IP = None to restore without it" in result.stderr
     assert len(live_instances(ec2)) == before
+
+
+def test_a_recorded_instance_profile_must_be_allowed(ec2, backed_up, tmp_path, endpoint):
+    before, calls = len(live_instances(ec2)), len(endpoint.calls)
+    result = restore(tmp_path, SERVER="app01", ALLOWED_INSTANCE_PROFILES=["ops-profile"])
+    assert result.returncode == 1
+    assert f"names instance profile {backed_up.profile_arn}" in result.stderr
+    assert "which ALLOWED_INSTANCE_PROFILES does not list" in result.stderr
+    assert "nothing launched" in result.stderr
+    assert len(live_instances(ec2)) == before
+    assert [c for c in endpoint.calls[calls:] if c.action == "RunInstances"] == []
+    shown = restore(tmp_path, "--dry-run", SERVER="app01", ALLOWED_INSTANCE_PROFILES=None)
+    assert "(from the image's tag; ALLOWED_INSTANCE_PROFILES is None: not checked)" in shown.stdout
+    result = restore(tmp_path, SERVER="app01", ALLOWED_INSTANCE_PROFILES=["app-profile"])
+    assert result.returncode == 0, result.stderr  # allowed by name
+    [new_id] = launched_ids(result)
+    assert instance(ec2, new_id)["IamInstanceProfile"]["Arn"] == backed_up.profile_arn
+    chosen = restore(tmp_path, "--dry-run", SERVER="app01", ALLOWED_INSTANCE_PROFILES=[],
+                     IAM_INSTANCE_PROFILE="app-profile")  # fmt: skip
+    assert chosen.returncode == 0 and "app-profile (IAM_INSTANCE_PROFILE)" in chosen.stdout
