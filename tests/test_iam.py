@@ -22,6 +22,8 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import settings as moto_settings
 from moto.core.authorization import ActionAuthenticatorMixin
+from parliament import analyze_policy_string
+from parliament import config as parliament_config
 
 from localaws.endpoint import SETTINGS
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
@@ -209,9 +211,16 @@ def statements_with(document: dict, action: str) -> list[dict]:
     ],
 )
 def test_deleting_sharing_and_deprecating_need_the_marker_tag(document, action):
-    [statement] = statements_with(policy(document), action)
-    assert statement["Condition"] == MARKER_CONDITION
-    assert "*" not in as_list(statement["Resource"])
+    assert unmarked(policy(document), action) == []
+
+
+def unmarked(document: dict, action: str) -> list[str]:
+    """The statements that allow action without the marker condition, or on "*"."""
+    return [
+        statement.get("Sid", "?")
+        for statement in statements_with(document, action)
+        if statement.get("Condition") != MARKER_CONDITION or "*" in as_list(statement["Resource"])
+    ]
 
 
 def test_metrics_go_only_to_the_namespace_the_readme_names():
@@ -329,3 +338,36 @@ def test_the_restore_passes_only_restorable_roles_and_moves_only_opted_in_addres
             assert statement["Condition"] == {
                 "StringEquals": {"aws:ResourceTag/ec2-to-ami-restore": "allow"}
             }
+
+
+def parliament_findings(name: str) -> list[tuple[str, str, str]]:
+    """(severity, issue, actions) for each parliament finding on a shipped policy."""
+    text = (ROOT / "docs" / "iam" / name).read_text()
+    findings = []
+    for finding in analyze_policy_string(text, name).findings:
+        detail = finding.detail if isinstance(finding.detail, list) else [finding.detail]
+        actions = sorted(
+            {d["action"] if isinstance(d, dict) else str(d) for d in detail}
+        )  # RESOURCE_MISMATCH gives dicts, RESOURCE_STAR action names
+        severity = parliament_config.get(finding.issue, {}).get("severity", "UNKNOWN")
+        findings.append((severity, finding.issue, ", ".join(actions)))
+    return findings
+
+
+@pytest.mark.parametrize("name", ["backup-policy.json", "backup-dr-policy.json",
+                                  "restore-policy.json"])  # fmt: skip
+def test_parliament_finds_nothing_that_docs_iam_readme_does_not_explain(name):
+    listed = (ROOT / "docs" / "iam" / "README.md").read_text()
+    for severity, issue, actions in parliament_findings(name):
+        row = f"| {name} | {severity} {issue} | {actions} |"
+        assert row in listed, f"parliament: {severity} {issue} on {actions} in {name}"
+        assert (
+            severity in ("LOW", "INFO") or "false positive" in listed.split(row)[1].split("\n")[0]
+        )
+
+
+def test_the_condition_check_catches_a_policy_without_the_marker():
+    document = policy("backup-policy.json")
+    [statement] = statements_with(document, "ec2:DeregisterImage")
+    del statement["Condition"]  # moto would still allow every call: only this check bites
+    assert unmarked(document, "ec2:DeregisterImage") == ["DeleteOnlyMarkedImagesAndSnapshots"]
