@@ -82,6 +82,7 @@ MAX_TAGS = 50
 
 # --- EC2 facts -------------------------------------------------------------------------
 AVAILABLE, RUNNING, PENDING = "available", "running", "pending"
+DISABLED = "disabled"  # DisableImage; EnableImage makes the image available again
 GONE_STATES = {"terminated", "shutting-down"}
 STATUS_OK = "ok"
 ERR_DRY_RUN_OK = "DryRunOperation"
@@ -149,6 +150,9 @@ def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
     check_before_launch(ec2, plan)
     if args.dry_run:
         return dry_run(ec2, plan, config)
+    if image["State"] == DISABLED:
+        ec2.enable_image(ImageId=image["ImageId"])
+        log.info("enabled %s, which was disabled, to launch from it", image["ImageId"])
     ids = launch(ec2, plan)
     error = None
     try:
@@ -862,7 +866,10 @@ def managed_images(
         if value:
             filters.append({"Name": f"tag:{key}", "Values": [value]})
     images: list[dict] = []
-    for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=filters):
+    pages = ec2.get_paginator("describe_images").paginate(
+        Owners=["self"], Filters=filters, IncludeDisabled=True
+    )
+    for page in pages:
         images += page.get("Images", [])
     return sorted(images, key=lambda i: (backup_time(i), i["ImageId"]), reverse=True)
 
@@ -880,11 +887,15 @@ def backup_time(image: dict) -> datetime:
 
 
 def find_image(ec2: Any, config: dict) -> dict:
-    """The image to restore: AMI_ID, or the newest available backup of SERVER."""
+    """The image to restore: AMI_ID (a disabled one too: the restore enables it), or the
+    newest available backup of SERVER (a newer disabled one is named in a warning)."""
     if config["AMI_ID"]:
         what = f"image {config['AMI_ID']}"
-        image = describe(ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]])[0]
-        if image["State"] != AVAILABLE:
+        image = describe(
+            ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
+            IncludeDisabled=True,
+        )[0]  # fmt: skip
+        if image["State"] not in (AVAILABLE, DISABLED):
             raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
         return image
     images = managed_images(ec2, config["SERVER"], config["SCHEDULE"], config["POOL"])
@@ -894,6 +905,18 @@ def find_image(ec2: Any, config: dict) -> dict:
         for i in images
         if i["State"] == AVAILABLE and (before is None or backup_time(i) <= before)
     ]
+    newer = [
+        i["ImageId"]
+        for i in images
+        if i["State"] == DISABLED
+        and (before is None or backup_time(i) <= before)
+        and (not usable or backup_time(i) > backup_time(usable[0]))
+    ]
+    if newer:
+        log.warning(
+            "newer backups of %s are disabled: %s; to restore one, name it with --ami "
+            "(the restore enables it first)", config["SERVER"], ", ".join(newer),
+        )  # fmt: skip
     if not usable:
         raise RestoreError(no_backup_message(ec2, config))
     pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in usable) if p})
@@ -1199,6 +1222,10 @@ def dry_run(ec2: Any, plan: Plan, config: dict) -> int:
     """Print the plan and let EC2 check it with DryRun=True; launch nothing."""
     for line in describe_plan(plan, config):
         print(line)
+    if plan.image["State"] == DISABLED:
+        print(f"Would enable {plan.image['ImageId']} first: it is disabled, so EC2 cannot "
+              "check this RunInstances request before that (DryRun skipped).")  # fmt: skip
+        return EXIT_OK
     params = {k: v for k, v in plan.params.items() if k != "ClientToken"}
     try:
         ec2.run_instances(DryRun=True, **params)

@@ -177,8 +177,9 @@ def test_restore_does_its_whole_job_under_the_restore_policy(
     SETTINGS.instance_pending_seconds = 0.5
     config = write_config(tmp_path / "restore.py", SERVER="web01", PRIVATE_IP="same")
     used = actions_used(endpoint, env, "ami_to_ec2.py", config, [["--list"], ["--dry-run"], []])
-    # CreateTags and iam:PassRole are checked inside RunInstances.
-    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole"}
+    # CreateTags and iam:PassRole are checked inside RunInstances; EnableImage is only for
+    # a disabled image (tests/test_restore.py).
+    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole", "ec2:EnableImage"}
     addresses = ec2.describe_addresses(AllocationIds=[fleet.eips["web01"]])["Addresses"]
     assert addresses[0]["InstanceId"]
 
@@ -208,6 +209,7 @@ def statements_with(document: dict, action: str) -> list[dict]:
         ("backup-dr-policy.json", "ec2:ModifyImageAttribute"),
         ("backup-dr-policy.json", "ec2:ModifySnapshotAttribute"),
         ("backup-dr-policy.json", "ec2:EnableImageDeprecation"),
+        ("restore-policy.json", "ec2:EnableImage"),
     ],
 )
 def test_deleting_sharing_and_deprecating_need_the_marker_tag(document, action):

@@ -396,3 +396,19 @@ def test_a_recorded_instance_profile_must_be_allowed(ec2, backed_up, tmp_path, e
     chosen = restore(tmp_path, "--dry-run", SERVER="app01", ALLOWED_INSTANCE_PROFILES=[],
                      IAM_INSTANCE_PROFILE="app-profile")  # fmt: skip
     assert chosen.returncode == 0 and "app-profile (IAM_INSTANCE_PROFILE)" in chosen.stdout
+
+
+def test_a_disabled_backup_is_named_and_restored_only_when_asked(ec2, backed_up, tmp_path):
+    [image] = managed(ec2, "web01")
+    ec2.disable_image(ImageId=image["ImageId"])
+    result = restore(tmp_path, SERVER="web01")
+    assert result.returncode == 1 and "nothing launched" in result.stderr
+    assert f"newer backups of web01 are disabled: {image['ImageId']}" in result.stderr
+    shown = restore(tmp_path, "--dry-run", AMI_ID=image["ImageId"])
+    assert shown.returncode == 0 and f"Would enable {image['ImageId']} first" in shown.stdout
+    assert managed(ec2, "web01")[0]["State"] == "disabled"  # the dry run changed nothing
+    result = restore(tmp_path, AMI_ID=image["ImageId"])
+    assert result.returncode == 0, result.stderr
+    assert managed(ec2, "web01")[0]["State"] == "available"
+    [new_id] = launched_ids(result)
+    assert instance(ec2, new_id)["ImageId"] == image["ImageId"]
