@@ -105,6 +105,9 @@ TAG_KEY_MAX = 128
 # --- EC2 facts ----------------------------------------------------------------
 AVAILABLE, PENDING, FAILED = "available", "pending", "failed"
 DISABLED = "disabled"  # DisableImage: hidden from DescribeImages unless IncludeDisabled
+# DescribeImages' DeregistrationProtection: "disabled", "enabled-with-cooldown",
+# "enabled-without-cooldown", or "disabled-until <time>" while a cooldown runs.
+PROTECTION_OFF = "disabled"
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 ERR_DUPLICATE_NAME = "InvalidAMIName.Duplicate"
 ERR_SNAPSHOT_IN_USE = "InvalidSnapshot.InUse"
@@ -294,6 +297,7 @@ DEFAULTS: dict[str, Any] = {
     "DEPRECATE_AFTER_DAYS": None,
     "ROLE_ARN": None,
     "POOL": None,
+    "DEREGISTRATION_PROTECTION": False,
     "RPO_HOURS": None,
     "METRICS_NAMESPACE": None,
     "STATE_FILE": None,
@@ -380,6 +384,7 @@ class BackupConfig:
     copy_to_regions: Mapping[str, CopyTarget]
     share_with_accounts: tuple[str, ...]
     deprecate_after_days: float | None
+    deregistration_protection: bool
     region: str | None
     profile: str | None
     role_arn: str | None
@@ -468,7 +473,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     _check_int(settings, "KEEP", minimum=1)
     _check_number(settings, "WAIT_TIMEOUT_MINUTES", allow_none=False)
     _check_number(settings, "MAX_AGE_DAYS", allow_none=True)
-    for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT"):
+    for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT", "DEREGISTRATION_PROTECTION"):
         _check_bool(settings[name], name)
     check_consistency_settings(settings)
     check_dr_settings(settings)
@@ -513,6 +518,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         copy_to_regions=MappingProxyType(copies),
         share_with_accounts=tuple(settings["SHARE_WITH_ACCOUNTS"]),
         deprecate_after_days=settings["DEPRECATE_AFTER_DAYS"],
+        deregistration_protection=settings["DEREGISTRATION_PROTECTION"],
         region=settings["REGION"],
         profile=settings["PROFILE"],
         role_arn=settings["ROLE_ARN"],
@@ -805,6 +811,12 @@ class Image:
     encrypted: bool = False
     deprecation_time: str | None = None
     pool: str = ""  # "" for an image made before pools were recorded
+    protection: str = PROTECTION_OFF  # DeregistrationProtection
+
+    @property
+    def protected(self) -> bool:
+        """Whether DeregisterImage is refused until protection is disabled."""
+        return self.protection.startswith("enabled")
 
     @property
     def source_region(self) -> str | None:
@@ -871,6 +883,7 @@ class BackupPlan:
     run_id: str  # TAG_RUN on every image the run makes
     share_with: frozenset[str]  # each new image and copy is shared with exactly these
     deprecate_after_days: float | None
+    protect: bool  # DEREGISTRATION_PROTECTION on each new image and copy
 
 
 def plan_backup(
@@ -896,7 +909,9 @@ def plan_backup(
         deprecate_at = now + timedelta(days=days) if days else None
         plans.append(ServerPlan(server, name, tags, dropped, prunes, copy_prunes, deprecate_at))
     accounts = frozenset(config.share_with_accounts)
-    return BackupPlan(plans, failures, prune, run_id, accounts, days)
+    return BackupPlan(
+        plans, failures, prune, run_id, accounts, days, config.deregistration_protection
+    )
 
 
 def planned_tags(
@@ -1356,6 +1371,7 @@ def to_image(raw: dict) -> Image:
         ),
         deprecation_time=raw.get("DeprecationTime"),
         pool=tags.get(TAG_POOL, ""),
+        protection=raw.get("DeregistrationProtection") or PROTECTION_OFF,
     )
 
 
@@ -1574,6 +1590,9 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
     An image that is already gone counts as deregistered; its snapshots are
     still deleted here, or by the sweep at the end of the run.
     """
+    if image.protected:  # DEREGISTRATION_PROTECTION (or someone) set it: retention lifts it
+        ec2.disable_image_deregistration_protection(ImageId=image.image_id)
+        log.info("%s: disabled the deregistration protection of %s", out.name, image.image_id)
     if image.shared_with:
         revoke_sharing(ec2, image, image.shared_with)
     try:
@@ -1607,6 +1626,17 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
             )
 
 
+def protection_hold(image: Image) -> str | None:
+    """Why retention must keep an image it would prune, or None: a deregistration
+    protection with a cooldown, which someone chose outside this tool (it protects
+    without), stays until they lift it and the cooldown passes."""
+    if image.protection == "enabled-with-cooldown":
+        return "has deregistration protection with a cooldown, set outside this tool"
+    if image.protection.startswith("disabled-until"):
+        return f"is in its deregistration protection's cooldown ({image.protection})"
+    return None
+
+
 def delete_snapshot(ec2: Any, snapshot_id: str, image_id: str, out: Outcome) -> None:
     """Delete a snapshot that DeregisterImage left behind; in use is only a warning."""
     try:
@@ -1624,6 +1654,10 @@ def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
     """Deregister the planned images of one server; an error fails that server."""
     for image, reason in doomed:
         try:
+            held = protection_hold(image)
+            if held:
+                out.warn(f"{image.image_id} is due for pruning but kept: it {held}")
+                continue
             deregister(ec2, image, out)
         except (ClientError, BotoCoreError) as err:
             out.fail(f"could not deregister {image.image_id}: {error_text(err)}")
@@ -1950,6 +1984,7 @@ class Finisher:
         self.ec2 = clients.client("ec2", region)
         self.accounts = set(plan.share_with)
         self.days = plan.deprecate_after_days
+        self.protect = plan.protect
         self.key_managers: dict[str, str] = {}
 
     def finish(self, images: list[Image], out: Outcome) -> None:
@@ -1959,11 +1994,17 @@ class Finisher:
             try:
                 if self.days and not image.deprecation_time:
                     self.deprecate(image)
+                if self.protect and not image.protected:
+                    self.ec2.enable_image_deregistration_protection(
+                        ImageId=image.image_id, WithCooldown=False
+                    )  # without: retention may disable it and deregister at once
+                    image.protection = "enabled-without-cooldown"
                 if image.shared_with != self.accounts:
                     self.share(image, out, where)
             except (ClientError, BotoCoreError) as err:
                 out.fail_late(
-                    f"could not deprecate or share {image.image_id}{where}: {error_text(err)}"
+                    f"could not deprecate, protect or share {image.image_id}{where}: "
+                    f"{error_text(err)}"
                 )
 
     def deprecate(self, image: Image) -> None:
@@ -2443,18 +2484,31 @@ def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
         if server.deprecate_at:
             print(f"  deprecated, with its copies, at {stamp(server.deprecate_at)}")
         for image, reason in server.prunes:
-            print(f"Would deregister {image.image_id} ({image.name}) of {spec.name}: {reason}")
+            print_prune(image, reason, spec.name, "")
         for region in regions:
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
             print(f"Would copy {server.name} ({spec.name}) to {region.name}{key}")
             for image, reason in server.copy_prunes[region.name]:
-                print(f"Would deregister {image.image_id} ({image.name}) of {spec.name} in "
-                      f"{region.name}: {reason}")  # fmt: skip
+                print_prune(image, reason, spec.name, f" in {region.name}")
     for out in plan.failures:
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
     if plan.share_with:
         accounts = ", ".join(sorted(plan.share_with))
         print(f"Would share each new image and copy with {accounts}")
+    if plan.protect:
+        print("Would protect each new image and copy from deregistration (without cooldown)")
+
+
+def print_prune(image: Image, reason: str, server: str, where: str) -> None:
+    """One planned deregistration, as prune() will carry it out."""
+    what = f"{image.image_id} ({image.name}) of {server}{where}: {reason}"
+    held = protection_hold(image)
+    if held:
+        print(f"Would keep {what}, since it {held}")
+    elif image.protected:
+        print(f"Would deregister {what}, lifting its deregistration protection")
+    else:
+        print(f"Would deregister {what}")
 
 
 def print_sweep_plan(

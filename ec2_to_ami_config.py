@@ -99,6 +99,10 @@ COPY_TO_REGIONS = {}
 SHARE_WITH_ACCOUNTS = []
 # Deprecate every new image and copy this many days after the backup. None: never.
 DEPRECATE_AFTER_DAYS = None
+# Protect every new image and copy from deregistration (no cooldown); retention lifts
+# the protection just before it deregisters. Guards against accidents, not against
+# whoever holds the backup role.
+DEREGISTRATION_PROTECTION = False
 # Assume this role before any AWS call, to back up a fleet in another account.
 # Example: "arn:aws:iam::210987654321:role/ec2-to-ami-backup"
 ROLE_ARN = None

@@ -49,6 +49,12 @@ Patches (each has a test in tests/test_endpoint.py):
      DeregisterImage takes them (moto has neither call, nor the state).
   P17 CreateImage and CopyImage refuse a Description longer than 255 characters
      with InvalidParameterValue, as EC2 does (moto and botocore take any length).
+  P18 EnableImageDeregistrationProtection and DisableImageDeregistrationProtection set
+     the image's DeregistrationProtection ("enabled-with-cooldown" or
+     "enabled-without-cooldown"; disabling one with cooldown gives "disabled-until
+     <time>" for 24 hours), which DescribeImages reports, and DeregisterImage refuses a
+     protected image (moto has neither call). EC2 does not document the refusal's
+     error code; the harness answers OperationNotPermitted.
   P12 Encrypted volumes: CreateImage of an instance listed in
      `encrypt_images_of` gives an image whose snapshot is encrypted with the
      listed key (None: the region's aws/ebs key), and DescribeImages reports
@@ -99,7 +105,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 # moto loads its public AMIs when this module imports it: only the two the tests launch
@@ -401,6 +407,38 @@ def _enable_image(self) -> ActionResult:
     return ActionResult({"Return": True})
 
 
+def _enable_deregistration_protection(self) -> ActionResult:
+    """EnableImageDeregistrationProtection (P18)."""
+    self.error_on_dryrun()
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    cooldown = self._get_bool_param("WithCooldown", False)
+    ami.deregistration_protection = (
+        "enabled-with-cooldown" if cooldown else "enabled-without-cooldown"
+    )
+    return ActionResult({"Return": "true"})
+
+
+def _disable_deregistration_protection(self) -> ActionResult:
+    """DisableImageDeregistrationProtection: a cooldown keeps it 24 hours more (P18)."""
+    self.error_on_dryrun()
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    if ami.deregistration_protection == "enabled-with-cooldown":
+        until = datetime.now(timezone.utc) + timedelta(hours=24)
+        ami.deregistration_protection = f"disabled-until {until:%Y-%m-%dT%H:%M:%S.000Z}"
+    else:
+        ami.deregistration_protection = "disabled"
+    return ActionResult({"Return": "true"})
+
+
+def _still_protected(ami: Ami) -> bool:
+    """Whether DeregisterImage is refused for now (P18)."""
+    state = ami.deregistration_protection
+    if state.startswith("disabled-until "):
+        until = datetime.fromisoformat(state.split(" ", 1)[1].replace("Z", "+00:00"))
+        return datetime.now(timezone.utc) < until
+    return state.startswith("enabled")
+
+
 def _describe_images(self) -> ActionResult:
     """DescribeImages without disabled images unless IncludeDisabled (P16)."""
     result = _original_describe_images(self)
@@ -434,6 +472,11 @@ def _deregister_image(self) -> ActionResult:
     self.error_on_dryrun()
     backend = self.ec2_backend
     ami = backend.amis.get(ami_id)
+    if ami is not None and _still_protected(ami):
+        raise EC2ClientError(
+            "OperationNotPermitted",
+            f"The image {ami_id} has deregistration protection ({ami.deregistration_protection})",
+        )
     backend.deregister_image(ami_id)
     result: dict[str, Any] = {"Return": True}
     if delete_snapshots and ami is not None:
@@ -591,6 +634,9 @@ def apply_patches() -> None:
     Ami.deprecation_time = None
     Ami.get_filter_value = _ami_filter_value
     AmisResponse.describe_images = _describe_images
+    AmisResponse.enable_image_deregistration_protection = _enable_deregistration_protection
+    AmisResponse.disable_image_deregistration_protection = _disable_deregistration_protection
+    Ami.deregistration_protection = "disabled"
     AmisResponse.disable_image = _disable_image
     AmisResponse.enable_image = _enable_image
     ElasticBlockStore.describe_snapshots = _describe_snapshots

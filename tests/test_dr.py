@@ -19,6 +19,7 @@ from tests.conftest import (
     REGION,
     backup_config,
     managed,
+    orphaned_managed_snapshots,
     run,
     script_command,
     tags_of,
@@ -532,3 +533,48 @@ def test_a_long_server_name_still_fits_the_image_and_copy_descriptions(ec2, dr, 
     [image], [copy] = managed(ec2, name), managed(dr, name)
     for made in (image, copy):
         assert len(made["Description"]) == 255 and made["Description"].endswith("...")
+
+
+# --- Deregistration protection -----------------------------------------------------------
+
+
+def test_protected_backups_and_copies_are_still_pruned_by_retention(ec2, dr, fleet, tmp_path):
+    config = dr_config(tmp_path, fleet, KEEP=1, COPY_TO_REGIONS={DR: {"keep": 1}},
+                       DEREGISTRATION_PROTECTION=True)  # fmt: skip
+    assert run("ec2_to_ami.py", config).returncode == 0
+    [image], [copy] = managed(ec2, "web01"), managed(dr, "web01")
+    for made in (image, copy):
+        assert made["DeregistrationProtection"] == "enabled-without-cooldown"
+    planned = run("ec2_to_ami.py", config, "--dry-run").stdout
+    assert f"Would deregister {image['ImageId']}" in planned
+    assert "lifting its deregistration protection" in planned
+    assert "Would protect each new image and copy from deregistration" in planned
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    [new], [new_copy] = managed(ec2, "web01"), managed(dr, "web01")
+    assert new["ImageId"] != image["ImageId"] and new_copy["ImageId"] != copy["ImageId"]
+    assert new["DeregistrationProtection"] == new_copy["DeregistrationProtection"]
+    assert new["DeregistrationProtection"] == "enabled-without-cooldown"
+    assert orphaned_managed_snapshots(ec2) == orphaned_managed_snapshots(dr) == []
+
+
+def test_a_protection_with_cooldown_set_outside_the_tool_keeps_the_image(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    [image] = managed(ec2, "web01")
+    ec2.enable_image_deregistration_protection(ImageId=image["ImageId"], WithCooldown=True)
+    planned = run("ec2_to_ami.py", config, "--dry-run").stdout
+    assert f"Would keep {image['ImageId']}" in planned
+    assert f"Would deregister {image['ImageId']}" not in planned
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr  # every new backup was made and verified
+    assert f"{image['ImageId']} is due for pruning but kept: it has deregistration protection" in (
+        result.stderr
+    )
+    kept = {i["ImageId"]: i for i in managed(ec2, "web01")}
+    assert kept[image["ImageId"]]["DeregistrationProtection"] == "enabled-with-cooldown"
+    ec2.disable_image_deregistration_protection(ImageId=image["ImageId"])  # the owner lifts it
+    result = run("ec2_to_ami.py", config)
+    assert "is in its deregistration protection's cooldown (disabled-until" in result.stderr
+    assert image["ImageId"] in {i["ImageId"] for i in managed(ec2, "web01")}
+    assert orphaned_managed_snapshots(ec2) == []

@@ -445,3 +445,22 @@ def test_p17_an_image_description_is_at_most_255_characters(ec2, fleet):
     with pytest.raises(ClientError) as err:
         ec2.create_image(InstanceId=instance_id, Name="p17-b", Description="d" * 256)
     assert err.value.response["Error"]["Code"] == "InvalidParameterValue"
+
+
+def test_p18_a_protected_image_is_refused_deregistration_until_released(ec2, fleet):
+    image_id = ec2.create_image(InstanceId=fleet.instances["web01"], Name="p18")["ImageId"]
+    ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=False)
+    [image] = ec2.describe_images(ImageIds=[image_id])["Images"]
+    assert image["DeregistrationProtection"] == "enabled-without-cooldown"
+    with pytest.raises(ClientError) as err:
+        ec2.deregister_image(ImageId=image_id)
+    assert err.value.response["Error"]["Code"] == "OperationNotPermitted"
+    ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=True)
+    ec2.disable_image_deregistration_protection(ImageId=image_id)
+    [image] = ec2.describe_images(ImageIds=[image_id])["Images"]
+    assert image["DeregistrationProtection"].startswith("disabled-until ")
+    with pytest.raises(ClientError):
+        ec2.deregister_image(ImageId=image_id)  # the cooldown holds it a day more
+    ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=False)
+    ec2.disable_image_deregistration_protection(ImageId=image_id)
+    ec2.deregister_image(ImageId=image_id)

@@ -131,7 +131,8 @@ def test_backup_does_its_whole_job_under_the_backup_policy(
         {"name": "win01", "instance_id": fleet.instances["win01"], "consistency": "vss"},
     ]  # fmt: skip
     config = backup_config(tmp_path, fleet, KEEP=1, SERVERS=servers, SELECT_TAGS={},
-                           METRICS_NAMESPACE="EC2Backup")  # fmt: skip
+                           METRICS_NAMESPACE="EC2Backup",
+                           DEREGISTRATION_PROTECTION=True)  # fmt: skip
     runs = [[], [], ["--dry-run"], ["--list"], ["--check"]]
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
@@ -206,6 +207,8 @@ def statements_with(document: dict, action: str) -> list[dict]:
     [
         ("backup-policy.json", "ec2:DeregisterImage"),
         ("backup-policy.json", "ec2:DeleteSnapshot"),
+        ("backup-policy.json", "ec2:EnableImageDeregistrationProtection"),
+        ("backup-policy.json", "ec2:DisableImageDeregistrationProtection"),
         ("backup-dr-policy.json", "ec2:ModifyImageAttribute"),
         ("backup-dr-policy.json", "ec2:ModifySnapshotAttribute"),
         ("backup-dr-policy.json", "ec2:EnableImageDeprecation"),
