@@ -35,6 +35,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.mime.multipart import MIMEMultipart
@@ -83,6 +84,7 @@ MAX_TAGS = 50
 # --- EC2 facts -------------------------------------------------------------------------
 AVAILABLE, RUNNING, PENDING = "available", "running", "pending"
 DISABLED = "disabled"  # DisableImage; EnableImage makes the image available again
+IN_RECYCLE_BIN = "in the Recycle Bin"  # deregistered, kept by a retention rule
 GONE_STATES = {"terminated", "shutting-down"}
 STATUS_OK = "ok"
 ERR_DRY_RUN_OK = "DryRunOperation"
@@ -108,6 +110,7 @@ WINDOWS_NAME_MAX = 15
 VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
+BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show as available
 DEFAULT_MAX_ATTEMPTS = 10
 
 # --- The story: main, then the restore ---------------------------------------------------
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.list:
-            return list_backups(ec2, config)
+            return list_backups(ec2, config, args.recycle_bin)
         return restore(ec2, config, args)
     except RestoreError as err:
         log.error("%s; nothing launched", err)
@@ -141,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
 def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
     """Find the backup, plan, check, launch, finish and report."""
     image = find_image(ec2, config)
+    if image["State"] == IN_RECYCLE_BIN:
+        if args.dry_run:
+            print(
+                f"Would restore {image['ImageId']} ({image.get('Name', '')}) from the Recycle "
+                f"Bin, where it stays until {bin_time(image.get('RecycleBinExitTime'))}, with "
+                "its snapshots, then launch from it. Its recorded configuration is on its tags, "
+                "which EC2 shows only once it is restored: nothing more can be planned before."
+            )
+            return EXIT_OK
+        image = restore_from_recycle_bin(ec2, image)
     recorded = read_recorded(image)
     token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
     alive = original_alive(ec2, recorded)
@@ -891,10 +904,16 @@ def find_image(ec2: Any, config: dict) -> dict:
     newest available backup of SERVER (a newer disabled one is named in a warning)."""
     if config["AMI_ID"]:
         what = f"image {config['AMI_ID']}"
-        image = describe(
-            ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
-            IncludeDisabled=True,
-        )[0]  # fmt: skip
+        try:
+            image = describe(
+                ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
+                IncludeDisabled=True,
+            )[0]  # fmt: skip
+        except RestoreError:
+            binned = list(paginate_bin(ec2, ImageIds=[config["AMI_ID"]]))
+            if not binned:
+                raise
+            return {**binned[0], "State": IN_RECYCLE_BIN}
         if image["State"] not in (AVAILABLE, DISABLED):
             raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
         return image
@@ -927,6 +946,45 @@ def find_image(ec2: Any, config: dict) -> dict:
             "(or --pool)"
         )
     return usable[0]
+
+
+def restore_from_recycle_bin(ec2: Any, binned: dict) -> dict:
+    """RestoreImageFromRecycleBin, then each of its snapshots that is in the bin too;
+    return the image as DescribeImages shows it."""
+    image_id = binned["ImageId"]
+    ec2.restore_image_from_recycle_bin(ImageId=image_id)
+    log.info("%s: restored from the Recycle Bin", image_id)
+    deadline = time.monotonic() + BIN_RESTORE_SECONDS
+    while True:  # EC2 is eventually consistent: the image may take a moment to show
+        found = ec2.describe_images(ImageIds=[image_id], IncludeDisabled=True).get("Images")
+        if found and found[0]["State"] in (AVAILABLE, DISABLED):
+            break
+        if time.monotonic() > deadline:
+            raise RestoreError(
+                f"image {image_id} was restored from the Recycle Bin but is not available "
+                f"after {BIN_RESTORE_SECONDS} s; run again"
+            )
+        time.sleep(POLL_FIRST_SECONDS)
+    image = found[0]
+    snapshot_ids = [
+        m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m
+    ]
+    present = set()
+    if snapshot_ids:
+        for snapshot in ec2.describe_snapshots(
+            Filters=[{"Name": "snapshot-id", "Values": snapshot_ids}]
+        ).get("Snapshots", []):
+            present.add(snapshot["SnapshotId"])
+    for snapshot_id in [s for s in snapshot_ids if s not in present]:
+        listed = ec2.list_snapshots_in_recycle_bin(SnapshotIds=[snapshot_id]).get("Snapshots")
+        if not listed:
+            raise RestoreError(
+                f"image {image_id} is restored from the Recycle Bin, but its snapshot "
+                f"{snapshot_id} is gone (is there a Recycle Bin rule for snapshots?)"
+            )
+        ec2.restore_snapshot_from_recycle_bin(SnapshotId=snapshot_id)
+        log.info("%s: restored its snapshot %s from the Recycle Bin", image_id, snapshot_id)
+    return image
 
 
 def image_tag(image: dict, key: str) -> str | None:
@@ -1236,8 +1294,9 @@ def dry_run(ec2: Any, plan: Plan, config: dict) -> int:
     return EXIT_OK
 
 
-def list_backups(ec2: Any, config: dict) -> int:
-    """Print the restorable backups of SERVER (or of every server), newest first."""
+def list_backups(ec2: Any, config: dict, recycle_bin: bool = False) -> int:
+    """Print the restorable backups of SERVER (or of every server), newest first; and
+    with recycle_bin the images in the Recycle Bin, which `--ami` restores."""
     images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
     columns = ["server", "image", "created", "schedule", "state", "type", "subnet"]
     rows: list[dict] = [{c: c.upper() for c in columns}]
@@ -1249,7 +1308,38 @@ def list_backups(ec2: Any, config: dict) -> int:
     print_table(rows, columns)
     if not images:
         print("(no backups)")
+    if recycle_bin:
+        print_recycle_bin(ec2)
     return EXIT_OK
+
+
+def print_recycle_bin(ec2: Any) -> None:
+    """The images in this region's Recycle Bin. EC2 lists them without tags, so every
+    image is shown, by name; a backup's name carries its server (NAME_FORMAT)."""
+    binned = list(paginate_bin(ec2))
+    print()
+    if not binned:
+        print("(no images in the Recycle Bin)")
+        return
+    columns = ["image", "name", "deleted", "leaves the bin"]
+    rows = [{c: c.upper() for c in columns}]
+    for image in sorted(binned, key=lambda i: i.get("RecycleBinEnterTime"), reverse=True):
+        rows.append({"image": image["ImageId"], "name": image.get("Name", ""),
+                     "deleted": bin_time(image.get("RecycleBinEnterTime")),
+                     "leaves the bin": bin_time(image.get("RecycleBinExitTime"))})  # fmt: skip
+    print("In the Recycle Bin (restore one with --ami):")
+    print_table(rows, columns)
+
+
+def paginate_bin(ec2: Any, **kwargs: Any) -> Iterator[dict]:
+    """ListImagesInRecycleBin, page by page."""
+    for page in ec2.get_paginator("list_images_in_recycle_bin").paginate(**kwargs):
+        yield from page.get("Images", [])
+
+
+def bin_time(value: Any) -> str:
+    """A Recycle Bin time, to the minute."""
+    return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value or "-")
 
 
 # --- Command line --------------------------------------------------------------------------
@@ -1274,12 +1364,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, launch nothing")
     parser.add_argument("--list", action="store_true", help="list restorable backups")
+    parser.add_argument(
+        "--recycle-bin", action="store_true", help="with --list: the Recycle Bin's images too"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
     noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
+    if args.recycle_bin and not args.list:
+        parser.error("--recycle-bin goes with --list")
     if args.client_token is not None and not re.fullmatch(r"[\x21-\x7e]{1,64}", args.client_token):
         parser.error("--client-token must be 1-64 printable ASCII characters")
     return args

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.list:  # only reads: no lock needed
-            return list_backups(clients, config, args.server)
+            return list_backups(clients, config, args.server, args.recycle_bin)
         if args.check:  # only reads: no lock needed
             return run_check(clients, config, args, others)
         with run_lock(args.config) as locked:
@@ -2524,8 +2524,11 @@ def print_sweep_plan(
             print(f"Would delete orphaned snapshot {snapshot_id}{where}")
 
 
-def list_backups(clients: Clients, config: BackupConfig, only: list[str]) -> int:
-    """Print a table of managed backups per server and region, newest first."""
+def list_backups(
+    clients: Clients, config: BackupConfig, only: list[str], recycle_bin: bool = False
+) -> int:
+    """Print a table of managed backups per server and region, newest first; with
+    recycle_bin also the images each region's Recycle Bin holds."""
     found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
     for region in destination_regions(clients, config):
         found += [(region.name, i) for i in copies_in(region, config, clients.region, None)]
@@ -2538,14 +2541,33 @@ def list_backups(clients: Clients, config: BackupConfig, only: list[str]) -> int
     for region, i in found:
         created = i.created.strftime("%Y-%m-%d %H:%M:%S")
         rows.append((i.server, region, i.image_id, i.name, created, i.state, i.schedule))
-    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print_table(rows)
     if not images:
         print("(no managed backups)")
+    if recycle_bin:
+        regions = [(clients.region, clients.ec2)]
+        regions += [(r.name, r.ec2) for r in destination_regions(clients, config)]
+        print_recycle_bins(regions)
     return EXIT_OK
+
+
+def print_recycle_bins(regions: list[tuple[str, Any]]) -> None:
+    """The images in each region's Recycle Bin (deregistered, kept by a retention rule).
+    EC2 lists them without tags, so all are shown, by name; ami_to_ec2.py --ami restores
+    one."""
+    rows = [("REGION", "IMAGE", "NAME", "DELETED", "LEAVES THE BIN")]
+    for name, ec2 in regions:
+        for image in paginate(ec2, "list_images_in_recycle_bin", "Images"):
+            entered, leaves = image.get("RecycleBinEnterTime"), image.get("RecycleBinExitTime")
+            rows.append((name, image["ImageId"], image.get("Name", ""),
+                         f"{entered:%Y-%m-%d %H:%M}" if entered else "-",
+                         f"{leaves:%Y-%m-%d %H:%M}" if leaves else "-"))  # fmt: skip
+    print()
+    if len(rows) == 1:
+        print("(no images in the Recycle Bin)")
+        return
+    print("In the Recycle Bin (ami_to_ec2.py --ami ID restores one):")
+    print_table(rows)
 
 
 # --- Monitoring: --check, the state file, CloudWatch metrics --------------------------------
@@ -3027,6 +3049,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=default_config_path(), help="config file")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--list", action="store_true", help="list managed backups and exit")
+    parser.add_argument(
+        "--recycle-bin", action="store_true", help="with --list: the Recycle Bin's images too"
+    )
     parser.add_argument("--server", action="append", metavar="NAME", help="only this server")
     parser.add_argument("--no-prune", action="store_true", help="create backups, delete nothing")
     parser.add_argument(
@@ -3057,6 +3082,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.cron = bool(args.install_cron or args.uninstall_cron or args.show_cron)
     if args.list and (args.dry_run or args.no_prune):
         parser.error("--list does not go with --dry-run or --no-prune")
+    if args.recycle_bin and not args.list:
+        parser.error("--recycle-bin goes with --list")
     if args.check and (args.list or args.dry_run or args.no_prune):
         parser.error("--check does not go with --list, --dry-run or --no-prune")
     if (args.json or args.also_config) and not args.check:

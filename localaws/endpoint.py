@@ -55,6 +55,11 @@ Patches (each has a test in tests/test_endpoint.py):
      <time>" for 24 hours), which DescribeImages reports, and DeregisterImage refuses a
      protected image (moto has neither call). EC2 does not document the refusal's
      error code; the harness answers OperationNotPermitted.
+  P19 The Recycle Bin, with one retention rule for images and one for snapshots when
+     `recycle_bin_days` is set: a deregistered image and a deleted snapshot go to
+     the bin for that long; ListImagesInRecycleBin and ListSnapshotsInRecycleBin
+     list them (without tags, as EC2 does), and RestoreImageFromRecycleBin and
+     RestoreSnapshotFromRecycleBin bring them back (moto has no Recycle Bin).
   P12 Encrypted volumes: CreateImage of an instance listed in
      `encrypt_images_of` gives an image whose snapshot is encrypted with the
      listed key (None: the region's aws/ebs key), and DescribeImages reports
@@ -199,6 +204,7 @@ class Settings:
         self.fail_copies_to: set[str] = set()
         self.encrypt_images_of: dict[str, str | None] = {}
         self.deregister_snapshot_code = "success"
+        self.recycle_bin_days: float | None = None  # P19: None, no retention rule
 
     def reset(self) -> None:
         self.__init__()
@@ -216,6 +222,7 @@ _original_terminate = Instance.terminate
 _original_block_device_mappings = Ami.block_device_mappings
 _original_ami_filter_value = Ami.get_filter_value
 _original_describe_images = AmisResponse.describe_images
+_original_delete_snapshot = EBSBackend.delete_snapshot
 
 
 DESCRIPTION_MAX = 255
@@ -439,6 +446,83 @@ def _still_protected(ami: Ami) -> bool:
     return state.startswith("enabled")
 
 
+def recycle_bin(backend: Any) -> tuple[dict, dict]:
+    """A region's Recycle Bin: (images, snapshots), each id -> (resource, time it entered)."""
+    if not hasattr(backend, "harness_image_bin"):
+        backend.harness_image_bin, backend.harness_snapshot_bin = {}, {}
+    days = timedelta(days=SETTINGS.recycle_bin_days or 0)
+    for store in (backend.harness_image_bin, backend.harness_snapshot_bin):
+        for key, (_, entered) in list(store.items()):
+            if entered + days < datetime.now(timezone.utc):
+                del store[key]  # the rule's retention ran out
+    return backend.harness_image_bin, backend.harness_snapshot_bin
+
+
+def _binned(ids: list[str], store: dict) -> list[tuple[str, Any, datetime, datetime]]:
+    days = timedelta(days=SETTINGS.recycle_bin_days or 0)
+    return [(key, item, entered, entered + days) for key, (item, entered) in store.items()
+            if not ids or key in ids]  # fmt: skip
+
+
+def _bin_time(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _list_images_in_recycle_bin(self) -> ActionResult:
+    """ListImagesInRecycleBin (P19)."""
+    images, _ = recycle_bin(self.ec2_backend)
+    found = [
+        {"ImageId": key, "Name": ami.name, "Description": ami.description or "",
+         "RecycleBinEnterTime": _bin_time(entered), "RecycleBinExitTime": _bin_time(leaves)}
+        for key, ami, entered, leaves in _binned(self._get_param("ImageIds", []), images)
+    ]  # fmt: skip
+    return ActionResult({"Images": found})
+
+
+def _restore_image_from_recycle_bin(self) -> ActionResult:
+    """RestoreImageFromRecycleBin: the image is back, available (P19)."""
+    backend, image_id = self.ec2_backend, self._get_param("ImageId")
+    images, _ = recycle_bin(backend)
+    if image_id not in images:
+        raise EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+    ami, _ = images.pop(image_id)
+    ami.state = "available"
+    backend.amis[image_id] = ami
+    return ActionResult({"Return": True})
+
+
+def _list_snapshots_in_recycle_bin(self) -> ActionResult:
+    """ListSnapshotsInRecycleBin (P19)."""
+    _, snapshots = recycle_bin(self.ec2_backend)
+    found = [
+        {"SnapshotId": key, "Description": snapshot.description or "",
+         "VolumeId": snapshot.volume.id, "RecycleBinEnterTime": _bin_time(entered),
+         "RecycleBinExitTime": _bin_time(leaves)}
+        for key, snapshot, entered, leaves in _binned(self._get_param("SnapshotIds", []),
+                                                      snapshots)
+    ]  # fmt: skip
+    return ActionResult({"Snapshots": found})
+
+
+def _restore_snapshot_from_recycle_bin(self) -> ActionResult:
+    """RestoreSnapshotFromRecycleBin (P19)."""
+    backend, snapshot_id = self.ec2_backend, self._get_param("SnapshotId")
+    _, snapshots = recycle_bin(backend)
+    if snapshot_id not in snapshots:
+        raise InvalidSnapshotIdError()
+    snapshot, _ = snapshots.pop(snapshot_id)
+    backend.snapshots[snapshot_id] = snapshot
+    return ActionResult({"SnapshotId": snapshot_id, "State": "completed"})
+
+
+def _delete_snapshot_to_bin(self: Any, snapshot_id: str) -> Any:
+    """DeleteSnapshot, into the Recycle Bin when a rule keeps snapshots (P19)."""
+    snapshot = _original_delete_snapshot(self, snapshot_id)
+    if SETTINGS.recycle_bin_days is not None:
+        recycle_bin(self)[1][snapshot_id] = (snapshot, datetime.now(timezone.utc))
+    return snapshot
+
+
 def _describe_images(self) -> ActionResult:
     """DescribeImages without disabled images unless IncludeDisabled (P16)."""
     result = _original_describe_images(self)
@@ -478,6 +562,8 @@ def _deregister_image(self) -> ActionResult:
             f"The image {ami_id} has deregistration protection ({ami.deregistration_protection})",
         )
     backend.deregister_image(ami_id)
+    if ami is not None and SETTINGS.recycle_bin_days is not None:
+        recycle_bin(backend)[0][ami_id] = (ami, datetime.now(timezone.utc))
     result: dict[str, Any] = {"Return": True}
     if delete_snapshots and ami is not None:
         snapshot = ami.ebs_snapshot
@@ -637,6 +723,11 @@ def apply_patches() -> None:
     AmisResponse.enable_image_deregistration_protection = _enable_deregistration_protection
     AmisResponse.disable_image_deregistration_protection = _disable_deregistration_protection
     Ami.deregistration_protection = "disabled"
+    AmisResponse.list_images_in_recycle_bin = _list_images_in_recycle_bin
+    AmisResponse.restore_image_from_recycle_bin = _restore_image_from_recycle_bin
+    ElasticBlockStore.list_snapshots_in_recycle_bin = _list_snapshots_in_recycle_bin
+    ElasticBlockStore.restore_snapshot_from_recycle_bin = _restore_snapshot_from_recycle_bin
+    EBSBackend.delete_snapshot = _delete_snapshot_to_bin
     AmisResponse.disable_image = _disable_image
     AmisResponse.enable_image = _enable_image
     ElasticBlockStore.describe_snapshots = _describe_snapshots

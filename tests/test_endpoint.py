@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from botocore.config import Config
@@ -464,3 +465,21 @@ def test_p18_a_protected_image_is_refused_deregistration_until_released(ec2, fle
     ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=False)
     ec2.disable_image_deregistration_protection(ImageId=image_id)
     ec2.deregister_image(ImageId=image_id)
+
+
+def test_p19_the_recycle_bin_keeps_deregistered_images_and_deleted_snapshots(ec2, fleet):
+    SETTINGS.recycle_bin_days = 7
+    image_id = ec2.create_image(InstanceId=fleet.instances["web01"], Name="p19")["ImageId"]
+    [image] = ec2.describe_images(ImageIds=[image_id])["Images"]
+    snapshot_id = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+    [binned] = ec2.list_images_in_recycle_bin(ImageIds=[image_id])["Images"]
+    assert binned["Name"] == "p19" and "Tags" not in binned
+    assert binned["RecycleBinExitTime"] - binned["RecycleBinEnterTime"] == timedelta(days=7)
+    [snapshot] = ec2.list_snapshots_in_recycle_bin(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert snapshot["SnapshotId"] == snapshot_id
+    ec2.restore_image_from_recycle_bin(ImageId=image_id)
+    ec2.restore_snapshot_from_recycle_bin(SnapshotId=snapshot_id)
+    assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"
+    assert ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert ec2.list_images_in_recycle_bin()["Images"] == []

@@ -133,7 +133,7 @@ def test_backup_does_its_whole_job_under_the_backup_policy(
     config = backup_config(tmp_path, fleet, KEEP=1, SERVERS=servers, SELECT_TAGS={},
                            METRICS_NAMESPACE="EC2Backup",
                            DEREGISTRATION_PROTECTION=True)  # fmt: skip
-    runs = [[], [], ["--dry-run"], ["--list"], ["--check"]]
+    runs = [[], [], ["--dry-run"], ["--list", "--recycle-bin"], ["--check"]]
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
     # for a snapshot DeregisterImage could not delete.
@@ -177,12 +177,30 @@ def test_restore_does_its_whole_job_under_the_restore_policy(
     env = user_env("restore-bot", document)
     SETTINGS.instance_pending_seconds = 0.5
     config = write_config(tmp_path / "restore.py", SERVER="web01", PRIVATE_IP="same")
-    used = actions_used(endpoint, env, "ami_to_ec2.py", config, [["--list"], ["--dry-run"], []])
+    runs = [["--list", "--recycle-bin"], ["--dry-run"], []]
+    used = actions_used(endpoint, env, "ami_to_ec2.py", config, runs)
     # CreateTags and iam:PassRole are checked inside RunInstances; EnableImage is only for
-    # a disabled image (tests/test_restore.py).
-    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole", "ec2:EnableImage"}
+    # a disabled image, the Recycle Bin restores only for a deleted one (the next test).
+    rare = {"ec2:EnableImage", "ec2:DescribeSnapshots", "ec2:ListSnapshotsInRecycleBin",
+            "ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"}  # fmt: skip
+    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole"} - rare
     addresses = ec2.describe_addresses(AllocationIds=[fleet.eips["web01"]])["Addresses"]
     assert addresses[0]["InstanceId"]
+
+
+def test_restore_from_the_recycle_bin_under_the_restore_policy(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    SETTINGS.recycle_bin_days = 7
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    [old] = managed(ec2, "web01")
+    assert run("ec2_to_ami.py", config).returncode == 0  # the old backup goes to the bin
+    env = user_env("restore-bot", policy("restore-policy.json"))
+    SETTINGS.instance_pending_seconds = 0.5
+    restore = write_config(tmp_path / "restore.py", AMI_ID=old["ImageId"])
+    used = actions_used(endpoint, env, "ami_to_ec2.py", restore, [[]])
+    assert {"ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"} <= used
 
 
 def test_restore_policy_refuses_what_the_restore_does_not_need(fleet, endpoint, user_env):

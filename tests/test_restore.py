@@ -412,3 +412,28 @@ def test_a_disabled_backup_is_named_and_restored_only_when_asked(ec2, backed_up,
     assert managed(ec2, "web01")[0]["State"] == "available"
     [new_id] = launched_ids(result)
     assert instance(ec2, new_id)["ImageId"] == image["ImageId"]
+
+
+def test_a_backup_in_the_recycle_bin_is_listed_and_restored_with_its_snapshot(ec2, fleet, tmp_path):
+    SETTINGS.recycle_bin_days = 7  # retention rules for images and for snapshots
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    [old] = managed(ec2, "web01")
+    assert run("ec2_to_ami.py", config).returncode == 0  # KEEP=1: the old one goes to the bin
+    assert old["ImageId"] not in {i["ImageId"] for i in managed(ec2, "web01")}
+    listed = run("ec2_to_ami.py", config, "--list", "--recycle-bin").stdout
+    assert "In the Recycle Bin" in listed and old["ImageId"] in listed and old["Name"] in listed
+    listed = restore(tmp_path, "--list", "--recycle-bin", SERVER="web01").stdout
+    assert old["ImageId"] in listed.split("In the Recycle Bin")[1]
+    shown = restore(tmp_path, "--dry-run", AMI_ID=old["ImageId"])
+    assert shown.returncode == 0 and f"Would restore {old['ImageId']}" in shown.stdout
+    assert ec2.list_images_in_recycle_bin(ImageIds=[old["ImageId"]])["Images"]  # still there
+    SETTINGS.instance_pending_seconds = 0.5
+    result = restore(tmp_path, AMI_ID=old["ImageId"])
+    assert result.returncode == 0, result.stderr
+    assert "restored from the Recycle Bin" in result.stderr
+    [new_id] = launched_ids(result)
+    launched = instance(ec2, new_id)
+    assert launched["ImageId"] == old["ImageId"] and launched["SubnetId"] == fleet.subnet_id
+    snapshot_id = old["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    assert ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
