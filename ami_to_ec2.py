@@ -110,6 +110,8 @@ WINDOWS_NAME_MAX = 15
 VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
+RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
+ELASTIC_IP_OPT_IN_TAG = "ec2-to-ami-restore"  # "allow" on an Elastic IP: a restore may move it
 BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show as available
 DEFAULT_MAX_ATTEMPTS = 10
 
@@ -121,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args)
     try:
-        config = validate_config(apply_flags(load_config(args.config), args), listing=args.list)
+        settings = apply_flags(load_config(args.config), args)
+        config = validate_config(settings, listing=args.list or args.print_iam_policy)
+        if args.print_iam_policy:
+            return print_iam_policy(config)
         ec2 = make_ec2(config)
     except ConfigError as err:
         log.error("config error: %s", err)
@@ -1342,6 +1347,78 @@ def bin_time(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value or "-")
 
 
+# --- IAM policy: the least privilege this config needs --------------------------------------
+
+
+def print_iam_policy(config: dict) -> int:
+    """--print-iam-policy: the policy this config's restores need, as JSON; no AWS call."""
+    print(json.dumps(iam_policy(config), indent=2))
+    return EXIT_OK
+
+
+def iam_policy(config: dict) -> dict:
+    """The least-privilege policy for restores with this config, in its region and account.
+
+    The instance profile a restore hands out comes from the image's tag, so PassRole is
+    limited to roles under RESTORABLE_ROLE_PATH: create the roles a restore may pass
+    there (ALLOWED_INSTANCE_PROFILES checks the profile too). The Elastic IP is the
+    configured allocation, or one tagged ELASTIC_IP_OPT_IN_TAG = "allow".
+    """
+    region = base_session(config["PROFILE"], config["REGION"])[0].region_name
+    account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
+    arn = f"arn:aws:ec2:{region}:{account}:"
+    image, snapshot = f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*"
+    subnet = f"subnet/{config['SUBNET_ID']}" if config["SUBNET_ID"] else "subnet/*"
+    launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
+    describe = [
+        "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
+        "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
+        "ec2:DescribeKeyPairs", "ec2:DescribeNetworkInterfaces", "ec2:DescribeAddresses",
+        "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin",
+    ]  # fmt: skip
+    marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
+    eip = config["ELASTIC_IP"]
+    statements = [
+        allow("Describe", describe, "*"),
+        allow("LaunchInTheConfigsRegion", "ec2:RunInstances",
+              [image, *launched, arn + subnet, arn + "security-group/*", arn + "key-pair/*"]),
+        allow("TagAtLaunchOnly", "ec2:CreateTags", launched[:2],
+              {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
+        allow("EnableOnlyMarkedImages", "ec2:EnableImage", image, marked),
+        allow("RestoreFromTheRecycleBin",
+              ["ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"],
+              [image, snapshot]),
+        allow("PassOnlyRestorableRolesToEc2", "iam:PassRole",
+              f"arn:aws:iam::{account}:role{RESTORABLE_ROLE_PATH}*",
+              {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
+    ]  # fmt: skip
+    if eip is not None:
+        statements += [
+            allow("AssociateTheConfigsElasticIp", "ec2:AssociateAddress",
+                  arn + f"elastic-ip/{eip}") if eip != "same" else
+            allow("AssociateOnlyElasticIpsThatOptIn", "ec2:AssociateAddress", arn + "elastic-ip/*",
+                  {"StringEquals": {f"aws:ResourceTag/{ELASTIC_IP_OPT_IN_TAG}": "allow"}}),
+            allow("AssociateWithTheNewInstance", "ec2:AssociateAddress", launched[::2]),
+        ]  # fmt: skip
+    if config["KMS_KEY_ID"]:
+        key = config["KMS_KEY_ID"]
+        statements.append(allow(
+            "EncryptVolumesThroughEc2Only",
+            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
+            key if key.startswith("arn:") else "*",
+            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
+        ))  # fmt: skip
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def allow(sid: str, action: Any, resource: Any, condition: dict | None = None) -> dict:
+    """One Allow statement."""
+    made = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+    if condition:
+        made["Condition"] = condition
+    return made
+
+
 # --- Command line --------------------------------------------------------------------------
 
 
@@ -1368,6 +1445,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--recycle-bin", action="store_true", help="with --list: the Recycle Bin's images too"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--print-iam-policy",
+        action="store_true",
+        help="print the least-privilege IAM policy this config needs (no AWS call)",
+    )
     parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")

@@ -24,7 +24,9 @@ from moto import settings as moto_settings
 from moto.core.authorization import ActionAuthenticatorMixin
 from parliament import analyze_policy_string
 from parliament import config as parliament_config
+from parliament.statement import get_privilege_info
 
+import ec2_to_ami
 from localaws.endpoint import SETTINGS
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
 
@@ -119,11 +121,16 @@ def assert_refused(calls) -> None:
         assert err.value.response["Error"]["Code"] in {"UnauthorizedOperation", "AccessDenied"}
 
 
-def test_backup_does_its_whole_job_under_the_backup_policy(
+def generated(script: str, config) -> dict:
+    """What --print-iam-policy prints for a config."""
+    result = run(script, config, "--print-iam-policy")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_an_ssm_config_does_its_whole_job_under_its_generated_policy(
     ec2, fleet, tmp_path, endpoint, user_env
 ):
-    document = policy("backup-policy.json")
-    env = user_env("backup-bot", document)
     servers = [
         {"name": "web01", "instance_id": fleet.instances["web01"]},
         {"name": "app01", "instance_id": fleet.instances["app01"], "consistency": "scripts",
@@ -133,12 +140,34 @@ def test_backup_does_its_whole_job_under_the_backup_policy(
     config = backup_config(tmp_path, fleet, KEEP=1, SERVERS=servers, SELECT_TAGS={},
                            METRICS_NAMESPACE="EC2Backup",
                            DEREGISTRATION_PROTECTION=True)  # fmt: skip
+    document = generated("ec2_to_ami.py", config)
+    env = user_env("backup-bot", document)
     runs = [[], [], ["--dry-run"], ["--list", "--recycle-bin"], ["--check"]]
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
     # for a snapshot DeregisterImage could not delete.
     assert used == actions_of(document) - {"ec2:DeleteSnapshot"}
     assert len(managed(ec2, "web01")) == len(managed(ec2, "win01")) == 1
+
+
+def test_a_plain_config_gets_no_ssm_and_no_dr_and_does_its_whole_job(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    config = backup_config(tmp_path, fleet, KEEP=1)  # web01, app01 by id; win01 by tag
+    document = generated("ec2_to_ami.py", config)
+    assert not {a for a in actions_of(document) if a.startswith(("ssm:", "kms:", "cloudwatch:"))}
+    assert not actions_of(document) & {"ec2:CopyImage", "ec2:ModifyImageAttribute",
+                                       "ec2:EnableImageDeregistrationProtection"}  # fmt: skip
+    env = user_env("plain-bot", document)
+    runs = [[], [], ["--list", "--recycle-bin"]]
+    used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
+    # Tags at creation are checked inside CreateImage; only retention of an image someone
+    # protected needs the protection lifted.
+    assert used == actions_of(document) - {
+        "ec2:CreateTags",
+        "ec2:DeleteSnapshot",
+        "ec2:DisableImageDeregistrationProtection",
+    }
 
 
 def test_i1_cloudwatch_calls_are_authorized_by_their_iam_name(endpoint, user_env):
@@ -242,7 +271,8 @@ def unmarked(document: dict, action: str) -> list[str]:
     return [
         statement.get("Sid", "?")
         for statement in statements_with(document, action)
-        if statement.get("Condition") != MARKER_CONDITION or "*" in as_list(statement["Resource"])
+        if statement.get("Condition", {}).get("StringEquals") != MARKER_CONDITION["StringEquals"]
+        or "*" in as_list(statement["Resource"])
     ]
 
 
@@ -300,25 +330,27 @@ def test_a_policy_missing_an_action_fails_the_run(fleet, tmp_path, user_env):
     assert "AccessDenied" in result.stderr or "UnauthorizedOperation" in result.stderr
 
 
-def test_disaster_recovery_needs_the_dr_policy_beside_the_backup_policy(
+def test_a_dr_config_does_its_whole_job_under_its_generated_policy(
     ec2, fleet, tmp_path, endpoint, user_env
 ):
-    """Copies, sharing and deprecation work under backup-dr-policy.json, which adds only them."""
-    base, extra = policy("backup-policy.json"), policy("backup-dr-policy.json")
-    both = {"Version": base["Version"], "Statement": base["Statement"] + extra["Statement"]}
+    """Copies, sharing and deprecation work under the DR config's policy, and a config
+    without them gets a policy that refuses them."""
     SETTINGS.encrypt_images_of[fleet.instances["web01"]] = None  # DescribeSnapshots, DescribeKey
     settings = {"KEEP": 1, "COPY_TO_REGIONS": {"us-west-2": {"keep": 1}},
                 "SHARE_WITH_ACCOUNTS": ["111122223333"], "DEPRECATE_AFTER_DAYS": 30}  # fmt: skip
     config = backup_config(tmp_path, fleet, **settings)
-    used = actions_used(endpoint, user_env("dr-bot", both), "ec2_to_ami.py", config, [[], []])
-    # EC2 itself uses the KMS grants when it encrypts a copy; moto does not ask for them.
-    on_ec2s_behalf = {"kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext",
-                      "kms:ReEncryptFrom", "kms:ReEncryptTo"}  # fmt: skip
-    assert actions_of(extra) - on_ec2s_behalf <= used <= actions_of(both)
+    document = generated("ec2_to_ami.py", config)
+    runs = [[], [], ["--list", "--recycle-bin"]]
+    used = actions_used(endpoint, user_env("dr-bot", document), "ec2_to_ami.py", config, runs)
+    assert used == actions_of(document) - {
+        "ec2:DeleteSnapshot",
+        "ec2:DisableImageDeregistrationProtection",
+    }
     assert (
         len(managed(boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint.url))) == 3
     )
-    without = user_env("no-dr-bot", base)
+    plain = generated("ec2_to_ami.py", backup_config(tmp_path, fleet, name="plain.py", KEEP=1))
+    without = user_env("no-dr-bot", plain)
     enforce()
     result = run("ec2_to_ami.py", config, **without)
     relax()
@@ -329,24 +361,35 @@ def test_disaster_recovery_needs_the_dr_policy_beside_the_backup_policy(
 
 def test_copies_are_tagged_only_as_they_are_created_and_kms_only_through_ec2():
     document = policy("backup-dr-policy.json")
-    [tagging] = statements_with(document, "ec2:CreateTags")
-    assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "CopyImage"}}
+    conditions = [s["Condition"] for s in statements_with(document, "ec2:CreateTags")]
+    assert {"StringEquals": {"ec2:CreateAction": "CopyImage"}} in conditions
+    assert {  # after creation, only whom an image is shared with
+        **MARKER_CONDITION,
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["ec2-to-ami:shared-with"]},
+    } in conditions
     [grants] = statements_with(document, "kms:CreateGrant")
     assert grants["Condition"] == {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
+    assert grants["Resource"][0].startswith("arn:aws:kms:eu-central-1:")  # the key, not "*"
+    [snapshots] = statements_with(document, "ec2:ModifySnapshotAttribute")
+    assert snapshots["Condition"]["ForAllValues:StringEquals"] == {
+        "ec2:Add/userId": ["210987654321"]
+    }
 
 
-def test_commands_run_only_on_instances_that_opt_in():
+def test_commands_run_only_on_the_consistency_servers_or_instances_that_opt_in(tmp_path):
     statements = statements_with(policy("backup-policy.json"), "ssm:SendCommand")
-    on_instances = [s for s in statements if "instance/" in str(s["Resource"])]
-    assert on_instances == [
-        {
-            "Sid": "OnlyOnInstancesThatOptIn",
-            "Effect": "Allow",
-            "Action": "ssm:SendCommand",
-            "Resource": "arn:aws:ec2:*:*:instance/*",
-            "Condition": {"StringEquals": {"ssm:resourceTag/ec2-to-ami-commands": "allow"}},
-        }
+    on_instances = [r for s in statements for r in as_list(s["Resource"]) if "instance/" in r]
+    assert on_instances == [  # db01 (scripts) and dc01 (vss), not web01
+        "arn:aws:ec2:eu-west-1:*:instance/i-0123456789abcdef1",
+        "arn:aws:ec2:eu-west-1:*:instance/i-0123456789abcdef2",
     ]
+    tagged = write_config(tmp_path / "tagged.py", REGION="eu-west-1",
+                          SELECT_TAGS={"Backup": "db"}, CONSISTENCY="scripts",
+                          PRE_SCRIPT="sync")  # fmt: skip
+    document = ec2_to_ami.iam_policy(ec2_to_ami.load_config(str(tagged)))
+    [opt_in] = [s for s in statements_with(document, "ssm:SendCommand") if "Condition" in s]
+    assert opt_in["Resource"] == "arn:aws:ec2:eu-west-1:*:instance/*"
+    assert opt_in["Condition"] == {"StringEquals": {"ssm:resourceTag/ec2-to-ami-commands": "allow"}}
 
 
 def test_the_restore_passes_only_restorable_roles_and_moves_only_opted_in_addresses():
@@ -377,8 +420,35 @@ def parliament_findings(name: str) -> list[tuple[str, str, str]]:
     return findings
 
 
-@pytest.mark.parametrize("name", ["backup-policy.json", "backup-dr-policy.json",
-                                  "restore-policy.json"])  # fmt: skip
+SHIPPED = {  # each docs/iam file: --print-iam-policy of its example config
+    "backup-plain-policy.json": ("ec2_to_ami.py", "backup-plain.py"),
+    "backup-policy.json": ("ec2_to_ami.py", "backup-ssm.py"),
+    "backup-dr-policy.json": ("ec2_to_ami.py", "backup-dr.py"),
+    "restore-policy.json": ("ami_to_ec2.py", "restore.py"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_shipped_policies_are_what_their_example_configs_generate(name):
+    script, example = SHIPPED[name]
+    printed = generated(script, ROOT / "docs" / "iam" / "examples" / example)
+    assert printed == policy(name), f"regenerate docs/iam/{name} (README, IAM)"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_no_resource_star_where_iam_can_name_the_resource(name):
+    for statement in policy(name)["Statement"]:
+        if statement["Resource"] != "*":
+            continue
+        for action in as_list(statement["Action"]):
+            service, verb = action.split(":")
+            types = get_privilege_info(service, verb)["resource_types"]
+            named = [t["resource_type"] for t in types if t["resource_type"]]
+            # kms:DescribeKey: the key that encrypts a shared image is not known beforehand.
+            assert not named or action == "kms:DescribeKey", (name, action, named)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_parliament_finds_nothing_that_docs_iam_readme_does_not_explain(name):
     listed = (ROOT / "docs" / "iam" / "README.md").read_text()
     for severity, issue, actions in parliament_findings(name):
