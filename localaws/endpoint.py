@@ -886,14 +886,15 @@ class Endpoint:
         return fault
 
     def count(self, action: str | None = None, ok: bool | None = None, **match: str) -> int:
-        """How many calls (of an action; that succeeded or not; with these params) it saw."""
+        """How many calls (of an action; answered with success or not; with these params) it
+        saw. A call still in flight (no status yet) is neither a success nor a failure."""
         with self._lock:
             calls = list(self.calls)
         return sum(
             1
             for c in calls
             if (action is None or c.action == action)
-            and (ok is None or (c.status < 400) == ok)
+            and (ok is None or (c.status != 0 and (c.status < 400) == ok))
             and all(c.params.get(k) == v for k, v in match.items())
         )
 

@@ -292,6 +292,7 @@ def test_killed_run_leaves_only_labelled_images_and_the_next_run_recovers(
     wait_for(lambda: endpoint.count("CreateImage", ok=True) >= 6, "the second run's creates")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for(lambda: all(c.status for c in endpoint.calls), "the answer to the dying call")
     finish_pending()
     SETTINGS.pending_seconds = 0.5
     assert run("ec2_to_ami.py", config).returncode == 0

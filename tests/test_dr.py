@@ -214,6 +214,7 @@ def test_a_run_killed_while_copying_leaves_only_labelled_copies_and_the_next_run
     wait_for(lambda: endpoint.count("CopyImage", ok=True) >= 5, "copies")  # 3, then 2 of these
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for(lambda: all(c.status for c in endpoint.calls), "the answer to the dying call")
     for image in dr.describe_images(Owners=["self"])["Images"]:
         assert tags_of(image)["ec2-to-ami:managed-by"] == "ec2-to-ami"
         assert tags_of(image)["ec2-to-ami:source-region"] == REGION
