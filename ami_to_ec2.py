@@ -18,8 +18,10 @@ Read it in this order; each section is marked "# --- <name>":
   User data                     host name and the operator's user data, merged
   Plan the launch (pure)        RunInstances' parameters, with where each came from
   AWS access                    one session and its client, retries
-  Look                          find the backup and what surrounds it
-  Do it, Report, Command line
+  Look                          find the backup (or bring it back from the Recycle Bin)
+  Do it, Report                 launch, associate, wait; report
+  IAM policy                    --print-iam-policy: the least privilege this config needs
+  Command line
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ Read it in this order; each section is marked "# --- <name>":
   Carrying out the plan         the creator, follower and housekeeping threads; report
   Dry run and listing           print the plan; list the backups
   Monitoring                    --check, the state file, CloudWatch metrics
+  IAM policy                    --print-iam-policy: the least privilege this config needs
   Scheduling, Command line
 """
 
