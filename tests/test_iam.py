@@ -202,10 +202,10 @@ def test_restore_does_its_whole_job_under_the_restore_policy(
 ):
     assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
     ec2.terminate_instances(InstanceIds=[fleet.instances["web01"]])
-    document = policy("restore-policy.json")
-    env = user_env("restore-bot", document)
     SETTINGS.instance_pending_seconds = 0.5
     config = write_config(tmp_path / "restore.py", SERVER="web01", PRIVATE_IP="same")
+    document = generated("ami_to_ec2.py", config)
+    env = user_env("restore-bot", document)
     runs = [["--list", "--recycle-bin"], ["--dry-run"], []]
     used = actions_used(endpoint, env, "ami_to_ec2.py", config, runs)
     # CreateTags and iam:PassRole are checked inside RunInstances; EnableImage is only for
@@ -225,9 +225,9 @@ def test_restore_from_the_recycle_bin_under_the_restore_policy(
     assert run("ec2_to_ami.py", config).returncode == 0
     [old] = managed(ec2, "web01")
     assert run("ec2_to_ami.py", config).returncode == 0  # the old backup goes to the bin
-    env = user_env("restore-bot", policy("restore-policy.json"))
     SETTINGS.instance_pending_seconds = 0.5
     restore = write_config(tmp_path / "restore.py", AMI_ID=old["ImageId"])
+    env = user_env("restore-bot", generated("ami_to_ec2.py", restore))
     used = actions_used(endpoint, env, "ami_to_ec2.py", restore, [[]])
     assert {"ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"} <= used
 
