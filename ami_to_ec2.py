@@ -982,9 +982,13 @@ def restore_from_recycle_bin(ec2: Any, binned: dict) -> dict:
             Filters=[{"Name": "snapshot-id", "Values": snapshot_ids}]
         ).get("Snapshots", []):
             present.add(snapshot["SnapshotId"])
-    for snapshot_id in [s for s in snapshot_ids if s not in present]:
-        listed = ec2.list_snapshots_in_recycle_bin(SnapshotIds=[snapshot_id]).get("Snapshots")
-        if not listed:
+    missing = [s for s in snapshot_ids if s not in present]
+    binned = set()
+    if missing:  # one call for all of them
+        listed = ec2.list_snapshots_in_recycle_bin(SnapshotIds=missing).get("Snapshots", [])
+        binned = {s["SnapshotId"] for s in listed}
+    for snapshot_id in missing:
+        if snapshot_id not in binned:
             raise RestoreError(
                 f"image {image_id} is restored from the Recycle Bin, but its snapshot "
                 f"{snapshot_id} is gone (is there a Recycle Bin rule for snapshots?)"
