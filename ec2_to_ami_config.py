@@ -89,7 +89,7 @@ WAIT_TIMEOUT_MINUTES = 120
 # Also append log lines to this file. None: stderr only.
 LOG_FILE = None
 
-# --- Disaster recovery (README, "Disaster recovery"; IAM: docs/iam/backup-dr-policy.json) ---
+# --- Disaster recovery (README, "Disaster recovery"; IAM: --print-iam-policy) ---
 # Copy each new backup to these regions, keeping "keep" copies per server there
 # (None: the server's keep), encrypted with "kms_key_id" if given. Needs WAIT = True.
 # Example: {"us-west-2": {"keep": 7, "kms_key_id": "alias/dr-backups"}}
