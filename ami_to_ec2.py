@@ -77,6 +77,43 @@ TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"
 TAG_SOURCE_REGION = "ec2-to-ami:source-region"  # on a copy in another region
 TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
 TAG_SHARED_WITH = "ec2-to-ami:shared-with"
+# The launch record: JSON over LAUNCH_DEFAULTS (a key left out has its default value).
+TAG_LAUNCH = "ec2-to-ami:launch"
+LAUNCH_VERSION = 1
+LAUNCH_DEFAULTS: dict[str, Any] = {
+    "tenancy": "default",
+    "placement_group": None,
+    "partition": None,
+    "host_id": None,
+    "host_resource_group": None,
+    "affinity": None,
+    "cpu_options": None,
+    "credits": None,
+    "ebs_optimized": False,
+    "hibernation": False,
+    "nitro_enclave": False,
+    "capacity_reservation": "open",
+    "http_tokens": "optional",
+    "http_hop_limit": 1,
+    "http_endpoint": "enabled",
+    "http_ipv6": "disabled",
+    "metadata_tags": "disabled",
+    "hostname_type": "ip-name",
+    "dns_a_record": False,
+    "dns_aaaa_record": False,
+    "termination_protection": False,
+    "stop_protection": False,
+    "shutdown_behavior": "stop",
+    "monitoring": False,
+    "auto_recovery": "default",
+    "interfaces": [],
+    "elastic_ips": [],
+    "target_groups": [],
+    "classic_load_balancers": [],
+    "unknown": [],
+}
+INTERFACE_DEFAULTS = {"secondary": [], "ipv6": 0, "source_dest_check": True, "description": "",
+                      "delete_on_termination": True, "public_ip": False}  # fmt: skip
 # Tags the restore puts on the new instance.
 TAG_RESTORED_FROM = "ec2-to-ami:restored-from"  # source image id
 TAG_RESTORED_BACKUP_TIME = "ec2-to-ami:restored-backup-time"  # the backup's created time
@@ -100,6 +137,26 @@ NOT_FOUND_CODES = {
     "InvalidAMIID.NotFound": "image",
     "InvalidAMIID.Malformed": "image",
 }
+ERR_NO_SUCH_ENTITY = "NoSuchEntity"  # IAM: the instance profile is gone
+ERR_TARGET_GROUP_NOT_FOUND = "TargetGroupNotFound"
+PLACEMENT_GONE_CODES = {"InvalidPlacementGroup.Unknown", "InvalidPlacementGroupName.NotFound"}
+HOST_USABLE_STATES = {"available"}
+HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidHostID.Malformed"}
+# DescribeInstanceAttribute attribute -> (attribute name, response key)
+INSTANCE_ATTRIBUTES = {
+    "disableApiTermination": ("termination protection", "DisableApiTermination"),
+    "disableApiStop": ("stop protection", "DisableApiStop"),
+    "instanceInitiatedShutdownBehavior": (
+        "shutdown behaviour",
+        "InstanceInitiatedShutdownBehavior",
+    ),
+}
+BURSTABLE_RE = re.compile(r"^t\d")  # T instance types: CPU credits
+STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
+FILTER_VALUES_MAX = 200
+DNS_TTL_DEFAULT = 300  # for a DNS_RECORDS record that does not exist yet
+UNAVAILABLE = "not reproducible"
+MONITORING_ON = ("enabled", "pending")  # an attribute a warning said cannot be reproduced
 AMI_ID_RE = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 SUBNET_ID_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
 GROUP_ID_RE = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
@@ -113,7 +170,8 @@ VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
-ELASTIC_IP_OPT_IN_TAG = "ec2-to-ami-restore"  # "allow" on an Elastic IP: a restore may move it
+# "allow" on an Elastic IP, target group or Classic Load Balancer: a restore may use it
+RESTORE_OPT_IN_TAG = ELASTIC_IP_OPT_IN_TAG = "ec2-to-ami-restore"
 BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show as available
 DEFAULT_MAX_ATTEMPTS = 10
 
@@ -129,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         config = validate_config(settings, listing=args.list or args.print_iam_policy)
         if args.print_iam_policy:
             return print_iam_policy(config)
-        ec2 = make_ec2(config)
+        clients = make_clients(config)
     except ConfigError as err:
         log.error("config error: %s", err)
         return EXIT_USAGE
@@ -138,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.list:
-            return list_backups(ec2, config, args.recycle_bin)
-        return restore(ec2, config, args)
+            return list_backups(clients.ec2, config, args.recycle_bin)
+        return restore(clients, config, args)
     except RestoreError as err:
         log.error("%s; nothing launched", err)
         return EXIT_FAILED
@@ -148,8 +206,40 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
-    """Find the backup, plan, check, launch, finish and report."""
+def restore(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+    """Find the backup, plan, check, launch, finish, check the twin and report."""
+    try:
+        plan = prepare(clients, config, args)
+    except (ClientError, BotoCoreError) as err:
+        raise RestoreError(f"AWS error: {error_text(err)}") from None
+    if plan is None or args.dry_run:
+        return EXIT_OK if plan is None else dry_run(clients.ec2, plan, config)
+    ec2 = clients.ec2
+    if plan.image["State"] == DISABLED:
+        ec2.enable_image(ImageId=plan.image["ImageId"])
+        log.info("enabled %s, which was disabled, to launch from it", plan.image["ImageId"])
+    ids, error = launch(ec2, plan)
+    differences: list[str] = []
+    try:
+        finish(clients, plan, config, ids)
+        if config["WAIT"] != "none":
+            differences = check_twin(clients, plan, ids[0])
+    except (ClientError, BotoCoreError, LaunchError) as err:
+        text = str(err) if isinstance(err, LaunchError) else error_text(err)
+        error = f"after launching {', '.join(ids)}: {text}"
+    for difference in differences:
+        log.warning("%s", difference)
+    print_report(instance_rows(ec2, ids), plan, error, args.json, differences)
+    if error:
+        log.error("%s", error)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def prepare(clients: Clients, config: dict, args: argparse.Namespace) -> Plan | None:
+    """Find the backup (from the Recycle Bin if need be), plan the launch and check it;
+    None when a dry run can plan no further. Launches nothing."""
+    ec2 = clients.ec2
     image = find_image(ec2, config)
     if image["State"] == IN_RECYCLE_BIN:
         if args.dry_run:
@@ -159,32 +249,16 @@ def restore(ec2: Any, config: dict, args: argparse.Namespace) -> int:
                 "its snapshots, then launch from it. Its recorded configuration is on its tags, "
                 "which EC2 shows only once it is restored: nothing more can be planned before."
             )
-            return EXIT_OK
+            return None
         image = restore_from_recycle_bin(ec2, image)
     recorded = read_recorded(image)
     token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
     alive = original_alive(ec2, recorded)
     plan = plan_launch(config, image, recorded, alive, token, ec2.meta.region_name)
+    check_before_launch(clients, plan)
     for warning in plan.warnings:
         log.warning("%s", warning)
-    check_before_launch(ec2, plan)
-    if args.dry_run:
-        return dry_run(ec2, plan, config)
-    if image["State"] == DISABLED:
-        ec2.enable_image(ImageId=image["ImageId"])
-        log.info("enabled %s, which was disabled, to launch from it", image["ImageId"])
-    ids = launch(ec2, plan)
-    error = None
-    try:
-        finish(ec2, plan, config, ids)
-    except (ClientError, BotoCoreError, LaunchError) as err:
-        text = str(err) if isinstance(err, LaunchError) else error_text(err)
-        error = f"after launching {', '.join(ids)}: {text}"
-    print_report(instance_rows(ec2, ids), plan, error, args.json)
-    if error:
-        log.error("%s", error)
-        return EXIT_FAILED
-    return EXIT_OK
+    return plan
 
 
 # --- Config -------------------------------------------------------------------------------
@@ -211,8 +285,25 @@ DEFAULTS: dict[str, Any] = {
     "USER_DATA": None,
     "NAME": None,
     "TAGS": {},
-    "TERMINATION_PROTECTION": False,
+    "TERMINATION_PROTECTION": None,
+    "STOP_PROTECTION": None,
+    "SHUTDOWN_BEHAVIOR": None,
+    "MONITORING": None,
+    "EBS_OPTIMIZED": None,
+    "AUTO_RECOVERY": None,
     "IMDSV2": None,
+    "METADATA_OPTIONS": None,
+    "PRIVATE_DNS_NAME_OPTIONS": None,
+    "TENANCY": None,
+    "PLACEMENT_GROUP": None,
+    "HOST_ID": None,
+    "CPU_OPTIONS": None,
+    "CREDIT_SPECIFICATION": None,
+    "NETWORK_INTERFACES": None,
+    "PUBLIC_IP": None,
+    "TARGET_GROUPS": "same",
+    "CLASSIC_LOAD_BALANCERS": "same",
+    "DNS_RECORDS": [],
     "VOLUME_TYPE": None,
     "ENCRYPTED": None,
     "KMS_KEY_ID": None,
@@ -314,10 +405,12 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     check_hostname(config["HOSTNAME"])
     config["USER_DATA"] = read_user_data(config["USER_DATA"])
     check_tags(config["TAGS"])
-    for name in ("ALLOW_REASSOCIATION", "TERMINATION_PROTECTION"):
-        if not isinstance(config[name], bool):
-            raise ConfigError(f"{name} must be True or False, not {config[name]!r}")
-    for name in ("ENCRYPTED", "DELETE_ON_TERMINATION"):
+    if not isinstance(config["ALLOW_REASSOCIATION"], bool):
+        raise ConfigError(f"ALLOW_REASSOCIATION must be True or False, not "
+                          f"{config['ALLOW_REASSOCIATION']!r}")  # fmt: skip
+    check_twin_settings(config)
+    for name in ("ENCRYPTED", "DELETE_ON_TERMINATION", "TERMINATION_PROTECTION", "STOP_PROTECTION",
+                 "MONITORING", "EBS_OPTIMIZED", "PUBLIC_IP"):  # fmt: skip
         if config[name] is not None and not isinstance(config[name], bool):
             raise ConfigError(f"{name} must be None, True or False, not {config[name]!r}")
     check_volume_settings(config)
@@ -348,6 +441,137 @@ def _check_enum(config: dict, name: str, choices: tuple) -> None:
     if config[name] not in choices:
         shown = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{name} must be one of {shown}, not {config[name]!r}")
+
+
+TENANCIES = (None, "default", "dedicated", "host")
+METADATA_CHOICES = {
+    "HttpTokens": ("required", "optional"),
+    "HttpPutResponseHopLimit": tuple(range(1, 65)),
+    "HttpEndpoint": ("enabled", "disabled"),
+    "HttpProtocolIpv6": ("enabled", "disabled"),
+    "InstanceMetadataTags": ("enabled", "disabled"),
+}
+DNS_NAME_CHOICES = {
+    "HostnameType": ("ip-name", "resource-name"),
+    "EnableResourceNameDnsARecord": (True, False),
+    "EnableResourceNameDnsAAAARecord": (True, False),
+}
+INTERFACE_KEYS = {"subnet_id", "security_group_ids", "private_ip", "secondary_private_ips",
+                  "ipv6_addresses", "source_dest_check", "description",
+                  "delete_on_termination"}  # fmt: skip
+DNS_RECORD_KEYS = {"zone_id", "name", "type", "value"}
+
+
+def check_twin_settings(config: dict) -> None:
+    """The settings that override a recorded attribute of the twin."""
+    _check_enum(config, "TENANCY", TENANCIES)
+    _check_enum(config, "SHUTDOWN_BEHAVIOR", (None, "stop", "terminate"))
+    _check_enum(config, "AUTO_RECOVERY", (None, "default", "disabled"))
+    _check_enum(config, "CREDIT_SPECIFICATION", (None, "standard", "unlimited"))
+    for name, prefix in (("PLACEMENT_GROUP", ""), ("HOST_ID", "h-")):
+        value = config[name]
+        if value not in (None, False) and not (isinstance(value, str) and value.startswith(prefix)
+                                               and len(value) > len(prefix)):  # fmt: skip
+            raise ConfigError(f"{name} must be None (as recorded), False (none) or a "
+                              f"{'host id' if prefix else 'name'}, not {value!r}")  # fmt: skip
+    cpu = config["CPU_OPTIONS"]
+    if cpu not in (None, False) and not (
+        isinstance(cpu, dict) and set(cpu) == {"CoreCount", "ThreadsPerCore"}
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in cpu.values())
+    ):  # fmt: skip
+        raise ConfigError('CPU_OPTIONS must be None, False or {"CoreCount": n, '
+                          f'"ThreadsPerCore": n}}, not {cpu!r}')  # fmt: skip
+    check_options(config, "METADATA_OPTIONS", METADATA_CHOICES)
+    check_options(config, "PRIVATE_DNS_NAME_OPTIONS", DNS_NAME_CHOICES)
+    if config["IMDSV2"] and "HttpTokens" in (config["METADATA_OPTIONS"] or {}):
+        raise ConfigError("set HttpTokens in METADATA_OPTIONS or IMDSV2, not both")
+    check_interfaces(config["NETWORK_INTERFACES"], config["COUNT"])
+    check_balancers(config)
+    check_dns_records(config["DNS_RECORDS"])
+
+
+def check_options(config: dict, name: str, choices: dict[str, tuple]) -> None:
+    """A dict of EC2 option names to allowed values, or None."""
+    value = config[name]
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be None or a dict such as {{{next(iter(choices))!r}: ...}}")
+    for key, option in value.items():
+        if key not in choices:
+            raise ConfigError(f"{name}: unknown option {key!r}; known: {', '.join(choices)}")
+        if option not in choices[key] or isinstance(option, bool) != isinstance(
+            choices[key][0], bool
+        ):
+            raise ConfigError(f"{name}[{key!r}] cannot be {option!r}")
+
+
+def check_interfaces(value: Any, count: int) -> None:
+    """NETWORK_INTERFACES: None, or a list of interfaces by device index."""
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError("NETWORK_INTERFACES must be None or a non-empty list of dicts")
+    for index, entry in enumerate(value):
+        where = f"NETWORK_INTERFACES[{index}]"
+        if not isinstance(entry, dict) or not set(entry) <= INTERFACE_KEYS:
+            raise ConfigError(f"{where} must be a dict with keys among {sorted(INTERFACE_KEYS)}")
+        if not isinstance(entry.get("subnet_id"), str) or not SUBNET_ID_RE.match(
+            entry["subnet_id"]
+        ):
+            raise ConfigError(f"{where} needs a subnet_id")
+        if "security_group_ids" in entry:
+            check_group_ids(entry["security_group_ids"])
+        if entry.get("private_ip") is not None:
+            check_private_ip(entry["private_ip"], count)
+        for key in ("secondary_private_ips", "ipv6_addresses"):
+            number = entry.get(key, 0)
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ConfigError(f"{where}[{key!r}] must be a count >= 0")
+        for key in ("source_dest_check", "delete_on_termination"):
+            if not isinstance(entry.get(key, True), bool):
+                raise ConfigError(f"{where}[{key!r}] must be True or False")
+        if not isinstance(entry.get("description", ""), str):
+            raise ConfigError(f"{where}['description'] must be a string")
+
+
+def check_balancers(config: dict) -> None:
+    """TARGET_GROUPS and CLASSIC_LOAD_BALANCERS: "same" or a list."""
+    groups = config["TARGET_GROUPS"]
+    if groups != "same":
+        good = (
+            isinstance(groups, (list, tuple))
+            and all(
+                str(g if isinstance(g, str) else g.get("arn", "")).startswith("arn:")
+                and (isinstance(g, str) or set(g) <= {"arn", "port"})
+                for g in groups
+                if isinstance(g, (str, dict))
+            )
+            and all(isinstance(g, (str, dict)) for g in groups)
+        )
+        if not good:
+            raise ConfigError('TARGET_GROUPS must be "same", or a list of target group ARNs or '
+                              '{"arn": ..., "port": ...}')  # fmt: skip
+    names = config["CLASSIC_LOAD_BALANCERS"]
+    if names != "same" and not (
+        isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names)
+    ):
+        raise ConfigError('CLASSIC_LOAD_BALANCERS must be "same" or a list of names')
+
+
+def check_dns_records(records: Any) -> None:
+    """DNS_RECORDS: a list of {zone_id, name, type, value: "private" | "public"}."""
+    if not isinstance(records, (list, tuple)):
+        raise ConfigError("DNS_RECORDS must be a list of dicts")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or set(record) != DNS_RECORD_KEYS:
+            raise ConfigError(f"DNS_RECORDS[{index}] must have exactly the keys "
+                              f"{', '.join(sorted(DNS_RECORD_KEYS))}")  # fmt: skip
+        if record["value"] not in ("private", "public") or record["type"] != "A":
+            raise ConfigError(f'DNS_RECORDS[{index}]: type must be "A" and value "private" '
+                              'or "public"')  # fmt: skip
+        if not all(isinstance(record[k], str) and record[k] for k in ("zone_id", "name")):
+            raise ConfigError(f"DNS_RECORDS[{index}]: zone_id and name must be strings")
 
 
 def parse_before(value: Any) -> datetime | None:
@@ -507,6 +731,10 @@ class Recorded:
     http_tokens: str | None = None
     instance_tags: dict[str, str] = field(default_factory=dict)
     source_region: str | None = None  # set on a copy: the ids above belong to that region
+    # The launch record (TAG_LAUNCH) over LAUNCH_DEFAULTS; for an image made before launch
+    # records, only what the tags above say. A key missing here was not recorded.
+    launch: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # why the launch record is missing or partial
 
 
 def read_recorded(image: dict) -> Recorded:
@@ -515,7 +743,7 @@ def read_recorded(image: dict) -> Recorded:
     value = lambda key: joined_value(tags, key)  # noqa: E731 - a local shorthand
     keys = json.loads(value(TAG_INSTANCE_TAG_KEYS) or "[]")
     platform = value(TAG_PLATFORM) or ("windows" if image.get("Platform") == "windows" else None)
-    return Recorded(
+    recorded = Recorded(
         server=value(TAG_SERVER),
         schedule=value(TAG_SCHEDULE),
         instance_id=value(TAG_INSTANCE_ID),
@@ -532,6 +760,50 @@ def read_recorded(image: dict) -> Recorded:
         instance_tags={k: tags[k] for k in keys if k in tags},
         source_region=value(TAG_SOURCE_REGION),
     )
+    recorded.launch, recorded.note = read_launch(value(TAG_LAUNCH), recorded)
+    return recorded
+
+
+def read_launch(text: str | None, recorded: Recorded) -> tuple[dict[str, Any], str | None]:
+    """The launch record over its defaults, less what it lists as unknown; for an image
+    without one (made before launch records), the basics the older tags hold."""
+    record = None
+    if text:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+    if isinstance(record, dict) and record.get("v") == LAUNCH_VERSION:
+        launch = {**LAUNCH_DEFAULTS, **{k: v for k, v in record.items() if k in LAUNCH_DEFAULTS}}
+        unknown = launch.pop("unknown")
+        for key in unknown:
+            launch.pop(key, None)
+        note = f"not recorded by the backup: {', '.join(unknown)}" if unknown else None
+        launch["interfaces"] = [{**INTERFACE_DEFAULTS, **n} for n in launch.get("interfaces", [])]
+        for nic in launch.get("interfaces", []):
+            if "secondary_count" in nic:  # recorded by count, to fit the tags
+                nic["secondary"] = [None] * nic.pop("secondary_count")
+        return launch, note
+    basics = basic_launch(recorded)
+    if text:
+        return basics, f"its {TAG_LAUNCH} tag is not a launch record this version reads"
+    return basics, "the backup predates launch records: only the basics were recorded"
+
+
+def basic_launch(recorded: Recorded) -> dict[str, Any]:
+    """The launch configuration the tags before launch records hold: one interface, one
+    Elastic IP and IMDS tokens."""
+    basics: dict[str, Any] = {}
+    if recorded.subnet_id:
+        nic = {"index": 0, "subnet": recorded.subnet_id, "groups": recorded.security_group_ids}
+        basics["interfaces"] = [{**nic, "ip": recorded.private_ip}]
+    if recorded.elastic_ip:
+        basics["elastic_ips"] = [
+            {"index": 0, "ip": recorded.private_ip, "allocation": recorded.elastic_ip}
+        ]
+    if recorded.http_tokens:
+        basics["http_tokens"] = recorded.http_tokens
+    return basics
 
 
 # --- User data --------------------------------------------------------------------------------
@@ -610,16 +882,37 @@ def windows_user_data(hostname: str, extra: str | None) -> str:
 
 
 @dataclass
+class Attribute:
+    """One reproduced attribute: what was recorded, what the launch gives it, and why."""
+
+    name: str
+    recorded: Any  # None: not recorded
+    planned: Any
+    origin: str  # "recorded", "overridden" (a setting) or "default" (EC2's)
+    now: Any = None  # read back from the new instance after launch
+    checked: bool = False
+
+
+@dataclass
 class Plan:
-    """Everything the launch will do."""
+    """Everything the restore will do: RunInstances' parameters for each instance, then
+    what RunInstances cannot do, and each attribute for the dry run and the check."""
 
     image: dict
     recorded: Recorded
-    params: dict[str, Any]
-    elastic_ip: str | None
+    params: dict[str, Any]  # the first instance's RunInstances parameters
+    elastic_ip: str | None  # the Elastic IP on the primary address (for the report)
     name: str
     warnings: list[str] = field(default_factory=list)
     eip_holder: str | None = None  # who held the Elastic IP when checked before launch
+    attributes: list[Attribute] = field(default_factory=list)
+    others: list[dict[str, Any]] = field(default_factory=list)  # COUNT > 1: the rest
+    elastic_ips: list[dict] = field(default_factory=list)  # {allocation, index, slot}
+    source_dest_off: list[int] = field(default_factory=list)  # device indexes
+    target_groups: list[dict] = field(default_factory=list)  # {arn, port}
+    classic_load_balancers: list[str] = field(default_factory=list)
+    dns_records: list[dict] = field(default_factory=list)
+    holders: dict[str, str] = field(default_factory=dict)  # allocation -> holder, if held
 
 
 def plan_launch(
@@ -628,12 +921,17 @@ def plan_launch(
 ) -> Plan:  # fmt: skip
     """Build RunInstances parameters from the config, falling back to what was recorded."""
     warnings: list[str] = []
+    if recorded.note:
+        warnings.append(f"image {image['ImageId']}: {recorded.note}")
+    if not recorded.launch:
+        recorded = replace(recorded, launch=basic_launch(recorded))
     if recorded.source_region and region and recorded.source_region != region:
         recorded = in_region(config, image, recorded, region, warnings)
+    launch = recorded.launch
     pick = lambda setting, fallback: config[setting] or fallback  # noqa: E731
     instance_type = pick("INSTANCE_TYPE", recorded.instance_type)
-    subnet = pick("SUBNET_ID", recorded.subnet_id)
-    groups = list(pick("SECURITY_GROUP_IDS", recorded.security_group_ids) or [])
+    nics = planned_interfaces(config, recorded)
+    subnet = nics[0]["subnet"] if nics else None
     missing = [
         name for name, v in (("INSTANCE_TYPE", instance_type), ("SUBNET_ID", subnet)) if not v
     ]
@@ -642,37 +940,384 @@ def plan_launch(
             f"image {image['ImageId']} has no recorded {' or '.join(missing)}; set it in the config"
         )
     name = restored_name(config, recorded, original_alive, warnings)
+    attributes = planned_attributes(config, recorded, instance_type)
+    chosen = {a.name: a.planned for a in attributes}
     params: dict[str, Any] = {
         "ImageId": image["ImageId"],
-        "MinCount": config["COUNT"],
-        "MaxCount": config["COUNT"],
+        "MinCount": 1,
+        "MaxCount": 1,
         "InstanceType": instance_type,
-        "SubnetId": subnet,
         "ClientToken": token,
-        "MetadataOptions": {
-            "HttpTokens": config["IMDSV2"] or recorded.http_tokens or "required",
-            "HttpEndpoint": "enabled",
-        },
-        "DisableApiTermination": config["TERMINATION_PROTECTION"],
         "TagSpecifications": tag_specifications(config, image, recorded, name),
+        **instance_options(chosen, instance_type, warnings),
     }
-    if groups:
-        params["SecurityGroupIds"] = groups
+    params.update(network_params(nics, config["PUBLIC_IP"], warnings))
     profile = config["IAM_INSTANCE_PROFILE"] or trusted_profile(config, recorded, image)
     optional = {
         "KeyName": pick("KEY_NAME", recorded.key_name),
         "IamInstanceProfile": instance_profile(profile),
-        "PrivateIpAddress": private_ip(config["PRIVATE_IP"], recorded),
         "UserData": build_user_data(recorded.platform, config["HOSTNAME"], config["USER_DATA"]),
         "BlockDeviceMappings": volume_overrides(config, image),
     }
     params.update({k: v for k, v in optional.items() if v})
-    eip = recorded.elastic_ip if config["ELASTIC_IP"] == "same" else config["ELASTIC_IP"]
-    if eip and config["COUNT"] > 1:
+    attributes += interface_attributes(config, recorded, nics)
+    plan = Plan(image, recorded, params, None, name, warnings, attributes=attributes)
+    plan.source_dest_off = [n["index"] for n in nics if n.get("source_dest_check") is False]
+    plan.elastic_ips = planned_elastic_ips(config, launch, nics, warnings)
+    plan.elastic_ip = next((e["allocation"] for e in plan.elastic_ips if e["index"] == 0
+                            and e["slot"] == 0), None)  # fmt: skip
+    plan.target_groups = planned_target_groups(config, launch)
+    plan.classic_load_balancers = planned_classic(config, launch)
+    plan.dns_records = list(config["DNS_RECORDS"])
+    attributes += load_balancer_attributes(config, launch, plan)
+    plan.others = [
+        other_instance(params, nics, name, n, token) for n in range(2, config["COUNT"] + 1)
+    ]
+    if plan.others and (plan.elastic_ips or plan.target_groups or plan.dns_records):
         warnings.append(
-            f"COUNT={config['COUNT']}: Elastic IP {eip} goes to the first instance only"
+            f"COUNT={config['COUNT']}: Elastic IPs, target groups and DNS records go to the "
+            f"first instance ({name}) only"
         )
-    return Plan(image, recorded, params, eip, name, warnings)
+    if recorded.platform == "windows" and original_alive and not config["HOSTNAME"]:
+        warnings.append(
+            f"original instance {recorded.instance_id} still runs: the new Windows instance has "
+            "the same computer name and SID, which clash on a network or in a domain; set "
+            "HOSTNAME to rename it"
+        )
+    return plan
+
+
+# Each attribute a setting can override: (attribute, setting, launch record key).
+SETTABLE = [
+    ("tenancy", "TENANCY", "tenancy"),
+    ("placement group", "PLACEMENT_GROUP", "placement_group"),
+    ("partition", None, "partition"),
+    ("host", "HOST_ID", "host_id"),
+    ("host resource group", None, "host_resource_group"),
+    ("affinity", None, "affinity"),
+    ("CPU options", "CPU_OPTIONS", "cpu_options"),
+    ("CPU credits", "CREDIT_SPECIFICATION", "credits"),
+    ("EBS-optimized", "EBS_OPTIMIZED", "ebs_optimized"),
+    ("hibernation", None, "hibernation"),
+    ("Nitro Enclaves", None, "nitro_enclave"),
+    ("capacity reservation", None, "capacity_reservation"),
+    ("IMDS tokens", "IMDSV2", "http_tokens"),
+    ("IMDS hop limit", None, "http_hop_limit"),
+    ("IMDS endpoint", None, "http_endpoint"),
+    ("IMDS IPv6 endpoint", None, "http_ipv6"),
+    ("IMDS instance tags", None, "metadata_tags"),
+    ("host name type", None, "hostname_type"),
+    ("DNS A record", None, "dns_a_record"),
+    ("DNS AAAA record", None, "dns_aaaa_record"),
+    ("termination protection", "TERMINATION_PROTECTION", "termination_protection"),
+    ("stop protection", "STOP_PROTECTION", "stop_protection"),
+    ("shutdown behaviour", "SHUTDOWN_BEHAVIOR", "shutdown_behavior"),
+    ("detailed monitoring", "MONITORING", "monitoring"),
+    ("auto-recovery", "AUTO_RECOVERY", "auto_recovery"),
+]
+METADATA_KEYS = {"HttpTokens": "IMDS tokens", "HttpPutResponseHopLimit": "IMDS hop limit",
+                 "HttpEndpoint": "IMDS endpoint", "HttpProtocolIpv6": "IMDS IPv6 endpoint",
+                 "InstanceMetadataTags": "IMDS instance tags"}  # fmt: skip
+DNS_NAME_KEYS = {"HostnameType": "host name type", "EnableResourceNameDnsARecord": "DNS A record",
+                 "EnableResourceNameDnsAAAARecord": "DNS AAAA record"}  # fmt: skip
+# What EC2 gives an attribute that is neither recorded nor set.
+EC2_DEFAULTS = {**{name: LAUNCH_DEFAULTS[key] for name, _, key in SETTABLE},
+                "IMDS tokens": "required"}  # this tool's default: IMDSv2  # fmt: skip
+
+
+def planned_attributes(config: dict, recorded: Recorded, instance_type: str) -> list[Attribute]:
+    """Each settable attribute: its setting, else as recorded, else EC2's default."""
+    overrides = {
+        **{METADATA_KEYS[k]: v for k, v in (config["METADATA_OPTIONS"] or {}).items()},
+        **{DNS_NAME_KEYS[k]: v for k, v in (config["PRIVATE_DNS_NAME_OPTIONS"] or {}).items()},
+    }
+    made = []
+    for name, setting, key in SETTABLE:
+        value = config[setting] if setting else None
+        value = overrides.get(name) if value is None else value
+        was = recorded.launch.get(key)
+        if value is not None:
+            made.append(Attribute(name, was, None if value is False and key in NONE_WHEN_FALSE
+                                  else value, "overridden"))  # fmt: skip
+        elif key in recorded.launch:
+            made.append(Attribute(name, was, was, "recorded"))
+        else:
+            made.append(Attribute(name, None, EC2_DEFAULTS[name], "default"))
+    cpu = next(a for a in made if a.name == "CPU options")
+    if cpu.origin == "recorded" and cpu.planned and instance_type != recorded.instance_type:
+        cpu.planned, cpu.origin = None, "default"  # the recorded cores fit the recorded type
+    credits = next(a for a in made if a.name == "CPU credits")
+    if not BURSTABLE_RE.match(instance_type):
+        credits.planned = None
+    return made
+
+
+NONE_WHEN_FALSE = {"placement_group", "host_id", "cpu_options"}  # False: leave it out
+
+
+def instance_options(chosen: dict[str, Any], instance_type: str, warnings: list) -> dict:
+    """RunInstances' options for the chosen attributes (those left at EC2's default are
+    sent too where EC2's own default could differ, such as for IMDS)."""
+    placement = {
+        "Tenancy": chosen["tenancy"],
+        "GroupName": chosen["placement group"],
+        "PartitionNumber": chosen["partition"],
+        "HostId": chosen["host"],
+        "HostResourceGroupArn": chosen["host resource group"],
+        "Affinity": chosen["affinity"],
+    }
+    options: dict[str, Any] = {
+        "Placement": {k: v for k, v in placement.items() if v is not None},
+        "EbsOptimized": bool(chosen["EBS-optimized"]),
+        "MetadataOptions": {k: chosen[name] for k, name in METADATA_KEYS.items()},
+        "PrivateDnsNameOptions": {k: chosen[name] for k, name in DNS_NAME_KEYS.items()},
+        "DisableApiTermination": bool(chosen["termination protection"]),
+        "DisableApiStop": bool(chosen["stop protection"]),
+        "InstanceInitiatedShutdownBehavior": chosen["shutdown behaviour"],
+        "Monitoring": {"Enabled": bool(chosen["detailed monitoring"])},
+        "MaintenanceOptions": {"AutoRecovery": chosen["auto-recovery"]},
+    }
+    if chosen["CPU options"]:
+        options["CpuOptions"] = dict(chosen["CPU options"])
+    if chosen["CPU credits"]:
+        options["CreditSpecification"] = {"CpuCredits": chosen["CPU credits"]}
+    if chosen["hibernation"]:
+        options["HibernationOptions"] = {"Configured": True}
+    if chosen["Nitro Enclaves"]:
+        options["EnclaveOptions"] = {"Enabled": True}
+    if chosen["capacity reservation"] not in (None, "open"):
+        preference = chosen["capacity reservation"]
+        options["CapacityReservationSpecification"] = {"CapacityReservationPreference": preference}
+    return options
+
+
+def planned_interfaces(config: dict, recorded: Recorded) -> list[dict]:
+    """The network interfaces to launch with, by device index: NETWORK_INTERFACES, else as
+    recorded (with SUBNET_ID, SECURITY_GROUP_IDS and PRIVATE_IP for the primary one)."""
+    if config["NETWORK_INTERFACES"] is not None:
+        return [interface_setting(n, i) for i, n in enumerate(config["NETWORK_INTERFACES"])]
+    nics = [dict(n) for n in recorded.launch.get("interfaces", [])]
+    if not nics:
+        nics = [{"index": 0, "subnet": None, "groups": [], "ip": None}]
+    first = nics[0]
+    if config["SUBNET_ID"]:
+        first["subnet"] = config["SUBNET_ID"]
+    if config["SECURITY_GROUP_IDS"]:
+        first["groups"] = list(config["SECURITY_GROUP_IDS"])
+    address = config["PRIVATE_IP"]
+    if address == "same" and not first.get("ip"):
+        raise RestoreError('PRIVATE_IP = "same", but the backup recorded no private address')
+    for nic in nics:
+        nic["fixed"] = address == "same" and bool(nic.get("ip"))
+    if address not in (None, "same"):
+        first.update(ip=address, fixed=True, secondary=[None] * len(first.get("secondary", [])))
+    return nics
+
+
+def interface_setting(entry: dict, index: int) -> dict:
+    """One NETWORK_INTERFACES entry as a planned interface."""
+    return {
+        "index": index,
+        "subnet": entry["subnet_id"],
+        "groups": list(entry.get("security_group_ids", [])),
+        "ip": entry.get("private_ip"),
+        "secondary": [None] * entry.get("secondary_private_ips", 0),
+        "ipv6": entry.get("ipv6_addresses", 0),
+        "source_dest_check": entry.get("source_dest_check", True),
+        "description": entry.get("description", ""),
+        "delete_on_termination": entry.get("delete_on_termination", True),
+        "fixed": bool(entry.get("private_ip")),
+        "setting": True,
+    }
+
+
+def network_params(nics: list[dict], public: Any, warnings: list[str]) -> dict:
+    """SubnetId and friends for one plain interface; else the NetworkInterfaces form."""
+    first = nics[0]
+    wants_public = first.get("public_ip", False) if public is None else public
+    plain = len(nics) == 1 and not any(
+        first.get(k) for k in ("secondary", "ipv6", "description")
+    ) and first.get("delete_on_termination", True) and not wants_public  # fmt: skip
+    if plain:
+        params: dict[str, Any] = {"SubnetId": first["subnet"]}
+        if first.get("groups"):
+            params["SecurityGroupIds"] = list(first["groups"])
+        if first.get("fixed") and first.get("ip"):
+            params["PrivateIpAddress"] = first["ip"]
+        return params
+    if wants_public and len(nics) > 1:
+        warnings.append(
+            "the original had a public IP assigned at launch, which EC2 gives only to an "
+            "instance launched with one network interface: the new one has none; give it an "
+            "Elastic IP"
+        )
+        wants_public = False
+    return {"NetworkInterfaces": [interface_spec(n, wants_public) for n in nics]}
+
+
+def interface_spec(nic: dict, public: bool) -> dict:
+    """One NetworkInterfaces entry of RunInstances."""
+    spec: dict[str, Any] = {
+        "DeviceIndex": nic["index"],
+        "SubnetId": nic["subnet"],
+        "DeleteOnTermination": nic.get("delete_on_termination", True),
+    }
+    if nic.get("groups"):
+        spec["Groups"] = list(nic["groups"])
+    if nic.get("description"):
+        spec["Description"] = nic["description"]
+    secondary = nic.get("secondary", [])
+    if nic.get("fixed") and nic.get("ip"):
+        spec["PrivateIpAddresses"] = [{"PrivateIpAddress": nic["ip"], "Primary": True}] + [
+            {"PrivateIpAddress": ip, "Primary": False} for ip in secondary if ip
+        ]
+        if not all(secondary):
+            spec["SecondaryPrivateIpAddressCount"] = len(secondary)
+            spec["PrivateIpAddress"] = spec.pop("PrivateIpAddresses")[0]["PrivateIpAddress"]
+    elif secondary:
+        spec["SecondaryPrivateIpAddressCount"] = len(secondary)
+    if nic.get("ipv6"):
+        spec["Ipv6AddressCount"] = nic["ipv6"]
+    if public and nic["index"] == 0:
+        spec["AssociatePublicIpAddress"] = True
+    return spec
+
+
+def interface_attributes(config: dict, recorded: Recorded, nics: list[dict]) -> list[Attribute]:
+    """The per-interface attributes, for the dry run and the check after launch."""
+    was = {n["index"]: n for n in recorded.launch.get("interfaces", [])}
+    made = [Attribute("network interfaces", len(was) or None, len(nics),
+                      origin_of(config["NETWORK_INTERFACES"] is not None, bool(was)))]  # fmt: skip
+    for nic in nics:
+        old, label = was.get(nic["index"], {}), f"interface {nic['index']}"
+        fields = [
+            ("subnet", "subnet", nic["subnet"]),
+            ("security groups", "groups", sorted(nic.get("groups", []))),
+            ("secondary IPs", "secondary", len(nic.get("secondary", []))),
+            ("IPv6 addresses", "ipv6", nic.get("ipv6", 0)),
+            ("source/dest check", "source_dest_check", nic.get("source_dest_check", True)),
+            ("description", "description", nic.get("description", "")),
+            ("delete on termination", "delete_on_termination",
+             nic.get("delete_on_termination", True)),
+        ]  # fmt: skip
+        if nic.get("fixed"):
+            fields.append(("private IP", "ip", nic.get("ip")))
+        for title, key, planned in fields:
+            before = old.get(key)
+            if key == "secondary" and before is not None:
+                before = len(before)
+            if key == "groups" and before is not None:
+                before = sorted(before)
+            overridden = nic.get("setting") or (before is not None and before != planned)
+            made.append(Attribute(f"{label} {title}", before, planned,
+                                  origin_of(overridden, before is not None)))  # fmt: skip
+    first = was.get(0, {})
+    public = config["PUBLIC_IP"]
+    recorded_public = first.get("public_ip") if "public_ip" in first else None
+    planned_public = recorded_public if public is None else public
+    made.append(Attribute("public IP", recorded_public, bool(planned_public),
+                          origin_of(public is not None, recorded_public is not None)))  # fmt: skip
+    return made
+
+
+def origin_of(overridden: bool, recorded: bool) -> str:
+    """Where a planned value came from."""
+    return "overridden" if overridden else "recorded" if recorded else "default"
+
+
+def planned_elastic_ips(
+    config: dict, launch: dict, nics: list[dict], warnings: list[str]
+) -> list[dict]:
+    """The Elastic IPs to associate, each on its interface and address slot (0: primary)."""
+    setting = config["ELASTIC_IP"]
+    if setting is None:
+        return []
+    if setting != "same":
+        return [{"allocation": setting, "index": 0, "slot": 0}]
+    by_index = {n["index"]: n for n in launch.get("interfaces", [])}
+    made = []
+    for eip in launch.get("elastic_ips", []):
+        nic = by_index.get(eip["index"], {})
+        addresses = [nic.get("ip"), *nic.get("secondary", [])]
+        slot = addresses.index(eip["ip"]) if eip["ip"] in addresses else 0
+        if eip["index"] >= len(nics) or slot > len(nics[eip["index"]].get("secondary", [])):
+            warnings.append(
+                f"Elastic IP {eip['allocation']} was on interface {eip['index']} ({eip['ip']}), "
+                "which this restore does not have: it is not associated"
+            )
+            continue
+        made.append({"allocation": eip["allocation"], "index": eip["index"], "slot": slot})
+    return made
+
+
+def planned_target_groups(config: dict, launch: dict) -> list[dict]:
+    """TARGET_GROUPS: "same" (as recorded), or a list of ARNs or {"arn", "port"}."""
+    setting = config["TARGET_GROUPS"]
+    if setting == "same":
+        return [dict(t) for t in launch.get("target_groups", [])]
+    ports = {t["arn"]: t.get("port") for t in launch.get("target_groups", [])}
+    return [
+        {"arn": t, "port": ports.get(t)} if isinstance(t, str) else {"port": None, **t}
+        for t in setting
+    ]
+
+
+def planned_classic(config: dict, launch: dict) -> list[str]:
+    """CLASSIC_LOAD_BALANCERS: "same" (as recorded), or a list of names."""
+    setting = config["CLASSIC_LOAD_BALANCERS"]
+    return list(launch.get("classic_load_balancers", []) if setting == "same" else setting)
+
+
+def load_balancer_attributes(config: dict, launch: dict, plan: Plan) -> list[Attribute]:
+    """One attribute per target group and Classic Load Balancer, recorded or set."""
+    recorded_groups = {(t["arn"], t.get("port")) for t in launch.get("target_groups", [])}
+    recorded_classic = set(launch.get("classic_load_balancers", []))
+    made = []
+    for group in plan.target_groups:
+        key = (group["arn"], group.get("port"))
+        was = "registered" if key in recorded_groups else None
+        origin = origin_of(config["TARGET_GROUPS"] != "same", was is not None)
+        made.append(Attribute(f"target group {target_label(group)}", was, "registered", origin))
+    for name in plan.classic_load_balancers:
+        was = "registered" if name in recorded_classic else None
+        origin = origin_of(config["CLASSIC_LOAD_BALANCERS"] != "same", bool(was))
+        made.append(Attribute(f"Classic ELB {name}", was, "registered", origin))
+    for eip in plan.elastic_ips:
+        origin = origin_of(config["ELASTIC_IP"] != "same", True)
+        where = address_slot(eip)
+        made.append(Attribute(f"Elastic IP {eip['allocation']}", where, where, origin))
+    return made
+
+
+def target_label(group: dict) -> str:
+    """A target group's name (from its ARN) and port."""
+    name = group["arn"].split(":")[-1].split("/")[1] if "/" in group["arn"] else group["arn"]
+    return f"{name}:{group['port']}" if group.get("port") else name
+
+
+def address_slot(eip: dict) -> str:
+    """Where an Elastic IP sits: its interface and address."""
+    where = "primary IP" if eip["slot"] == 0 else f"secondary IP {eip['slot']}"
+    return f"interface {eip['index']} {where}"
+
+
+def other_instance(params: dict, nics: list[dict], name: str, n: int, token: str) -> dict:
+    """RunInstances' parameters for instance n of COUNT: named <name>-n, with new addresses."""
+    other = {k: v for k, v in params.items() if k != "PrivateIpAddress"}
+    suffix = f"-{n}"
+    other["ClientToken"] = token[: 64 - len(suffix)] + suffix
+    other["TagSpecifications"] = [
+        {**spec, "Tags": [{**t, "Value": f"{name}{suffix}"} if t["Key"] == "Name" else t
+                          for t in spec["Tags"]]}
+        for spec in params["TagSpecifications"]
+    ]  # fmt: skip
+    if "NetworkInterfaces" in params:
+        loose = [{**nic, "fixed": False} for nic in nics]
+        other["NetworkInterfaces"] = [interface_spec(nic, False) for nic in loose]
+        for spec, was in zip(other["NetworkInterfaces"], params["NetworkInterfaces"], strict=True):
+            if was.get("AssociatePublicIpAddress"):
+                spec["AssociatePublicIpAddress"] = True
+    return other
 
 
 def in_region(
@@ -680,37 +1325,93 @@ def in_region(
 ) -> Recorded:
     """A copy's record for a launch in another region than the backup's.
 
-    The recorded subnet, security groups, private IP and Elastic IP belong to the
-    source region: they are mapped through REGION_MAP[region], or replaced by
-    SUBNET_ID and SECURITY_GROUP_IDS, and never used as they are.
+    Every id the backup recorded belongs to the source region: subnets, security groups,
+    Elastic IPs, placement groups, hosts and target groups are mapped through
+    REGION_MAP[region], or replaced by their settings, and never used as they are. Private
+    addresses are never kept.
     """
     source, mapping = recorded.source_region, config["REGION_MAP"].get(region, {})
-    subnet = mapping.get(recorded.subnet_id or "")
-    groups = [mapping.get(g) for g in recorded.security_group_ids]
-    if not (config["SUBNET_ID"] or subnet) or not (config["SECURITY_GROUP_IDS"] or all(groups)):
-        was = ", ".join([recorded.subnet_id or "-", *recorded.security_group_ids])
-        raise RestoreError(
-            f"image {image['ImageId']} is a copy from {source}, and the subnet and security "
-            f"groups it recorded ({was}) are in {source}. Set SUBNET_ID and SECURITY_GROUP_IDS "
-            f"(or --subnet-id and --security-group-ids) to ids in {region}, or map the recorded "
-            f"ids to them in REGION_MAP[{region!r}]"
-        )
     if config["PRIVATE_IP"] == "same":
         raise RestoreError(
             f'PRIVATE_IP = "same": the recorded address is in {source}; set an address in '
             f"{region} or None"
         )
-    eip = mapping.get(recorded.elastic_ip or "")
-    if recorded.elastic_ip and not eip and config["ELASTIC_IP"] == "same":
-        warnings.append(
-            f"Elastic IP {recorded.elastic_ip} is in {source}, so none is associated in {region}; "
-            f"set ELASTIC_IP to an allocation in {region}, or map it in REGION_MAP"
-        )
+    launch = dict(recorded.launch)
+    if config["NETWORK_INTERFACES"] is None:
+        launch["interfaces"] = [
+            mapped_interface(config, image, nic, mapping, source, region)
+            for nic in launch.get("interfaces", [])
+        ]
+    launch["elastic_ips"] = mapped_list(
+        launch.get("elastic_ips", []), "allocation", mapping, config["ELASTIC_IP"] == "same",
+        f"is in {source}, so none is associated in {region}; set ELASTIC_IP to an "
+        f"allocation in {region}, or map it in REGION_MAP", "Elastic IP", warnings,
+    )  # fmt: skip
+    launch["target_groups"] = mapped_list(
+        launch.get("target_groups", []), "arn", mapping, config["TARGET_GROUPS"] == "same",
+        f"is in {source}: the instance is not registered in it; map it in REGION_MAP or set "
+        "TARGET_GROUPS", "target group", warnings,
+    )  # fmt: skip
+    for key, setting, what in (("placement_group", "PLACEMENT_GROUP", "placement group"),
+                               ("host_id", "HOST_ID", "dedicated host"),
+                               ("host_resource_group", None, "host resource group")):  # fmt: skip
+        old = launch.get(key)
+        if old and not (setting and config[setting] is not None):
+            launch[key] = mapping.get(old)
+            if not launch[key]:
+                warnings.append(f"{what} {old} is in {source}: left out in {region}; map it in "
+                                f"REGION_MAP{f' or set {setting}' if setting else ''}")  # fmt: skip
+    classic = launch.get("classic_load_balancers", [])
+    launch["classic_load_balancers"] = [mapping[n] for n in classic if n in mapping]
+    if len(launch["classic_load_balancers"]) < len(classic):
+        warnings.append(f"Classic Load Balancers {', '.join(classic)} are in {source}: only "
+                        "those mapped in REGION_MAP are used")  # fmt: skip
+    first = (launch.get("interfaces") or [{}])[0]
+    eip = next((e["allocation"] for e in launch["elastic_ips"] if e["index"] == 0), None)
     key = mapping.get(recorded.key_name or "", recorded.key_name)
     return replace(
-        recorded, subnet_id=subnet, security_group_ids=[g for g in groups if g],
-        private_ip=None, elastic_ip=eip, key_name=key,
+        recorded, subnet_id=first.get("subnet"), security_group_ids=first.get("groups", []),
+        private_ip=None, elastic_ip=eip, key_name=key, launch=launch,
     )  # fmt: skip
+
+
+def mapped_interface(
+    config: dict, image: dict, nic: dict, mapping: dict, source: str | None, region: str
+) -> dict:
+    """One recorded interface with its subnet and groups mapped to the region, and no
+    fixed address; an interface that cannot be mapped stops the restore."""
+    subnet = mapping.get(nic.get("subnet") or "")
+    groups = [mapping.get(g) for g in nic.get("groups", [])]
+    primary = nic["index"] == 0
+    has_subnet = subnet or (primary and config["SUBNET_ID"])
+    has_groups = all(groups) or (primary and config["SECURITY_GROUP_IDS"])
+    if not has_subnet or not has_groups:
+        was = ", ".join([nic.get("subnet") or "-", *nic.get("groups", [])])
+        settings = ("SUBNET_ID and SECURITY_GROUP_IDS (or --subnet-id and "
+                    "--security-group-ids)" if primary else "NETWORK_INTERFACES")  # fmt: skip
+        raise RestoreError(
+            f"image {image['ImageId']} is a copy from {source}, and the subnet and security "
+            f"groups it recorded for interface {nic['index']} ({was}) are in {source}. Set "
+            f"{settings} to ids in {region}, or map the recorded ids to them in "
+            f"REGION_MAP[{region!r}]"
+        )
+    return {**nic, "subnet": subnet, "groups": [g for g in groups if g], "ip": None,
+            "secondary": [None] * len(nic.get("secondary", []))}  # fmt: skip
+
+
+def mapped_list(
+    items: list[dict], key: str, mapping: dict, wanted: bool, why: str, what: str,
+    warnings: list[str],
+) -> list[dict]:  # fmt: skip
+    """Recorded items whose id REGION_MAP maps, with the mapped id; warn about the rest
+    when the setting asks for them as recorded."""
+    kept = []
+    for item in items:
+        if item[key] in mapping:
+            kept.append({**item, key: mapping[item[key]]})
+        elif wanted:
+            warnings.append(f"{what} {item[key]} {why}")
+    return kept
 
 
 def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnings: list) -> str:
@@ -736,7 +1437,8 @@ def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str)
     if len(tags) > MAX_TAGS:
         raise RestoreError(f"{len(tags)} tags for the new instance; EC2 allows 50: trim TAGS")
     pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
-    return [{"ResourceType": kind, "Tags": pairs} for kind in ("instance", "volume")]
+    kinds = ("instance", "volume", "network-interface")
+    return [{"ResourceType": kind, "Tags": pairs} for kind in kinds]
 
 
 def trusted_profile(config: dict, recorded: Recorded, image: dict) -> str | None:
@@ -766,15 +1468,6 @@ def instance_profile(value: str | None) -> dict | None:
     return {"Arn": value} if value.startswith("arn:") else {"Name": value}
 
 
-def private_ip(setting: str | None, recorded: Recorded) -> str | None:
-    """The fixed private address, if one was asked for."""
-    if setting != "same":
-        return setting
-    if not recorded.private_ip:
-        raise RestoreError('PRIVATE_IP = "same", but the backup recorded no private address')
-    return recorded.private_ip
-
-
 def volume_overrides(config: dict, image: dict) -> list[dict] | None:
     """Apply VOLUME_TYPE, ENCRYPTED, KMS_KEY_ID and DELETE_ON_TERMINATION to every EBS volume."""
     ebs: dict[str, Any] = {}
@@ -795,13 +1488,34 @@ def volume_overrides(config: dict, image: dict) -> list[dict] | None:
 # --- AWS access ---------------------------------------------------------------------------------
 
 
-def make_ec2(config: dict) -> Any:
-    """Build the EC2 client: region, profile and botocore's standard retries."""
+class Clients:
+    """The clients a restore uses, from one session with botocore's standard retries: EC2,
+    and IAM, ELB and Route 53 made the first time they are needed."""
+
+    def __init__(self, session: boto3.Session, client_config: Config) -> None:
+        self.session, self.config = session, client_config
+        self.ec2 = session.client("ec2", config=client_config)
+        self._made: dict[str, Any] = {}
+
+    def client(self, service: str) -> Any:
+        """The one client of a service."""
+        if service not in self._made:
+            self._made[service] = self.session.client(service, config=self.config)
+        return self._made[service]
+
+    iam = property(lambda self: self.client("iam"))
+    elbv2 = property(lambda self: self.client("elbv2"))
+    elb = property(lambda self: self.client("elb"))
+    route53 = property(lambda self: self.client("route53"))
+
+
+def make_clients(config: dict) -> Clients:
+    """Build the clients: region, profile, ROLE_ARN and botocore's standard retries."""
     session, client_config = base_session(config["PROFILE"], config["REGION"])
     if config["ROLE_ARN"]:
         name = SESSION_NAME_BAD_CHARS.sub("-", f"{TOOL}-restore-{getpass.getuser()}")[:64]
         session = assume_role(session, config["ROLE_ARN"], name, client_config)
-    return session.client("ec2", config=client_config)
+    return Clients(session, client_config)
 
 
 def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session, Config]:
@@ -1029,31 +1743,136 @@ def original_alive(ec2: Any, recorded: Recorded) -> bool:
     return bool(states - GONE_STATES)
 
 
-def check_before_launch(ec2: Any, plan: Plan) -> None:
-    """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so."""
-    params = plan.params
-    subnet_id = params["SubnetId"]
-    subnet, *_ = describe(
-        ec2, f"subnet {subnet_id}", "describe_subnets", "Subnets", SubnetIds=[subnet_id]
-    )
-    groups = params.get("SecurityGroupIds", [])
-    if groups:
-        what = f"security group(s) {', '.join(groups)}"
-        found = describe(ec2, what, "describe_security_groups", "SecurityGroups", GroupIds=groups)
-        for group in found:
-            if group.get("VpcId") != subnet["VpcId"]:
-                raise RestoreError(
-                    f"security group {group['GroupId']} is in {group.get('VpcId')}, but subnet "
-                    f"{subnet_id} is in {subnet['VpcId']}; set SUBNET_ID and SECURITY_GROUP_IDS"
-                )
+def check_before_launch(clients: Clients, plan: Plan) -> None:
+    """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so, and warn
+    (dropping it from the plan) about what was recorded but can no longer be reproduced."""
+    ec2, params = clients.ec2, plan.params
+    nics = params.get("NetworkInterfaces") or [
+        {"SubnetId": params["SubnetId"], "Groups": params.get("SecurityGroupIds", []),
+         "PrivateIpAddress": params.get("PrivateIpAddress")}
+    ]  # fmt: skip
+    subnet_ids = sorted({n["SubnetId"] for n in nics})
+    what = f"subnet{'s' if len(subnet_ids) > 1 else ''} {', '.join(subnet_ids)}"
+    subnets = {s["SubnetId"]: s for s in describe(ec2, what, "describe_subnets", "Subnets",
+                                                  SubnetIds=subnet_ids)}  # fmt: skip
+    check_groups(ec2, nics, subnets)
     if params.get("KeyName"):
         what = f"key pair {params['KeyName']}"
         describe(ec2, what, "describe_key_pairs", "KeyPairs", KeyNames=[params["KeyName"]])
     check_architecture(ec2, plan)
-    if params.get("PrivateIpAddress"):
-        check_address_free(ec2, params["PrivateIpAddress"], subnet)
-    if plan.elastic_ip:
-        plan.eip_holder = elastic_ip_holder(ec2, plan.elastic_ip)
+    for nic in nics:
+        fixed = [nic.get("PrivateIpAddress")] + [
+            a["PrivateIpAddress"] for a in nic.get("PrivateIpAddresses", [])
+        ]  # fmt: skip
+        for address in filter(None, fixed):
+            check_address_free(ec2, address, subnets[nic["SubnetId"]])
+    check_instance_profile(clients, params.get("IamInstanceProfile"))
+    check_placement(ec2, plan)
+    check_target_groups(clients, plan)
+    for eip in plan.elastic_ips:
+        plan.holders[eip["allocation"]] = elastic_ip_holder(ec2, eip["allocation"])
+    plan.eip_holder = plan.holders.get(plan.elastic_ip or "")
+
+
+def check_groups(ec2: Any, nics: list[dict], subnets: dict[str, dict]) -> None:
+    """Every security group exists, in its interface's subnet's VPC."""
+    wanted = sorted({g for n in nics for g in n.get("Groups", [])})
+    if not wanted:
+        return
+    what = f"security group(s) {', '.join(wanted)}"
+    found = describe(ec2, what, "describe_security_groups", "SecurityGroups", GroupIds=wanted)
+    vpc_of = {g["GroupId"]: g.get("VpcId") for g in found}
+    for nic in nics:
+        subnet = subnets[nic["SubnetId"]]
+        for group in nic.get("Groups", []):
+            if vpc_of.get(group) != subnet["VpcId"]:
+                raise RestoreError(
+                    f"security group {group} is in {vpc_of.get(group)}, but subnet "
+                    f"{subnet['SubnetId']} is in {subnet['VpcId']}; set SUBNET_ID and "
+                    "SECURITY_GROUP_IDS (or NETWORK_INTERFACES)"
+                )
+
+
+def check_instance_profile(clients: Clients, profile: dict | None) -> None:
+    """The instance profile still exists: EC2 would refuse the launch after the fact."""
+    if not profile:
+        return
+    name = (profile.get("Name") or profile.get("Arn", "")).rsplit("/", 1)[-1]
+    try:
+        clients.iam.get_instance_profile(InstanceProfileName=name)
+    except ClientError as err:
+        if err.response["Error"]["Code"] != ERR_NO_SUCH_ENTITY:
+            raise
+        raise RestoreError(
+            f"instance profile {name} does not exist (deleted since the backup?); create it, "
+            "or set IAM_INSTANCE_PROFILE to one that does"
+        ) from None
+
+
+def check_placement(ec2: Any, plan: Plan) -> None:
+    """A recorded placement group or dedicated host that is gone is left out, with a warning."""
+    placement = plan.params.get("Placement", {})
+    group, host = placement.get("GroupName"), placement.get("HostId")
+    if group:
+        try:
+            ec2.describe_placement_groups(GroupNames=[group])
+        except ClientError as err:
+            if err.response["Error"]["Code"] not in PLACEMENT_GONE_CODES:
+                raise
+            warning = (f"placement group {group} no longer exists: the instance launches outside "
+                       "any placement group; create it, or set PLACEMENT_GROUP")  # fmt: skip
+            names, keys = ["placement group", "partition"], ["GroupName", "PartitionNumber"]
+            unreproducible(plan, names, keys, warning)
+    if host:
+        try:
+            hosts = ec2.describe_hosts(HostIds=[host]).get("Hosts", [])
+        except ClientError as err:
+            if err.response["Error"]["Code"] not in HOST_GONE_CODES:
+                raise
+            hosts = []
+        if not hosts or hosts[0].get("State") not in HOST_USABLE_STATES:
+            unreproducible(plan, ["host", "affinity"], ["HostId", "Affinity"],
+                           f"dedicated host {host} is gone or not available: the instance "
+                           "launches on any host of its tenancy; set HOST_ID")  # fmt: skip
+
+
+def unreproducible(plan: Plan, names: list[str], keys: list[str], warning: str) -> None:
+    """Leave placement keys out of every launch, and say so."""
+    plan.warnings.append(warning)
+    for params in [plan.params, *plan.others]:
+        for key in keys:
+            params.get("Placement", {}).pop(key, None)
+    for attribute in plan.attributes:
+        if attribute.name in names:
+            attribute.origin = UNAVAILABLE
+
+
+def check_target_groups(clients: Clients, plan: Plan) -> None:
+    """Target groups in another account or region, or gone, are left out with a warning."""
+    account, region = plan.image.get("OwnerId"), clients.ec2.meta.region_name
+    usable = []
+    for group in plan.target_groups:
+        parts = group["arn"].split(":")
+        if len(parts) < 6 or parts[3] != region or (account and parts[4] != account):
+            drop_target(plan, group, f"is not in this account and region ({region})")
+            continue
+        try:
+            clients.elbv2.describe_target_groups(TargetGroupArns=[group["arn"]])
+        except ClientError as err:
+            if err.response["Error"]["Code"] != ERR_TARGET_GROUP_NOT_FOUND:
+                raise
+            drop_target(plan, group, "no longer exists")
+            continue
+        usable.append(group)
+    plan.target_groups = usable
+
+
+def drop_target(plan: Plan, group: dict, why: str) -> None:
+    """A target group the new instance cannot join: warn, and mark it."""
+    plan.warnings.append(f"target group {group['arn']} {why}: the instance is not registered in it")
+    for attribute in plan.attributes:
+        if attribute.name == f"target group {target_label(group)}":
+            attribute.origin = UNAVAILABLE
 
 
 def check_architecture(ec2: Any, plan: Plan) -> None:
@@ -1098,14 +1917,13 @@ def elastic_ip_holder(ec2: Any, allocation: str) -> str | None:
     return address.get("InstanceId") or address.get("NetworkInterfaceId") or None
 
 
-def settle_elastic_ip(ec2: Any, plan: Plan, config: dict, launched: list[str]) -> str | None:
-    """The allocation to associate now, or None; warn when another instance holds it."""
-    allocation = plan.elastic_ip
-    if not allocation:
-        return None
+def settle_elastic_ip(
+    ec2: Any, plan: Plan, config: dict, launched: list[str], allocation: str
+) -> bool:
+    """Whether to associate the allocation now; warn when another instance holds it."""
     holder = elastic_ip_holder(ec2, allocation)
-    if holder and holder in launched:
-        return None  # a rerun with the same client token: already done
+    if holder and (holder in launched or holder in launched_interfaces(ec2, launched)):
+        return False  # a rerun with the same client token: already done
     if holder and not config["ALLOW_REASSOCIATION"]:
         warning = (
             f"Elastic IP {allocation} is held by {holder} and was not moved; "
@@ -1113,8 +1931,15 @@ def settle_elastic_ip(ec2: Any, plan: Plan, config: dict, launched: list[str]) -
         )
         plan.warnings.append(warning)
         log.warning("%s", warning)
-        return None
-    return allocation
+        mark(plan, f"Elastic IP {allocation}")
+        return False
+    return True
+
+
+def launched_interfaces(ec2: Any, ids: list[str]) -> set[str]:
+    """The network interface ids of the launched instances."""
+    instances = describe_launched(ec2, ids)
+    return {n["NetworkInterfaceId"] for i in instances for n in i.get("NetworkInterfaces", [])}
 
 
 # --- Do it ----------------------------------------------------------------------------------------
@@ -1124,34 +1949,142 @@ class LaunchError(Exception):
     """A failure after instances were launched."""
 
 
-def launch(ec2: Any, plan: Plan) -> list[str]:
-    """RunInstances once for COUNT instances; return their ids."""
-    response = ec2.run_instances(**plan.params)
-    ids = [i["InstanceId"] for i in response["Instances"]]
-    log.info(
-        "launched %s from %s (client token %s)",
-        ", ".join(ids),
-        plan.image["ImageId"],
-        plan.params["ClientToken"],
-    )
-    return ids
+def launch(ec2: Any, plan: Plan) -> tuple[list[str], str | None]:
+    """RunInstances for each instance (one call each, so each has its own Name); return the
+    ids launched, and the error that stopped the rest, if any."""
+    ids: list[str] = []
+    for params in [plan.params, *plan.others]:
+        try:
+            response = ec2.run_instances(**params)
+        except (ClientError, BotoCoreError) as err:
+            if not ids:
+                raise
+            return ids, f"launching the rest failed: {error_text(err)}"
+        ids += [i["InstanceId"] for i in response["Instances"]]
+    log.info("launched %s from %s (client token %s)", ", ".join(ids), plan.image["ImageId"],
+             plan.params["ClientToken"])  # fmt: skip
+    return ids, None
 
 
-def finish(ec2: Any, plan: Plan, config: dict, ids: list[str]) -> None:
-    """Associate the Elastic IP and wait as WAIT asks; raise LaunchError on failure."""
+def finish(clients: Clients, plan: Plan, config: dict, ids: list[str]) -> None:
+    """Once running: source/dest check, Elastic IPs, load balancers and DNS; then wait as
+    WAIT asks. Raise LaunchError on failure."""
+    ec2 = clients.ec2
     deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
-    allocation = settle_elastic_ip(ec2, plan, config, ids)
-    if allocation or config["WAIT"] != "none":
+    allocations = [e for e in plan.elastic_ips
+                   if settle_elastic_ip(ec2, plan, config, ids, e["allocation"])]  # fmt: skip
+    after = allocations or plan.source_dest_off or plan.target_groups or plan.dns_records
+    if after or plan.classic_load_balancers or config["WAIT"] != "none":
         poll(lambda: running(ec2, ids), deadline, "running")
-    if allocation:
-        ec2.associate_address(
-            AllocationId=allocation,
-            InstanceId=ids[0],
-            AllowReassociation=config["ALLOW_REASSOCIATION"],
-        )
-        log.info("associated Elastic IP %s with %s", allocation, ids[0])
+    instances = {i["InstanceId"]: i for i in describe_launched(ec2, ids)}
+    for instance_id in ids:
+        for index in plan.source_dest_off:
+            nic = interface_at(instances[instance_id], index)
+            ec2.modify_network_interface_attribute(
+                NetworkInterfaceId=nic["NetworkInterfaceId"], SourceDestCheck={"Value": False}
+            )
+    first = instances[ids[0]]
+    for eip in allocations:
+        associate(ec2, eip, first, config)
+    register(clients, plan, config, ids[0])
+    if plan.dns_records:
+        point_dns(clients, plan.dns_records, describe_launched(ec2, ids[:1])[0])
     if config["WAIT"] == "status-ok":
         poll(lambda: status_ok(ec2, ids), deadline, "status checks ok")
+
+
+def interface_at(instance: dict, index: int) -> dict:
+    """The instance's network interface at a device index."""
+    for nic in instance.get("NetworkInterfaces", []):
+        if int(nic.get("Attachment", {}).get("DeviceIndex", -1)) == index:
+            return nic
+    raise LaunchError(f"instance {instance['InstanceId']} has no network interface {index}")
+
+
+def address_slots(nic: dict) -> list[str]:
+    """An interface's private addresses: the primary, then the secondary ones in address
+    order (the order the backup records them in)."""
+    addresses = nic.get("PrivateIpAddresses", [])
+    primary = [a["PrivateIpAddress"] for a in addresses if a.get("Primary")]
+    secondary = [a["PrivateIpAddress"] for a in addresses if not a.get("Primary")]
+    return primary + sorted(secondary, key=ipaddress.IPv4Address)
+
+
+def associate(ec2: Any, eip: dict, instance: dict, config: dict) -> None:
+    """Associate an Elastic IP with its interface and address slot on the new instance."""
+    nic = interface_at(instance, eip["index"])
+    addresses = address_slots(nic)
+    if eip["slot"] >= len(addresses):
+        raise LaunchError(f"interface {eip['index']} of {instance['InstanceId']} has no address "
+                          f"for Elastic IP {eip['allocation']}")  # fmt: skip
+    address = addresses[eip["slot"]]
+    ec2.associate_address(
+        AllocationId=eip["allocation"], NetworkInterfaceId=nic["NetworkInterfaceId"],
+        PrivateIpAddress=address, AllowReassociation=config["ALLOW_REASSOCIATION"],
+    )  # fmt: skip
+    log.info("associated Elastic IP %s with %s (%s)", eip["allocation"], instance["InstanceId"],
+             address)  # fmt: skip
+
+
+def register(clients: Clients, plan: Plan, config: dict, instance_id: str) -> None:
+    """Register the new instance in its target groups and Classic Load Balancers; skip
+    (with a warning) a target group where the original is still registered and healthy."""
+    original = plan.recorded.instance_id
+    for group in plan.target_groups:
+        target = {"Id": instance_id, **({"Port": group["port"]} if group.get("port") else {})}
+        if original and not config["ALLOW_REASSOCIATION"]:
+            held = {**target, "Id": original}
+            health = clients.elbv2.describe_target_health(
+                TargetGroupArn=group["arn"], Targets=[held]
+            ).get("TargetHealthDescriptions", [])
+            if any(h.get("TargetHealth", {}).get("State") == "healthy" for h in health):
+                warning = (
+                    f"target group {target_label(group)}: the original {original} is still "
+                    "registered and healthy, so the new instance was not registered; set "
+                    "ALLOW_REASSOCIATION = True to register it too"
+                )
+                plan.warnings.append(warning)
+                log.warning("%s", warning)
+                mark(plan, f"target group {target_label(group)}")
+                continue
+        clients.elbv2.register_targets(TargetGroupArn=group["arn"], Targets=[target])
+        log.info("registered %s in target group %s", instance_id, target_label(group))
+    for name in plan.classic_load_balancers:
+        clients.elb.register_instances_with_load_balancer(
+            LoadBalancerName=name, Instances=[{"InstanceId": instance_id}]
+        )
+        log.info("registered %s with Classic Load Balancer %s", instance_id, name)
+
+
+def mark(plan: Plan, name: str) -> None:
+    """An attribute left as it is on purpose (a warning said why): not checked."""
+    for attribute in plan.attributes:
+        if attribute.name == name:
+            attribute.origin = UNAVAILABLE
+
+
+def point_dns(clients: Clients, records: list[dict], instance: dict) -> None:
+    """UPSERT each DNS_RECORDS entry with the new instance's address, keeping its TTL."""
+    for record in records:
+        key = "PrivateIpAddress" if record["value"] == "private" else "PublicIpAddress"
+        address = instance.get(key)
+        if not address:
+            raise LaunchError(f"DNS record {record['name']}: the new instance has no "
+                              f"{record['value']} address")  # fmt: skip
+        listed = clients.route53.list_resource_record_sets(
+            HostedZoneId=record["zone_id"], StartRecordName=record["name"],
+            StartRecordType=record["type"], MaxItems="1",
+        ).get("ResourceRecordSets", [])  # fmt: skip
+        name = record["name"].rstrip(".") + "."
+        same = [r for r in listed if r["Name"] == name and r["Type"] == record["type"]]
+        ttl = same[0].get("TTL", DNS_TTL_DEFAULT) if same else DNS_TTL_DEFAULT
+        change = {"Action": "UPSERT", "ResourceRecordSet": {
+            "Name": name, "Type": record["type"], "TTL": ttl,
+            "ResourceRecords": [{"Value": address}]}}  # fmt: skip
+        clients.route53.change_resource_record_sets(
+            HostedZoneId=record["zone_id"], ChangeBatch={"Changes": [change]}
+        )
+        log.info("DNS %s %s -> %s (TTL %s)", name, record["type"], address, ttl)
 
 
 def poll(check: Any, deadline: float, what: str) -> None:
@@ -1176,22 +2109,186 @@ def running(ec2: Any, ids: list[str]) -> bool:
 
 
 def status_ok(ec2: Any, ids: list[str]) -> bool:
-    """Whether every instance passes its instance and system status checks."""
-    statuses = ec2.describe_instance_status(InstanceIds=ids, IncludeAllInstances=True)
-    ok = [
-        s["InstanceId"]
-        for s in statuses.get("InstanceStatuses", [])
-        if s.get("InstanceStatus", {}).get("Status") == STATUS_OK
-        and s.get("SystemStatus", {}).get("Status") == STATUS_OK
-    ]
+    """Whether every instance passes its instance and system status checks (100 ids a call)."""
+    ok = []
+    for start in range(0, len(ids), STATUS_IDS_MAX):
+        batch = ids[start : start + STATUS_IDS_MAX]
+        statuses = ec2.describe_instance_status(InstanceIds=batch, IncludeAllInstances=True)
+        ok += [
+            s["InstanceId"]
+            for s in statuses.get("InstanceStatuses", [])
+            if s.get("InstanceStatus", {}).get("Status") == STATUS_OK
+            and s.get("SystemStatus", {}).get("Status") == STATUS_OK
+        ]
+        if len(ok) < start + len(batch):
+            return False  # no need to ask about the rest yet
     return len(ok) == len(ids)
 
 
 def describe_launched(ec2: Any, ids: list[str]) -> list[dict]:
     """The launched instances as they are now (new ids may not be visible at once)."""
-    filters = [{"Name": "instance-id", "Values": ids}]
-    reservations = ec2.describe_instances(Filters=filters).get("Reservations", [])
-    return [i for r in reservations for i in r["Instances"]]
+    found = []
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        filters = [{"Name": "instance-id", "Values": ids[start : start + FILTER_VALUES_MAX]}]
+        reservations = ec2.describe_instances(Filters=filters).get("Reservations", [])
+        found += [i for r in reservations for i in r["Instances"]]
+    return found
+
+
+# --- Check the twin -------------------------------------------------------------------------------
+
+
+def check_twin(clients: Clients, plan: Plan, instance_id: str) -> list[str]:
+    """Read the new instance back and compare each attribute with the plan; return one
+    warning per difference, naming the attribute and both values."""
+    now = read_back(clients, plan, instance_id)
+    differences = []
+    for attribute in plan.attributes:
+        if attribute.origin == UNAVAILABLE or attribute.name not in now:
+            continue
+        attribute.now, attribute.checked = now[attribute.name], True
+        if attribute.planned is None and attribute.name in EC2_CHOOSES:
+            continue
+        if normal(attribute.now) != normal(attribute.planned):
+            differences.append(
+                f"{instance_id}: {attribute.name} is {shown(attribute.now)}, but the restore "
+                f"asked for {shown(attribute.planned)} ({attribute.origin}; recorded: "
+                f"{shown(attribute.recorded)})"
+            )
+    return differences
+
+
+EC2_CHOOSES = {"CPU options", "CPU credits", "partition", "affinity", "host",
+               "host resource group"}  # None planned: EC2 picks, nothing to compare  # fmt: skip
+
+
+def normal(value: Any) -> Any:
+    """Values compared as EC2 reports them: "" and None alike."""
+    return None if value in ("", None) else value
+
+
+def shown(value: Any) -> str:
+    """An attribute value for a person."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def read_back(clients: Clients, plan: Plan, instance_id: str) -> dict[str, Any]:
+    """Every attribute of the new instance, by the plan's attribute names."""
+    ec2 = clients.ec2
+    instance = describe_launched(ec2, [instance_id])[0]
+    placement, meta = instance.get("Placement", {}), instance.get("MetadataOptions", {})
+    dns, cpu = instance.get("PrivateDnsNameOptions", {}), instance.get("CpuOptions", {})
+    values: dict[str, Any] = {
+        "tenancy": placement.get("Tenancy"),
+        "placement group": placement.get("GroupName") or None,
+        "partition": placement.get("PartitionNumber"),
+        "host": placement.get("HostId"),
+        "host resource group": placement.get("HostResourceGroupArn"),
+        "affinity": placement.get("Affinity"),
+        "CPU options": {k: cpu[k] for k in ("CoreCount", "ThreadsPerCore") if k in cpu} or None,
+        "EBS-optimized": bool(instance.get("EbsOptimized")),
+        "hibernation": bool(instance.get("HibernationOptions", {}).get("Configured")),
+        "Nitro Enclaves": bool(instance.get("EnclaveOptions", {}).get("Enabled")),
+        "capacity reservation": instance.get("CapacityReservationSpecification", {}).get(
+            "CapacityReservationPreference", "open"),
+        **{name: meta.get(key) for key, name in METADATA_KEYS.items()},
+        **{name: dns.get(key) for key, name in DNS_NAME_KEYS.items()},
+        "detailed monitoring": instance.get("Monitoring", {}).get("State") in MONITORING_ON,
+        "auto-recovery": instance.get("MaintenanceOptions", {}).get("AutoRecovery"),
+    }  # fmt: skip
+    for api, (name, key) in INSTANCE_ATTRIBUTES.items():
+        answer = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute=api)
+        values[name] = answer.get(key, {}).get("Value")
+    if BURSTABLE_RE.match(instance.get("InstanceType", "")):
+        credits = ec2.describe_instance_credit_specifications(InstanceIds=[instance_id])
+        values["CPU credits"] = next(
+            (c.get("CpuCredits") for c in credits.get("InstanceCreditSpecifications", [])), None
+        )
+    values.update(interfaces_now(instance))
+    values.update(addresses_now(ec2, plan, instance))
+    values.update(balancers_now(clients, plan, instance_id))
+    return values
+
+
+def interfaces_now(instance: dict) -> dict[str, Any]:
+    """The per-interface attributes of the new instance."""
+    nics = sorted(
+        instance.get("NetworkInterfaces", []), key=lambda n: n["Attachment"]["DeviceIndex"]
+    )
+    values: dict[str, Any] = {"network interfaces": len(nics)}
+    for nic in nics:
+        label = f"interface {nic['Attachment']['DeviceIndex']}"
+        addresses = nic.get("PrivateIpAddresses", [])
+        values.update({
+            f"{label} subnet": nic.get("SubnetId"),
+            f"{label} security groups": sorted(g["GroupId"] for g in nic.get("Groups", [])),
+            f"{label} secondary IPs": len([a for a in addresses if not a.get("Primary")]),
+            f"{label} IPv6 addresses": len(nic.get("Ipv6Addresses", [])),
+            f"{label} source/dest check": nic.get("SourceDestCheck", True),
+            f"{label} description": nic.get("Description", ""),
+            f"{label} delete on termination": nic["Attachment"].get("DeleteOnTermination"),
+            f"{label} private IP": nic.get("PrivateIpAddress"),
+        })  # fmt: skip
+    return values
+
+
+def addresses_now(ec2: Any, plan: Plan, instance: dict) -> dict[str, Any]:
+    """Where each planned Elastic IP sits now, and whether the instance has a public IP
+    of its own (not an Elastic IP)."""
+    values: dict[str, Any] = {}
+    held = ec2.describe_addresses(
+        Filters=[{"Name": "instance-id", "Values": [instance["InstanceId"]]}]
+    ).get("Addresses", [])
+    elastic = {a.get("PublicIp") for a in held}
+    public = [
+        n.get("Association", {}).get("PublicIp") for n in instance.get("NetworkInterfaces", [])
+    ]
+    values["public IP"] = any(ip and ip not in elastic for ip in public)
+    if plan.elastic_ips and any(e["index"] == 0 and e["slot"] == 0 for e in plan.elastic_ips):
+        values.pop("public IP")  # an Elastic IP on the primary address replaces a launch one
+    by_allocation = {a.get("AllocationId"): a for a in held}
+    for eip in plan.elastic_ips:
+        address = by_allocation.get(eip["allocation"])
+        where = None
+        if address:
+            nic = next(n for n in instance["NetworkInterfaces"]
+                       if n["NetworkInterfaceId"] == address.get("NetworkInterfaceId"))  # fmt: skip
+            slot = address_slots(nic).index(address["PrivateIpAddress"])
+            where = address_slot({"index": nic["Attachment"]["DeviceIndex"], "slot": slot})
+        values[f"Elastic IP {eip['allocation']}"] = where
+    return values
+
+
+def balancers_now(clients: Clients, plan: Plan, instance_id: str) -> dict[str, Any]:
+    """Whether the new instance is registered in each planned load balancer."""
+    values: dict[str, Any] = {}
+    for group in plan.target_groups:
+        target = {"Id": instance_id, **({"Port": group["port"]} if group.get("port") else {})}
+        health = clients.elbv2.describe_target_health(
+            TargetGroupArn=group["arn"], Targets=[target]
+        ).get("TargetHealthDescriptions", [])
+        states = {h.get("TargetHealth", {}).get("State") for h in health}
+        values[f"target group {target_label(group)}"] = (
+            "registered" if states - {None, "unused"} else None
+        )
+    if plan.classic_load_balancers:
+        described = clients.elb.describe_load_balancers(
+            LoadBalancerNames=plan.classic_load_balancers
+        ).get("LoadBalancerDescriptions", [])
+        for balancer in described:
+            members = {i["InstanceId"] for i in balancer.get("Instances", [])}
+            values[f"Classic ELB {balancer['LoadBalancerName']}"] = (
+                "registered" if instance_id in members else None
+            )
+    return values
 
 
 # --- Report --------------------------------------------------------------------------------
@@ -1217,13 +2314,17 @@ def instance_rows(ec2: Any, ids: list[str]) -> list[dict]:
     return rows
 
 
-def print_report(rows: list[dict], plan: Plan, error: str | None, as_json: bool) -> None:
-    """Print the launched instances as a table or as JSON."""
+def print_report(
+    rows: list[dict], plan: Plan, error: str | None, as_json: bool, differences: list[str]
+) -> None:
+    """Print the launched instances and the twin check, as tables or as JSON."""
     if as_json:
         document = {
             "image_id": plan.image["ImageId"],
             "client_token": plan.params["ClientToken"],
             "instances": rows,
+            "attributes": [attribute_json(a) for a in plan.attributes],
+            "differences": differences,
             "warnings": plan.warnings,
             "error": error,
         }
@@ -1232,7 +2333,37 @@ def print_report(rows: list[dict], plan: Plan, error: str | None, as_json: bool)
     header = {"instance_id": "INSTANCE", "state": "STATE", "private_ip": "PRIVATE IP",
               "public_ip": "PUBLIC IP", "availability_zone": "ZONE", "name": "NAME"}  # fmt: skip
     print_table([header, *rows], list(header))
+    checked = [a for a in plan.attributes if a.checked]
+    if checked:
+        print()
+        print(f"The twin, read back from {rows[0]['instance_id']}:")
+        columns = ["attribute", "recorded", "now", "origin", "check"]
+        table = [{c: c.upper() for c in columns}]
+        for a in plan.attributes:
+            check = ("ok" if same(a) else "DIFFERS") if a.checked else ""
+            now = shown(a.now) if a.checked else "(not checked)"
+            table.append({"attribute": a.name, "recorded": shown(a.recorded), "now": now,
+                          "origin": a.origin, "check": check})  # fmt: skip
+        print_table(table, columns)
+        verdict = f"{len(differences)} difference(s)" if differences else "no difference"
+        print(f"{verdict} in {len(checked)} attributes checked")
     print(f"client token: {plan.params['ClientToken']} (rerun with --client-token to retry safely)")
+
+
+def same(attribute: Attribute) -> bool:
+    """Whether a checked attribute came out as planned."""
+    if attribute.planned is None and attribute.name in EC2_CHOOSES:
+        return True
+    return normal(attribute.now) == normal(attribute.planned)
+
+
+def attribute_json(attribute: Attribute) -> dict[str, Any]:
+    """One attribute for --json."""
+    made = {"name": attribute.name, "recorded": attribute.recorded,
+            "planned": attribute.planned, "origin": attribute.origin}  # fmt: skip
+    if attribute.checked:
+        made.update(now=attribute.now, same=same(attribute))
+    return made
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
@@ -1250,29 +2381,45 @@ def describe_plan(plan: Plan, config: dict) -> list[str]:
     )
     tags = ", ".join(f"{t['Key']}={t['Value']}" for t in p["TagSpecifications"][0]["Tags"])
     user_data = p.get("UserData")
-    shown = f"{len(user_data)} bytes (not shown)" if user_data else "none"
+    shown_data = f"{len(user_data)} bytes (not shown)" if user_data else "none"
+    first = (p.get("NetworkInterfaces") or [{}])[0]
+    subnet = p.get("SubnetId") or first.get("SubnetId")
+    groups = p.get("SecurityGroupIds") or first.get("Groups") or []
+    address = p.get("PrivateIpAddress") or first.get("PrivateIpAddress") or next(
+        (a["PrivateIpAddress"] for a in first.get("PrivateIpAddresses", []) if a["Primary"]),
+        "a new address")  # fmt: skip
     eip = plan.elastic_ip or "none"
     if plan.eip_holder:
         moved = "moved" if config["ALLOW_REASSOCIATION"] else "left there (ALLOW_REASSOCIATION)"
         eip += f", now held by {plan.eip_holder}: would be {moved}"
-    return [
-        f"Would launch {p['MinCount']} x {p['InstanceType']} from {p['ImageId']} "
+    count = 1 + len(plan.others)
+    names = f"{plan.name}" + (
+        f", then {plan.name}-2 ... {plan.name}-{count}" if plan.others else ""
+    )
+    lines = [
+        f"Would launch {count} x {p['InstanceType']} from {p['ImageId']} "
         f"(server {r.server or '-'}, backup {r.created or '-'}, schedule {r.schedule or '-'})",
-        f"  name:                   {plan.name}",
-        f"  subnet:                 {p['SubnetId']}",
-        f"  security groups:        {', '.join(p.get('SecurityGroupIds', [])) or 'VPC default'}",
+        f"  name:                   {names}",
+        f"  subnet:                 {subnet}",
+        f"  security groups:        {', '.join(groups) or 'VPC default'}",
         f"  key pair:               {p.get('KeyName', 'none')}",
         f"  instance profile:       {profile_origin(p, config)}",
-        f"  private IP:             {p.get('PrivateIpAddress', 'a new address')}",
-        f"  IMDS:                   HttpTokens={p['MetadataOptions']['HttpTokens']}",
-        f"  termination protection: {'on' if p['DisableApiTermination'] else 'off'}",
+        f"  private IP:             {address}",
         f"  Elastic IP:             {eip}",
-        f"  user data:              {shown}",
+        f"  user data:              {shown_data}",
         f"  volumes:                {volumes or 'as the image has them'}",
         f"  tags:                   {tags}",
         f"  wait:                   {config['WAIT']}",
         f"  client token:           {p['ClientToken']}",
+        "  attributes (recorded: as the original ran; overridden: by a setting; default: EC2's):",
     ]
+    width = max(len(a.name) for a in plan.attributes)
+    for a in plan.attributes:
+        lines.append(f"    {a.name.ljust(width)}  {shown(a.planned):<24}  {a.origin}")
+    for record in plan.dns_records:
+        lines.append(f"  DNS: UPSERT {record['name']} {record['type']} -> the {record['value']} "
+                     "address (TTL kept)")  # fmt: skip
+    return lines
 
 
 def profile_origin(params: dict, config: dict) -> str:
@@ -1381,6 +2528,8 @@ def iam_policy(config: dict) -> dict:
         "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
         "ec2:DescribeKeyPairs", "ec2:DescribeNetworkInterfaces", "ec2:DescribeAddresses",
         "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin",
+        "ec2:DescribePlacementGroups", "ec2:DescribeHosts",
+        "ec2:DescribeInstanceCreditSpecifications",
     ]  # fmt: skip
     marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
     eip = config["ELASTIC_IP"]
@@ -1388,8 +2537,13 @@ def iam_policy(config: dict) -> dict:
         allow("Describe", describe, "*"),
         allow("LaunchInTheConfigsRegion", "ec2:RunInstances",
               [image, *launched, arn + subnet, arn + "security-group/*", arn + "key-pair/*"]),
-        allow("TagAtLaunchOnly", "ec2:CreateTags", launched[:2],
+        allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
               {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
+        allow("ReadBackTheNewInstance", "ec2:DescribeInstanceAttribute", launched[0]),
+        allow("SourceDestCheckOnlyOnRestoredInterfaces", "ec2:ModifyNetworkInterfaceAttribute",
+              launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
+        allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",
+              f"arn:aws:iam::{account}:instance-profile/*"),
         allow("EnableOnlyMarkedImages", "ec2:EnableImage", image, marked),
         allow("RestoreFromTheRecycleBin",
               ["ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"],
@@ -1406,6 +2560,14 @@ def iam_policy(config: dict) -> dict:
                   {"StringEquals": {f"aws:ResourceTag/{ELASTIC_IP_OPT_IN_TAG}": "allow"}}),
             allow("AssociateWithTheNewInstance", "ec2:AssociateAddress", launched[::2]),
         ]  # fmt: skip
+    statements += balancer_statements(config, region, account)
+    if config["DNS_RECORDS"]:
+        zones = sorted({r["zone_id"].rsplit("/", 1)[-1] for r in config["DNS_RECORDS"]})
+        statements.append(allow(
+            "PointOnlyTheConfigsDnsRecords",
+            ["route53:ListResourceRecordSets", "route53:ChangeResourceRecordSets"],
+            [f"arn:aws:route53:::hostedzone/{z}" for z in zones],
+        ))  # fmt: skip
     if config["KMS_KEY_ID"]:
         key = config["KMS_KEY_ID"]
         statements.append(allow(
@@ -1415,6 +2577,38 @@ def iam_policy(config: dict) -> dict:
             {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
         ))  # fmt: skip
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def balancer_statements(config: dict, region: str, account: str) -> list[dict]:
+    """Registration in load balancers: the configured ones by ARN or name; those recorded
+    on the image ("same") only if they opt in by tag, as a tag never grants power alone."""
+    arn = f"arn:aws:elasticloadbalancing:{region}:{account}:"
+    opt_in = {"StringEquals": {f"aws:ResourceTag/{RESTORE_OPT_IN_TAG}": "allow"}}
+    made = []
+    groups, classic = config["TARGET_GROUPS"], config["CLASSIC_LOAD_BALANCERS"]
+    if groups:
+        read = ["elasticloadbalancing:DescribeTargetGroups",
+                "elasticloadbalancing:DescribeTargetHealth"]  # fmt: skip
+        made.append(allow("ReadTargetGroups", read, "*"))
+        if groups == "same":
+            made.append(allow("RegisterOnlyInTargetGroupsThatOptIn",
+                              "elasticloadbalancing:RegisterTargets", arn + "targetgroup/*",
+                              opt_in))  # fmt: skip
+        else:
+            arns = sorted({g if isinstance(g, str) else g["arn"] for g in groups})
+            made.append(allow("RegisterInTheConfigsTargetGroups",
+                              "elasticloadbalancing:RegisterTargets", arns))  # fmt: skip
+    if classic:
+        made.append(allow("ReadClassicLoadBalancers", "elasticloadbalancing:DescribeLoadBalancers",
+                          "*"))  # fmt: skip
+        register = "elasticloadbalancing:RegisterInstancesWithLoadBalancer"
+        if classic == "same":
+            made.append(allow("RegisterOnlyWithClassicLoadBalancersThatOptIn", register,
+                              arn + "loadbalancer/*", opt_in))  # fmt: skip
+        else:
+            made.append(allow("RegisterWithTheConfigsClassicLoadBalancers", register,
+                              [arn + f"loadbalancer/{n}" for n in classic]))  # fmt: skip
+    return made
 
 
 def allow(sid: str, action: Any, resource: Any, condition: dict | None = None) -> dict:

@@ -35,6 +35,7 @@ import argparse
 import difflib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -98,6 +99,45 @@ TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
 # Set once the image is shared: "<image id>:<account>,<account>". The image id keeps a
 # copy, which inherits its source's tags, from passing for shared itself.
 TAG_SHARED_WITH = "ec2-to-ami:shared-with"
+# Everything else the source instance ran with, for a restore that makes a twin: one
+# compact JSON document (continued like any long value). A key left out has the value
+# LAUNCH_DEFAULTS gives it, so an ordinary instance records a short document; "unknown"
+# lists what could not be read.
+TAG_LAUNCH = "ec2-to-ami:launch"
+LAUNCH_VERSION = 1
+LAUNCH_TAGS_MAX = 6
+LAUNCH_DEFAULTS: dict[str, Any] = {
+    "tenancy": "default",
+    "placement_group": None,
+    "partition": None,
+    "host_id": None,
+    "host_resource_group": None,
+    "affinity": None,
+    "cpu_options": None,  # {"CoreCount": n, "ThreadsPerCore": n}
+    "credits": None,  # "standard" | "unlimited" (T instance types only)
+    "ebs_optimized": False,
+    "hibernation": False,
+    "nitro_enclave": False,
+    "capacity_reservation": "open",
+    "http_tokens": "optional",
+    "http_hop_limit": 1,
+    "http_endpoint": "enabled",
+    "http_ipv6": "disabled",
+    "metadata_tags": "disabled",
+    "hostname_type": "ip-name",
+    "dns_a_record": False,
+    "dns_aaaa_record": False,
+    "termination_protection": False,
+    "stop_protection": False,
+    "shutdown_behavior": "stop",
+    "monitoring": False,
+    "auto_recovery": "default",
+    "interfaces": [],  # by device index: {"index", "subnet", "groups", "ip", ...}
+    "elastic_ips": [],  # {"index": device index, "ip": private IP, "allocation": eipalloc-}
+    "target_groups": [],  # {"arn", "port"}
+    "classic_load_balancers": [],
+    "unknown": [],
+}
 
 MAX_TAGS = 50
 TAG_VALUE_MAX = 256
@@ -118,6 +158,16 @@ SNAPSHOT_SKIPPED = "skipped"  # DeregisterImage kept a snapshot another image us
 SNAPSHOT_DELETED = "success"
 SNAPSHOT_NO_PERMISSION = "missing-permissions"  # the caller lacks DeleteSnapshot on it
 FILTER_VALUES_MAX = 200
+# DescribeInstanceAttribute attribute -> (launch record key, response key)
+INSTANCE_ATTRIBUTES = {
+    "disableApiTermination": ("termination_protection", "DisableApiTermination"),
+    "disableApiStop": ("stop_protection", "DisableApiStop"),
+    "instanceInitiatedShutdownBehavior": ("shutdown_behavior", "InstanceInitiatedShutdownBehavior"),
+}
+INSTANCE_ATTRIBUTES_NAMES = [name for name, _ in INSTANCE_ATTRIBUTES.values()]
+INTERFACE_DEFAULTS = {"secondary": [], "ipv6": 0, "source_dest_check": True, "description": "",
+                      "delete_on_termination": True, "public_ip": False}  # fmt: skip
+BURSTABLE_RE = re.compile(r"^t\d")  # T instance types: CPU credits
 DESCRIPTION_MAX = 255  # CreateImage and CopyImage
 AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
 AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
@@ -150,6 +200,7 @@ PACED_CALLS = {
     "DeleteSnapshot": ("delete", 100, 5.0),
     "CreateTags": ("tags", 100, 10.0),
     "CopyImage": ("copy", 100, 1.0),
+    "DescribeInstanceAttribute": ("describe", 100, 20.0),  # three per server, at the start
 }
 
 # Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
@@ -235,7 +286,7 @@ def run_backup(
     ec2, now = clients.ec2, started.replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
-    attach_elastic_ips(ec2, servers)
+    record_launch(clients, config, servers)
     listed = managed_images(ec2, config.schedule)
     servers = split_pool_clashes(ec2, servers, failures, listed, config.pool)
     instance_of = {s.spec.name: s.spec.instance_id for s in servers}
@@ -286,6 +337,7 @@ DEFAULTS: dict[str, Any] = {
     "NO_REBOOT": True,
     "TAGS": {},
     "COPY_INSTANCE_TAGS": True,
+    "RECORD_LOAD_BALANCERS": True,
     "NAME_FORMAT": "{server}-{schedule}-{time:%Y%m%d-%H%M%S}",
     "WAIT": True,
     "WAIT_TIMEOUT_MINUTES": 120,
@@ -314,7 +366,7 @@ CONSISTENCY_WORDS = {"crash": "no reboot", "reboot": "with reboot", "vss": "VSS 
 PLATFORMS = ("windows", "linux")
 NAME_FIELDS = {"server", "schedule", "time", "instance_id"}
 # Contract tags a single image can carry, counting continuation tags generously.
-CONTRACT_TAGS_MAX = 22
+CONTRACT_TAGS_MAX = 22 + LAUNCH_TAGS_MAX
 # The largest value each numeric setting takes: beyond these, a setting is a typo.
 NUMBER_LIMITS = {
     "KEEP": 1000,
@@ -380,6 +432,7 @@ class BackupConfig:
     name_format: str
     tags: Mapping[str, str]
     copy_instance_tags: bool
+    record_load_balancers: bool
     wait: bool
     wait_timeout_minutes: float
     script_timeout_seconds: int
@@ -476,7 +529,8 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     _check_int(settings, "KEEP", minimum=1)
     _check_number(settings, "WAIT_TIMEOUT_MINUTES", allow_none=False)
     _check_number(settings, "MAX_AGE_DAYS", allow_none=True)
-    for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "WAIT", "DEREGISTRATION_PROTECTION"):
+    for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "RECORD_LOAD_BALANCERS", "WAIT",
+                 "DEREGISTRATION_PROTECTION"):  # fmt: skip
         _check_bool(settings[name], name)
     check_consistency_settings(settings)
     check_dr_settings(settings)
@@ -514,6 +568,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         name_format=settings["NAME_FORMAT"],
         tags=MappingProxyType(dict(settings["TAGS"])),
         copy_instance_tags=settings["COPY_INSTANCE_TAGS"],
+        record_load_balancers=settings["RECORD_LOAD_BALANCERS"],
         wait=settings["WAIT"],
         wait_timeout_minutes=settings["WAIT_TIMEOUT_MINUTES"],
         script_timeout_seconds=settings["SCRIPT_TIMEOUT_SECONDS"],
@@ -924,6 +979,7 @@ def planned_tags(
     copies and sharing add, and for the VSS document's own tags."""
     spec = server.spec
     fixed = contract_tags(spec, config, now, run_id, server.instance, server.eip)
+    fixed += launch_tags(spec, server.launch)
     copied = instance_tags(server.instance) if config.copy_instance_tags else []
     room = 2 * bool(config.copy_to_regions) + bool(config.share_with_accounts)
     room += VSS_TAG_ROOM if spec.consistency == "vss" else 0
@@ -987,6 +1043,44 @@ def contract_tags(
         if value:
             tags.extend(split_value(key, value))
     return tags
+
+
+def launch_tags(spec: ServerSpec, record: dict | None) -> list[tuple[str, str]]:
+    """The TAG_LAUNCH document as tags, within LAUNCH_TAGS_MAX: exact secondary addresses,
+    then interface descriptions, give way first (with a warning) if it is too long."""
+    if record is None:
+        return []
+    text = json.dumps(record, separators=(",", ":"))
+    for shrink in (without_secondary_addresses, without_descriptions):
+        if len(text) <= LAUNCH_TAGS_MAX * TAG_VALUE_MAX:
+            break
+        record = shrink(record)
+        text = json.dumps(record, separators=(",", ":"))
+        log.warning("%s: the launch record is too long for its tags: %s", spec.name,
+                    shrink.__doc__)  # fmt: skip
+    if len(text) > LAUNCH_TAGS_MAX * TAG_VALUE_MAX:
+        log.warning("%s: the launch record is too long for its tags even so, and is left "
+                    "out: a restore reproduces only the basic tags", spec.name)  # fmt: skip
+        return []
+    return split_value(TAG_LAUNCH, text)
+
+
+def without_secondary_addresses(record: dict) -> dict:
+    """secondary private IPs recorded by count, not by address"""
+    nics = [
+        {**{k: v for k, v in n.items() if k != "secondary"}, "secondary_count": len(n["secondary"])}
+        if n.get("secondary") else n
+        for n in record.get("interfaces", [])
+    ]  # fmt: skip
+    return {**record, "interfaces": nics}
+
+
+def without_descriptions(record: dict) -> dict:
+    """interface descriptions left out"""
+    nics = [
+        {k: v for k, v in n.items() if k != "description"} for n in record.get("interfaces", [])
+    ]
+    return {**record, "interfaces": nics}
 
 
 def stamp(when: datetime) -> str:
@@ -1195,7 +1289,8 @@ class Server:
 
     spec: ServerSpec
     instance: dict
-    eip: str | None = None
+    eip: str | None = None  # the Elastic IP on the primary address (TAG_ELASTIC_IP)
+    launch: dict | None = None  # the launch record (TAG_LAUNCH)
 
 
 @dataclass
@@ -1341,13 +1436,197 @@ def split_bad_image_names(
     return clean, failures
 
 
-def attach_elastic_ips(ec2: Any, servers: list[Server]) -> None:
-    """Record each server's Elastic IP allocation, from one DescribeAddresses call."""
-    by_id = {s.spec.instance_id: s for s in servers}
-    for address in ec2.describe_addresses().get("Addresses", []):
-        server = by_id.get(address.get("InstanceId", ""))
-        if server and address.get("AllocationId"):
-            server.eip = address["AllocationId"]
+def record_launch(clients: Clients, config: BackupConfig, servers: list[Server]) -> None:
+    """Record what each instance runs with that DescribeInstances does not say: its Elastic
+    IPs (one call), CPU credits (one call), load balancers (a call per target group) and
+    its protections and shutdown behaviour (three calls per server)."""
+    if not servers:
+        return
+    ec2 = clients.ec2
+    addresses = ec2.describe_addresses().get("Addresses", [])
+    credits = credit_specifications(ec2, servers)
+    balancers = load_balancer_membership(clients, config, servers)
+    for server in servers:
+        instance_id = server.spec.instance_id
+        attributes = instance_attributes(ec2, server.spec)
+        server.launch = launch_record(
+            server.instance, attributes, credits.get(instance_id), addresses,
+            balancers.get(instance_id) if balancers is not None else None,
+        )  # fmt: skip
+        server.eip = primary_elastic_ip(server.launch)
+
+
+def instance_attributes(ec2: Any, spec: ServerSpec) -> dict[str, Any]:
+    """Termination and stop protection and shutdown behaviour (None: could not be read)."""
+    values: dict[str, Any] = {}
+    for attribute, (name, key) in INSTANCE_ATTRIBUTES.items():
+        try:
+            answer = ec2.describe_instance_attribute(
+                InstanceId=spec.instance_id, Attribute=attribute
+            )
+            values[name] = answer.get(key, {}).get("Value")
+        except ClientError as err:
+            log.warning("%s (%s): its %s is not recorded: %s", spec.name, spec.instance_id,
+                        name.replace("_", " "), error_text(err))  # fmt: skip
+            values[name] = None
+    return values
+
+
+def credit_specifications(ec2: Any, servers: list[Server]) -> dict[str, str]:
+    """The CPU credit option of each burstable (T) instance, in one call per 100."""
+    ids = [
+        s.spec.instance_id
+        for s in servers
+        if BURSTABLE_RE.match(s.instance.get("InstanceType", ""))
+    ]
+    found: dict[str, str] = {}
+    for batch in chunked(ids, 100):
+        try:
+            answer = ec2.describe_instance_credit_specifications(InstanceIds=batch)
+        except ClientError as err:
+            log.warning("CPU credit options are not recorded: %s", error_text(err))
+            return {}
+        for spec in answer.get("InstanceCreditSpecifications", []):
+            found[spec["InstanceId"]] = spec.get("CpuCredits")
+    return found
+
+
+def load_balancer_membership(
+    clients: Clients, config: BackupConfig, servers: list[Server]
+) -> dict[str, dict[str, list]] | None:
+    """Each instance's ELBv2 target groups (ARN and port) and Classic Load Balancers;
+    None when they cannot be read (the record then says they are unknown)."""
+    if not config.record_load_balancers:
+        return None
+    found: dict[str, dict[str, list]] = {
+        s.spec.instance_id: {"target_groups": [], "classic_load_balancers": []} for s in servers
+    }
+    vpcs = {s.instance.get("VpcId") for s in servers}
+    try:
+        elbv2 = clients.client("elbv2")
+        for group in paginate(elbv2, "describe_target_groups", "TargetGroups"):
+            if group.get("TargetType") != "instance" or group.get("VpcId") not in vpcs:
+                continue
+            arn = group["TargetGroupArn"]
+            health = elbv2.describe_target_health(TargetGroupArn=arn)
+            for target in health.get("TargetHealthDescriptions", []):
+                spot = target.get("Target", {})
+                if spot.get("Id") in found:
+                    found[spot["Id"]]["target_groups"].append(
+                        {"arn": arn, "port": spot.get("Port")}
+                    )
+        elb = clients.client("elb")
+        for balancer in paginate(elb, "describe_load_balancers", "LoadBalancerDescriptions"):
+            for member in balancer.get("Instances", []):
+                if member.get("InstanceId") in found:
+                    name = balancer["LoadBalancerName"]
+                    found[member["InstanceId"]]["classic_load_balancers"].append(name)
+    except (ClientError, BotoCoreError) as err:
+        log.warning(
+            "load balancer membership is not recorded (a restore will say so): %s; allow "
+            "the Describe calls in --print-iam-policy, or set RECORD_LOAD_BALANCERS = False",
+            error_text(err),
+        )
+        return None
+    return found
+
+
+def launch_record(
+    instance: dict, attributes: dict[str, Any], credits: str | None, addresses: list[dict],
+    balancers: dict[str, list] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The instance's launch configuration as the TAG_LAUNCH document: defaults left out."""
+    placement, meta = instance.get("Placement", {}), instance.get("MetadataOptions", {})
+    dns, cpu = instance.get("PrivateDnsNameOptions", {}), instance.get("CpuOptions", {})
+    reservation = instance.get("CapacityReservationSpecification", {})
+    values = {
+        "tenancy": placement.get("Tenancy"),
+        "placement_group": placement.get("GroupName") or None,
+        "partition": placement.get("PartitionNumber"),
+        "host_id": placement.get("HostId"),
+        "host_resource_group": placement.get("HostResourceGroupArn"),
+        "affinity": placement.get("Affinity"),
+        "cpu_options": {k: cpu[k] for k in ("CoreCount", "ThreadsPerCore") if k in cpu} or None,
+        "credits": credits,
+        "ebs_optimized": instance.get("EbsOptimized"),
+        "hibernation": instance.get("HibernationOptions", {}).get("Configured"),
+        "nitro_enclave": instance.get("EnclaveOptions", {}).get("Enabled"),
+        "capacity_reservation": reservation.get("CapacityReservationPreference"),
+        "http_tokens": meta.get("HttpTokens"),
+        "http_hop_limit": meta.get("HttpPutResponseHopLimit"),
+        "http_endpoint": meta.get("HttpEndpoint"),
+        "http_ipv6": meta.get("HttpProtocolIpv6"),
+        "metadata_tags": meta.get("InstanceMetadataTags"),
+        "hostname_type": dns.get("HostnameType"),
+        "dns_a_record": dns.get("EnableResourceNameDnsARecord"),
+        "dns_aaaa_record": dns.get("EnableResourceNameDnsAAAARecord"),
+        "monitoring": instance.get("Monitoring", {}).get("State") in ("enabled", "pending"),
+        "auto_recovery": instance.get("MaintenanceOptions", {}).get("AutoRecovery"),
+        **attributes,
+        "interfaces": interfaces_of(instance, addresses),
+        "elastic_ips": elastic_ips_of(instance, addresses),
+        **(balancers or {}),
+    }
+    unknown = [k for k in INSTANCE_ATTRIBUTES_NAMES if attributes.get(k) is None]
+    if balancers is None:
+        unknown += ["target_groups", "classic_load_balancers"]
+    values["unknown"] = unknown
+    record: dict[str, Any] = {"v": LAUNCH_VERSION}
+    record.update({k: v for k, v in values.items() if v is not None and v != LAUNCH_DEFAULTS[k]})
+    return record
+
+
+def interfaces_of(instance: dict, addresses: list[dict]) -> list[dict]:
+    """The instance's network interfaces by device index; defaults left out."""
+    elastic = {a.get("PublicIp") for a in addresses if a.get("AllocationId")}
+    made = []
+    for nic in sorted(instance.get("NetworkInterfaces", []), key=device_index):
+        ips = nic.get("PrivateIpAddresses", [])
+        entry = {
+            "index": device_index(nic),
+            "subnet": nic.get("SubnetId"),
+            "groups": [g["GroupId"] for g in nic.get("Groups", [])],
+            "ip": nic.get("PrivateIpAddress"),
+            "secondary": sorted(
+                (p["PrivateIpAddress"] for p in ips if not p.get("Primary")),
+                key=ipaddress.IPv4Address,
+            ),
+            "ipv6": len(nic.get("Ipv6Addresses", [])),
+            "source_dest_check": nic.get("SourceDestCheck", True),
+            "description": nic.get("Description", ""),
+            "delete_on_termination": nic.get("Attachment", {}).get("DeleteOnTermination", True),
+            "public_ip": nic.get("Association", {}).get("PublicIp", "") not in elastic | {""},
+        }
+        made.append({k: v for k, v in entry.items() if v != INTERFACE_DEFAULTS.get(k)})
+    return made
+
+
+def device_index(nic: dict) -> int:
+    """An attached network interface's device index."""
+    return int(nic.get("Attachment", {}).get("DeviceIndex", 0))
+
+
+def elastic_ips_of(instance: dict, addresses: list[dict]) -> list[dict]:
+    """Every Elastic IP on the instance, by (device index, private IP)."""
+    index = {
+        n["NetworkInterfaceId"]: device_index(n) for n in instance.get("NetworkInterfaces", [])
+    }
+    made = [
+        {"index": index[a["NetworkInterfaceId"]], "ip": a.get("PrivateIpAddress"),
+         "allocation": a["AllocationId"]}
+        for a in addresses
+        if a.get("AllocationId") and a.get("NetworkInterfaceId") in index
+    ]  # fmt: skip
+    return sorted(made, key=lambda e: (e["index"], e["ip"] or ""))
+
+
+def primary_elastic_ip(record: dict) -> str | None:
+    """The Elastic IP on the primary interface's primary address, for TAG_ELASTIC_IP."""
+    primary = next((n.get("ip") for n in record.get("interfaces", []) if n["index"] == 0), None)
+    for eip in record.get("elastic_ips", []):
+        if eip["index"] == 0 and eip["ip"] == primary:
+            return eip["allocation"]
+    return None
 
 
 def to_image(raw: dict) -> Image:
@@ -2972,10 +3251,13 @@ def iam_policy(config: BackupConfig) -> dict:
     snapshots = [f"arn:aws:ec2:{r}::snapshot/*" for r in regions]
     marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
     describe = ["ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeImages",
-                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin"]  # fmt: skip
+                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin",
+                "ec2:DescribeInstanceCreditSpecifications"]  # fmt: skip
     statements = [
         statement("Describe", describe, "*"),
         *instance_statements(config, home, account, "ec2:CreateImage", "aws:ResourceTag"),
+        *instance_statements(config, home, account, "ec2:DescribeInstanceAttribute",
+                             "aws:ResourceTag", sid="ReadTheConfigsInstancesAttributes"),
         statement("CreateOnlyMarkedImagesAndSnapshots", "ec2:CreateImage",
                   images[:1] + snapshots[:1],
                   {"StringEquals": {f"aws:RequestTag/{TAG_MANAGED}": TOOL}}),
@@ -2986,6 +3268,13 @@ def iam_policy(config: BackupConfig) -> dict:
         statement("ReleaseProtectionOnlyOfMarkedImages",
                   "ec2:DisableImageDeregistrationProtection", images, marked),
     ]  # fmt: skip
+    if config.record_load_balancers:
+        statements.append(statement(
+            "ReadLoadBalancerMembership",
+            ["elasticloadbalancing:DescribeTargetGroups",
+             "elasticloadbalancing:DescribeTargetHealth",
+             "elasticloadbalancing:DescribeLoadBalancers"], "*",
+        ))  # fmt: skip
     if config.deregistration_protection:
         protect = "ec2:EnableImageDeregistrationProtection"
         statements.append(statement("ProtectOnlyMarkedImages", protect, images, marked))

@@ -66,6 +66,29 @@ Patches (each has a test in tests/test_endpoint.py):
      Ebs.Encrypted as EC2 does. moto's aws/ebs key is made AWS-managed
      (KeyManager "AWS"), as on AWS (moto makes it a customer key).
 
+  P20 RunInstances keeps what moto drops, and DescribeInstances reports it: Placement
+     Tenancy, GroupName, PartitionNumber, Affinity and HostResourceGroupArn; CpuOptions;
+     PrivateDnsNameOptions; MaintenanceOptions; EnclaveOptions;
+     CapacityReservationSpecification; and per network interface, its Description (none
+     unless asked: moto says "Primary network interface"), DeleteOnTermination (true unless
+     asked otherwise: moto makes it false) and its secondary private IPs
+     (SecondaryPrivateIpAddressCount or PrivateIpAddresses);
+     the instance's SecurityGroups are its primary interface's, and each interface has
+     its own groups (moto adds the instance's groups to every interface).
+     Without them an instance shows EC2's defaults. A placement group that does not
+     exist is refused with InvalidPlacementGroup.Unknown, before anything launches.
+  P23 AssociateAddress by NetworkInterfaceId honours PrivateIpAddress (a secondary
+     address keeps the interface's primary public IP), and an address on an attached
+     interface reports its instance's InstanceId, as on EC2; terminating an instance
+     releases the Elastic IPs on any of its interfaces (moto: the interface's primary
+     address only, with no InstanceId).
+  P21 Placement groups: CreatePlacementGroup, DescribePlacementGroups (by GroupNames,
+     unknown ones refused with InvalidPlacementGroup.Unknown, as EC2 does) and
+     DeletePlacementGroup (moto's server answers HTTP 500).
+  P22 CreditSpecification: RunInstances keeps CpuCredits, and
+     DescribeInstanceCreditSpecifications reports it, else the type's default
+     ("standard" for t2, "unlimited" for later T types); moto says "standard" always.
+
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
   S1 DescribeInstanceInformation lists EC2 instances as managed and Online,
@@ -138,10 +161,13 @@ from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotIdError
 from moto.ec2.models.amis import Ami, AmiBackend
 from moto.ec2.models.elastic_block_store import EBSBackend
-from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
+from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressBackend
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.instance_types import INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceState
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.utils import generic_filter
 from moto.iam.access_control import IAMRequestBase
@@ -591,7 +617,11 @@ def _run_instances(self) -> ActionResult:
                 if not same:
                     raise EC2ClientError("IdempotentParameterMismatch", f"token {token} reused")
                 return ActionResult(reservation)
+    group = self._get_param("Placement.GroupName")
+    if group and group not in placement_groups(self.ec2_backend):
+        raise _unknown_group(group)
     result = _original_run_instances(self)
+    keep_launch_attributes(self, result.result.instances)
     protect = self._get_bool_param("DisableApiTermination", False)
     for instance in result.result.instances:
         instance.disable_api_termination = protect
@@ -611,14 +641,210 @@ def _associate_address(self, instance=None, *args, **kwargs):
     return _original_associate_address(self, instance, *args, **kwargs)
 
 
+_original_associate_response = ElasticIPAddresses.associate_address
+
+
+def _associate_address_response(self) -> ActionResult:
+    """AssociateAddress by NetworkInterfaceId honours PrivateIpAddress, and an address on an
+    attached interface reports that instance (P23)."""
+    eni_id, private = self._get_param("NetworkInterfaceId"), self._get_param("PrivateIpAddress")
+    eni = self.ec2_backend.get_network_interface(eni_id) if eni_id else None
+    before = eni.public_ip if eni else None
+    result = _original_associate_response(self)
+    allocation = self._get_param("AllocationId")
+    if allocation and eni is not None:
+        [address] = self.ec2_backend.address_by_allocation([allocation])
+        address.harness_private_ip = private
+        if private and private != eni.private_ip_address:
+            eni.public_ip = before  # the primary address keeps its own public IP
+        if eni.instance is not None:
+            address.instance = eni.instance
+    return result
+
+
+def _address_private_ip(self: Any) -> str | None:
+    """The private IP an Elastic IP sits on (P23)."""
+    if not self.eni:
+        return None
+    return getattr(self, "harness_private_ip", None) or self.eni.private_ip_address
+
+
 def _terminate(self) -> InstanceState:
     """Terminate, releasing the Elastic IP and the primary network interface (P9)."""
+    nics = {nic.id for nic in self.nics.values()}
     for address in self.ec2_backend.addresses:
-        if address.instance is self:
+        if address.instance is self or (address.eni is not None and address.eni.id in nics):
             self.ec2_backend.disassociate_address(address=address.public_ip)
     for nic in list(self.nics.values()):
         nic.delete_on_termination = True
     return _original_terminate(self)
+
+
+# --- P20, P21, P22: launch attributes, placement groups, CPU credits ---------------------
+
+PLACEMENT_FIELDS = {"Tenancy": "tenancy", "GroupName": "group_name", "Affinity": "affinity",
+                    "PartitionNumber": "partition_number",
+                    "HostResourceGroupArn": "host_resource_group_arn"}  # fmt: skip
+LAUNCH_OPTIONS = {
+    "CpuOptions": "cpu_options",
+    "PrivateDnsNameOptions": "private_dns_name_options",
+    "MaintenanceOptions": "maintenance_options",
+    "EnclaveOptions": "enclave_options",
+    "CapacityReservationSpecification": "capacity_reservation_specification",
+}
+OPTION_DEFAULTS = {
+    "cpu_options": {},
+    "private_dns_name_options": {"HostnameType": "ip-name", "EnableResourceNameDnsARecord": False,
+                                 "EnableResourceNameDnsAAAARecord": False},
+    "maintenance_options": {"AutoRecovery": "default"},
+    "enclave_options": {"Enabled": False},
+    "capacity_reservation_specification": {"CapacityReservationPreference": "open"},
+}  # fmt: skip
+
+
+def _default_cpu_options(self: Instance) -> dict[str, int]:
+    """An instance's CpuOptions when launched without: its type's defaults, as EC2 reports."""
+    if "cpu_options" in self.__dict__:
+        return self.__dict__["cpu_options"]
+    info = INSTANCE_TYPES.get(self.instance_type, {}).get("VCpuInfo", {})
+    return {"CoreCount": info.get("DefaultCores", 1),
+            "ThreadsPerCore": info.get("DefaultThreadsPerCore", 1)}  # fmt: skip
+
+
+def _set_cpu_options(self: Instance, value: dict) -> None:
+    self.__dict__["cpu_options"] = value
+
+
+def placement_groups(backend: Any) -> dict[str, dict]:
+    """The region's placement groups, by name (P21)."""
+    if not hasattr(backend, "harness_placement_groups"):
+        backend.harness_placement_groups = {}
+    return backend.harness_placement_groups
+
+
+def _unknown_group(name: str) -> EC2ClientError:
+    return EC2ClientError(
+        "InvalidPlacementGroup.Unknown", f"The Placement Group '{name}' is unknown."
+    )
+
+
+def _create_placement_group(self) -> ActionResult:
+    """CreatePlacementGroup: a name, a strategy and (for partition) a partition count."""
+    name = self._get_param("GroupName")
+    groups = placement_groups(self.ec2_backend)
+    if name in groups:
+        raise EC2ClientError(
+            "InvalidPlacementGroup.Duplicate", f"The Placement Group '{name}' already exists."
+        )
+    group = {"GroupName": name, "GroupId": f"pg-{len(groups) + 1:017x}", "State": "available",
+             "Strategy": self._get_param("Strategy", "cluster")}  # fmt: skip
+    if self._get_param("PartitionCount"):
+        group["PartitionCount"] = int(self._get_param("PartitionCount"))
+    groups[name] = group
+    return ActionResult({"PlacementGroup": group})
+
+
+def _describe_placement_groups(self) -> ActionResult:
+    """DescribePlacementGroups, all or by GroupNames (an unknown name is an error)."""
+    groups = placement_groups(self.ec2_backend)
+    names = self._get_param("GroupNames", [])
+    for name in names:
+        if name not in groups:
+            raise _unknown_group(name)
+    found = [groups[n] for n in names] if names else list(groups.values())
+    return ActionResult({"PlacementGroups": found})
+
+
+def _delete_placement_group(self) -> ActionResult:
+    """DeletePlacementGroup by name."""
+    name = self._get_param("GroupName")
+    if placement_groups(self.ec2_backend).pop(name, None) is None:
+        raise _unknown_group(name)
+    return ActionResult({})
+
+
+def keep_launch_attributes(response: Any, instances: list) -> None:
+    """Store on each new instance what RunInstances asked for and moto dropped (P20, P22)."""
+    placement = response._get_param("Placement", {}) or {}
+    options = {attr: response._get_param(name) for name, attr in LAUNCH_OPTIONS.items()}
+    credits = response._get_param("CreditSpecification.CpuCredits")
+    specs = {int(n.get("DeviceIndex", 0)): n for n in response._get_param("NetworkInterfaces", [])}
+    for instance in instances:
+        for name, attr in PLACEMENT_FIELDS.items():
+            if placement.get(name) is not None:
+                value = placement[name]
+                setattr(
+                    instance.placement, attr, int(value) if name == "PartitionNumber" else value
+                )
+        for attr, value in options.items():
+            if value:
+                setattr(instance, attr, {**OPTION_DEFAULTS[attr], **_typed(value)})
+        instance.harness_credits = credits
+        for index, nic in instance.nics.items():
+            if index in specs:
+                _shape_interface(response.ec2_backend, nic, specs[index])
+            elif index == 0:  # launched with SubnetId: EC2 gives no description
+                nic.description, nic.delete_on_termination = "", True
+        if specs and 0 in instance.nics and not instance.security_groups:
+            instance.security_groups = list(instance.nics[0]._group_set)  # EC2: the primary's
+
+
+def _typed(options: dict) -> dict:
+    """Query-string values as EC2 reports them: numbers and booleans, not text."""
+    typed = {}
+    for key, value in options.items():
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        elif value in ("true", "false"):
+            value = value == "true"
+        typed[key] = value
+    return typed
+
+
+def _shape_interface(backend: Any, nic: Any, spec: dict) -> None:
+    """A launched interface's description and secondary private IPs, as asked."""
+    nic.description = spec.get("Description", "")
+    nic.delete_on_termination = str(spec.get("DeleteOnTermination", "true")).lower() == "true"
+    wanted = [a["PrivateIpAddress"] for a in spec.get("PrivateIpAddresses", [])
+              if str(a.get("Primary", "false")).lower() != "true"]  # fmt: skip
+    count = int(spec.get("SecondaryPrivateIpAddressCount") or 0)
+    if wanted:
+        backend.assign_private_ip_addresses(nic.id, private_ip_addresses=wanted)
+    elif count:
+        backend.assign_private_ip_addresses(nic.id, secondary_ips_count=count)
+
+
+def _interface_groups(self: Any) -> Any:
+    """An interface's own security groups (P20)."""
+    if self._group_set or not self.instance:
+        return self._group_set
+    return set(self.instance.security_groups or [])
+
+
+_original_prep_nics = Instance.prep_nics
+
+
+def _prep_nics(self: Instance, nic_spec: list[dict], *args: Any, **kwargs: Any) -> None:
+    """An interface's primary address may be given in PrivateIpAddresses (moto reads it there
+    only for device 0, and only as a boolean)."""
+    for nic in nic_spec:
+        primary = [a.get("PrivateIpAddress") for a in nic.get("PrivateIpAddresses", [])
+                   if str(a.get("Primary", "false")).lower() == "true"]  # fmt: skip
+        if primary and not nic.get("PrivateIpAddress"):
+            nic["PrivateIpAddress"] = primary[0]
+    _original_prep_nics(self, nic_spec, *args, **kwargs)
+
+
+def _describe_instance_credit_specifications(self) -> ActionResult:
+    """Each instance's CpuCredits as launched, else its type's default (P22)."""
+    ids = self._get_param("InstanceIds", [])
+    instances = self.ec2_backend.describe_instance_credit_specifications(ids)
+    found = [
+        {"InstanceId": i.id, "CpuCredits": getattr(i, "harness_credits", None)
+         or ("standard" if i.instance_type.startswith("t2.") else "unlimited")}
+        for i in instances
+    ]  # fmt: skip
+    return ActionResult({"InstanceCreditSpecifications": found})
 
 
 # --- S1, S2, S3: SSM ------------------------------------------------------------------
@@ -709,7 +935,21 @@ def apply_patches() -> None:
     AmiBackend.create_image = _create_image
     AmisResponse.deregister_image = _deregister_image
     InstanceResponse.run_instances = _run_instances
+    Instance.cpu_options = property(_default_cpu_options, _set_cpu_options)
+    Instance.prep_nics = _prep_nics
+    NetworkInterface.group_set = property(_interface_groups)
+    for attr, default in OPTION_DEFAULTS.items():
+        if attr != "cpu_options":
+            setattr(Instance, attr, default)  # replaced per instance, never changed in place
+    InstanceResponse.create_placement_group = _create_placement_group
+    InstanceResponse.describe_placement_groups = _describe_placement_groups
+    InstanceResponse.delete_placement_group = _delete_placement_group
+    InstanceResponse.describe_instance_credit_specifications = (
+        _describe_instance_credit_specifications
+    )
     ElasticAddressBackend.associate_address = _associate_address
+    ElasticIPAddresses.associate_address = _associate_address_response
+    ElasticAddress.private_ip_address = property(_address_private_ip)
     Instance.terminate = _terminate
     SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information
     SSMBackend.send_command = _send_command
@@ -755,13 +995,19 @@ ACTION_BUCKETS = {
 }
 
 
+# A describe call about one named resource (DescribeInstanceAttribute) is not unfiltered.
+NARROWING_PARAMS = {"MaxResults", "InstanceId", "ImageId", "SnapshotId", "VolumeId"}
+
+
 def bucket_of(action: str, params: dict[str, str]) -> str:
     """The token bucket an EC2 call draws from."""
     if action in ACTION_BUCKETS:
         return ACTION_BUCKETS[action]
     if not action.startswith(("Describe", "Get", "List")):
         return "mutating"
-    narrowed = any(k.startswith("Filter.") or k == "MaxResults" or k.endswith(".1") for k in params)
+    narrowed = any(
+        k.startswith("Filter.") or k in NARROWING_PARAMS or k.endswith(".1") for k in params
+    )
     return "describe" if narrowed else "describe-unfiltered"
 
 

@@ -121,6 +121,14 @@ def assert_refused(calls) -> None:
         assert err.value.response["Error"]["Code"] in {"UnauthorizedOperation", "AccessDenied"}
 
 
+def in_target_group(endpoint, fleet, server: str) -> None:
+    """Register a server in a target group, so the backup reads its membership."""
+    elbv2 = boto3.client("elbv2", region_name=REGION, endpoint_url=endpoint.url)
+    group = elbv2.create_target_group(Name="web", Protocol="HTTP", Port=80, VpcId=fleet.vpc_id)
+    arn = group["TargetGroups"][0]["TargetGroupArn"]
+    elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": fleet.instances[server]}])
+
+
 def generated(script: str, config) -> dict:
     """What --print-iam-policy prints for a config."""
     result = run(script, config, "--print-iam-policy")
@@ -142,6 +150,7 @@ def test_an_ssm_config_does_its_whole_job_under_its_generated_policy(
                            DEREGISTRATION_PROTECTION=True)  # fmt: skip
     document = generated("ec2_to_ami.py", config)
     env = user_env("backup-bot", document)
+    in_target_group(endpoint, fleet, "web01")
     runs = [[], [], ["--dry-run"], ["--list", "--recycle-bin"], ["--check"]]
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
@@ -155,6 +164,7 @@ def test_a_plain_config_gets_no_ssm_and_no_dr_and_does_its_whole_job(
 ):
     config = backup_config(tmp_path, fleet, KEEP=1)  # web01, app01 by id; win01 by tag
     document = generated("ec2_to_ami.py", config)
+    in_target_group(endpoint, fleet, "web01")
     assert not {a for a in actions_of(document) if a.startswith(("ssm:", "kms:", "cloudwatch:"))}
     assert not actions_of(document) & {"ec2:CopyImage", "ec2:ModifyImageAttribute",
                                        "ec2:EnableImageDeregistrationProtection"}  # fmt: skip
@@ -340,6 +350,7 @@ def test_a_dr_config_does_its_whole_job_under_its_generated_policy(
                 "SHARE_WITH_ACCOUNTS": ["111122223333"], "DEPRECATE_AFTER_DAYS": 30}  # fmt: skip
     config = backup_config(tmp_path, fleet, **settings)
     document = generated("ec2_to_ami.py", config)
+    in_target_group(endpoint, fleet, "web01")
     runs = [[], [], ["--list", "--recycle-bin"]]
     used = actions_used(endpoint, user_env("dr-bot", document), "ec2_to_ami.py", config, runs)
     assert used == actions_of(document) - {

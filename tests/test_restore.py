@@ -126,7 +126,7 @@ def test_overrides_win_over_the_recording(ec2, backed_up, tmp_path):
     assert address["InstanceId"] == backed_up.instances["web01"]
 
 
-def test_count_two_launches_with_one_call_and_gives_the_address_to_the_first(
+def test_count_two_launches_each_under_its_own_name_and_gives_the_address_to_the_first(
     ec2, backed_up, tmp_path, endpoint
 ):
     ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
@@ -134,8 +134,11 @@ def test_count_two_launches_with_one_call_and_gives_the_address_to_the_first(
     assert result.returncode == 0, result.stderr
     ids = launched_ids(result)
     assert len(ids) == 2
-    assert endpoint.count("RunInstances", ok=True) == 1 + 3  # the fleet's three, then one
-    assert "goes to the first instance only" in result.stderr
+    # One RunInstances per instance, so that each is born with its own Name: no two live
+    # instances ever share the server's name, which the next SELECT_TAGS backup refuses.
+    assert endpoint.count("RunInstances", ok=True) == 3 + 2  # the fleet's three, then two
+    assert [tags_of(instance(ec2, i))["Name"] for i in ids] == ["web01", "web01-2"]
+    assert "go to the first instance (web01) only" in result.stderr
     [address] = ec2.describe_addresses(AllocationIds=[backed_up.eips["web01"]])["Addresses"]
     assert address["InstanceId"] == ids[0]
 
