@@ -26,8 +26,10 @@ from parliament import analyze_policy_string
 from parliament import config as parliament_config
 from parliament.statement import get_privilege_info
 
+import ami_to_ec2
 import ec2_to_ami
 from localaws.endpoint import SETTINGS
+from localaws.fleet import build_network, kitchen_sink
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
 
 MARKER_CONDITION = {"StringEquals": {"aws:ResourceTag/ec2-to-ami:managed-by": "ec2-to-ami"}}
@@ -219,12 +221,56 @@ def test_restore_does_its_whole_job_under_the_restore_policy(
     runs = [["--list", "--recycle-bin"], ["--dry-run"], []]
     used = actions_used(endpoint, env, "ami_to_ec2.py", config, runs)
     # CreateTags and iam:PassRole are checked inside RunInstances; EnableImage is only for
-    # a disabled image, the Recycle Bin restores only for a deleted one (the next test).
+    # a disabled image, the Recycle Bin restores only for a deleted one (the next test);
+    # the twin's own calls only for what web01 does not have (the kitchen-sink test).
     rare = {"ec2:EnableImage", "ec2:DescribeSnapshots", "ec2:ListSnapshotsInRecycleBin",
             "ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"}  # fmt: skip
-    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole"} - rare
+    assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole"} - rare - TWIN_ONLY
     addresses = ec2.describe_addresses(AllocationIds=[fleet.eips["web01"]])["Addresses"]
     assert addresses[0]["InstanceId"]
+
+
+TWIN_ONLY = {
+    "ec2:DescribePlacementGroups", "ec2:DescribeHosts", "ec2:ModifyNetworkInterfaceAttribute",
+    "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DescribeLoadBalancers",
+    "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
+}  # fmt: skip
+
+
+def test_a_kitchen_sink_twin_is_restored_under_its_generated_policy(
+    ec2, iam, tmp_path, endpoint, user_env
+):
+    """Every call a full twin needs (placement group, source/dest check, Elastic IPs on
+    interfaces, target group and Classic ELB, DNS) is in the generated policy."""
+    make = lambda service: boto3.client(service, region_name=REGION, endpoint_url=endpoint.url)  # noqa: E731
+    fleet = build_network(ec2, iam)
+    instance_id = kitchen_sink(ec2, make("elbv2"), make("elb"), fleet, "linux01")
+    config = write_config(
+        tmp_path / "b.py", SERVERS=[{"name": "linux01", "instance_id": instance_id}]
+    )
+    assert run("ec2_to_ami.py", config).returncode == 0
+    for attribute in ("DisableApiTermination", "DisableApiStop"):
+        ec2.modify_instance_attribute(InstanceId=instance_id, **{attribute: {"Value": False}})
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    restore = write_config(tmp_path / "restore.py", SERVER="linux01")
+    document = generated("ami_to_ec2.py", restore)
+    used = actions_used(endpoint, user_env("twin-bot", document), "ami_to_ec2.py", restore, [[]])
+    assert TWIN_ONLY - {"ec2:DescribeHosts"} <= used  # no dedicated host here
+    assert used <= actions_of(document)
+
+
+def test_dns_records_are_allowed_only_in_their_own_zones():
+    """moto's signature check refuses Route 53's REST calls under enforcement, so the DNS
+    statement is checked here, and DNS_RECORDS itself in tests/test_twin.py."""
+    records = [{"zone_id": "/hostedzone/Z123", "name": "web.corp.internal", "type": "A",
+                "value": "private"}]  # fmt: skip
+    document = ami_to_ec2.iam_policy({**ami_to_ec2.DEFAULTS, "REGION": "eu-west-1",
+                                      "DNS_RECORDS": records})  # fmt: skip
+    [dns] = [s for s in document["Statement"] if "route53:ChangeResourceRecordSets" in s["Action"]]
+    assert dns["Resource"] == ["arn:aws:route53:::hostedzone/Z123"]
+    plain = ami_to_ec2.iam_policy({**ami_to_ec2.DEFAULTS, "REGION": "eu-west-1"})
+    assert not [a for a in actions_of(plain) if a.startswith("route53:")]
 
 
 def test_restore_from_the_recycle_bin_under_the_restore_policy(
