@@ -483,3 +483,105 @@ def test_p19_the_recycle_bin_keeps_deregistered_images_and_deleted_snapshots(ec2
     assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"
     assert ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     assert ec2.list_images_in_recycle_bin()["Images"] == []
+
+
+def launched(ec2, **params) -> dict:
+    """RunInstances, then the instance as DescribeInstances reports it."""
+    instance_id = ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, **params)[
+        "Instances"][0]["InstanceId"]  # fmt: skip
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+def test_p20_launch_attributes_round_trip_and_default_as_on_ec2(ec2, fleet):
+    ec2.create_placement_group(GroupName="spread", Strategy="partition", PartitionCount=3)
+    asked = {
+        "Placement": {"Tenancy": "dedicated", "GroupName": "spread", "PartitionNumber": 2},
+        "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 1},
+        "PrivateDnsNameOptions": {"HostnameType": "resource-name",
+                                  "EnableResourceNameDnsARecord": True,
+                                  "EnableResourceNameDnsAAAARecord": False},
+        "MaintenanceOptions": {"AutoRecovery": "disabled"},
+        "EnclaveOptions": {"Enabled": True},
+        "CapacityReservationSpecification": {"CapacityReservationPreference": "none"},
+    }  # fmt: skip
+    nics = [
+        {"DeviceIndex": 0, "SubnetId": fleet.subnet_id, "Groups": fleet.group_ids,
+         "SecondaryPrivateIpAddressCount": 2, "Description": "front"},
+        {"DeviceIndex": 1, "SubnetId": fleet.subnet_id, "Groups": fleet.group_ids[:1],
+         "DeleteOnTermination": False, "PrivateIpAddresses": [
+             {"PrivateIpAddress": "10.20.1.200", "Primary": True},
+             {"PrivateIpAddress": "10.20.1.201", "Primary": False}]},
+    ]  # fmt: skip
+    found = launched(ec2, InstanceType="m5.xlarge", NetworkInterfaces=nics, **asked)
+    placement = {k: v for k, v in found["Placement"].items() if k != "AvailabilityZone"}
+    assert placement == {"Tenancy": "dedicated", "GroupName": "spread", "PartitionNumber": 2}
+    assert all(found[k] == v for k, v in asked.items() if k != "Placement")
+    front, back = sorted(found["NetworkInterfaces"], key=lambda n: n["Attachment"]["DeviceIndex"])
+    assert (front["Description"], len(front["PrivateIpAddresses"])) == ("front", 3)
+    assert front["Attachment"]["DeleteOnTermination"] is True
+    addresses = [a["PrivateIpAddress"] for a in back["PrivateIpAddresses"]]
+    assert addresses == ["10.20.1.200", "10.20.1.201"]
+    assert [g["GroupId"] for g in back["Groups"]] == fleet.group_ids[:1]  # its own, only
+    assert back["Attachment"]["DeleteOnTermination"] is False
+    assert sorted(g["GroupId"] for g in found["SecurityGroups"]) == sorted(fleet.group_ids)
+    plain = launched(ec2, InstanceType="m5.xlarge", SubnetId=fleet.subnet_id)
+    assert plain["CpuOptions"] == {"CoreCount": 2, "ThreadsPerCore": 2}  # the type's default
+    assert plain["MaintenanceOptions"] == {"AutoRecovery": "default"}
+    assert plain["PrivateDnsNameOptions"]["HostnameType"] == "ip-name"
+    [nic] = plain["NetworkInterfaces"]
+    assert (nic["Description"], nic["Attachment"]["DeleteOnTermination"]) == ("", True)
+
+
+def test_p21_placement_groups_exist_or_are_refused(ec2, fleet):
+    ec2.create_placement_group(GroupName="close", Strategy="cluster")
+    [group] = ec2.describe_placement_groups(GroupNames=["close"])["PlacementGroups"]
+    assert (group["GroupName"], group["Strategy"], group["State"]) == ("close", "cluster",
+                                                                       "available")  # fmt: skip
+    ec2.delete_placement_group(GroupName="close")
+    with pytest.raises(ClientError) as err:
+        ec2.describe_placement_groups(GroupNames=["close"])
+    assert err.value.response["Error"]["Code"] == "InvalidPlacementGroup.Unknown"
+    before = len(ec2.describe_instances()["Reservations"])
+    with pytest.raises(ClientError) as err:
+        launched(ec2, SubnetId=fleet.subnet_id, Placement={"GroupName": "close"})
+    assert err.value.response["Error"]["Code"] == "InvalidPlacementGroup.Unknown"
+    assert len(ec2.describe_instances()["Reservations"]) == before  # nothing launched
+
+
+def test_p22_cpu_credits_are_kept_else_the_types_default(ec2, fleet):
+    unlimited = launched(ec2, InstanceType="t2.micro", SubnetId=fleet.subnet_id,
+                         CreditSpecification={"CpuCredits": "unlimited"})  # fmt: skip
+    t2 = launched(ec2, InstanceType="t2.micro", SubnetId=fleet.subnet_id)
+    t3 = launched(ec2, InstanceType="t3.micro", SubnetId=fleet.subnet_id)
+    ids = [i["InstanceId"] for i in (unlimited, t2, t3)]
+    answer = ec2.describe_instance_credit_specifications(InstanceIds=ids)
+    found = {c["InstanceId"]: c["CpuCredits"] for c in answer["InstanceCreditSpecifications"]}
+    assert [found[i] for i in ids] == ["unlimited", "standard", "unlimited"]
+
+
+def test_p23_an_elastic_ip_sits_on_the_address_it_was_given(ec2, fleet):
+    nics = [{"DeviceIndex": 0, "SubnetId": fleet.subnet_id, "SecondaryPrivateIpAddressCount": 1}]
+    found = launched(ec2, NetworkInterfaces=nics)
+    [nic] = found["NetworkInterfaces"]
+    primary = next(a for a in nic["PrivateIpAddresses"] if a["Primary"])["PrivateIpAddress"]
+    secondary = next(a for a in nic["PrivateIpAddresses"] if not a["Primary"])["PrivateIpAddress"]
+    first = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(AllocationId=first, InstanceId=found["InstanceId"])
+    second = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(AllocationId=second, NetworkInterfaceId=nic["NetworkInterfaceId"],
+                          PrivateIpAddress=secondary)  # fmt: skip
+    addresses = ec2.describe_addresses(AllocationIds=[first, second])["Addresses"]
+    by_id = {a["AllocationId"]: a for a in addresses}
+    assert by_id[first]["PrivateIpAddress"] == primary
+    assert by_id[second]["PrivateIpAddress"] == secondary
+    assert by_id[second]["InstanceId"] == found["InstanceId"]
+    again = ec2.describe_instances(InstanceIds=[found["InstanceId"]])["Reservations"][0]
+    assert again["Instances"][0]["PublicIpAddress"] == by_id[first]["PublicIp"]
+    ec2.terminate_instances(InstanceIds=[found["InstanceId"]])
+    freed = ec2.describe_addresses(AllocationIds=[first, second])["Addresses"]
+    assert not any(a.get("InstanceId") or a.get("NetworkInterfaceId") for a in freed)
+
+
+def test_a_describe_of_one_named_resource_is_not_an_unfiltered_one():
+    assert bucket_of("DescribeInstanceAttribute", {"InstanceId": "i-1"}) == "describe"
+    assert bucket_of("DescribeInstances", {}) == "describe-unfiltered"

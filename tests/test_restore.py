@@ -275,6 +275,54 @@ def test_security_group_of_another_vpc_is_refused(ec2, backed_up, tmp_path):
         ({"SERVER": "web01", "REGION_MAP": {"us-west-2": ["subnet-1"]}}, [], "must map source"),
         ({"SERVER": "web01", "REGION_MAP": {"west": {}}}, [], "REGION_MAP: 'west' is not a region"),
         ({"SERVER": "web01", "ROLE_ARN": "restorer"}, [], "ROLE_ARN must be None or an IAM role"),
+        ({"SERVER": "web01", "TENANCY": "shared"}, [], "TENANCY must be one of"),
+        ({"SERVER": "web01", "HOST_ID": "host-1"}, [], "HOST_ID must be None (as recorded)"),
+        ({"SERVER": "web01", "CPU_OPTIONS": {"CoreCount": 2}}, [], "CPU_OPTIONS must be None"),
+        ({"SERVER": "web01", "CREDIT_SPECIFICATION": "burst"}, [], "CREDIT_SPECIFICATION must"),
+        ({"SERVER": "web01", "METADATA_OPTIONS": {"HopLimit": 2}}, [], "unknown option 'HopLimit'"),
+        (
+            {"SERVER": "web01", "METADATA_OPTIONS": {"HttpPutResponseHopLimit": 65}},
+            [],
+            "METADATA_OPTIONS['HttpPutResponseHopLimit'] cannot be 65",
+        ),
+        (
+            {
+                "SERVER": "web01",
+                "IMDSV2": "required",
+                "METADATA_OPTIONS": {"HttpTokens": "optional"},
+            },
+            [],
+            "METADATA_OPTIONS or IMDSV2, not both",
+        ),
+        (
+            {"SERVER": "web01", "NETWORK_INTERFACES": [{"subnet": "subnet-1"}]},
+            [],
+            "NETWORK_INTERFACES[0] must be a dict with keys among",
+        ),
+        (
+            {
+                "SERVER": "web01",
+                "NETWORK_INTERFACES": [
+                    {"subnet_id": "subnet-12345678", "secondary_private_ips": -1}
+                ],
+            },
+            [],
+            "['secondary_private_ips'] must be a count",
+        ),
+        ({"SERVER": "web01", "PUBLIC_IP": "yes"}, [], "PUBLIC_IP must be None, True or False"),
+        ({"SERVER": "web01", "TARGET_GROUPS": ["web-tg"]}, [], 'TARGET_GROUPS must be "same"'),
+        ({"SERVER": "web01", "CLASSIC_LOAD_BALANCERS": "web"}, [], "CLASSIC_LOAD_BALANCERS must"),
+        (
+            {
+                "SERVER": "web01",
+                "DNS_RECORDS": [
+                    {"zone_id": "Z1", "name": "a", "type": "CNAME", "value": "private"}
+                ],
+            },
+            [],
+            'type must be "A"',
+        ),
+        ({"SERVER": "web01", "SHUTDOWN_BEHAVIOR": "hibernate"}, [], "SHUTDOWN_BEHAVIOR must be"),
     ],
 )
 def test_bad_config_or_usage_exits_2_before_any_aws_call(
