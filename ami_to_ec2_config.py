@@ -24,7 +24,9 @@ POOL = None
 # Point in time (ISO 8601, UTC if no zone): the newest backup at or before it.
 BACKUP_BEFORE = None
 
-# Instances to launch (>= 1), all with one RunInstances call.
+# Instances to launch (>= 1), one RunInstances call each: the first is named as the
+# server (NAME), the others <name>-2, <name>-3, ..., so no two share a name. Elastic
+# IPs, target groups and DNS records go to the first.
 COUNT = 1
 
 # Launch configuration. None: as recorded from the original.
@@ -40,12 +42,13 @@ IAM_INSTANCE_PROFILE = None  # name or ARN
 # IAM_INSTANCE_PROFILE, when set, is used as it is.
 ALLOWED_INSTANCE_PROFILES = None
 
-# None: a new private address. "same": the original's (COUNT = 1 only; checked
-# to be free first). Or an address in the subnet.
+# None: new private addresses. "same": the original's, on every interface, secondary
+# addresses too (COUNT = 1 only; checked to be free first). Or an address in the subnet
+# for the primary interface.
 PRIVATE_IP = None
 
-# "same": the Elastic IP the original had. An eipalloc- id: that one. None: none.
-# With COUNT > 1 it goes to the first instance.
+# "same": every Elastic IP the original had, each on its interface and address. An
+# eipalloc- id: that one, on the primary address. None: none.
 ELASTIC_IP = "same"
 
 # An Elastic IP still attached to another instance is moved only when True;
@@ -68,10 +71,66 @@ NAME = None
 # Tags added over the original's own tags.
 TAGS = {}
 
-TERMINATION_PROTECTION = False
+# --- The twin: every attribute below is None for "as the original ran" ---
+# The backup recorded each of these (README, "What a restore reproduces"); a restore
+# reproduces it, reads the new instance back, prints a before/after table and warns
+# about any difference. A backup made before launch records knew only the subnet,
+# security groups, private IP, one Elastic IP and IMDS tokens: the rest is EC2's
+# default then, and the restore says so.
+
+# True or False: termination and stop protection, detailed monitoring, EBS-optimized.
+TERMINATION_PROTECTION = None
+STOP_PROTECTION = None
+MONITORING = None
+EBS_OPTIMIZED = None
+SHUTDOWN_BEHAVIOR = None  # "stop" or "terminate"
+AUTO_RECOVERY = None  # "default" or "disabled"
 
 # "required" (IMDSv2 only) or "optional". None: as recorded; "required" if not recorded.
 IMDSV2 = None
+# Other instance metadata options over the recorded ones, for example
+# {"HttpPutResponseHopLimit": 2, "InstanceMetadataTags": "enabled"}; also HttpEndpoint,
+# HttpProtocolIpv6 (and HttpTokens, if IMDSV2 is None).
+METADATA_OPTIONS = None
+# {"HostnameType": "ip-name" | "resource-name", "EnableResourceNameDnsARecord": bool,
+#  "EnableResourceNameDnsAAAARecord": bool} over the recorded ones.
+PRIVATE_DNS_NAME_OPTIONS = None
+
+# Placement. TENANCY: "default", "dedicated" or "host". PLACEMENT_GROUP: a name, or
+# False for none. HOST_ID: a dedicated host (h-...), or False for none (BYOL on a
+# Dedicated Host: set TENANCY = "host" and HOST_ID). A recorded group or host that no
+# longer exists is left out, with a warning.
+TENANCY = None
+PLACEMENT_GROUP = None
+HOST_ID = None
+
+# {"CoreCount": n, "ThreadsPerCore": n}, or False for the instance type's default. The
+# recorded options are used only with the recorded INSTANCE_TYPE.
+CPU_OPTIONS = None
+# "standard" or "unlimited", for T instance types.
+CREDIT_SPECIFICATION = None
+
+# The network interfaces, by device index, instead of the recorded ones (SUBNET_ID,
+# SECURITY_GROUP_IDS and PRIVATE_IP then do not apply):
+# [{"subnet_id": "subnet-...", "security_group_ids": ["sg-..."], "private_ip": None,
+#   "secondary_private_ips": 0, "ipv6_addresses": 0, "source_dest_check": True,
+#   "description": "", "delete_on_termination": True}, ...]
+# A recorded source/dest check that is off is set off again after launch.
+NETWORK_INTERFACES = None
+# A public IP from EC2 at launch (only with one network interface). None: as recorded.
+PUBLIC_IP = None
+
+# ELBv2 target groups to register the first instance in. "same": the recorded ones,
+# each on its recorded port; [] none; or a list of ARNs, or {"arn": ..., "port": ...}.
+# A target group where the original is still registered and healthy is skipped, with a
+# warning, unless ALLOW_REASSOCIATION = True.
+TARGET_GROUPS = "same"
+# Classic Load Balancers: "same", [] or a list of names.
+CLASSIC_LOAD_BALANCERS = "same"
+# Route 53 A records to point at the first instance once it runs, keeping each
+# record's TTL: [{"zone_id": "Z...", "name": "web.example.com", "type": "A",
+#                 "value": "private" | "public"}]
+DNS_RECORDS = []
 
 # Applied to every EBS volume of the image at launch. None: as the image has it.
 VOLUME_TYPE = None  # gp3, gp2, io1, io2, st1, sc1, standard

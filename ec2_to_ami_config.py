@@ -77,6 +77,13 @@ TAGS = {}
 # give them back. With False a restore only gets the recorded configuration.
 COPY_INSTANCE_TAGS = True
 
+# Record each instance's Elastic Load Balancing membership (ELBv2 target groups and
+# ports, Classic Load Balancers), so a restore can register the new instance where the
+# original was. Costs one DescribeTargetHealth per target group in the servers' VPCs,
+# plus two calls, per run. A run that may not read them says so and records them as
+# unknown; the restore then warns. False: not recorded.
+RECORD_LOAD_BALANCERS = True
+
 # AMI name. Fields: {server}, {schedule}, {time} (required, a UTC datetime),
 # {instance_id}. Characters EC2 does not allow become "-".
 NAME_FORMAT = "{server}-{schedule}-{time:%Y%m%d-%H%M%S}"

@@ -31,6 +31,21 @@ def test_both_scripts_define_the_same_tag_contract():
     assert ec2_to_ami.TOOL == ami_to_ec2.TOOL
 
 
+@pytest.mark.parametrize(
+    "name", ["LAUNCH_VERSION", "LAUNCH_DEFAULTS", "INTERFACE_DEFAULTS", "BURSTABLE_RE"]
+)
+def test_both_scripts_read_the_launch_record_the_same_way(name):
+    assert getattr(ec2_to_ami, name) == getattr(ami_to_ec2, name)
+
+
+def test_the_instance_attributes_recorded_are_the_ones_read_back():
+    recorded = {api: key for api, (_, key) in ec2_to_ami.INSTANCE_ATTRIBUTES.items()}
+    read_back = {api: key for api, (_, key) in ami_to_ec2.INSTANCE_ATTRIBUTES.items()}
+    assert recorded == read_back
+    names = [name for name, _ in ec2_to_ami.INSTANCE_ATTRIBUTES.values()]
+    assert {key for _, _, key in ami_to_ec2.SETTABLE} >= set(names)
+
+
 # Each script carries its own copy of these, so that it stands alone on a host.
 SHARED_HELPERS = ["read_settings", "base_session", "assume_role", "error_text", "RoleError"]
 

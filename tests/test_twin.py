@@ -343,3 +343,23 @@ def test_status_checks_of_more_than_a_hundred_instances_are_asked_100_at_a_time(
     ec2 = OneHundredAtATime()
     assert status_ok(ec2, [f"i-{n:017x}" for n in range(250)])
     assert ec2.calls == 3
+
+
+def test_load_balancers_the_backup_cannot_read_are_said_to_be_unknown_not_absent(
+    ec2, iam, clients, endpoint, tmp_path
+):
+    fleet = build_network(ec2, iam)
+    instance_id = kitchen_sink(ec2, clients["elbv2"], clients["elb"], fleet, "linux01")
+    endpoint.inject("DescribeTargetGroups", "AccessDenied", 403)
+    config = write_config(
+        tmp_path / "b.py", SERVERS=[{"name": "linux01", "instance_id": instance_id}]
+    )
+    backup = run("ec2_to_ami.py", config)
+    assert backup.returncode == 0, backup.stderr  # the backup itself is whole
+    assert "load balancer membership is not recorded" in backup.stderr
+    assert "AccessDenied" in backup.stderr
+    retire(ec2, instance_id)
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="linux01"))
+    assert result.returncode == 0, result.stderr
+    assert "not recorded by the backup: target_groups, classic_load_balancers" in result.stderr
+    assert balancer_view(clients, restored_id(result)) == ([], 0)
