@@ -142,21 +142,21 @@ ERR_TARGET_GROUP_NOT_FOUND = "TargetGroupNotFound"
 PLACEMENT_GONE_CODES = {"InvalidPlacementGroup.Unknown", "InvalidPlacementGroupName.NotFound"}
 HOST_USABLE_STATES = {"available"}
 HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidHostID.Malformed"}
-# DescribeInstanceAttribute attribute -> (attribute name, response key)
-INSTANCE_ATTRIBUTES = {
-    "disableApiTermination": ("termination protection", "DisableApiTermination"),
-    "disableApiStop": ("stop protection", "DisableApiStop"),
-    "instanceInitiatedShutdownBehavior": (
-        "shutdown behaviour",
-        "InstanceInitiatedShutdownBehavior",
-    ),
+# GetLaunchTemplateData's answer -> attribute name: read back in one call.
+LAUNCH_DATA_KEYS = {
+    "DisableApiTermination": "termination protection",
+    "DisableApiStop": "stop protection",
+    "InstanceInitiatedShutdownBehavior": "shutdown behaviour",
 }
+# GetLaunchTemplateData calls these on the caller's behalf (EC2 API reference).
+LAUNCH_DATA_DESCRIBES = ["ec2:DescribeInstanceCreditSpecifications", "ec2:DescribeVolumes",
+                         "ec2:DescribeSpotInstanceRequests"]  # fmt: skip
 BURSTABLE_RE = re.compile(r"^t\d")  # T instance types: CPU credits
 STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
 FILTER_VALUES_MAX = 200
 DNS_TTL_DEFAULT = 300  # for a DNS_RECORDS record that does not exist yet
-UNAVAILABLE = "not reproducible"
-MONITORING_ON = ("enabled", "pending")  # an attribute a warning said cannot be reproduced
+UNAVAILABLE = "not reproducible"  # an attribute a warning said cannot be reproduced
+MONITORING_ON = ("enabled", "pending")
 AMI_ID_RE = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 SUBNET_ID_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
 GROUP_ID_RE = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
@@ -218,15 +218,16 @@ def restore(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     if plan.image["State"] == DISABLED:
         ec2.enable_image(ImageId=plan.image["ImageId"])
         log.info("enabled %s, which was disabled, to launch from it", plan.image["ImageId"])
-    ids, error = launch(ec2, plan)
+    ids, problem = launch(ec2, plan)
+    problems = [problem] if problem else []
     differences: list[str] = []
     try:
         finish(clients, plan, config, ids)
         if config["WAIT"] != "none":
             differences = check_twin(clients, plan, ids[0])
     except (ClientError, BotoCoreError, LaunchError) as err:
-        text = str(err) if isinstance(err, LaunchError) else error_text(err)
-        error = f"after launching {', '.join(ids)}: {text}"
+        problems.append(str(err) if isinstance(err, LaunchError) else error_text(err))
+    error = f"after launching {', '.join(ids)}: {'; '.join(problems)}" if problems else None
     for difference in differences:
         log.warning("%s", difference)
     print_report(instance_rows(ec2, ids), plan, error, args.json, differences)
@@ -538,25 +539,24 @@ def check_interfaces(value: Any, count: int) -> None:
 def check_balancers(config: dict) -> None:
     """TARGET_GROUPS and CLASSIC_LOAD_BALANCERS: "same" or a list."""
     groups = config["TARGET_GROUPS"]
-    if groups != "same":
-        good = (
-            isinstance(groups, (list, tuple))
-            and all(
-                str(g if isinstance(g, str) else g.get("arn", "")).startswith("arn:")
-                and (isinstance(g, str) or set(g) <= {"arn", "port"})
-                for g in groups
-                if isinstance(g, (str, dict))
-            )
-            and all(isinstance(g, (str, dict)) for g in groups)
-        )
-        if not good:
-            raise ConfigError('TARGET_GROUPS must be "same", or a list of target group ARNs or '
-                              '{"arn": ..., "port": ...}')  # fmt: skip
+    listed = isinstance(groups, (list, tuple)) and all(map(target_group_entry, groups))
+    if groups != "same" and not listed:
+        raise ConfigError('TARGET_GROUPS must be "same", or a list of target group ARNs or '
+                          '{"arn": ..., "port": ...}')  # fmt: skip
     names = config["CLASSIC_LOAD_BALANCERS"]
     if names != "same" and not (
         isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names)
     ):
         raise ConfigError('CLASSIC_LOAD_BALANCERS must be "same" or a list of names')
+
+
+def target_group_entry(entry: Any) -> bool:
+    """A TARGET_GROUPS entry: an ARN, or {"arn": ARN, "port": n}."""
+    if isinstance(entry, dict):
+        port = entry.get("port")
+        good_port = port is None or (isinstance(port, int) and not isinstance(port, bool))
+        return set(entry) <= {"arn", "port"} and target_group_entry(entry.get("arn")) and good_port
+    return isinstance(entry, str) and entry.startswith("arn:") and ":targetgroup/" in entry
 
 
 def check_dns_records(records: Any) -> None:
@@ -949,7 +949,7 @@ def plan_launch(
         "InstanceType": instance_type,
         "ClientToken": token,
         "TagSpecifications": tag_specifications(config, image, recorded, name),
-        **instance_options(chosen, instance_type, warnings),
+        **instance_options(chosen),
     }
     params.update(network_params(nics, config["PUBLIC_IP"], warnings))
     profile = config["IAM_INSTANCE_PROFILE"] or trusted_profile(config, recorded, image)
@@ -961,6 +961,8 @@ def plan_launch(
     }
     params.update({k: v for k, v in optional.items() if v})
     attributes += interface_attributes(config, recorded, nics)
+    if len(nics) > 1:  # EC2 gives a public IP at launch to a lone interface only
+        mark_attributes(attributes, ["public IP"])
     plan = Plan(image, recorded, params, None, name, warnings, attributes=attributes)
     plan.source_dest_off = [n["index"] for n in nics if n.get("source_dest_check") is False]
     plan.elastic_ips = planned_elastic_ips(config, launch, nics, warnings)
@@ -1055,7 +1057,7 @@ def planned_attributes(config: dict, recorded: Recorded, instance_type: str) -> 
 NONE_WHEN_FALSE = {"placement_group", "host_id", "cpu_options"}  # False: leave it out
 
 
-def instance_options(chosen: dict[str, Any], instance_type: str, warnings: list) -> dict:
+def instance_options(chosen: dict[str, Any]) -> dict:
     """RunInstances' options for the chosen attributes (those left at EC2's default are
     sent too where EC2's own default could differ, such as for IMDS)."""
     placement = {
@@ -1842,9 +1844,7 @@ def unreproducible(plan: Plan, names: list[str], keys: list[str], warning: str) 
     for params in [plan.params, *plan.others]:
         for key in keys:
             params.get("Placement", {}).pop(key, None)
-    for attribute in plan.attributes:
-        if attribute.name in names:
-            attribute.origin = UNAVAILABLE
+    mark_attributes(plan.attributes, names)
 
 
 def check_target_groups(clients: Clients, plan: Plan) -> None:
@@ -1870,9 +1870,7 @@ def check_target_groups(clients: Clients, plan: Plan) -> None:
 def drop_target(plan: Plan, group: dict, why: str) -> None:
     """A target group the new instance cannot join: warn, and mark it."""
     plan.warnings.append(f"target group {group['arn']} {why}: the instance is not registered in it")
-    for attribute in plan.attributes:
-        if attribute.name == f"target group {target_label(group)}":
-            attribute.origin = UNAVAILABLE
+    mark_attributes(plan.attributes, [f"target group {target_label(group)}"])
 
 
 def check_architecture(ec2: Any, plan: Plan) -> None:
@@ -1931,7 +1929,7 @@ def settle_elastic_ip(
         )
         plan.warnings.append(warning)
         log.warning("%s", warning)
-        mark(plan, f"Elastic IP {allocation}")
+        mark_attributes(plan.attributes, [f"Elastic IP {allocation}"])
         return False
     return True
 
@@ -1967,15 +1965,28 @@ def launch(ec2: Any, plan: Plan) -> tuple[list[str], str | None]:
 
 
 def finish(clients: Clients, plan: Plan, config: dict, ids: list[str]) -> None:
-    """Once running: source/dest check, Elastic IPs, load balancers and DNS; then wait as
-    WAIT asks. Raise LaunchError on failure."""
+    """Wait until running if anything is left to set up (or WAIT asks), set it up, then
+    wait as WAIT asks. Raise LaunchError on failure."""
     ec2 = clients.ec2
     deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
     allocations = [e for e in plan.elastic_ips
                    if settle_elastic_ip(ec2, plan, config, ids, e["allocation"])]  # fmt: skip
-    after = allocations or plan.source_dest_off or plan.target_groups or plan.dns_records
-    if after or plan.classic_load_balancers or config["WAIT"] != "none":
+    after = bool(allocations or plan.source_dest_off or plan.target_groups or plan.dns_records
+                 or plan.classic_load_balancers)  # fmt: skip
+    if after or config["WAIT"] != "none":
         poll(lambda: running(ec2, ids), deadline, "running")
+    if after:
+        set_up(clients, plan, config, ids, allocations)
+    if config["WAIT"] == "status-ok":
+        poll(lambda: status_ok(ec2, ids), deadline, "status checks ok")
+
+
+def set_up(
+    clients: Clients, plan: Plan, config: dict, ids: list[str], allocations: list[dict]
+) -> None:
+    """What RunInstances cannot do, once the instances run: source/dest check, Elastic IPs
+    on their addresses, load balancers, DNS."""
+    ec2 = clients.ec2
     instances = {i["InstanceId"]: i for i in describe_launched(ec2, ids)}
     for instance_id in ids:
         for index in plan.source_dest_off:
@@ -1989,8 +2000,6 @@ def finish(clients: Clients, plan: Plan, config: dict, ids: list[str]) -> None:
     register(clients, plan, config, ids[0])
     if plan.dns_records:
         point_dns(clients, plan.dns_records, describe_launched(ec2, ids[:1])[0])
-    if config["WAIT"] == "status-ok":
-        poll(lambda: status_ok(ec2, ids), deadline, "status checks ok")
 
 
 def interface_at(instance: dict, index: int) -> dict:
@@ -2045,7 +2054,7 @@ def register(clients: Clients, plan: Plan, config: dict, instance_id: str) -> No
                 )
                 plan.warnings.append(warning)
                 log.warning("%s", warning)
-                mark(plan, f"target group {target_label(group)}")
+                mark_attributes(plan.attributes, [f"target group {target_label(group)}"])
                 continue
         clients.elbv2.register_targets(TargetGroupArn=group["arn"], Targets=[target])
         log.info("registered %s in target group %s", instance_id, target_label(group))
@@ -2056,10 +2065,10 @@ def register(clients: Clients, plan: Plan, config: dict, instance_id: str) -> No
         log.info("registered %s with Classic Load Balancer %s", instance_id, name)
 
 
-def mark(plan: Plan, name: str) -> None:
-    """An attribute left as it is on purpose (a warning said why): not checked."""
-    for attribute in plan.attributes:
-        if attribute.name == name:
+def mark_attributes(attributes: list[Attribute], names: list[str]) -> None:
+    """Attributes that cannot be reproduced (a warning says why): shown so, not checked."""
+    for attribute in attributes:
+        if attribute.name in names:
             attribute.origin = UNAVAILABLE
 
 
@@ -2204,14 +2213,10 @@ def read_back(clients: Clients, plan: Plan, instance_id: str) -> dict[str, Any]:
         "detailed monitoring": instance.get("Monitoring", {}).get("State") in MONITORING_ON,
         "auto-recovery": instance.get("MaintenanceOptions", {}).get("AutoRecovery"),
     }  # fmt: skip
-    for api, (name, key) in INSTANCE_ATTRIBUTES.items():
-        answer = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute=api)
-        values[name] = answer.get(key, {}).get("Value")
+    data = ec2.get_launch_template_data(InstanceId=instance_id)["LaunchTemplateData"]
+    values.update({name: data.get(key) for key, name in LAUNCH_DATA_KEYS.items()})
     if BURSTABLE_RE.match(instance.get("InstanceType", "")):
-        credits = ec2.describe_instance_credit_specifications(InstanceIds=[instance_id])
-        values["CPU credits"] = next(
-            (c.get("CpuCredits") for c in credits.get("InstanceCreditSpecifications", [])), None
-        )
+        values["CPU credits"] = data.get("CreditSpecification", {}).get("CpuCredits")
     values.update(interfaces_now(instance))
     values.update(addresses_now(ec2, plan, instance))
     values.update(balancers_now(clients, plan, instance_id))
@@ -2528,8 +2533,7 @@ def iam_policy(config: dict) -> dict:
         "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
         "ec2:DescribeKeyPairs", "ec2:DescribeNetworkInterfaces", "ec2:DescribeAddresses",
         "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin",
-        "ec2:DescribePlacementGroups", "ec2:DescribeHosts",
-        "ec2:DescribeInstanceCreditSpecifications",
+        "ec2:DescribePlacementGroups", "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
     ]  # fmt: skip
     marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
     eip = config["ELASTIC_IP"]
@@ -2539,7 +2543,8 @@ def iam_policy(config: dict) -> dict:
               [image, *launched, arn + subnet, arn + "security-group/*", arn + "key-pair/*"]),
         allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
               {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
-        allow("ReadBackTheNewInstance", "ec2:DescribeInstanceAttribute", launched[0]),
+        allow("ReadBackTheNewInstance",
+              ["ec2:GetLaunchTemplateData", "ec2:DescribeInstanceAttribute"], launched[0]),
         allow("SourceDestCheckOnlyOnRestoredInterfaces", "ec2:ModifyNetworkInterfaceAttribute",
               launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
         allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",

@@ -158,13 +158,16 @@ SNAPSHOT_SKIPPED = "skipped"  # DeregisterImage kept a snapshot another image us
 SNAPSHOT_DELETED = "success"
 SNAPSHOT_NO_PERMISSION = "missing-permissions"  # the caller lacks DeleteSnapshot on it
 FILTER_VALUES_MAX = 200
-# DescribeInstanceAttribute attribute -> (launch record key, response key)
-INSTANCE_ATTRIBUTES = {
-    "disableApiTermination": ("termination_protection", "DisableApiTermination"),
-    "disableApiStop": ("stop_protection", "DisableApiStop"),
-    "instanceInitiatedShutdownBehavior": ("shutdown_behavior", "InstanceInitiatedShutdownBehavior"),
+# GetLaunchTemplateData calls these on the caller's behalf (EC2 API reference).
+LAUNCH_DATA_DESCRIBES = ["ec2:DescribeInstanceCreditSpecifications", "ec2:DescribeVolumes",
+                         "ec2:DescribeSpotInstanceRequests"]  # fmt: skip
+# GetLaunchTemplateData's answer -> launch record key: what DescribeInstances does not say.
+# One call per instance gives all of them (three DescribeInstanceAttribute calls would).
+LAUNCH_DATA_KEYS = {
+    "DisableApiTermination": "termination_protection",
+    "DisableApiStop": "stop_protection",
+    "InstanceInitiatedShutdownBehavior": "shutdown_behavior",
 }
-INSTANCE_ATTRIBUTES_NAMES = [name for name, _ in INSTANCE_ATTRIBUTES.values()]
 INTERFACE_DEFAULTS = {"secondary": [], "ipv6": 0, "source_dest_check": True, "description": "",
                       "delete_on_termination": True, "public_ip": False}  # fmt: skip
 BURSTABLE_RE = re.compile(r"^t\d")  # T instance types: CPU credits
@@ -200,7 +203,7 @@ PACED_CALLS = {
     "DeleteSnapshot": ("delete", 100, 5.0),
     "CreateTags": ("tags", 100, 10.0),
     "CopyImage": ("copy", 100, 1.0),
-    "DescribeInstanceAttribute": ("describe", 100, 20.0),  # three per server, at the start
+    "GetLaunchTemplateData": ("describe", 100, 20.0),  # one per server, at the start
 }
 
 # Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
@@ -1438,57 +1441,36 @@ def split_bad_image_names(
 
 def record_launch(clients: Clients, config: BackupConfig, servers: list[Server]) -> None:
     """Record what each instance runs with that DescribeInstances does not say: its Elastic
-    IPs (one call), CPU credits (one call), load balancers (a call per target group) and
-    its protections and shutdown behaviour (three calls per server)."""
+    IPs (one call), load balancers (a call per target group), and its protections, shutdown
+    behaviour and CPU credits (one GetLaunchTemplateData per server)."""
     if not servers:
         return
     ec2 = clients.ec2
     addresses = ec2.describe_addresses().get("Addresses", [])
-    credits = credit_specifications(ec2, servers)
     balancers = load_balancer_membership(clients, config, servers)
     for server in servers:
         instance_id = server.spec.instance_id
-        attributes = instance_attributes(ec2, server.spec)
         server.launch = launch_record(
-            server.instance, attributes, credits.get(instance_id), addresses,
+            server.instance, launch_data(ec2, server), addresses,
             balancers.get(instance_id) if balancers is not None else None,
         )  # fmt: skip
         server.eip = primary_elastic_ip(server.launch)
 
 
-def instance_attributes(ec2: Any, spec: ServerSpec) -> dict[str, Any]:
-    """Termination and stop protection and shutdown behaviour (None: could not be read)."""
-    values: dict[str, Any] = {}
-    for attribute, (name, key) in INSTANCE_ATTRIBUTES.items():
-        try:
-            answer = ec2.describe_instance_attribute(
-                InstanceId=spec.instance_id, Attribute=attribute
-            )
-            values[name] = answer.get(key, {}).get("Value")
-        except ClientError as err:
-            log.warning("%s (%s): its %s is not recorded: %s", spec.name, spec.instance_id,
-                        name.replace("_", " "), error_text(err))  # fmt: skip
-            values[name] = None
+def launch_data(ec2: Any, server: Server) -> dict[str, Any]:
+    """Termination and stop protection, shutdown behaviour and (T types) CPU credits, from
+    GetLaunchTemplateData; a value that could not be read is None."""
+    spec = server.spec
+    try:
+        data = ec2.get_launch_template_data(InstanceId=spec.instance_id)["LaunchTemplateData"]
+    except ClientError as err:
+        log.warning("%s (%s): its protections and shutdown behaviour are not recorded: %s",
+                    spec.name, spec.instance_id, error_text(err))  # fmt: skip
+        data = {}
+    values = {name: data.get(key) for key, name in LAUNCH_DATA_KEYS.items()}
+    burstable = BURSTABLE_RE.match(server.instance.get("InstanceType", ""))
+    values["credits"] = data.get("CreditSpecification", {}).get("CpuCredits") if burstable else None
     return values
-
-
-def credit_specifications(ec2: Any, servers: list[Server]) -> dict[str, str]:
-    """The CPU credit option of each burstable (T) instance, in one call per 100."""
-    ids = [
-        s.spec.instance_id
-        for s in servers
-        if BURSTABLE_RE.match(s.instance.get("InstanceType", ""))
-    ]
-    found: dict[str, str] = {}
-    for batch in chunked(ids, 100):
-        try:
-            answer = ec2.describe_instance_credit_specifications(InstanceIds=batch)
-        except ClientError as err:
-            log.warning("CPU credit options are not recorded: %s", error_text(err))
-            return {}
-        for spec in answer.get("InstanceCreditSpecifications", []):
-            found[spec["InstanceId"]] = spec.get("CpuCredits")
-    return found
 
 
 def load_balancer_membership(
@@ -1532,9 +1514,8 @@ def load_balancer_membership(
 
 
 def launch_record(
-    instance: dict, attributes: dict[str, Any], credits: str | None, addresses: list[dict],
-    balancers: dict[str, list] | None,
-) -> dict[str, Any]:  # fmt: skip
+    instance: dict, data: dict[str, Any], addresses: list[dict], balancers: dict[str, list] | None
+) -> dict[str, Any]:
     """The instance's launch configuration as the TAG_LAUNCH document: defaults left out."""
     placement, meta = instance.get("Placement", {}), instance.get("MetadataOptions", {})
     dns, cpu = instance.get("PrivateDnsNameOptions", {}), instance.get("CpuOptions", {})
@@ -1547,7 +1528,6 @@ def launch_record(
         "host_resource_group": placement.get("HostResourceGroupArn"),
         "affinity": placement.get("Affinity"),
         "cpu_options": {k: cpu[k] for k in ("CoreCount", "ThreadsPerCore") if k in cpu} or None,
-        "credits": credits,
         "ebs_optimized": instance.get("EbsOptimized"),
         "hibernation": instance.get("HibernationOptions", {}).get("Configured"),
         "nitro_enclave": instance.get("EnclaveOptions", {}).get("Enabled"),
@@ -1562,12 +1542,12 @@ def launch_record(
         "dns_aaaa_record": dns.get("EnableResourceNameDnsAAAARecord"),
         "monitoring": instance.get("Monitoring", {}).get("State") in ("enabled", "pending"),
         "auto_recovery": instance.get("MaintenanceOptions", {}).get("AutoRecovery"),
-        **attributes,
+        **data,
         "interfaces": interfaces_of(instance, addresses),
         "elastic_ips": elastic_ips_of(instance, addresses),
         **(balancers or {}),
     }
-    unknown = [k for k in INSTANCE_ATTRIBUTES_NAMES if attributes.get(k) is None]
+    unknown = [k for k in LAUNCH_DATA_KEYS.values() if data.get(k) is None]
     if balancers is None:
         unknown += ["target_groups", "classic_load_balancers"]
     values["unknown"] = unknown
@@ -3251,13 +3231,15 @@ def iam_policy(config: BackupConfig) -> dict:
     snapshots = [f"arn:aws:ec2:{r}::snapshot/*" for r in regions]
     marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
     describe = ["ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeImages",
-                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin",
-                "ec2:DescribeInstanceCreditSpecifications"]  # fmt: skip
+                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin"]  # fmt: skip
     statements = [
         statement("Describe", describe, "*"),
         *instance_statements(config, home, account, "ec2:CreateImage", "aws:ResourceTag"),
+        *instance_statements(config, home, account, "ec2:GetLaunchTemplateData",
+                             "aws:ResourceTag", sid="ReadTheConfigsInstancesLaunchData"),
         *instance_statements(config, home, account, "ec2:DescribeInstanceAttribute",
-                             "aws:ResourceTag", sid="ReadTheConfigsInstancesAttributes"),
+                             "aws:ResourceTag", sid="WhichGetLaunchTemplateDataCalls"),
+        statement("AndTheseToo", LAUNCH_DATA_DESCRIBES, "*"),
         statement("CreateOnlyMarkedImagesAndSnapshots", "ec2:CreateImage",
                   images[:1] + snapshots[:1],
                   {"StringEquals": {f"aws:RequestTag/{TAG_MANAGED}": TOOL}}),

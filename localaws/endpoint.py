@@ -86,8 +86,9 @@ Patches (each has a test in tests/test_endpoint.py):
      unknown ones refused with InvalidPlacementGroup.Unknown, as EC2 does) and
      DeletePlacementGroup (moto's server answers HTTP 500).
   P22 CreditSpecification: RunInstances keeps CpuCredits, and
-     DescribeInstanceCreditSpecifications reports it, else the type's default
-     ("standard" for t2, "unlimited" for later T types); moto says "standard" always.
+     DescribeInstanceCreditSpecifications and GetLaunchTemplateData report it, else the
+     type's default ("standard" for t2, "unlimited" for later T types); moto says
+     "standard" always.
 
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
@@ -169,6 +170,7 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.utils import generic_filter
 from moto.iam.access_control import IAMRequestBase
 from moto.moto_api._internal.models import moto_api_backend
@@ -835,16 +837,31 @@ def _prep_nics(self: Instance, nic_spec: list[dict], *args: Any, **kwargs: Any) 
     _original_prep_nics(self, nic_spec, *args, **kwargs)
 
 
+def credits_of(instance: Instance) -> str:
+    """An instance's CpuCredits as launched, else its type's default (P22)."""
+    launched = getattr(instance, "harness_credits", None)
+    return launched or ("standard" if instance.instance_type.startswith("t2.") else "unlimited")
+
+
 def _describe_instance_credit_specifications(self) -> ActionResult:
-    """Each instance's CpuCredits as launched, else its type's default (P22)."""
+    """Each instance's CpuCredits (P22)."""
     ids = self._get_param("InstanceIds", [])
     instances = self.ec2_backend.describe_instance_credit_specifications(ids)
-    found = [
-        {"InstanceId": i.id, "CpuCredits": getattr(i, "harness_credits", None)
-         or ("standard" if i.instance_type.startswith("t2.") else "unlimited")}
-        for i in instances
-    ]  # fmt: skip
+    found = [{"InstanceId": i.id, "CpuCredits": credits_of(i)} for i in instances]
     return ActionResult({"InstanceCreditSpecifications": found})
+
+
+_original_launch_template_data = LaunchTemplates.get_launch_template_data
+
+
+def _get_launch_template_data(self) -> ActionResult:
+    """GetLaunchTemplateData with the instance's CpuCredits (P22)."""
+    result = _original_launch_template_data(self)
+    instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+    result.result["LaunchTemplateData"]["CreditSpecification"] = {
+        "CpuCredits": credits_of(instance)
+    }
+    return result
 
 
 # --- S1, S2, S3: SSM ------------------------------------------------------------------
@@ -944,6 +961,7 @@ def apply_patches() -> None:
     InstanceResponse.create_placement_group = _create_placement_group
     InstanceResponse.describe_placement_groups = _describe_placement_groups
     InstanceResponse.delete_placement_group = _delete_placement_group
+    LaunchTemplates.get_launch_template_data = _get_launch_template_data
     InstanceResponse.describe_instance_credit_specifications = (
         _describe_instance_credit_specifications
     )

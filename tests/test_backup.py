@@ -317,7 +317,7 @@ def test_steady_state_run_stays_within_the_call_budget(ec2, iam, tmp_path, endpo
     assert run("ec2_to_ami.py", config).returncode == 0
     calls = endpoint.count(ok=True) - before
     assert endpoint.count("DeregisterImage", ok=True) == servers
-    assert calls <= 5 * servers + 15
+    assert calls <= 3 * servers + 14
 
 
 def test_credentials_come_only_from_the_standard_chain(ec2, fleet, tmp_path):

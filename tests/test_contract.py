@@ -38,12 +38,12 @@ def test_both_scripts_read_the_launch_record_the_same_way(name):
     assert getattr(ec2_to_ami, name) == getattr(ami_to_ec2, name)
 
 
-def test_the_instance_attributes_recorded_are_the_ones_read_back():
-    recorded = {api: key for api, (_, key) in ec2_to_ami.INSTANCE_ATTRIBUTES.items()}
-    read_back = {api: key for api, (_, key) in ami_to_ec2.INSTANCE_ATTRIBUTES.items()}
-    assert recorded == read_back
-    names = [name for name, _ in ec2_to_ami.INSTANCE_ATTRIBUTES.values()]
-    assert {key for _, _, key in ami_to_ec2.SETTABLE} >= set(names)
+def test_the_launch_data_recorded_is_the_launch_data_read_back():
+    assert set(ec2_to_ami.LAUNCH_DATA_KEYS) == set(ami_to_ec2.LAUNCH_DATA_KEYS)
+    assert ec2_to_ami.LAUNCH_DATA_DESCRIBES == ami_to_ec2.LAUNCH_DATA_DESCRIBES
+    keys = {key: name for name, _, key in ami_to_ec2.SETTABLE}
+    for field, key in ec2_to_ami.LAUNCH_DATA_KEYS.items():
+        assert keys[key] == ami_to_ec2.LAUNCH_DATA_KEYS[field]
 
 
 # Each script carries its own copy of these, so that it stands alone on a host.

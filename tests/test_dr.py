@@ -359,7 +359,7 @@ def test_dry_run_shows_copies_and_changes_nothing(ec2, dr, fleet, tmp_path, endp
     )
     assert f"Would share each new image and copy with {PARTNER}" in result.stdout
     actions = {c.action for c in endpoint.calls[start:]}
-    assert all(a.startswith("Describe") for a in actions), actions
+    assert all(a.startswith(("Describe", "Get")) for a in actions), actions
 
 
 def test_list_shows_each_region(ec2, dr, fleet, tmp_path):

@@ -557,6 +557,9 @@ def test_p22_cpu_credits_are_kept_else_the_types_default(ec2, fleet):
     answer = ec2.describe_instance_credit_specifications(InstanceIds=ids)
     found = {c["InstanceId"]: c["CpuCredits"] for c in answer["InstanceCreditSpecifications"]}
     assert [found[i] for i in ids] == ["unlimited", "standard", "unlimited"]
+    data = [ec2.get_launch_template_data(InstanceId=i)["LaunchTemplateData"] for i in ids]
+    assert [d["CreditSpecification"]["CpuCredits"] for d in data] == [
+        "unlimited", "standard", "unlimited"]  # fmt: skip
 
 
 def test_p23_an_elastic_ip_sits_on_the_address_it_was_given(ec2, fleet):
@@ -583,5 +586,5 @@ def test_p23_an_elastic_ip_sits_on_the_address_it_was_given(ec2, fleet):
 
 
 def test_a_describe_of_one_named_resource_is_not_an_unfiltered_one():
-    assert bucket_of("DescribeInstanceAttribute", {"InstanceId": "i-1"}) == "describe"
+    assert bucket_of("GetLaunchTemplateData", {"InstanceId": "i-1"}) == "describe"
     assert bucket_of("DescribeInstances", {}) == "describe-unfiltered"

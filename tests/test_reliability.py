@@ -249,7 +249,7 @@ def test_a_steady_run_with_the_sweep_stays_within_the_call_budget(ec2, fleet, tm
     assert run("ec2_to_ami.py", config).returncode == 0
     before = endpoint.count(ok=True)
     assert run("ec2_to_ami.py", config).returncode == 0
-    assert endpoint.count(ok=True) - before <= 5 * 3 + 15
+    assert endpoint.count(ok=True) - before <= 3 * 3 + 14
     assert endpoint.count("DescribeSnapshots") == 2  # one sweep per run
 
 
