@@ -1013,7 +1013,7 @@ ACTION_BUCKETS = {
 }
 
 
-# A describe call about one named resource (DescribeInstanceAttribute) is not unfiltered.
+# A describe call about one named resource (GetLaunchTemplateData) is not unfiltered.
 NARROWING_PARAMS = {"MaxResults", "InstanceId", "ImageId", "SnapshotId", "VolumeId"}
 
 

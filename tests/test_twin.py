@@ -363,3 +363,12 @@ def test_load_balancers_the_backup_cannot_read_are_said_to_be_unknown_not_absent
     assert result.returncode == 0, result.stderr
     assert "not recorded by the backup: target_groups, classic_load_balancers" in result.stderr
     assert balancer_view(clients, restored_id(result)) == ([], 0)
+
+
+def test_an_aws_error_before_launch_says_nothing_was_launched(ec2, kitchen, tmp_path, endpoint):
+    endpoint.inject("DescribeSubnets", "UnauthorizedOperation", 403)
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="win01"))
+    assert result.returncode == 1
+    assert "AWS error: UnauthorizedOperation" in result.stderr
+    assert "nothing launched" in result.stderr and "Traceback" not in result.stderr
+    assert endpoint.count("RunInstances") == 2  # the kitchen's own two
