@@ -38,11 +38,17 @@ def bucket_minimum(creates: int, deregisters: int) -> float:
     )
 
 
-def run_once(endpoint: Endpoint, config: Path) -> dict:
-    """One backup run against full buckets; its numbers."""
+def run_once(endpoint: Endpoint, config: Path, timeline: bool = False) -> dict:
+    """One backup run against full buckets; its numbers (and, with timeline, when each
+    action's first and last call arrived)."""
     endpoint.throttle()
     start = len(endpoint.calls)
     started = time.monotonic()
+    arrivals: dict[str, list[float]] = {}
+    if timeline:
+        endpoint.hooks.append(
+            lambda c: arrivals.setdefault(c.action, []).append(time.monotonic() - started)
+        )
     result = subprocess.run(
         [sys.executable, str(ROOT / "ec2_to_ami.py"), "--config", str(config)],
         env={**os.environ, **aws_env(endpoint.url)},
@@ -51,6 +57,10 @@ def run_once(endpoint: Endpoint, config: Path) -> dict:
     )
     wall = time.monotonic() - started
     endpoint.throttle(False)
+    endpoint.hooks.clear()
+    for action, times in sorted(arrivals.items(), key=lambda kv: kv[1][0]):
+        span = f"first {times[0]:6.1f} s, last {times[-1]:6.1f} s"
+        print(f"    {action:24} {span}, {len(times)} calls", file=sys.stderr)
     calls = endpoint.calls[start:]
     ok = [c for c in calls if c.status < 400]
     summary = re.search(r"(\d+) backed up, (\d+) failed", result.stderr)
@@ -65,14 +75,14 @@ def run_once(endpoint: Endpoint, config: Path) -> dict:
     }
 
 
-def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
+def bench(endpoint: Endpoint, count: int, workdir: Path, timeline: bool = False) -> list[str]:
     endpoint.reset()
     SETTINGS.pending_seconds = 0.5
     servers = launch_servers(endpoint, count)
     config = write_config(workdir / f"scale{count}.py", SERVERS=servers, KEEP=1)
     rows = []
     for label in ("first", "steady"):
-        r = run_once(endpoint, config)
+        r = run_once(endpoint, config, timeline)
         minimum = bucket_minimum(r["creates"], r["deregisters"])
         ratio = f"{r['wall'] / minimum:.2f}" if minimum else "-"
         cells = [count, label, f"{r['wall']:.1f}", f"{minimum:.1f}", ratio, r["refused"],
@@ -82,10 +92,11 @@ def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    counts = [int(a) for a in argv] or [100, 300, 500]
+    timeline = "--timeline" in argv
+    counts = [int(a) for a in argv if a != "--timeline"] or [100, 300, 500]
     header = ["N", "run", "wall s", "bucket min s", "ratio", "throttled", "failed servers",
               "calls ok", "budget 3N+14", "exit"]  # fmt: skip
-    print_table(header, counts, bench)
+    print_table(header, counts, lambda e, n, d: bench(e, n, d, timeline))
     return 0
 
 
