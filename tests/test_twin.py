@@ -34,7 +34,7 @@ def kitchen(ec2, iam, clients, tmp_path):
     config = write_config(tmp_path / "backup.py", SERVERS=servers, KEEP=2)
     result = run("ec2_to_ami.py", config)
     assert result.returncode == 0, result.stderr
-    SETTINGS.instance_pending_seconds = 0.3
+    SETTINGS.instance_pending_seconds = 0.1
     return fleet
 
 
