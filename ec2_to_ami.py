@@ -1058,13 +1058,14 @@ def launch_tags(spec: ServerSpec, record: dict | None) -> list[tuple[str, str]]:
     if record is None:
         return []
     text = json.dumps(record, separators=(",", ":"))
-    for shrink in (without_secondary_addresses, without_descriptions):
+    shrinks = [(without_secondary_addresses, "secondary private IPs recorded by count only"),
+               (without_descriptions, "interface descriptions left out")]  # fmt: skip
+    for shrink, what in shrinks:
         if len(text) <= LAUNCH_TAGS_MAX * TAG_VALUE_MAX:
             break
         record = shrink(record)
         text = json.dumps(record, separators=(",", ":"))
-        log.warning("%s: the launch record is too long for its tags: %s", spec.name,
-                    shrink.__doc__)  # fmt: skip
+        log.warning("%s: the launch record is too long for its tags: %s", spec.name, what)
     if len(text) > LAUNCH_TAGS_MAX * TAG_VALUE_MAX:
         log.warning("%s: the launch record is too long for its tags even so, and is left "
                     "out: a restore reproduces only the basic tags", spec.name)  # fmt: skip
@@ -1073,7 +1074,7 @@ def launch_tags(spec: ServerSpec, record: dict | None) -> list[tuple[str, str]]:
 
 
 def without_secondary_addresses(record: dict) -> dict:
-    """secondary private IPs recorded by count, not by address"""
+    """The record with each interface's secondary private IPs as a count."""
     nics = [
         {**{k: v for k, v in n.items() if k != "secondary"}, "secondary_count": len(n["secondary"])}
         if n.get("secondary") else n
@@ -1083,7 +1084,7 @@ def without_secondary_addresses(record: dict) -> dict:
 
 
 def without_descriptions(record: dict) -> dict:
-    """interface descriptions left out"""
+    """The record without interface descriptions."""
     nics = [
         {k: v for k, v in n.items() if k != "description"} for n in record.get("interfaces", [])
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import inspect
+import logging
 from datetime import datetime, timezone
 
 import pytest
@@ -187,3 +188,20 @@ def test_a_partly_mapped_copy_fails_naming_both_settings():
     config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
     with pytest.raises(RestoreError, match="Set SUBNET_ID and SECURITY_GROUP_IDS"):
         plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-west-2")
+
+
+def test_a_launch_record_too_long_for_its_tags_keeps_the_secondary_ips_by_count(caplog):
+    nics = [{"index": i, "subnet": "subnet-0123456789abcdef0", "groups": ["sg-0123456789abcdef0"],
+             "ip": f"10.0.{i}.4", "secondary": [f"10.0.{i}.{n}" for n in range(10, 50)],
+             "description": f"interface {i}"} for i in range(4)]  # fmt: skip
+    record = {"v": ec2_to_ami.LAUNCH_VERSION, "interfaces": nics}
+    spec = ec2_to_ami.ServerSpec("db01", "i-0123456789abcdef0", 7)
+    with caplog.at_level(logging.WARNING, logger="ec2_to_ami"):
+        tags = dict(ec2_to_ami.launch_tags(spec, record))
+    assert 1 < len(tags) <= ec2_to_ami.LAUNCH_TAGS_MAX
+    assert "secondary private IPs recorded by count only" in caplog.text
+    read = ami_to_ec2.read_launch(ami_to_ec2.joined_value(tags, ami_to_ec2.TAG_LAUNCH), Recorded())
+    launch, note = read
+    assert note is None
+    assert [len(n["secondary"]) for n in launch["interfaces"]] == [40, 40, 40, 40]
+    assert [n["description"] for n in launch["interfaces"]] == [f"interface {i}" for i in range(4)]
