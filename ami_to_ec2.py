@@ -5,7 +5,9 @@
     python ami_to_ec2.py --server web01
 
 The backup recorded the original's launch configuration on the image, so the
-server's name is enough, even when the original instance is gone.
+server's name is enough, even when the original instance is gone. The new
+instance is a twin: each attribute is reproduced, read back after launch and
+compared, and anything that could not be reproduced is a warning.
 
 Exit codes: 0 launched and reached WAIT, 1 an AWS-side failure (the report
 still names every instance launched), 2 usage or config error (no AWS call).
@@ -14,12 +16,16 @@ Read it in this order; each section is marked "# --- <name>":
   The tag contract, EC2 facts   what the backup wrote, and the names of things
   The story                     main(), then restore(): config, look, plan, act, report
   Config                        load and check the config and flags, before any AWS call
-  What the backup recorded      the launch configuration read back from the tags
+  What the backup recorded      the launch configuration (the launch record) read from the tags
   User data                     host name and the operator's user data, merged
-  Plan the launch (pure)        RunInstances' parameters, with where each came from
-  AWS access                    one session and its client, retries
-  Look                          find the backup (or bring it back from the Recycle Bin)
-  Do it, Report                 launch, associate, wait; report
+  Plan the launch (pure)        every attribute (recorded, overridden or default), and
+                                RunInstances' parameters for each instance
+  AWS access                    one session and its clients, retries
+  Look                          find the backup (or bring it back from the Recycle Bin);
+                                check what EC2 would refuse, and what is gone
+  Do it                         launch; source/dest check, Elastic IPs, load balancers, DNS;
+                                wait
+  Check the twin, Report        read the instance back, compare; the tables or JSON
   IAM policy                    --print-iam-policy: the least privilege this config needs
   Command line
 """

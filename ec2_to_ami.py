@@ -14,9 +14,10 @@ Read it in this order; each section is marked "# --- <name>":
   The story                     main(), then run_backup(): config, look, plan, act, report
   Config                        load and check the config file, before any AWS call
   The plan (pure)               retention, and what the run will create and remove
-  Tags                          the tags written at creation
+  Tags                          the tags written at creation, and the launch record
   AWS access                    one session and its clients, retries, pacing
-  Look at what exists           servers, their instances and existing backups
+  Look at what exists           servers, their instances (and what each runs with, for
+                                the launch record) and existing backups
   Do it                         create the images, follow them, deregister
   Pools                         whose images a run may count and prune
   The sweep                     this pool's orphaned snapshots
