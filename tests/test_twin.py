@@ -372,3 +372,20 @@ def test_an_aws_error_before_launch_says_nothing_was_launched(ec2, kitchen, tmp_
     assert "AWS error: UnauthorizedOperation" in result.stderr
     assert "nothing launched" in result.stderr and "Traceback" not in result.stderr
     assert endpoint.count("RunInstances") == 2  # the kitchen's own two
+
+
+def test_count_two_of_a_kitchen_sink_gives_the_second_its_own_name_and_addresses(
+    ec2, clients, kitchen, tmp_path
+):
+    original = twin_view(ec2, clients, kitchen.instances["linux01"])
+    retire(ec2, kitchen.instances["linux01"])
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="linux01", COUNT=2))
+    assert result.returncode == 0, result.stderr
+    ids = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("i-")]
+    assert [tags_of(instance(ec2, i))["Name"] for i in ids] == ["linux01", "linux01-2"]
+    first, second = (twin_view(ec2, clients, i) for i in ids)
+    assert first["elastic ips"] == original["elastic ips"] and second["elastic ips"] == []
+    assert first["balancers"] == ([8080], 1) and second["balancers"] == ([], 0)
+    # the second has the same interfaces (new addresses), source/dest check off too
+    assert [n[:6] for n in second["interfaces"]] == [n[:6] for n in original["interfaces"]]
+    assert "go to the first instance (linux01) only" in result.stderr
