@@ -145,6 +145,7 @@ NOT_FOUND_CODES = {
 }
 ERR_NO_SUCH_ENTITY = "NoSuchEntity"  # IAM: the instance profile is gone
 ERR_TARGET_GROUP_NOT_FOUND = "TargetGroupNotFound"
+ERR_LOAD_BALANCER_NOT_FOUND = "LoadBalancerNotFound"  # Classic ELB
 PLACEMENT_GONE_CODES = {"InvalidPlacementGroup.Unknown", "InvalidPlacementGroupName.NotFound"}
 HOST_USABLE_STATES = {"available"}
 HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidHostID.Malformed"}
@@ -1777,6 +1778,7 @@ def check_before_launch(clients: Clients, plan: Plan) -> None:
     check_instance_profile(clients, params.get("IamInstanceProfile"))
     check_placement(ec2, plan)
     check_target_groups(clients, plan)
+    check_classic_load_balancers(clients, plan)
     for eip in plan.elastic_ips:
         plan.holders[eip["allocation"]] = elastic_ip_holder(ec2, eip["allocation"])
     plan.eip_holder = plan.holders.get(plan.elastic_ip or "")
@@ -1871,6 +1873,23 @@ def check_target_groups(clients: Clients, plan: Plan) -> None:
             continue
         usable.append(group)
     plan.target_groups = usable
+
+
+def check_classic_load_balancers(clients: Clients, plan: Plan) -> None:
+    """Classic Load Balancers that are gone are left out, with a warning."""
+    usable = []
+    for name in plan.classic_load_balancers:
+        try:
+            clients.elb.describe_load_balancers(LoadBalancerNames=[name])
+        except ClientError as err:
+            if err.response["Error"]["Code"] != ERR_LOAD_BALANCER_NOT_FOUND:
+                raise
+            plan.warnings.append(f"Classic Load Balancer {name} does not exist here: the "
+                                 "instance is not registered with it")  # fmt: skip
+            mark_attributes(plan.attributes, [f"Classic ELB {name}"])
+            continue
+        usable.append(name)
+    plan.classic_load_balancers = usable
 
 
 def drop_target(plan: Plan, group: dict, why: str) -> None:

@@ -102,10 +102,10 @@ def kitchen_sink(
     hibernation and every protection; Windows has dedicated tenancy, CPU options, Nitro
     Enclaves, a public IP from launch and an Elastic IP on a secondary address. Both are
     in a target group (on a port of their own) and a Classic Load Balancer."""
-    if "kitchen" not in [
+    if "kitchen-pg" not in [
         g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]
     ]:
-        ec2.create_placement_group(GroupName="kitchen", Strategy="partition", PartitionCount=3)
+        ec2.create_placement_group(GroupName="kitchen-pg", Strategy="partition", PartitionCount=3)
     groups = elbv2.describe_target_groups()["TargetGroups"]
     group = (
         next((g for g in groups if g["TargetGroupName"] == "kitchen"), None)
@@ -154,7 +154,7 @@ def kitchen_sink(
     else:
         params = {
             **common, "ImageId": LINUX_AMI, "InstanceType": "t2.medium",
-            "Placement": {"GroupName": "kitchen", "PartitionNumber": 2},
+            "Placement": {"GroupName": "kitchen-pg", "PartitionNumber": 2},
             "CreditSpecification": {"CpuCredits": "unlimited"},
             "HibernationOptions": {"Configured": True},
             "NetworkInterfaces": [

@@ -229,7 +229,7 @@ def test_the_dry_run_shows_each_attribute_and_where_it_comes_from(ec2, kitchen, 
     assert result.returncode == 0, result.stderr
     rows = dry_run_attributes(result.stdout)
     assert rows["IMDS hop limit"] == ("3", "overridden")
-    assert rows["placement group"] == ("kitchen", "recorded")
+    assert rows["placement group"] == ("kitchen-pg", "recorded")
     assert rows["interface 1 description"] == ("linux01 back", "recorded")
     assert rows["Nitro Enclaves"] == ("off", "recorded")  # recorded as EC2's default
     [eip] = [k for k in rows if k.startswith("Elastic IP") and rows[k][0].endswith("primary IP")]
@@ -270,10 +270,10 @@ def test_an_image_from_before_launch_records_restores_as_before(ec2, kitchen, tm
 
 def test_a_placement_group_that_is_gone_is_left_out_with_a_warning(ec2, kitchen, tmp_path):
     retire(ec2, kitchen.instances["linux01"])
-    ec2.delete_placement_group(GroupName="kitchen")
+    ec2.delete_placement_group(GroupName="kitchen-pg")
     result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="linux01"))
     assert result.returncode == 0, result.stderr
-    assert "placement group kitchen no longer exists" in result.stderr
+    assert "placement group kitchen-pg no longer exists" in result.stderr
     assert not instance(ec2, restored_id(result))["Placement"].get("GroupName")
     assert "placement group" in result.stdout and "not reproducible" in result.stdout
 
@@ -389,3 +389,49 @@ def test_count_two_of_a_kitchen_sink_gives_the_second_its_own_name_and_addresses
     # the second has the same interfaces (new addresses), source/dest check off too
     assert [n[:6] for n in second["interfaces"]] == [n[:6] for n in original["interfaces"]]
     assert "go to the first instance (linux01) only" in result.stderr
+
+
+def test_a_kitchen_sink_copy_restores_in_the_dr_region_through_region_map(
+    ec2, iam, clients, endpoint, tmp_path
+):
+    fleet = build_network(ec2, iam)
+    instance_id = kitchen_sink(ec2, clients["elbv2"], clients["elb"], fleet, "linux01")
+    servers = [{"name": "linux01", "instance_id": instance_id}]
+    backup = write_config(tmp_path / "b.py", SERVERS=servers, COPY_TO_REGIONS={"us-west-2": {}})
+    assert run("ec2_to_ami.py", backup).returncode == 0
+    dr = boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint.url)
+    vpc = dr.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+    subnet = dr.create_subnet(VpcId=vpc, CidrBlock="10.30.1.0/24")["Subnet"]["SubnetId"]
+    groups = [dr.create_security_group(GroupName=n, Description=n, VpcId=vpc)["GroupId"]
+              for n in ("web", "admin")]  # fmt: skip
+    dr.create_key_pair(KeyName="ops-key")
+    dr.create_placement_group(GroupName="kitchen-dr", Strategy="partition", PartitionCount=3)
+    mapping = {fleet.subnet_id: subnet, "kitchen-pg": "kitchen-dr",
+               **dict(zip(fleet.group_ids, groups, strict=True))}  # fmt: skip
+    config = write_config(tmp_path / "r.py", SERVER="linux01", REGION="us-west-2",
+                          REGION_MAP={"us-west-2": mapping})  # fmt: skip
+    result = run("ami_to_ec2.py", config)
+    assert result.returncode == 0, result.stderr
+    new_id = restored_id(result)
+    new = dr.describe_instances(InstanceIds=[new_id])["Reservations"][0]["Instances"][0]
+    nics = sorted(new["NetworkInterfaces"], key=lambda n: n["Attachment"]["DeviceIndex"])
+    assert [n["SubnetId"] for n in nics] == [subnet, subnet]
+    assert [sorted(g["GroupId"] for g in n["Groups"]) for n in nics] == [sorted(groups), groups[:1]]
+    assert [len(n["PrivateIpAddresses"]) for n in nics] == [3, 1]
+    assert [n["SourceDestCheck"] for n in nics] == [False, True]
+    assert (new["Placement"]["GroupName"], new["Placement"]["PartitionNumber"]) == ("kitchen-dr", 2)
+    assert result.stderr.count("is in us-east-1, so none is associated in us-west-2") == 2
+    assert "target group arn:aws:elasticloadbalancing:us-east-1:" in result.stderr
+    assert "Classic Load Balancers kitchen are in us-east-1" in result.stderr
+    assert "no difference in" in result.stdout
+
+
+def test_a_classic_load_balancer_that_is_gone_is_left_out_with_a_warning(
+    ec2, clients, kitchen, tmp_path
+):
+    retire(ec2, kitchen.instances["win01"])
+    clients["elb"].delete_load_balancer(LoadBalancerName="kitchen")
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="win01"))
+    assert result.returncode == 0, result.stderr
+    assert "Classic Load Balancer kitchen does not exist here" in result.stderr
+    assert "Classic ELB kitchen" in result.stdout and "not reproducible" in result.stdout
