@@ -742,6 +742,7 @@ class Recorded:
     # records, only what the tags above say. A key missing here was not recorded.
     launch: dict[str, Any] = field(default_factory=dict)
     note: str | None = None  # why the launch record is missing or partial
+    completeness: str = "basic"  # "full", "partial" (some unknown) or "basic" (no record)
 
 
 def read_recorded(image: dict) -> Recorded:
@@ -767,13 +768,14 @@ def read_recorded(image: dict) -> Recorded:
         instance_tags={k: tags[k] for k in keys if k in tags},
         source_region=value(TAG_SOURCE_REGION),
     )
-    recorded.launch, recorded.note = read_launch(value(TAG_LAUNCH), recorded)
+    recorded.launch, recorded.note, recorded.completeness = read_launch(value(TAG_LAUNCH), recorded)
     return recorded
 
 
-def read_launch(text: str | None, recorded: Recorded) -> tuple[dict[str, Any], str | None]:
+def read_launch(text: str | None, recorded: Recorded) -> tuple[dict[str, Any], str | None, str]:
     """The launch record over its defaults, less what it lists as unknown; for an image
-    without one (made before launch records), the basics the older tags hold."""
+    without one (made before launch records), the basics the older tags hold. Also why
+    it is incomplete, and how complete: "full", "partial" or "basic"."""
     record = None
     if text:
         try:
@@ -790,11 +792,11 @@ def read_launch(text: str | None, recorded: Recorded) -> tuple[dict[str, Any], s
         for nic in launch.get("interfaces", []):
             if "secondary_count" in nic:  # recorded by count, to fit the tags
                 nic["secondary"] = [None] * nic.pop("secondary_count")
-        return launch, note
+        return launch, note, "partial" if unknown else "full"
     basics = basic_launch(recorded)
     if text:
-        return basics, f"its {TAG_LAUNCH} tag is not a launch record this version reads"
-    return basics, "the backup predates launch records: only the basics were recorded"
+        return basics, f"its {TAG_LAUNCH} tag is not a launch record this version reads", "basic"
+    return basics, "the backup predates launch records: only the basics were recorded", "basic"
 
 
 def basic_launch(recorded: Recorded) -> dict[str, Any]:
@@ -2486,13 +2488,14 @@ def list_backups(ec2: Any, config: dict, recycle_bin: bool = False) -> int:
     """Print the restorable backups of SERVER (or of every server), newest first; and
     with recycle_bin the images in the Recycle Bin, which `--ami` restores."""
     images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
-    columns = ["server", "image", "created", "schedule", "state", "type", "subnet"]
+    columns = ["server", "image", "created", "schedule", "state", "type", "subnet", "record"]
     rows: list[dict] = [{c: c.upper() for c in columns}]
     for image in sorted(images, key=lambda i: read_recorded(i).server or ""):
         r = read_recorded(image)
         rows.append({"server": r.server, "image": image["ImageId"], "created": r.created,
                      "schedule": r.schedule, "state": image["State"],
-                     "type": r.instance_type, "subnet": r.subnet_id})  # fmt: skip
+                     "type": r.instance_type, "subnet": r.subnet_id,
+                     "record": r.completeness})  # fmt: skip
     print_table(rows, columns)
     if not images:
         print("(no backups)")

@@ -201,7 +201,7 @@ def test_a_launch_record_too_long_for_its_tags_keeps_the_secondary_ips_by_count(
     assert 1 < len(tags) <= ec2_to_ami.LAUNCH_TAGS_MAX
     assert "secondary private IPs recorded by count only" in caplog.text
     read = ami_to_ec2.read_launch(ami_to_ec2.joined_value(tags, ami_to_ec2.TAG_LAUNCH), Recorded())
-    launch, note = read
-    assert note is None
+    launch, note, completeness = read
+    assert (note, completeness) == (None, "full")
     assert [len(n["secondary"]) for n in launch["interfaces"]] == [40, 40, 40, 40]
     assert [n["description"] for n in launch["interfaces"]] == [f"interface {i}" for i in range(4)]

@@ -339,9 +339,11 @@ def test_list_shows_restorable_backups(ec2, backed_up, tmp_path):
     result = restore(tmp_path, "--list")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SERVER", "IMAGE", "CREATED", "SCHEDULE", "STATE", "TYPE", "SUBNET"]
+    header = ["SERVER", "IMAGE", "CREATED", "SCHEDULE", "STATE", "TYPE", "SUBNET", "RECORD"]
+    assert lines[0].split() == header
     assert [line.split()[0] for line in lines[1:]] == ["app01", "web01", "win01"]
     assert all(backed_up.subnet_id in line and "t3.small" in line for line in lines[1:])
+    assert all(line.split()[-1] == "full" for line in lines[1:])  # each has a launch record
 
 
 def test_json_report(ec2, backed_up, tmp_path):

@@ -358,6 +358,8 @@ def test_load_balancers_the_backup_cannot_read_are_said_to_be_unknown_not_absent
     assert backup.returncode == 0, backup.stderr  # the backup itself is whole
     assert "load balancer membership is not recorded" in backup.stderr
     assert "AccessDenied" in backup.stderr
+    listed = run("ami_to_ec2.py", write_config(tmp_path / "l.py"), "--list")
+    assert listed.stdout.splitlines()[1].split()[-1] == "partial"
     retire(ec2, instance_id)
     result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="linux01"))
     assert result.returncode == 0, result.stderr
@@ -435,3 +437,13 @@ def test_a_classic_load_balancer_that_is_gone_is_left_out_with_a_warning(
     assert result.returncode == 0, result.stderr
     assert "Classic Load Balancer kitchen does not exist here" in result.stderr
     assert "Classic ELB kitchen" in result.stdout and "not reproducible" in result.stdout
+
+
+def test_list_says_how_complete_each_backups_launch_record_is(ec2, kitchen, tmp_path, endpoint):
+    [image] = managed(ec2, "win01")
+    launch = [{"Key": t["Key"]} for t in image["Tags"] if t["Key"].startswith("ec2-to-ami:launch")]
+    ec2.delete_tags(Resources=[image["ImageId"]], Tags=launch)
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py"), "--list")
+    assert result.returncode == 0, result.stderr
+    record = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[1:]}
+    assert record == {"linux01": "full", "win01": "basic"}
