@@ -178,7 +178,7 @@ WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
 # "allow" on an Elastic IP, target group or Classic Load Balancer: a restore may use it
-RESTORE_OPT_IN_TAG = ELASTIC_IP_OPT_IN_TAG = "ec2-to-ami-restore"
+RESTORE_OPT_IN_TAG = "ec2-to-ami-restore"
 BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show as available
 DEFAULT_MAX_ATTEMPTS = 10
 
@@ -2548,7 +2548,7 @@ def iam_policy(config: dict) -> dict:
     The instance profile a restore hands out comes from the image's tag, so PassRole is
     limited to roles under RESTORABLE_ROLE_PATH: create the roles a restore may pass
     there (ALLOWED_INSTANCE_PROFILES checks the profile too). The Elastic IP is the
-    configured allocation, or one tagged ELASTIC_IP_OPT_IN_TAG = "allow".
+    configured allocation, or one tagged RESTORE_OPT_IN_TAG = "allow".
     """
     region = base_session(config["PROFILE"], config["REGION"])[0].region_name
     account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
@@ -2590,7 +2590,7 @@ def iam_policy(config: dict) -> dict:
             allow("AssociateTheConfigsElasticIp", "ec2:AssociateAddress",
                   arn + f"elastic-ip/{eip}") if eip != "same" else
             allow("AssociateOnlyElasticIpsThatOptIn", "ec2:AssociateAddress", arn + "elastic-ip/*",
-                  {"StringEquals": {f"aws:ResourceTag/{ELASTIC_IP_OPT_IN_TAG}": "allow"}}),
+                  {"StringEquals": {f"aws:ResourceTag/{RESTORE_OPT_IN_TAG}": "allow"}}),
             allow("AssociateWithTheNewInstance", "ec2:AssociateAddress", launched[::2]),
         ]  # fmt: skip
     statements += balancer_statements(config, region, account)
