@@ -191,6 +191,15 @@ KEY_MANAGER_AWS = "AWS"  # KMS KeyManager of an AWS-managed key such as aws/ebs
 COPY_OPTIONS = {"keep", "kms_key_id"}
 SHARE_ACCOUNTS_MAX = 15  # so TAG_SHARED_WITH fits in one tag value
 DEPRECATE_LEAD = timedelta(minutes=10)  # DeprecateAt must lie in the future
+# EBS snapshots, as --cost measures them with the EBS direct APIs.
+BLOCK_BYTES, GIB = 512 * 1024, 1024**3  # the direct APIs' block; sizes are in GiB
+DIRECT_RESULTS_MAX = 10000  # MaxResults of ListSnapshotBlocks and ListChangedBlocks
+ARCHIVE_TIER = "archive"  # DescribeSnapshots' StorageTier of an archived snapshot
+COSTED_STATES = (AVAILABLE, DISABLED)  # images whose snapshots are whole and billed
+ERR_DIRECT_VALIDATION = "ValidationException"  # e.g. two snapshots of different volumes
+DIRECT_ACCESS_DENIED = {"AccessDeniedException", "AccessDenied"}
+DIRECT_ACTIONS = ["ebs:ListSnapshotBlocks", "ebs:ListChangedBlocks"]  # --cost's only lists
+COST_THREADS = 4  # lineages measured at once: enough for the pace below at 100 ms a call
 
 CRON_MARKER = "# ec2-to-ami-cron config="  # ends each managed crontab entry
 CRON_SPECIAL = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
@@ -209,6 +218,14 @@ PACED_CALLS = {
     "CreateTags": ("tags", 100, 10.0),
     "CopyImage": ("copy", 100, 1.0),
     "GetLaunchTemplateData": ("describe", 100, 20.0),  # one per server, at the start
+}
+
+# The EBS direct APIs have their own per-account quotas (Amazon EBS quotas, in Service
+# Quotas). --cost stays at this many calls a second of each, and botocore's standard
+# retries take any throttling.
+DIRECT_PACED_CALLS = {
+    "ListSnapshotBlocks": ("list-blocks", 20, 20.0),
+    "ListChangedBlocks": ("changed-blocks", 20, 20.0),
 }
 
 # Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
@@ -265,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.list:  # only reads: no lock needed
             return list_backups(clients, config, args.server, args.recycle_bin)
+        if args.cost:  # only reads and lists
+            return cost_report(clients, config, args.server, args.json)
         if args.check:  # only reads: no lock needed
             return run_check(clients, config, args, others)
         with run_lock(args.config) as locked:
@@ -364,6 +383,9 @@ DEFAULTS: dict[str, Any] = {
     "RPO_HOURS": None,
     "METRICS_NAMESPACE": None,
     "STATE_FILE": None,
+    # --cost: USD per GiB-month, us-east-1 as of 2026 (https://aws.amazon.com/ebs/pricing/).
+    "SNAPSHOT_PRICE_GB_MONTH": 0.05,
+    "ARCHIVE_PRICE_GB_MONTH": 0.0125,
 }
 SERVER_KEYS = {"name", "instance_id", "keep", "no_reboot", "tags", "consistency", "pre_script",
                "post_script", "platform"}  # fmt: skip
@@ -383,6 +405,8 @@ NUMBER_LIMITS = {
     "SCRIPT_TIMEOUT_SECONDS": 172800,  # SSM's longest executionTimeout, 48 hours
     "DEPRECATE_AFTER_DAYS": 3650,  # EC2 allows DeprecateAt up to 10 years ahead
     "RPO_HOURS": 8784,  # a year
+    "SNAPSHOT_PRICE_GB_MONTH": 10,  # USD per GiB-month: 200 times today's price
+    "ARCHIVE_PRICE_GB_MONTH": 10,
 }
 SCRIPT_TIMEOUT_MIN = 30  # SSM's shortest TimeoutSeconds
 # RPO_HOURS when unset: a daily backup may be two hours late, a weekly one a day.
@@ -456,6 +480,8 @@ class BackupConfig:
     rpo_hours: float | None  # RPO_HOURS, else the schedule's (RPO_DEFAULTS); None: neither
     metrics_namespace: str | None
     state_file: str | None  # None only for a config checked without a file (tests)
+    snapshot_price_gb_month: float
+    archive_price_gb_month: float
 
 
 def load_other_config(path: str) -> BackupConfig:
@@ -524,6 +550,8 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     _check_optional_str(settings, "LOG_FILE")
     _check_optional_str(settings, "STATE_FILE")
     _check_number(settings, "RPO_HOURS", allow_none=True)
+    _check_number(settings, "SNAPSHOT_PRICE_GB_MONTH", allow_none=False)
+    _check_number(settings, "ARCHIVE_PRICE_GB_MONTH", allow_none=False)
     namespace = settings["METRICS_NAMESPACE"]
     if namespace is not None and (
         not isinstance(namespace, str)
@@ -592,6 +620,8 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         rpo_hours=settings["RPO_HOURS"] or RPO_DEFAULTS.get(settings["SCHEDULE"]),
         metrics_namespace=namespace,
         state_file=settings["STATE_FILE"],
+        snapshot_price_gb_month=settings["SNAPSHOT_PRICE_GB_MONTH"],
+        archive_price_gb_month=settings["ARCHIVE_PRICE_GB_MONTH"],
     )
 
 
@@ -872,6 +902,7 @@ class Image:
     schedule: str
     instance_id: str = ""
     snapshot_ids: list[str] = field(default_factory=list)
+    devices: dict[str, str] = field(default_factory=dict)  # device name -> snapshot id
     reason: str = ""  # StateReason, for a failed image
     tags: dict[str, str] = field(default_factory=dict)
     encrypted: bool = False
@@ -1164,8 +1195,8 @@ class Clients:
         with self._lock:
             if key not in self._made:
                 made = self.session.client(service, region_name=key[1], config=self.config)
-                if service == "ec2":
-                    pace(made)
+                if service in ("ec2", "ebs"):
+                    pace(made, service)
                 self._made[key] = made
             return self._made[key]
 
@@ -1261,12 +1292,13 @@ class Pacer:
         time.sleep(delay)
 
 
-def pace(ec2: Any) -> None:
-    """Make the client wait for a token of the right bucket before each paced call."""
+def pace(client: Any, service: str = "ec2") -> None:
+    """Make an EC2 or EBS client wait for a token of the right bucket before each paced call."""
     pacers: dict[str, Pacer] = {}
-    for operation, (bucket, size, rate) in PACED_CALLS.items():
+    paced = PACED_CALLS if service == "ec2" else DIRECT_PACED_CALLS
+    for operation, (bucket, size, rate) in paced.items():
         pacer = pacers.setdefault(bucket, Pacer(size, rate))
-        ec2.meta.events.register(f"before-call.ec2.{operation}", pacer.wait)
+        client.meta.events.register(f"before-call.{service}.{operation}", pacer.wait)
 
 
 def paginate(ec2: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:
@@ -1634,6 +1666,11 @@ def to_image(raw: dict) -> Image:
         schedule=tags.get(TAG_SCHEDULE, ""),
         instance_id=tags.get(TAG_INSTANCE_ID, ""),
         snapshot_ids=snapshots,
+        devices={
+            m["DeviceName"]: m["Ebs"]["SnapshotId"]
+            for m in raw.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")
+        },
         reason=raw.get("StateReason", {}).get("Message", ""),
         tags=tags,
         encrypted=any(
@@ -2841,6 +2878,234 @@ def print_recycle_bins(regions: list[tuple[str, Any]]) -> None:
     print_table(rows)
 
 
+# --- Cost: what the kept backups store, and what that costs a month -------------------------
+# EBS bills the unique blocks that a volume's snapshots hold together. The EBS direct APIs
+# count them in 512 KiB blocks: ListSnapshotBlocks gives the blocks of the oldest kept
+# snapshot, and ListChangedBlocks what each later one wrote; their sum is what the kept
+# snapshots hold. Snapshots in the archive tier are full copies, priced apart.
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One snapshot of a kept backup, in its volume's lineage."""
+
+    snapshot_id: str
+    schedule: str
+    created: datetime
+    size_gib: int  # the volume's size
+    archived_bytes: int | None  # None: in the standard tier
+
+
+@dataclass
+class CostRow:
+    """What one server's backups of one schedule hold in one region, and cost a month."""
+
+    server: str
+    schedule: str
+    region: str
+    backups: int = 0
+    volumes: int = 0
+    size_gib: int = 0  # the newest backup's volumes, in full
+    stored_blocks: int = 0  # standard tier: unique blocks this schedule's snapshots add
+    archived_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def monthly(self, config: BackupConfig) -> float:
+        """The estimated cost a month, at the configured prices."""
+        stored = self.stored_blocks * BLOCK_BYTES / GIB
+        archived = self.archived_bytes / GIB
+        prices = config.snapshot_price_gb_month, config.archive_price_gb_month
+        return stored * prices[0] + archived * prices[1]
+
+
+COST_NOTE = """
+Stored: the unique 512 KiB blocks the kept snapshots hold together, counted with the EBS
+direct APIs; each schedule's row has the blocks its own snapshots add to the ones before
+them. An estimate: EBS bills these blocks per GiB-month, prorated by the hour; blocks that
+snapshots of other tools share are not counted; an archived snapshot is billed in full
+(FullSnapshotSizeInBytes) for at least 90 days. Prices: USD {0} (standard) and {1}
+(archive) per GiB-month, from SNAPSHOT_PRICE_GB_MONTH and ARCHIVE_PRICE_GB_MONTH.
+"""
+
+
+def cost_report(clients: Clients, config: BackupConfig, only: list[str], as_json: bool) -> int:
+    """Print what each server's kept backups store and cost a month, per schedule and region;
+    exit 1 if any volume could not be measured."""
+    rows: list[CostRow] = []
+    places = [(clients.region, clients.ec2, managed_images(clients.ec2, None))]
+    places += [(r.name, r.ec2, copies_in(r, config, clients.region, None))
+               for r in destination_regions(clients, config)]  # fmt: skip
+    for region, ec2, images in places:
+        kept = [i for i in images if i.state in COSTED_STATES and (not only or i.server in only)]
+        if region == clients.region:
+            kept = [i for i in kept if not i.source_region]
+        rows += region_costs(clients.client("ebs", region), ec2, region, kept)
+    named = {s.name for s in config.servers if not only or s.name in only}
+    rows += [CostRow(name, config.schedule, clients.region) for name in
+             sorted(named - {r.server for r in rows if r.region == clients.region})]  # fmt: skip
+    rows.sort(key=lambda r: (r.server, r.region != clients.region, r.region, r.schedule))
+    (print_cost_json if as_json else print_cost)(rows, config)
+    return EXIT_FAILED if any(r.errors for r in rows) else EXIT_OK
+
+
+def region_costs(ebs: Any, ec2: Any, region: str, images: list[Image]) -> list[CostRow]:
+    """The cost rows of one region's kept backups: each volume's lineage measured once."""
+    facts = snapshot_facts(ec2, [s for i in images for s in i.devices.values()])
+    rows: dict[tuple[str, str], CostRow] = {}
+    lineages: dict[tuple[str, str, str], list[Kept]] = {}
+    for image in sorted(images, key=lambda i: i.created):
+        row = rows.setdefault((image.server, image.schedule),
+                              CostRow(image.server, image.schedule, region))  # fmt: skip
+        row.backups += 1
+        row.volumes = max(row.volumes, len(image.devices))
+        row.size_gib = 0  # the newest backup's, as images come oldest first
+        for device, snapshot_id in image.devices.items():
+            size, archived = facts.get(snapshot_id, (0, None))
+            row.size_gib += size
+            kept = Kept(snapshot_id, image.schedule, image.created, size, archived)
+            lineages.setdefault((image.server, image.instance_id, device), []).append(kept)
+    standard = {key: [k for k in chain if k.archived_bytes is None]
+                for key, chain in lineages.items()}  # fmt: skip
+    with ThreadPoolExecutor(COST_THREADS) as pool:
+        counts = pool.map(lambda chain: measure(ebs, chain), standard.values())
+        measured = dict(zip(standard, counts, strict=True))
+    for key, chain in lineages.items():
+        (server, _, device), (added, error) = key, measured[key]
+        for kept, blocks in zip(standard[key], added, strict=False):
+            rows[(server, kept.schedule)].stored_blocks += blocks
+        for kept in chain:
+            rows[(server, kept.schedule)].archived_bytes += kept.archived_bytes or 0
+        if error:
+            log.error("%s in %s: %s: %s", server, region, device, error)
+            for schedule in {k.schedule for k in chain}:
+                rows[(server, schedule)].errors.append(f"{device}: {error}")
+    return list(rows.values())
+
+
+def snapshot_facts(ec2: Any, snapshot_ids: list[str]) -> dict[str, tuple[int, int | None]]:
+    """Each snapshot's volume size (GiB) and, if archived, its full size in bytes."""
+    facts: dict[str, tuple[int, int | None]] = {}
+    for chunk in chunked(sorted(set(snapshot_ids))):
+        filters = [{"Name": "snapshot-id", "Values": chunk}]
+        for snap in paginate(ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"],
+                             Filters=filters):  # fmt: skip
+            archived = snap.get("StorageTier") == ARCHIVE_TIER
+            full = snap.get("FullSnapshotSizeInBytes") or snap["VolumeSize"] * GIB  # at most
+            facts[snap["SnapshotId"]] = (snap["VolumeSize"], full if archived else None)
+    return facts
+
+
+def measure(ebs: Any, standard: list[Kept]) -> tuple[list[int], str | None]:
+    """The blocks each standard-tier snapshot of a lineage adds to the ones before it (the
+    oldest: all of its blocks), oldest first; and the error that stopped the count, if any."""
+    added: list[int] = []
+    for before, kept in zip([None, *standard], standard, strict=False):
+        try:
+            added.append(added_blocks(ebs, before, kept))
+        except ClientError as err:
+            if error_code(err) in DIRECT_ACCESS_DENIED:
+                raise  # the policy, not this volume: main() says so once
+            return added, f"{error_text(err)} (snapshot {kept.snapshot_id})"
+    return added, None
+
+
+def added_blocks(ebs: Any, before: Kept | None, kept: Kept) -> int:
+    """The blocks a snapshot holds that the one before it does not."""
+    if before is not None:
+        try:
+            pages = direct_pages(ebs, "list_changed_blocks", "ChangedBlocks",
+                                 FirstSnapshotId=before.snapshot_id,
+                                 SecondSnapshotId=kept.snapshot_id)  # fmt: skip
+            return sum(1 for block in pages if "SecondBlockToken" in block)
+        except ClientError as err:
+            if error_code(err) != ERR_DIRECT_VALIDATION:
+                raise
+            log.debug("%s and %s: %s", before.snapshot_id, kept.snapshot_id, error_text(err))
+    # The oldest, or one of a new lineage (the volume was replaced): all of its blocks.
+    return sum(1 for _ in direct_pages(ebs, "list_snapshot_blocks", "Blocks",
+                                       SnapshotId=kept.snapshot_id))  # fmt: skip
+
+
+def direct_pages(ebs: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:
+    """Every entry of every page of an EBS direct API list (botocore has no paginator)."""
+    token = None
+    while True:
+        more = {"NextToken": token} if token else {}
+        page = getattr(ebs, operation)(MaxResults=DIRECT_RESULTS_MAX, **kwargs, **more)
+        yield from page.get(key, [])
+        token = page.get("NextToken")
+        if not token:
+            return
+
+
+def error_code(err: ClientError) -> str:
+    """An AWS error's code."""
+    return err.response.get("Error", {}).get("Code", "")
+
+
+def print_cost(rows: list[CostRow], config: BackupConfig) -> None:
+    """The cost table, a total line, and what the figures are."""
+    table = [("SERVER", "SCHEDULE", "REGION", "BACKUPS", "VOLUMES", "SIZE GiB", "STORED GiB",
+              "ARCHIVED GiB", "USD/MONTH")]  # fmt: skip
+    for row in rows:
+        stored = row.stored_blocks * BLOCK_BYTES / GIB
+        money = "?" if row.errors else f"{row.monthly(config):.2f}"
+        table.append((row.server, row.schedule, row.region, str(row.backups), str(row.volumes),
+                      str(row.size_gib), "?" if row.errors else f"{stored:.2f}",
+                      f"{row.archived_bytes / GIB:.2f}", money))  # fmt: skip
+    total = cost_total(rows, config)
+    table.append(("TOTAL", "", "", str(total["backups"]), "", str(total["size_gib"]),
+                  f"{total['stored_gib']:.2f}", f"{total['archived_gib']:.2f}",
+                  f"{total['usd_per_month']:.2f}"))  # fmt: skip
+    print_table(table)
+    print(cost_note(config))
+
+
+def cost_total(rows: list[CostRow], config: BackupConfig) -> dict[str, Any]:
+    """The sums over every row (a row that could not be measured counts as measured so far)."""
+    return {
+        "backups": sum(r.backups for r in rows),
+        "size_gib": sum(r.size_gib for r in rows),
+        "stored_gib": round(sum(r.stored_blocks for r in rows) * BLOCK_BYTES / GIB, 3),
+        "archived_gib": round(sum(r.archived_bytes for r in rows) / GIB, 3),
+        "usd_per_month": round(sum(r.monthly(config) for r in rows), 2),
+    }
+
+
+def cost_note(config: BackupConfig) -> str:
+    """What the figures are, with the prices used."""
+    return COST_NOTE.format(config.snapshot_price_gb_month, config.archive_price_gb_month)
+
+
+def print_cost_json(rows: list[CostRow], config: BackupConfig) -> None:
+    """The cost report as one JSON document."""
+    document = {
+        "prices_usd_per_gib_month": {
+            "standard": config.snapshot_price_gb_month,
+            "archive": config.archive_price_gb_month,
+        },
+        "rows": [
+            {
+                "server": r.server,
+                "schedule": r.schedule,
+                "region": r.region,
+                "backups": r.backups,
+                "volumes": r.volumes,
+                "size_gib": r.size_gib,
+                "stored_blocks": r.stored_blocks,
+                "stored_gib": round(r.stored_blocks * BLOCK_BYTES / GIB, 3),
+                "archived_gib": round(r.archived_bytes / GIB, 3),
+                "usd_per_month": round(r.monthly(config), 2),
+                "errors": r.errors,
+            }
+            for r in rows
+        ],
+        "total": cost_total(rows, config),
+        "note": cost_note(config).strip(),
+    }
+    print(json.dumps(document, indent=2))
+
+
 # --- Monitoring: --check, the state file, CloudWatch metrics --------------------------------
 
 
@@ -3257,6 +3522,7 @@ def iam_policy(config: BackupConfig) -> dict:
                   ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, marked),
         statement("ReleaseProtectionOnlyOfMarkedImages",
                   "ec2:DisableImageDeregistrationProtection", images, marked),
+        statement("CountBlocksOnlyOfMarkedSnapshots", DIRECT_ACTIONS, snapshots, marked),
     ]  # fmt: skip
     if config.record_load_balancers:
         statements.append(statement(
@@ -3488,7 +3754,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check", action="store_true", help="are the backups within RPO_HOURS? exit 1 if not"
     )
-    parser.add_argument("--json", action="store_true", help="--check's report as JSON")
+    parser.add_argument(
+        "--cost", action="store_true", help="what the kept backups store and cost a month"
+    )
+    parser.add_argument("--json", action="store_true", help="--check's or --cost's report as JSON")
     parser.add_argument(
         "--print-iam-policy",
         action="store_true",
@@ -3520,13 +3789,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--list does not go with --dry-run or --no-prune")
     if args.recycle_bin and not args.list:
         parser.error("--recycle-bin goes with --list")
-    if args.print_iam_policy and (args.list or args.check or args.dry_run or args.no_prune):
+    if args.print_iam_policy and (
+        args.list or args.check or args.cost or args.dry_run or args.no_prune
+    ):
         parser.error("--print-iam-policy goes only with --config")
     if args.check and (args.list or args.dry_run or args.no_prune):
         parser.error("--check does not go with --list, --dry-run or --no-prune")
-    if (args.json or args.also_config) and not args.check:
-        parser.error("--json and --also-config go with --check")
-    if args.cron and (args.list or args.check or args.dry_run or args.no_prune or args.server):
+    if args.cost and (args.list or args.check or args.dry_run or args.no_prune):
+        parser.error("--cost does not go with --list, --check, --dry-run or --no-prune")
+    if args.json and not (args.check or args.cost):
+        parser.error("--json goes with --check or --cost")
+    if args.also_config and not args.check:
+        parser.error("--also-config goes with --check")
+    if args.cron and (
+        args.list or args.check or args.cost or args.dry_run or args.no_prune or args.server
+    ):
         parser.error("the cron options go only with --config and --cron-log")
     if args.cron_log and not args.install_cron:
         parser.error("--cron-log goes with --install-cron")

@@ -125,3 +125,10 @@ METRICS_NAMESPACE = None
 # Each run records its time, exit code and counts here, for --check. None:
 # $XDG_STATE_HOME/ec2-to-ami/<config name>-<hash>.json (~/.local/state/...).
 STATE_FILE = None
+
+# --- Cost (README, "What the backups cost") ------------------------------------------------
+# --cost prices the blocks the kept snapshots store at these USD per GiB-month: EBS
+# snapshots in the standard tier and in the archive tier, us-east-1 list prices
+# (https://aws.amazon.com/ebs/pricing/). Set your region's prices.
+SNAPSHOT_PRICE_GB_MONTH = 0.05
+ARCHIVE_PRICE_GB_MONTH = 0.0125

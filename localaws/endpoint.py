@@ -90,6 +90,22 @@ Patches (each has a test in tests/test_endpoint.py):
      type's default ("standard" for t2, "unlimited" for later T types); moto says
      "standard" always.
 
+  P24 Each volume holds 512 KiB blocks that a test writes (write_blocks) and grows
+     (resize_volume); CreateImage freezes what each volume holds into its snapshot, a
+     copy holds its source's blocks (with VolumeId vol-ffffffff, as EC2 reports), and
+     the EBS direct APIs ListSnapshotBlocks and ListChangedBlocks answer from them,
+     paginated by MaxResults (100-10,000) and NextToken, refusing snapshots of
+     different lineages and archived ones with ValidationException (moto's direct APIs
+     know only the snapshots they made themselves, and its ListChangedBlocks misses
+     blocks that only the second snapshot holds).
+  P25 CreateImage snapshots every EBS volume attached to the instance, each under its
+     own device in BlockDeviceMappings with its own VolumeSize; CopyImage, DeregisterImage
+     with DeleteAssociatedSnapshots and the snapshot-id filter take them all (moto images
+     a made-up 15 GiB root volume only).
+  P26 ModifySnapshotTier to archive: the snapshot's StorageTier is "archive" at once
+     (EC2 takes hours) and FullSnapshotSizeInBytes gives its blocks' size; DescribeSnapshots
+     reports both (moto has neither). The direct APIs refuse an archived snapshot.
+
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
   S1 DescribeInstanceInformation lists EC2 instances as managed and Online,
@@ -108,6 +124,12 @@ IAM (moto's enforcement, when a test turns it on):
      CloudWatch's calls are "cloudwatch:PutMetricData", as in IAM policies (moto
      checks "monitoring:PutMetricData", which no real policy names). Tested in
      tests/test_iam.py.
+  I2 A GET request's signature is checked against the empty body it was signed with
+     (moto checks it against the query's parameters, so every REST GET, such as the EBS
+     direct APIs' lists, fails with SignatureDoesNotMatch). Tested in tests/test_iam.py.
+  I3 An EBS direct API call that IAM refuses is answered in REST-JSON with
+     AccessDeniedException, as AWS does (moto answers in EC2's XML, which botocore cannot
+     parse for this service, so the error has no code). Tested in tests/test_iam.py.
 
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
@@ -124,17 +146,22 @@ RequestLimitExceeded (HTTP 503), as EC2 does, and takes no token.
 from __future__ import annotations
 
 import argparse
+import base64
+import copy
 import io
+import itertools
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 # moto loads its public AMIs when this module imports it: only the two the tests launch
@@ -159,9 +186,10 @@ with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as _handle:
 os.environ["MOTO_AMIS_PATH"] = _handle.name
 
 from moto.core.responses import ActionResult
+from moto.ebs.responses import EBSResponse
 from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotIdError
 from moto.ec2.models.amis import Ami, AmiBackend
-from moto.ec2.models.elastic_block_store import EBSBackend
+from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instance_types import INSTANCE_TYPES
@@ -285,10 +313,12 @@ def _create_image(self, instance_id, name, description, tag_specifications):
         t for s in tag_specifications if s["ResourceType"] == "snapshot" for t in s["Tags"]
     ]
     ami = _original_create_image(self, instance_id, name, description, image_specs)
-    for tag in snapshot_tags:
-        ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
-    if instance_id in SETTINGS.encrypt_images_of:
-        _encrypt(self, ami.ebs_snapshot, SETTINGS.encrypt_images_of[instance_id])
+    image_volumes(self, ami, instance)
+    for snapshot in image_snapshots(ami):
+        for tag in snapshot_tags:
+            snapshot.add_tag(tag["Key"], tag["Value"])
+        if instance_id in SETTINGS.encrypt_images_of:
+            _encrypt(self, snapshot, SETTINGS.encrypt_images_of[instance_id])
     ami.state = "pending"
     ami.harness_ready_at = time.monotonic() + SETTINGS.pending_seconds
     ami.harness_final = "failed" if instance_id in SETTINGS.fail_images_of else "available"
@@ -350,10 +380,14 @@ def _encrypt(backend: Any, snapshot: Any, key: str | None) -> None:
 
 
 def _block_device_mappings(self) -> list[dict[str, Any]]:
-    """The image's mapping with Ebs.Encrypted, as EC2 reports it (P12)."""
-    mapping = _original_block_device_mappings.fget(self)
-    for device in mapping:
-        device["Ebs"]["Encrypted"] = bool(self.ebs_snapshot.encrypted)
+    """The image's mapping with Ebs.Encrypted, as EC2 reports it (P12), a device for each
+    volume imaged and each snapshot's own size (P25)."""
+    root = _original_block_device_mappings.fget(self)[0]
+    mapping = []
+    for device, snapshot in [(root["DeviceName"], self.ebs_snapshot), *more_volumes(self)]:
+        ebs = {**root["Ebs"], "SnapshotId": snapshot.id, "VolumeSize": snapshot.volume_size,
+               "Encrypted": bool(snapshot.encrypted)}  # fmt: skip
+        mapping.append({"DeviceName": device, "Ebs": ebs})
     return mapping
 
 
@@ -379,16 +413,19 @@ def _copy_image(self) -> ActionResult:
     if self._get_bool_param("CopyImageTags", False):
         for tag in source.get_tags():
             copy.add_tag(tag["key"], tag["value"])
+    copy_volumes(backend, copy, source)
     for spec in self._get_param("TagSpecifications", []):
-        target = copy if spec["ResourceType"] == "image" else copy.ebs_snapshot
-        for tag in spec.get("Tags", []):
-            target.add_tag(tag["Key"], tag["Value"])
+        targets = [copy] if spec["ResourceType"] == "image" else image_snapshots(copy)
+        for target in targets:
+            for tag in spec.get("Tags", []):
+                target.add_tag(tag["Key"], tag["Value"])
     encrypted = self._get_bool_param("Encrypted", False) or source.ebs_snapshot.encrypted
     key = self._get_param("KmsKeyId")
     if key and not encrypted:
         raise EC2ClientError("InvalidParameterDependency", "KmsKeyId needs Encrypted")
     if encrypted:
-        _encrypt(backend, copy.ebs_snapshot, key)
+        for snapshot in image_snapshots(copy):
+            _encrypt(backend, snapshot, key)
     copy.harness_client_token = token
     copy.state = "pending"
     copy.harness_ready_at = time.monotonic() + SETTINGS.copy_pending_seconds
@@ -420,7 +457,7 @@ def _disable_image_deprecation(self) -> ActionResult:
 def _ami_filter_value(self, filter_name: str, method_name: str | None = None) -> Any:
     """DescribeImages' block-device-mapping.snapshot-id filter (P13)."""
     if filter_name == "block-device-mapping.snapshot-id":
-        return [self.ebs_snapshot.id] if self.ebs_snapshot else []
+        return [snapshot.id for snapshot in image_snapshots(self)]
     return _original_ami_filter_value(self, filter_name, method_name)
 
 
@@ -574,6 +611,195 @@ def _describe_snapshots(self) -> ActionResult:
     return ActionResult({"Snapshots": generic_filter(filters, matches) if filters else matches})
 
 
+# --- P24, P25, P26: what a volume holds, every volume imaged, the EBS direct APIs --------
+
+BLOCK_SIZE = 512 * 1024  # the EBS direct APIs' block
+BLOCKS_PER_GIB = 2048
+LIST_RESULTS_MAX, LIST_RESULTS_MIN = 10000, 100  # MaxResults of the direct APIs' lists
+COPIED_VOLUME_ID = "vol-ffffffff"  # a copied snapshot's VolumeId, as EC2 reports it
+_writes = itertools.count(1)
+
+
+def _volume(volume_id: str) -> Any:
+    """A volume of any region, by id."""
+    for backend in _backends():
+        if volume_id in backend.volumes:
+            return backend.volumes[volume_id]
+    raise KeyError(volume_id)
+
+
+def write_blocks(volume_id: str, blocks: Iterable[int]) -> None:
+    """Write new data to these 512 KiB blocks of a volume (P24): what a day of use does."""
+    volume = _volume(volume_id)
+    contents = volume.__dict__.setdefault("harness_blocks", {})
+    for index in blocks:
+        if not 0 <= index < volume.size * BLOCKS_PER_GIB:
+            raise ValueError(f"block {index} is outside {volume_id} ({volume.size} GiB)")
+        contents[index] = next(_writes)
+
+
+def resize_volume(volume_id: str, size_gib: int) -> None:
+    """Grow a volume, as ModifyVolume does (P24)."""
+    _volume(volume_id).size = size_gib
+
+
+def _frozen(snapshot: Any, volume: Any, volume_id: str, lineage: str, blocks: dict) -> None:
+    """Give a snapshot a volume's size and these blocks, for good (P24)."""
+    stand_in = copy.copy(volume)
+    stand_in.id = volume_id
+    snapshot.volume = stand_in
+    snapshot.harness_blocks = dict(blocks)
+    snapshot.harness_lineage = lineage
+
+
+def image_volumes(backend: Any, ami: Any, instance: Instance) -> None:
+    """Snapshot every EBS volume of the instance into the image, not only a made-up root
+    (P25), each with what the volume holds now (P24)."""
+    ami.harness_more = []
+    for device, mapping in sorted(instance.block_device_mapping.items()):
+        volume = backend.get_volume(mapping.volume_id)
+        if device == instance.root_device_name:
+            snapshot = ami.ebs_snapshot
+        else:
+            description = f"Created by CreateImage({instance.id}) for {ami.id}"
+            snapshot = backend.create_snapshot(volume.id, description, ami.owner_id, ami.id)
+            ami.harness_more.append((device, snapshot))
+        _frozen(snapshot, volume, volume.id, volume.id, getattr(volume, "harness_blocks", {}))
+
+
+def copy_volumes(backend: Any, copied: Any, source: Any) -> None:
+    """A copy's snapshots hold its source's blocks, in the same lineage (P24, P25)."""
+    pairs = [(copied.ebs_snapshot, source.ebs_snapshot)]
+    copied.harness_more = []
+    for device, original in more_volumes(source):
+        scratch = backend.create_volume(
+            size=original.volume_size, zone_name=f"{backend.region_name}a"
+        )
+        made = backend.create_snapshot(
+            scratch.id, f"Copy of {original.id}", copied.owner_id, copied.id
+        )
+        backend.delete_volume(scratch.id)
+        copied.harness_more.append((device, made))
+        pairs.append((made, original))
+    for made, original in pairs:
+        lineage = original.harness_lineage or original.id
+        _frozen(made, original.volume, COPIED_VOLUME_ID, lineage, original.harness_blocks)
+
+
+def more_volumes(ami: Any) -> list[tuple[str, Any]]:
+    """The image's devices beyond its root, with their snapshots (P25)."""
+    return list(getattr(ami, "harness_more", []))
+
+
+def image_snapshots(ami: Any) -> list[Any]:
+    """Every snapshot the image holds."""
+    return [ami.ebs_snapshot, *(snapshot for _, snapshot in more_volumes(ami))]
+
+
+def _modify_snapshot_tier(self) -> ActionResult:
+    """ModifySnapshotTier to "archive": the snapshot becomes a full snapshot in the archive
+    tier at once (EC2 takes hours), and DescribeSnapshots reports its StorageTier and
+    FullSnapshotSizeInBytes (P26; moto has neither)."""
+    self.error_on_dryrun()
+    snapshot = self.ec2_backend.get_snapshot(self._get_param("SnapshotId"))
+    snapshot.storage_tier = "archive"
+    snapshot.full_snapshot_size_in_bytes = len(getattr(snapshot, "harness_blocks", {})) * BLOCK_SIZE
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return ActionResult({"SnapshotId": snapshot.id, "TieringStartTime": when})
+
+
+class DirectApiError(Exception):
+    """An EBS direct API error, in its REST-JSON form."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+    def response(self) -> tuple[int, dict, str]:
+        headers = {"status": self.status, "x-amzn-ErrorType": self.code}
+        return self.status, headers, json.dumps({"message": self.message})
+
+
+def _direct_snapshot(response: Any, snapshot_id: str) -> Any:
+    """The EC2 snapshot a direct API call names: completed and in the standard tier."""
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[response.current_account][response.region]
+    if snapshot_id not in backend.snapshots:
+        raise DirectApiError("ResourceNotFoundException", 404, f"snapshot {snapshot_id} not found")
+    snapshot = backend.snapshots[snapshot_id]
+    if getattr(snapshot, "storage_tier", "standard") != "standard":
+        raise DirectApiError(
+            "ValidationException", 400, f"snapshot {snapshot_id} is in the archive tier"
+        )
+    return snapshot
+
+
+def _page(response: Any, entries: list[dict]) -> tuple[list[dict], str | None]:
+    """One page of block entries, by MaxResults, NextToken and StartingBlockIndex."""
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(response.uri).query)
+    token = query.get("pageToken", [""])[0]
+    start = int(base64.b64decode(token)) if token else int(query.get("startingBlockIndex", [0])[0])
+    size = max(LIST_RESULTS_MIN, min(LIST_RESULTS_MAX, int(query.get("maxResults", [10000])[0])))
+    entries = [e for e in entries if e["BlockIndex"] >= start]
+    page, rest = entries[:size], entries[size:]
+    return page, base64.b64encode(str(rest[0]["BlockIndex"]).encode()).decode() if rest else None
+
+
+def _listing(snapshot: Any, key: str, page: list[dict], token: str | None) -> str:
+    """A direct API list answer."""
+    answer = {key: page, "ExpiryTime": time.time() + 7 * 86400,
+              "VolumeSize": snapshot.volume_size, "BlockSize": BLOCK_SIZE}  # fmt: skip
+    if token:
+        answer["NextToken"] = token
+    return json.dumps(answer)
+
+
+def _block_token(snapshot: Any, index: int) -> str:
+    """A block token: which snapshot, which block, which write."""
+    raw = f"{snapshot.id}:{index}:{snapshot.harness_blocks[index]}"
+    return base64.b64encode(raw.encode()).decode()
+
+
+def _list_snapshot_blocks(self) -> Any:
+    """ListSnapshotBlocks from the snapshot's blocks (P24; moto knows only the direct APIs'
+    own snapshots)."""
+    try:
+        snapshot = _direct_snapshot(self, self.path.split("/")[-2])
+    except DirectApiError as err:
+        return err.response()
+    blocks = getattr(snapshot, "harness_blocks", {})
+    entries = [{"BlockIndex": i, "BlockToken": _block_token(snapshot, i)} for i in sorted(blocks)]
+    return _listing(snapshot, "Blocks", *_page(self, entries))
+
+
+def _list_changed_blocks(self) -> Any:
+    """ListChangedBlocks between two snapshots of one lineage (P24): every block written
+    in between, and every block only one of them holds (moto misses those the second adds)."""
+    first_id = self._get_params().get("firstSnapshotId")
+    try:
+        second = _direct_snapshot(self, self.path.split("/")[-2])
+        first = _direct_snapshot(self, first_id) if first_id else None
+    except DirectApiError as err:
+        return err.response()
+    if first is not None and first.harness_lineage != second.harness_lineage:
+        return DirectApiError(
+            "ValidationException", 400, "the snapshots are not of the same volume lineage"
+        ).response()
+    old = first.harness_blocks if first is not None else {}
+    new = second.harness_blocks
+    entries = []
+    for index in sorted(set(old) | set(new)):
+        if old.get(index) != new.get(index):
+            entry: dict[str, Any] = {"BlockIndex": index}
+            if index in old:
+                entry["FirstBlockToken"] = _block_token(first, index)
+            if index in new:
+                entry["SecondBlockToken"] = _block_token(second, index)
+            entries.append(entry)
+    return _listing(second, "ChangedBlocks", *_page(self, entries))
+
+
 # --- P4: DeregisterImage with DeleteAssociatedSnapshots ------------------------------
 
 
@@ -594,12 +820,13 @@ def _deregister_image(self) -> ActionResult:
         recycle_bin(backend)[0][ami_id] = (ami, datetime.now(timezone.utc))
     result: dict[str, Any] = {"Return": True}
     if delete_snapshots and ami is not None:
-        snapshot = ami.ebs_snapshot
-        shared = any(other.ebs_snapshot.id == snapshot.id for other in list(backend.amis.values()))
-        code = "skipped" if shared else SETTINGS.deregister_snapshot_code
-        if code == "success":
-            backend.delete_snapshot(snapshot.id)
-        result["DeleteSnapshotResults"] = [{"SnapshotId": snapshot.id, "ReturnCode": code}]
+        in_use = {s.id for other in list(backend.amis.values()) for s in image_snapshots(other)}
+        result["DeleteSnapshotResults"] = []
+        for snapshot in image_snapshots(ami):
+            code = "skipped" if snapshot.id in in_use else SETTINGS.deregister_snapshot_code
+            if code == "success":
+                backend.delete_snapshot(snapshot.id)
+            result["DeleteSnapshotResults"].append({"SnapshotId": snapshot.id, "ReturnCode": code})
     return ActionResult(result)
 
 
@@ -946,9 +1173,20 @@ def _iam_request_init(self: IAMRequestBase, *args: Any, **kwargs: Any) -> None:
     self._action = f"{IAM_PREFIXES.get(service, service)}:{action}"
 
 
+_moto_create_aws_request = IAMRequestBase._create_aws_request
+
+
+def _iam_aws_request(self: IAMRequestBase) -> Any:
+    """The request whose signature is checked, with the body that was signed (I2)."""
+    if self._method == "GET" and not self._body:
+        self._data = b""  # was the query's parameters, which the client signed in the URL
+    return _moto_create_aws_request(self)
+
+
 def apply_patches() -> None:
     """Patch moto's EC2 backend in this process (idempotent)."""
     IAMRequestBase.__init__ = _iam_request_init
+    IAMRequestBase._create_aws_request = _iam_aws_request
     AmiBackend.create_image = _create_image
     AmisResponse.deregister_image = _deregister_image
     InstanceResponse.run_instances = _run_instances
@@ -990,6 +1228,13 @@ def apply_patches() -> None:
     AmisResponse.enable_image = _enable_image
     ElasticBlockStore.describe_snapshots = _describe_snapshots
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
+    Snapshot.storage_tier = "standard"
+    Snapshot.full_snapshot_size_in_bytes = None
+    Snapshot.harness_blocks = MappingProxyType({})  # a snapshot no test wrote to holds none
+    Snapshot.harness_lineage = None
+    ElasticBlockStore.modify_snapshot_tier = _modify_snapshot_tier
+    EBSResponse.list_snapshot_blocks = _list_snapshot_blocks
+    EBSResponse.list_changed_blocks = _list_changed_blocks
 
 
 # --- Faults and the call log ---------------------------------------------------------
@@ -1029,8 +1274,21 @@ def bucket_of(action: str, params: dict[str, str]) -> str:
     return "describe" if narrowed else "describe-unfiltered"
 
 
+# moto's refusals, as the EBS direct APIs name them (I3).
+DIRECT_API_CODES = {"AccessDenied": "AccessDeniedException"}
+# The EBS direct APIs are REST: the action is in the path.
+DIRECT_API_PATHS = {"blocks": "ListSnapshotBlocks", "changedblocks": "ListChangedBlocks"}
+
+
 def request_params(environ: dict, body: bytes) -> dict[str, str]:
-    """A request's action and parameters, from EC2's query form or a JSON protocol's target."""
+    """A request's action and parameters, from EC2's query form, a JSON protocol's target,
+    or an EBS direct API's path and query string."""
+    if credential_scope(environ)[3:4] == ["ebs"]:
+        params = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
+        parts = environ.get("PATH_INFO", "").strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "snapshots" and parts[2] in DIRECT_API_PATHS:
+            params.update(Action=DIRECT_API_PATHS[parts[2]], SnapshotId=parts[1])
+        return params
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if not target:
         return dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
@@ -1088,13 +1346,17 @@ THROTTLED = Fault("", "RequestLimitExceeded", 503, message="Request limit exceed
 
 def error_response(environ: dict, fault: Fault, start_response: Callable) -> list[bytes]:
     """The error document the service's protocol uses: EC2's XML, or JSON (SSM)."""
+    headers = []
     if environ.get("HTTP_X_AMZ_TARGET"):
         body = json.dumps({"__type": fault.code, "message": fault.message})
         kind = "application/x-amz-json-1.1"
+    elif credential_scope(environ)[3:4] == ["ebs"]:  # REST-JSON
+        body = json.dumps({"message": fault.message})
+        kind, headers = "application/json", [("x-amzn-ErrorType", fault.code)]
     else:
         body = ERROR_XML.format(code=fault.code, message=fault.message, n=id(fault))
         kind = "text/xml"
-    start_response(f"{fault.status} Error", [("Content-Type", kind)])
+    start_response(f"{fault.status} Error", [("Content-Type", kind), *headers])
     return [body.encode()]
 
 
@@ -1192,6 +1454,7 @@ class Endpoint:
                 action
                 and not fault
                 and buckets
+                and call.service != "ebs"  # the direct APIs have their own quotas
                 and not buckets.take(region_of(environ), bucket_of(action, params))
             ):
                 fault = THROTTLED
@@ -1206,10 +1469,32 @@ class Endpoint:
                 call.status = int(status.split()[0])
                 return start_response(status, headers, exc_info)
 
+            if call.service == "ebs":
+                return self._direct_api(app, environ, call, start_response)
             with self._moto:
                 return list(app(environ, recording_start))
 
         return middleware
+
+    def _direct_api(self, app: Any, environ: dict, call: Call, start_response: Callable) -> Any:
+        """An EBS direct API call, with moto's XML refusal turned into REST-JSON (I3)."""
+        answer: dict[str, Any] = {}
+
+        def keep(status: str, headers: list, exc_info: Any = None) -> None:
+            answer.update(status=status, headers=headers)
+
+        with self._moto:
+            body = b"".join(app(environ, keep))
+        call.status = int(answer["status"].split()[0])
+        if call.status >= 400 and body.lstrip().startswith(b"<"):
+            code = re.search(rb"<Code>(.*?)</Code>", body)
+            message = re.search(rb"<Message>(.*?)</Message>", body)
+            name = code.group(1).decode() if code else "InternalServerException"
+            fault = Fault(call.action, DIRECT_API_CODES.get(name, name), call.status,
+                          message=message.group(1).decode() if message else "")  # fmt: skip
+            return error_response(environ, fault, start_response)
+        start_response(answer["status"], answer["headers"])
+        return [body]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,6 +187,15 @@ def test_syntax_error_names_file_and_line(tmp_path):
             "MAX_AGE_DAYS = 1e6\nSERVERS = [{'name': 'a', 'instance_id': 'i-0badcafe'}]\n",
             "MAX_AGE_DAYS must be None or a number above 0 and at most 36500",
         ),
+        (
+            "SNAPSHOT_PRICE_GB_MONTH = '1'\n"
+            "SERVERS = [{'name': 'a', 'instance_id': 'i-0badcafe'}]\n",
+            "SNAPSHOT_PRICE_GB_MONTH must be a number above 0 and at most 10, not '1'",
+        ),
+        (
+            "ARCHIVE_PRICE_GB_MONTH = -1\nSERVERS = [{'name': 'a', 'instance_id': 'i-0badcafe'}]\n",
+            "ARCHIVE_PRICE_GB_MONTH must be a number above 0 and at most 10, not -1",
+        ),
     ],
 )
 def test_bad_config_exits_2_without_traceback_or_aws_call(endpoint, tmp_path, body, message):
@@ -222,8 +231,12 @@ def test_unknown_server_flag_exits_2(endpoint, tmp_path):
     assert endpoint.count() == 0
 
 
-def test_bad_usage_exits_2(endpoint, tmp_path):
+@pytest.mark.parametrize(
+    "args", [["--list", "--dry-run"], ["--cost", "--dry-run"], ["--cost", "--check"], ["--json"]]
+)
+def test_bad_usage_exits_2(endpoint, tmp_path, args):
     path = write_config(tmp_path / "c.py", SERVERS=[SERVER])
-    result = run("ec2_to_ami.py", path, "--list", "--dry-run")
+    result = run("ec2_to_ami.py", path, *args)
     assert result.returncode == 2
+    assert "Traceback" not in result.stderr
     assert endpoint.count() == 0

@@ -158,7 +158,10 @@ def test_an_ssm_config_does_its_whole_job_under_its_generated_policy(
     document = generated("ec2_to_ami.py", config)
     env = user_env("backup-bot", document)
     in_target_group(endpoint, fleet, "web01")
-    runs = [[], [], ["--dry-run"], ["--list", "--recycle-bin"], ["--check"]]
+    # Two backups kept (--no-prune), so --cost lists one snapshot's blocks and the changes
+    # to the next; then a run that prunes.
+    runs = [[], ["--no-prune"], ["--cost"], [], ["--dry-run"], ["--list", "--recycle-bin"],
+            ["--check"]]  # fmt: skip
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
     # for a snapshot DeregisterImage could not delete.
@@ -176,14 +179,16 @@ def test_a_plain_config_gets_no_ssm_and_no_dr_and_does_its_whole_job(
     assert not actions_of(document) & {"ec2:CopyImage", "ec2:ModifyImageAttribute",
                                        "ec2:EnableImageDeregistrationProtection"}  # fmt: skip
     env = user_env("plain-bot", document)
-    runs = [[], [], ["--list", "--recycle-bin"]]
+    runs = [[], [], ["--list", "--recycle-bin"], ["--cost"]]
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; only retention of an image someone
-    # protected needs the protection lifted.
+    # protected needs the protection lifted; with one backup kept, --cost has no change
+    # between two snapshots to list.
     assert used == actions_of(document) - ON_OUR_BEHALF - {
         "ec2:CreateTags",
         "ec2:DeleteSnapshot",
         "ec2:DisableImageDeregistrationProtection",
+        "ebs:ListChangedBlocks",
     }
 
 
@@ -323,6 +328,8 @@ def statements_with(document: dict, action: str) -> list[dict]:
         ("backup-dr-policy.json", "ec2:ModifySnapshotAttribute"),
         ("backup-dr-policy.json", "ec2:EnableImageDeprecation"),
         ("restore-policy.json", "ec2:EnableImage"),
+        ("backup-policy.json", "ebs:ListSnapshotBlocks"),
+        ("backup-policy.json", "ebs:ListChangedBlocks"),
     ],
 )
 def test_deleting_sharing_and_deprecating_need_the_marker_tag(document, action):
@@ -393,6 +400,26 @@ def test_a_policy_missing_an_action_fails_the_run(fleet, tmp_path, user_env):
     assert "AccessDenied" in result.stderr or "UnauthorizedOperation" in result.stderr
 
 
+def test_cost_needs_its_own_statement_and_says_so_once_without_it(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    """I2 makes the EBS direct APIs' GETs checkable: without the statement --cost is
+    refused, exits 1 and says why, once."""
+    config = backup_config(tmp_path, fleet, SELECT_TAGS={})
+    assert run("ec2_to_ami.py", config, "-q").returncode == 0
+    document = generated("ec2_to_ami.py", config)
+    document["Statement"] = [
+        s for s in document["Statement"] if s["Sid"] != "CountBlocksOnlyOfMarkedSnapshots"
+    ]
+    env = user_env("no-blocks-bot", document)
+    enforce()
+    result = run("ec2_to_ami.py", config, "--cost", **env)
+    relax()
+    assert result.returncode == 1
+    assert result.stderr.count("AWS error: AccessDenied") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_dr_config_does_its_whole_job_under_its_generated_policy(
     ec2, fleet, tmp_path, endpoint, user_env
 ):
@@ -404,11 +431,12 @@ def test_a_dr_config_does_its_whole_job_under_its_generated_policy(
     config = backup_config(tmp_path, fleet, **settings)
     document = generated("ec2_to_ami.py", config)
     in_target_group(endpoint, fleet, "web01")
-    runs = [[], [], ["--list", "--recycle-bin"]]
+    runs = [[], [], ["--list", "--recycle-bin"], ["--cost"]]  # --cost: in both regions
     used = actions_used(endpoint, user_env("dr-bot", document), "ec2_to_ami.py", config, runs)
     assert used == actions_of(document) - ON_OUR_BEHALF - {
         "ec2:DeleteSnapshot",
         "ec2:DisableImageDeregistrationProtection",
+        "ebs:ListChangedBlocks",  # one backup kept in each region
     }
     assert (
         len(managed(boto3.client("ec2", region_name="us-west-2", endpoint_url=endpoint.url))) == 3
