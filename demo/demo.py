@@ -1,4 +1,5 @@
-"""Back up a small fleet three times, lose a server, restore it, and compare.
+"""Back up a small fleet three times, lose a server, restore it, compare, and say what
+the kept backups cost.
 
 No AWS account is needed: the demo starts the tests' local EC2 endpoint (moto's
 server with the harness patches) as its own process on 127.0.0.1, and stops it
@@ -7,16 +8,19 @@ by its process id at the end. Run it with `make demo`.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from localaws.endpoint import WINDOWS_AMI
+from localaws.endpoint import CONTROL_PATH, WINDOWS_AMI
 from localaws.fleet import REGION, ROOT, add_elastic_ip, aws_env, build_network, launch
 
 
@@ -117,7 +121,13 @@ def demo(url: str) -> None:
             + '\n# Pointed at the demo fleet:\nSELECT_TAGS = {"Backup": "daily"}\nKEEP = 2\n',
             encoding="utf-8",
         )
+        disks = [root_volume(ec2, instance) for instance in fleet.instances.values()]
+        for volume in disks:
+            write(url, volume, range(6000))  # 3 GiB of the 8 GiB root volume in use
         for number in (1, 2, 3):
+            if number > 1:  # a day of use: 2 % of each volume's blocks change
+                for volume in disks:
+                    write(url, volume, random.Random(number).sample(range(16384), 327))
             step(f"Backup run {number} of 3 (the shipped example config, KEEP = 2)")
             run(env, "ec2_to_ami.py", "--config", str(backup_config))
         step("Managed backups: two per server are kept")
@@ -130,8 +140,24 @@ def demo(url: str) -> None:
         step("Restore web01 from a config holding only SERVER")
         run(env, "ami_to_ec2.py", "--config", str(restore_config))
         after = describe(ec2, newest_named(ec2, "web01"))
-    step("Before and after")
-    compare(before, after)
+        step("Before and after")
+        compare(before, after)
+        step("What the kept backups store, and cost a month")
+        run(env, "ec2_to_ami.py", "--config", str(backup_config), "--cost")
+
+
+def root_volume(ec2: Any, instance_id: str) -> str:
+    """The instance's root volume."""
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+
+
+def write(url: str, volume_id: str, blocks: Any) -> None:
+    """Write to a volume's 512 KiB blocks on the local endpoint, as a server's use does."""
+    document = json.dumps({"volume_id": volume_id, "blocks": list(blocks)}).encode()
+    request = urllib.request.Request(url + CONTROL_PATH, data=document, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
 
 
 def credentials(env: dict) -> dict[str, str]:

@@ -105,6 +105,7 @@ Patches (each has a test in tests/test_endpoint.py):
   P26 ModifySnapshotTier to archive: the snapshot's StorageTier is "archive" at once
      (EC2 takes hours) and FullSnapshotSizeInBytes gives its blocks' size; DescribeSnapshots
      reports both (moto has neither). The direct APIs refuse an archived snapshot.
+     A standalone endpoint (the demo's) takes writes as a POST to CONTROL_PATH.
 
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
@@ -1435,6 +1436,8 @@ class Endpoint:
     def _wrap(self, app: Any) -> Callable:
         def middleware(environ: dict, start_response: Callable) -> Any:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            if environ.get("PATH_INFO") == CONTROL_PATH:
+                return control(body, start_response)
             environ["wsgi.input"] = io.BytesIO(body)
             params = request_params(environ, body)
             action = params.get("Action", "")
@@ -1495,6 +1498,23 @@ class Endpoint:
             return error_response(environ, fault, start_response)
         start_response(answer["status"], answer["headers"])
         return [body]
+
+
+# A standalone endpoint (the demo's) takes its volumes' writes over HTTP: a POST of
+# {"volume_id": ..., "blocks": [...]} here does what write_blocks does in-process.
+CONTROL_PATH = "/_harness/write-blocks"
+
+
+def control(body: bytes, start_response: Callable) -> list[bytes]:
+    """Write blocks to a volume on a request to CONTROL_PATH."""
+    try:
+        request = json.loads(body)
+        write_blocks(request["volume_id"], request["blocks"])
+    except (ValueError, KeyError, TypeError) as err:
+        start_response("400 Bad Request", [("Content-Type", "text/plain")])
+        return [f"{type(err).__name__}: {err}".encode()]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
 
 
 def main(argv: list[str] | None = None) -> int:

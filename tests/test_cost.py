@@ -7,9 +7,6 @@ import json
 import random
 from typing import Any
 
-import boto3
-import pytest
-
 from localaws.endpoint import BLOCKS_PER_GIB, resize_volume, write_blocks
 from localaws.fleet import launch
 from tests.conftest import backup_config, managed, run, tags_of
@@ -177,23 +174,3 @@ def test_a_volume_that_cannot_be_measured_fails_the_report_naming_it_but_not_the
     app = row(report, "app01")
     assert (app["stored_blocks"], app["errors"]) == (320, [])
     assert app["usd_per_month"] == round(320 * BLOCK_GIB * 0.06, 2)
-
-
-@pytest.mark.parametrize("region", ["us-east-1", DR])
-def test_harness_direct_apis_page_and_refuse_other_lineages(ec2, fleet, tmp_path, endpoint, region):
-    """The harness's direct APIs (P24), as the tool relies on them: pages of at most
-    MaxResults, and ValidationException for snapshots of two different volumes."""
-    config = backup_config(tmp_path, fleet, SELECT_TAGS={}, COPY_TO_REGIONS={DR: {}})
-    for name in ("web01", "app01"):
-        write_blocks(volumes_of(ec2, fleet.instances[name])["/dev/sda1"], range(250))
-    backup(config)
-    here = boto3.client("ec2", region_name=region, endpoint_url=endpoint.url)
-    ebs = boto3.client("ebs", region_name=region, endpoint_url=endpoint.url)
-    web, app = (managed(here, name)[0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
-                for name in ("web01", "app01"))  # fmt: skip
-    first = ebs.list_snapshot_blocks(SnapshotId=web, MaxResults=100)
-    rest = ebs.list_snapshot_blocks(SnapshotId=web, MaxResults=100, NextToken=first["NextToken"])
-    assert [len(first["Blocks"]), len(rest["Blocks"])] == [100, 100]
-    assert rest["Blocks"][0]["BlockIndex"] == 100 and first["BlockSize"] == 512 * 1024
-    with pytest.raises(ebs.exceptions.ValidationException):
-        ebs.list_changed_blocks(FirstSnapshotId=web, SecondSnapshotId=app)

@@ -5,11 +5,20 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from localaws.endpoint import LINUX_AMI, SETTINGS, TokenBuckets, bucket_of, finish_pending
+from localaws.endpoint import (
+    LINUX_AMI,
+    SETTINGS,
+    TokenBuckets,
+    bucket_of,
+    finish_pending,
+    resize_volume,
+    write_blocks,
+)
 from tests.conftest import REGION, tags_of
 
 IMAGE_TAGS = [{"Key": "who", "Value": "test"}]
@@ -588,3 +597,79 @@ def test_p23_an_elastic_ip_sits_on_the_address_it_was_given(ec2, fleet):
 def test_a_describe_of_one_named_resource_is_not_an_unfiltered_one():
     assert bucket_of("GetLaunchTemplateData", {"InstanceId": "i-1"}) == "describe"
     assert bucket_of("DescribeInstances", {}) == "describe-unfiltered"
+
+
+def two_volume_instance(ec2) -> tuple[str, dict[str, str]]:
+    """An instance with a 1 GiB root and a 2 GiB data volume, and its volumes by device."""
+    disks = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 1}},
+             {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 2}}]  # fmt: skip
+    instance = ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1,
+                                 BlockDeviceMappings=disks)["Instances"][0]  # fmt: skip
+    described = ec2.describe_instances(InstanceIds=[instance["InstanceId"]])
+    mappings = described["Reservations"][0]["Instances"][0]["BlockDeviceMappings"]
+    return instance["InstanceId"], {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in mappings}
+
+
+def test_p24_the_direct_apis_list_what_each_snapshot_holds_page_by_page(ec2, endpoint):
+    instance_id, volumes = two_volume_instance(ec2)
+    write_blocks(volumes["/dev/sda1"], range(250))
+    first = image_of(ec2, instance_id, "img-1")
+    write_blocks(volumes["/dev/sda1"], [*range(240, 260), 2047])  # 10 rewritten, 11 new
+    resize_volume(volumes["/dev/sda1"], 2)
+    second = image_of(ec2, instance_id, "img-2")
+    roots = [ec2.describe_images(ImageIds=[i])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]
+             for i in (first, second)]  # fmt: skip
+    assert [r["VolumeSize"] for r in roots] == [1, 2]  # each snapshot keeps its volume's size
+    ebs = boto3.client("ebs", region_name=REGION, endpoint_url=endpoint.url)
+    page = ebs.list_snapshot_blocks(SnapshotId=roots[0]["SnapshotId"], MaxResults=100)
+    rest = ebs.list_snapshot_blocks(SnapshotId=roots[0]["SnapshotId"], MaxResults=100,
+                                    NextToken=page["NextToken"])  # fmt: skip
+    assert [b["BlockIndex"] for b in page["Blocks"] + rest["Blocks"]] == list(range(200))
+    assert (page["BlockSize"], page["VolumeSize"]) == (512 * 1024, 1)
+    first_id, second_id = roots[0]["SnapshotId"], roots[1]["SnapshotId"]
+    changed = ebs.list_changed_blocks(FirstSnapshotId=first_id, SecondSnapshotId=second_id)
+    changed = changed["ChangedBlocks"]
+    assert [b["BlockIndex"] for b in changed] == [*range(240, 260), 2047]
+    assert [("FirstBlockToken" in b) for b in changed] == [True] * 10 + [False] * 11
+    data = ec2.describe_images(ImageIds=[first])["Images"][0]["BlockDeviceMappings"][1]["Ebs"]
+    with pytest.raises(ebs.exceptions.ValidationException):  # another volume's lineage
+        ebs.list_changed_blocks(FirstSnapshotId=roots[0]["SnapshotId"],
+                                SecondSnapshotId=data["SnapshotId"])  # fmt: skip
+
+
+def test_p25_an_image_holds_every_volume_and_takes_them_all_away(ec2):
+    instance_id, _ = two_volume_instance(ec2)
+    image_id = image_of(ec2, instance_id)
+    mappings = ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]
+    assert [(m["DeviceName"], m["Ebs"]["VolumeSize"]) for m in mappings] == [
+        ("/dev/sda1", 1), ("/dev/sdf", 2)
+    ]  # fmt: skip
+    snapshots = {m["Ebs"]["SnapshotId"] for m in mappings}
+    described = ec2.describe_snapshots(SnapshotIds=sorted(snapshots))["Snapshots"]
+    assert all(tags_of(s) == {"who": "test"} for s in described)  # P1 tags them all
+    found = ec2.describe_images(
+        Filters=[{"Name": "block-device-mapping.snapshot-id", "Values": sorted(snapshots)[-1:]}]
+    )["Images"]
+    assert [i["ImageId"] for i in found] == [image_id]
+    result = ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+    assert {r["SnapshotId"] for r in result["DeleteSnapshotResults"]} == snapshots
+    assert not snapshots & snapshot_ids(ec2)
+
+
+def test_p26_an_archived_snapshot_reports_its_tier_and_full_size(ec2, endpoint):
+    instance_id, volumes = two_volume_instance(ec2)
+    write_blocks(volumes["/dev/sda1"], range(300))
+    image_id = image_of(ec2, instance_id)
+    root = ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"][0]
+    snapshot_id = root["Ebs"]["SnapshotId"]
+    assert ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["StorageTier"] == (
+        "standard"
+    )
+    ec2.modify_snapshot_tier(SnapshotId=snapshot_id, StorageTier="archive")
+    snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert (snapshot["StorageTier"], snapshot["FullSnapshotSizeInBytes"]) == (
+        "archive", 300 * 512 * 1024
+    )  # fmt: skip
+    ebs = boto3.client("ebs", region_name=REGION, endpoint_url=endpoint.url)
+    with pytest.raises(ebs.exceptions.ValidationException):
+        ebs.list_snapshot_blocks(SnapshotId=snapshot_id)

@@ -1,0 +1,58 @@
+"""The strategy guide's diagrams: present, and rendered by mermaid's own CLI.
+
+Rendering needs @mermaid-js/mermaid-cli (npm) and Chromium (Debian's `chromium`), which
+the suite does not install; those tests are skipped without them. The README, "The
+diagrams", has the one-off commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+STRATEGY = ROOT / "docs" / "strategy.md"
+MMDC = os.environ.get("MMDC") or shutil.which("mmdc")
+CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH") or shutil.which("chromium")
+renderer = pytest.mark.skipif(
+    not (MMDC and CHROMIUM), reason="needs mermaid-cli (MMDC or mmdc on PATH) and chromium"
+)
+
+
+def diagrams(markdown: str) -> list[str]:
+    """The mermaid blocks of a Markdown text."""
+    return re.findall(r"^```mermaid\n(.*?)^```", markdown, flags=re.M | re.S)
+
+
+def render(markdown: Path, workdir: Path) -> subprocess.CompletedProcess:
+    """Render every mermaid block of a Markdown file to SVG files in workdir."""
+    config = workdir / "puppeteer.json"
+    config.write_text(json.dumps({"executablePath": CHROMIUM, "args": ["--no-sandbox"]}))
+    command = [MMDC, "-p", str(config), "-i", str(markdown), "-o", str(workdir / "out.md")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_strategy_guide_has_its_decision_pipeline_and_rto_diagrams():
+    kinds = [block.split(None, 1)[0] for block in diagrams(STRATEGY.read_text())]
+    assert kinds == ["flowchart", "flowchart", "gantt"]
+
+
+@renderer
+def test_every_diagram_of_the_strategy_guide_renders(tmp_path):
+    result = render(STRATEGY, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list(tmp_path.glob("out-*.svg"))) == 3
+
+
+@renderer
+def test_a_broken_diagram_does_not_render(tmp_path):
+    broken = tmp_path / "broken.md"
+    broken.write_text("# x\n\n```mermaid\nflowchart LR\n  a --> ((b\n```\n")
+    assert render(broken, tmp_path).returncode != 0
