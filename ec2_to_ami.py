@@ -1654,11 +1654,11 @@ def primary_elastic_ip(record: dict) -> str | None:
 def to_image(raw: dict) -> Image:
     """Turn a DescribeImages entry into an Image."""
     tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
-    snapshots = [
-        m["Ebs"]["SnapshotId"]
+    devices = {
+        m["DeviceName"]: m["Ebs"]["SnapshotId"]
         for m in raw.get("BlockDeviceMappings", [])
         if m.get("Ebs", {}).get("SnapshotId")
-    ]
+    }
     return Image(
         image_id=raw["ImageId"],
         name=raw.get("Name", ""),
@@ -1667,12 +1667,8 @@ def to_image(raw: dict) -> Image:
         server=tags.get(TAG_SERVER, ""),
         schedule=tags.get(TAG_SCHEDULE, ""),
         instance_id=tags.get(TAG_INSTANCE_ID, ""),
-        snapshot_ids=snapshots,
-        devices={
-            m["DeviceName"]: m["Ebs"]["SnapshotId"]
-            for m in raw.get("BlockDeviceMappings", [])
-            if m.get("Ebs", {}).get("SnapshotId")
-        },
+        snapshot_ids=list(devices.values()),
+        devices=devices,
         reason=raw.get("StateReason", {}).get("Message", ""),
         tags=tags,
         encrypted=any(

@@ -704,7 +704,7 @@ def _modify_snapshot_tier(self) -> ActionResult:
     self.error_on_dryrun()
     snapshot = self.ec2_backend.get_snapshot(self._get_param("SnapshotId"))
     snapshot.storage_tier = "archive"
-    snapshot.full_snapshot_size_in_bytes = len(getattr(snapshot, "harness_blocks", {})) * BLOCK_SIZE
+    snapshot.full_snapshot_size_in_bytes = len(snapshot.harness_blocks) * BLOCK_SIZE
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     return ActionResult({"SnapshotId": snapshot.id, "TieringStartTime": when})
 
@@ -729,7 +729,7 @@ def _direct_snapshot(response: Any, snapshot_id: str) -> Any:
     if snapshot_id not in backend.snapshots:
         raise DirectApiError("ResourceNotFoundException", 404, f"snapshot {snapshot_id} not found")
     snapshot = backend.snapshots[snapshot_id]
-    if getattr(snapshot, "storage_tier", "standard") != "standard":
+    if snapshot.storage_tier != "standard":
         raise DirectApiError(
             "ValidationException", 400, f"snapshot {snapshot_id} is in the archive tier"
         )
@@ -769,8 +769,8 @@ def _list_snapshot_blocks(self) -> Any:
         snapshot = _direct_snapshot(self, self.path.split("/")[-2])
     except DirectApiError as err:
         return err.response()
-    blocks = getattr(snapshot, "harness_blocks", {})
-    entries = [{"BlockIndex": i, "BlockToken": _block_token(snapshot, i)} for i in sorted(blocks)]
+    blocks = sorted(snapshot.harness_blocks)
+    entries = [{"BlockIndex": i, "BlockToken": _block_token(snapshot, i)} for i in blocks]
     return _listing(snapshot, "Blocks", *_page(self, entries))
 
 
