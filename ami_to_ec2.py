@@ -174,6 +174,8 @@ SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")
 HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 WINDOWS_NAME_MAX = 15
 VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
+# RunInstances' provisioned rate for volume initialization, MiB/s (EbsBlockDevice).
+INITIALIZATION_RATES = (100, 300)
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
@@ -316,6 +318,7 @@ DEFAULTS: dict[str, Any] = {
     "ENCRYPTED": None,
     "KMS_KEY_ID": None,
     "DELETE_ON_TERMINATION": None,
+    "VOLUME_INITIALIZATION_RATE": None,
     "WAIT": "status-ok",
     "WAIT_TIMEOUT_MINUTES": 30,
     "REGION_MAP": {},
@@ -703,6 +706,13 @@ def check_volume_settings(config: dict) -> None:
         )
     if config["KMS_KEY_ID"] and config["ENCRYPTED"] is False:
         raise ConfigError("KMS_KEY_ID needs ENCRYPTED = True (or None)")
+    rate, (low, high) = config["VOLUME_INITIALIZATION_RATE"], INITIALIZATION_RATES
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)
+                             or not low <= rate <= high):  # fmt: skip
+        raise ConfigError(
+            f"VOLUME_INITIALIZATION_RATE must be None or a whole number of MiB/s from {low} "
+            f"to {high}, not {rate!r}"
+        )
 
 
 # --- What the backup recorded -----------------------------------------------------------------
@@ -1480,7 +1490,8 @@ def instance_profile(value: str | None) -> dict | None:
 
 
 def volume_overrides(config: dict, image: dict) -> list[dict] | None:
-    """Apply VOLUME_TYPE, ENCRYPTED, KMS_KEY_ID and DELETE_ON_TERMINATION to every EBS volume."""
+    """Apply VOLUME_TYPE, ENCRYPTED, KMS_KEY_ID, DELETE_ON_TERMINATION and
+    VOLUME_INITIALIZATION_RATE to every EBS volume (the rate: those made from a snapshot)."""
     ebs: dict[str, Any] = {}
     if config["VOLUME_TYPE"]:
         ebs["VolumeType"] = config["VOLUME_TYPE"]
@@ -1490,10 +1501,18 @@ def volume_overrides(config: dict, image: dict) -> list[dict] | None:
         ebs["KmsKeyId"] = config["KMS_KEY_ID"]
     if config["DELETE_ON_TERMINATION"] is not None:
         ebs["DeleteOnTermination"] = config["DELETE_ON_TERMINATION"]
-    if not ebs:
+    rate = config["VOLUME_INITIALIZATION_RATE"]
+    if not ebs and rate is None:
         return None
-    devices = [m["DeviceName"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m]
-    return [{"DeviceName": device, "Ebs": dict(ebs)} for device in devices] or None
+    mappings = [m for m in image.get("BlockDeviceMappings", []) if "Ebs" in m]
+    overrides = []
+    for mapping in mappings:
+        wanted = dict(ebs)
+        if rate is not None and mapping["Ebs"].get("SnapshotId"):
+            wanted["VolumeInitializationRate"] = rate
+        if wanted:
+            overrides.append({"DeviceName": mapping["DeviceName"], "Ebs": wanted})
+    return overrides or None
 
 
 # --- AWS access ---------------------------------------------------------------------------------

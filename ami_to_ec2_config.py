@@ -137,6 +137,11 @@ VOLUME_TYPE = None  # gp3, gp2, io1, io2, st1, sc1, standard
 ENCRYPTED = None
 KMS_KEY_ID = None  # implies ENCRYPTED = True
 DELETE_ON_TERMINATION = None
+# Fetch each volume's blocks from its snapshot at this many MiB/s (100-300), so the
+# volume is fully fast after size / rate seconds (100 GiB at 300 MiB/s: under 6 minutes)
+# instead of at EBS's default, unpredictable rate. Its price is on the EBS pricing page;
+# it takes the place of Fast Snapshot Restore for that volume. None: EBS's default.
+VOLUME_INITIALIZATION_RATE = None
 
 # Wait for "none", "running" or "status-ok" (both status checks passed).
 WAIT = "status-ok"

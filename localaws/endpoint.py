@@ -107,6 +107,10 @@ Patches (each has a test in tests/test_endpoint.py):
      reports both (moto has neither). The direct APIs refuse an archived snapshot.
      A standalone endpoint (the demo's) takes writes as a POST to CONTROL_PATH.
 
+  P27 RunInstances completes a block device mapping for a device the image maps with the
+     image's snapshot and size, so a mapping may change only, say, the volume type or
+     the initialization rate, as on EC2 (moto refuses it: MissingParameter).
+
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
   S1 DescribeInstanceInformation lists EC2 instances as managed and Online,
@@ -861,6 +865,33 @@ def _run_instances(self) -> ActionResult:
     return result
 
 
+_original_parse_block_device_mapping = InstanceResponse._parse_block_device_mapping
+
+
+def _parse_block_device_mapping(self) -> list[dict[str, Any]]:
+    """RunInstances' block device mappings, each completed from the image's mapping of the
+    same device (its snapshot and size), as EC2 does (P27; moto wants them in every one)."""
+    image = self.ec2_backend.amis.get(self._get_param("ImageId"))
+    given = self._get_param("BlockDeviceMappings", [])
+    if image is None or not given:
+        return _original_parse_block_device_mapping(self)
+    own = {m["DeviceName"]: m["Ebs"] for m in image.block_device_mappings}
+    completed = []
+    for mapping in given:
+        if "Ebs" in mapping and mapping.get("DeviceName") in own:
+            inherited = {k: own[mapping["DeviceName"]][k] for k in ("SnapshotId", "VolumeSize")}
+            mapping = {**mapping, "Ebs": {**inherited, **mapping["Ebs"]}}
+        completed.append(mapping)
+    original = self._get_param
+    self._get_param = lambda name, *rest, **kw: (
+        completed if name == "BlockDeviceMappings" else original(name, *rest, **kw)
+    )
+    try:
+        return _original_parse_block_device_mapping(self)
+    finally:
+        del self._get_param
+
+
 def _associate_address(self, instance=None, *args, **kwargs):
     """AssociateAddress refuses an instance that is not yet running."""
     if instance is not None and instance.state == "pending":
@@ -1191,6 +1222,7 @@ def apply_patches() -> None:
     AmiBackend.create_image = _create_image
     AmisResponse.deregister_image = _deregister_image
     InstanceResponse.run_instances = _run_instances
+    InstanceResponse._parse_block_device_mapping = _parse_block_device_mapping
     Instance.cpu_options = property(_default_cpu_options, _set_cpu_options)
     Instance.prep_nics = _prep_nics
     NetworkInterface.group_set = property(_interface_groups)

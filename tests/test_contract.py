@@ -124,6 +124,15 @@ def test_volume_settings_apply_to_every_ebs_volume():
     ]
 
 
+def test_an_initialization_rate_goes_to_every_volume_made_from_a_snapshot():
+    plan = plan_for(RECORDED, VOLUME_INITIALIZATION_RATE=300, DELETE_ON_TERMINATION=True)
+    assert plan.params["BlockDeviceMappings"] == [
+        {"DeviceName": d, "Ebs": {"DeleteOnTermination": True, "VolumeInitializationRate": 300}}
+        for d in ("/dev/sda1", "/dev/sdb")
+    ]
+    assert "BlockDeviceMappings" not in plan_for(RECORDED).params
+
+
 def test_instance_profile_by_name_or_arn():
     assert plan_for(RECORDED, IAM_INSTANCE_PROFILE="app").params["IamInstanceProfile"] == {
         "Name": "app"

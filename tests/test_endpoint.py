@@ -673,3 +673,21 @@ def test_p26_an_archived_snapshot_reports_its_tier_and_full_size(ec2, endpoint):
     ebs = boto3.client("ebs", region_name=REGION, endpoint_url=endpoint.url)
     with pytest.raises(ebs.exceptions.ValidationException):
         ebs.list_snapshot_blocks(SnapshotId=snapshot_id)
+
+
+def test_p27_a_launch_mapping_takes_the_images_snapshot_and_size(ec2):
+    instance_id, _ = two_volume_instance(ec2)
+    image_id = image_of(ec2, instance_id)
+    changed = [{"DeviceName": "/dev/sdf", "Ebs": {"VolumeType": "gp3"}}]
+    launched = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1,
+                                 BlockDeviceMappings=changed)["Instances"][0]  # fmt: skip
+    described = ec2.describe_instances(InstanceIds=[launched["InstanceId"]])
+    volume_id = {
+        m["DeviceName"]: m["Ebs"]["VolumeId"]
+        for m in described["Reservations"][0]["Instances"][0]["BlockDeviceMappings"]
+    }["/dev/sdf"]
+    volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert (volume["Size"], volume["VolumeType"], volume["SnapshotId"]) == (
+        2, "gp3", image["BlockDeviceMappings"][1]["Ebs"]["SnapshotId"]
+    )  # fmt: skip

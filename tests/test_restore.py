@@ -8,6 +8,7 @@ import json
 import pytest
 
 from localaws.endpoint import SETTINGS, finish_pending
+from localaws.fleet import launch
 from tests.conftest import backup_config, managed, run, tags_of, write_config
 
 
@@ -490,3 +491,32 @@ def test_a_backup_in_the_recycle_bin_is_listed_and_restored_with_its_snapshot(ec
     assert launched["ImageId"] == old["ImageId"] and launched["SubnetId"] == fleet.subnet_id
     snapshot_id = old["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     assert ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+
+
+def test_a_restore_sends_the_initialization_rate_for_each_volume(ec2, fleet, tmp_path, endpoint):
+    disks = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 1}},
+             {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 2}}]  # fmt: skip
+    launch(ec2, fleet, "db01", BlockDeviceMappings=disks)
+    servers = [{"name": "db01", "instance_id": fleet.instances["db01"]}]
+    backup = backup_config(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={})
+    assert run("ec2_to_ami.py", backup).returncode == 0
+    result = restore(tmp_path, SERVER="db01", VOLUME_INITIALIZATION_RATE=250, WAIT="running")
+    assert result.returncode == 0, result.stderr
+    [call] = [c for c in endpoint.calls if c.action == "RunInstances" and c.status == 200][-1:]
+    sent = {k: v for k, v in call.params.items() if k.startswith("BlockDeviceMapping.")}
+    assert sent == {
+        "BlockDeviceMapping.1.DeviceName": "/dev/sda1",
+        "BlockDeviceMapping.1.Ebs.VolumeInitializationRate": "250",
+        "BlockDeviceMapping.2.DeviceName": "/dev/sdf",
+        "BlockDeviceMapping.2.Ebs.VolumeInitializationRate": "250",
+    }
+
+
+@pytest.mark.parametrize("rate", [99, 301, 200.0, True])
+def test_an_initialization_rate_outside_ebs_range_is_a_config_error(tmp_path, endpoint, rate):
+    result = restore(tmp_path, SERVER="web01", VOLUME_INITIALIZATION_RATE=rate)
+    assert result.returncode == 2
+    assert "VOLUME_INITIALIZATION_RATE must be None or a whole number of MiB/s from 100" in (
+        result.stderr
+    )
+    assert endpoint.count() == 0
