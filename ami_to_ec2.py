@@ -33,19 +33,24 @@ Read it in this order; each section is marked "# --- <name>":
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import getpass
+import hashlib
 import ipaddress
 import json
 import logging
 import os
+import random
 import re
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Any
@@ -83,6 +88,9 @@ TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"
 TAG_SOURCE_REGION = "ec2-to-ami:source-region"  # on a copy in another region
 TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
 TAG_SHARED_WITH = "ec2-to-ami:shared-with"
+TAG_SELECT_TAG_KEYS = "ec2-to-ami:select-tag-keys"  # the backup config's SELECT_TAGS keys
+TAG_DRILL = "ec2-to-ami:drill"  # on a drill instance: the server it tests
+TAG_VERIFIED = "ec2-to-ami:verified"  # on an image a drill restored: when, ok|failed, seconds
 # The launch record: JSON over LAUNCH_DEFAULTS (a key left out has its default value).
 TAG_LAUNCH = "ec2-to-ami:launch"
 LAUNCH_VERSION = 1
@@ -161,6 +169,9 @@ LAUNCH_DATA_DESCRIBES = ["ec2:DescribeInstanceCreditSpecifications", "ec2:Descri
 BURSTABLE_RE = re.compile(r"^t\d")  # T instance types: CPU credits
 STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
 FILTER_VALUES_MAX = 200
+INSTANCE_TYPES_MAX = 100  # DescribeInstanceTypes: names per call
+DESCRIBED = {"subnets": "Subnets", "security_groups": "SecurityGroups", "key_pairs": "KeyPairs",
+             "network_interfaces": "NetworkInterfaces", "addresses": "Addresses"}  # fmt: skip
 DNS_TTL_DEFAULT = 300  # for a DNS_RECORDS record that does not exist yet
 UNAVAILABLE = "not reproducible"  # an attribute a warning said cannot be reproduced
 MONITORING_ON = ("enabled", "pending")
@@ -176,8 +187,27 @@ WINDOWS_NAME_MAX = 15
 VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
 # RunInstances' provisioned rate for volume initialization, MiB/s (EbsBlockDevice).
 INITIALIZATION_RATES = (100, 300)
+DRILL_PICKS = ("newest", "random")
+# DRILL_CHECK runs through SSM Run Command with the platform's AWS document.
+CHECK_DOCUMENTS = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellScript"}
+SSM_ONLINE, SSM_SUCCESS = "Online", "Success"
+SSM_RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
+SSM_IDS_MAX = 50  # instance ids per SendCommand and DescribeInstanceInformation filter
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
+# The calls a restore makes at a bucket's pace: (bucket, size, refill a second), from EC2's
+# request throttling table. RunInstances' small bucket sets a fleet restore's pace.
+PACED_CALLS = {
+    "RunInstances": ("run", 5, 2.0),
+    "AssociateAddress": ("mutating", 50, 5.0),
+    "ModifyNetworkInterfaceAttribute": ("mutating", 50, 5.0),
+    "EnableImage": ("mutating", 50, 5.0),
+    "TerminateInstances": ("mutating", 50, 5.0),
+    "CreateTags": ("tags", 100, 10.0),
+    "GetLaunchTemplateData": ("describe", 100, 20.0),  # one per server, for its twin check
+}
+# Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
+PACER_SLACK = 2
 RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
 # "allow" on an Elastic IP, target group or Classic Load Balancer: a restore may use it
 RESTORE_OPT_IN_TAG = "ec2-to-ami-restore"
@@ -188,7 +218,7 @@ DEFAULT_MAX_ATTEMPTS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load and check the config, then list, dry-run or restore."""
+    """Load and check the config, then list, dry-run, restore or drill."""
     args = parse_args(argv)
     setup_logging(args)
     try:
@@ -206,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.list:
             return list_backups(clients.ec2, config, args.recycle_bin)
+        if config["DRILL"]:
+            return drill(clients, config, args)
         return restore(clients, config, args)
     except RestoreError as err:
         log.error("%s; nothing launched", err)
@@ -216,59 +248,86 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def restore(clients: Clients, config: dict, args: argparse.Namespace) -> int:
-    """Find the backup, plan, check, launch, finish, check the twin and report."""
+    """Find each server's backup, plan and check its launch, launch at EC2's pace, finish
+    and check each twin as it comes up, and report. Exit 1 if any server failed."""
+    run = Run(config["FLEET"])
     try:
-        plan = prepare(clients, config, args)
+        restores = prepare(clients, config, args, run)
     except (ClientError, BotoCoreError) as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
-    if plan is None or args.dry_run:
-        return EXIT_OK if plan is None else dry_run(clients.ec2, plan, config)
-    ec2 = clients.ec2
-    if plan.image["State"] == DISABLED:
-        ec2.enable_image(ImageId=plan.image["ImageId"])
-        log.info("enabled %s, which was disabled, to launch from it", plan.image["ImageId"])
-    ids, problem = launch(ec2, plan)
-    problems = [problem] if problem else []
-    differences: list[str] = []
+    if restores is None or args.dry_run:
+        return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config)
+    run_restores(clients, config, restores, run)
+    report(clients.ec2, restores, config, args.json, run)
+    return EXIT_FAILED if any(r.error for r in restores) else EXIT_OK
+
+
+def prepare(
+    clients: Clients, config: dict, args: argparse.Namespace, run: Run
+) -> list[Restore] | None:
+    """Find each server's backup (an AMI_ID from the Recycle Bin if need be), plan its
+    launch and check it; None when a dry run can plan no further. Launches nothing.
+
+    The describes are made once for all servers. In a fleet a server that cannot be
+    restored is marked failed and the others go on; a single restore stops instead.
+    """
+    ec2, fleet = clients.ec2, config["FLEET"]
+    if config["AMI_ID"]:
+        image = find_image(ec2, config)
+        if image["State"] == IN_RECYCLE_BIN:
+            if args.dry_run:
+                print(
+                    f"Would restore {image['ImageId']} ({image.get('Name', '')}) from the "
+                    f"Recycle Bin, where it stays until {bin_time(image.get('RecycleBinExitTime'))}"
+                    ", with its snapshots, then launch from it. Its recorded configuration is on "
+                    "its tags, which EC2 shows only once it is restored: nothing more can be "
+                    "planned before."
+                )
+                return None
+            image = restore_from_recycle_bin(ec2, image)
+        restores = [Restore(read_recorded(image).server or image["ImageId"], image)]
+    else:
+        restores = pick_images(ec2, config)
+    token = run.token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    alive = live_originals(ec2, [read_recorded(r.image) for r in restores if r.image])
+    for r in restores:
+        if r.image:
+            with one_server(r, fleet):
+                recorded = read_recorded(r.image)
+                r.plan = plan_launch(
+                    config, r.image, recorded, recorded.instance_id in alive,
+                    server_token(token, r.server) if fleet else token, ec2.meta.region_name,
+                )  # fmt: skip
+    facts = gather_facts(clients, [r.plan for r in restores if r.plan])
+    for r in restores:
+        if r.plan:
+            with one_server(r, fleet):
+                check_before_launch(clients, r.plan, facts)
+            for warning in r.plan.warnings:
+                log.warning("%s%s", f"{r.server}: " if fleet else "", warning)
+        r.at["image_resolved"] = run.since()
+    return restores
+
+
+@contextlib.contextmanager
+def one_server(restore: Restore, fleet: bool) -> Iterator[None]:
+    """In a fleet, a server's failure is its own: record it and go on. A single restore
+    raises it, as before any launch."""
     try:
-        finish(clients, plan, config, ids)
-        if config["WAIT"] != "none":
-            differences = check_twin(clients, plan, ids[0])
-    except (ClientError, BotoCoreError, LaunchError) as err:
-        problems.append(str(err) if isinstance(err, LaunchError) else error_text(err))
-    error = f"after launching {', '.join(ids)}: {'; '.join(problems)}" if problems else None
-    for difference in differences:
-        log.warning("%s", difference)
-    print_report(instance_rows(ec2, ids), plan, error, args.json, differences)
-    if error:
-        log.error("%s", error)
-        return EXIT_FAILED
-    return EXIT_OK
+        yield
+    except (RestoreError, ClientError, BotoCoreError) as err:
+        if not fleet:
+            raise
+        text = str(err) if isinstance(err, RestoreError) else f"AWS error: {error_text(err)}"
+        restore.problems.append(text)
+        log.error("%s: %s", restore.server, text)
 
 
-def prepare(clients: Clients, config: dict, args: argparse.Namespace) -> Plan | None:
-    """Find the backup (from the Recycle Bin if need be), plan the launch and check it;
-    None when a dry run can plan no further. Launches nothing."""
-    ec2 = clients.ec2
-    image = find_image(ec2, config)
-    if image["State"] == IN_RECYCLE_BIN:
-        if args.dry_run:
-            print(
-                f"Would restore {image['ImageId']} ({image.get('Name', '')}) from the Recycle "
-                f"Bin, where it stays until {bin_time(image.get('RecycleBinExitTime'))}, with "
-                "its snapshots, then launch from it. Its recorded configuration is on its tags, "
-                "which EC2 shows only once it is restored: nothing more can be planned before."
-            )
-            return None
-        image = restore_from_recycle_bin(ec2, image)
-    recorded = read_recorded(image)
-    token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
-    alive = original_alive(ec2, recorded)
-    plan = plan_launch(config, image, recorded, alive, token, ec2.meta.region_name)
-    check_before_launch(clients, plan)
-    for warning in plan.warnings:
-        log.warning("%s", warning)
-    return plan
+def server_token(token: str, server: str) -> str:
+    """A server's own client token in a fleet, from the run's: the same run token and
+    server give the same token, so a rerun with --client-token launches nothing twice."""
+    digest = hashlib.sha256(f"{token}/{server}".encode()).hexdigest()
+    return f"{TOOL}-{digest[:40]}"
 
 
 # --- Config -------------------------------------------------------------------------------
@@ -277,6 +336,7 @@ DEFAULTS: dict[str, Any] = {
     "REGION": None,
     "PROFILE": None,
     "SERVER": None,
+    "SERVERS": None,
     "AMI_ID": None,
     "SCHEDULE": None,
     "POOL": None,
@@ -323,6 +383,13 @@ DEFAULTS: dict[str, Any] = {
     "WAIT_TIMEOUT_MINUTES": 30,
     "REGION_MAP": {},
     "ROLE_ARN": None,
+    "DRILL_SUBNET_ID": None,
+    "DRILL_SECURITY_GROUP_IDS": None,
+    "DRILL_INSTANCE_TYPE": None,
+    "DRILL_CHECK": None,
+    "DRILL_TIMEOUT_MINUTES": 15,
+    "DRILL_PICK": "newest",
+    "DRILL_LOG": None,
 }
 
 
@@ -365,10 +432,15 @@ def read_settings(path: str) -> dict[str, Any]:
 def apply_flags(config: dict, args: argparse.Namespace) -> dict:
     """Command-line flags override the file."""
     config = dict(config)
-    if args.server is not None:
-        config["SERVER"], config["AMI_ID"] = args.server, None
+    if args.server:  # one --server is a single restore; several are a fleet
+        several = len(args.server) > 1
+        config["SERVER"] = None if several else args.server[0]
+        config["SERVERS"], config["AMI_ID"] = list(args.server) if several else None, None
+    if args.all:
+        config["SERVER"], config["SERVERS"], config["AMI_ID"] = None, None, None
     if args.ami is not None:
-        config["AMI_ID"], config["SERVER"] = args.ami, None
+        config["AMI_ID"], config["SERVER"], config["SERVERS"] = args.ami, None, None
+    config["ALL"], config["DRILL"] = args.all, args.drill
     if args.before is not None:
         config["BACKUP_BEFORE"] = args.before
     if args.pool is not None:
@@ -388,8 +460,15 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     """Check every setting; return the config with parsed values."""
     _check_choice(config, "SERVER", str)
     _check_pattern(config, "AMI_ID", AMI_ID_RE, "an image id such as ami-0123456789abcdef0")
-    if not listing and bool(config["SERVER"]) == bool(config["AMI_ID"]):
-        raise ConfigError("set exactly one of SERVER and AMI_ID (or --server / --ami)")
+    check_servers(config["SERVERS"])
+    config.setdefault("ALL", False)
+    config.setdefault("DRILL", False)
+    chosen = [bool(config["SERVER"]), bool(config["AMI_ID"]), config["SERVERS"] is not None,
+              bool(config["ALL"])]  # fmt: skip
+    if not listing and sum(chosen) != 1:
+        raise ConfigError("set exactly one of SERVER, SERVERS and AMI_ID (or --server, --all "
+                          "or --ami)")  # fmt: skip
+    config["FLEET"] = config["SERVERS"] is not None or bool(config["ALL"])
     _check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
     _check_pattern(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
     check_region_map(config["REGION_MAP"])
@@ -427,10 +506,76 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     check_volume_settings(config)
     _check_enum(config, "IMDSV2", (None, "required", "optional"))
     _check_enum(config, "WAIT", WAIT_MODES)
-    minutes = config["WAIT_TIMEOUT_MINUTES"]
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
-        raise ConfigError(f"WAIT_TIMEOUT_MINUTES must be a number > 0, not {minutes!r}")
+    for name in ("WAIT_TIMEOUT_MINUTES", "DRILL_TIMEOUT_MINUTES"):
+        minutes = config[name]
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+            raise ConfigError(f"{name} must be a number > 0, not {minutes!r}")
+    check_drill_settings(config)
+    if config["FLEET"] and not listing:
+        check_fleet_settings(config)
     return config
+
+
+def check_servers(servers: Any) -> None:
+    """SERVERS: None, or a list of distinct server names."""
+    if servers is None:
+        return
+    if (not isinstance(servers, (list, tuple)) or not servers
+            or not all(isinstance(s, str) and s for s in servers)):  # fmt: skip
+        raise ConfigError(f"SERVERS must be None or a non-empty list of server names, not "
+                          f"{servers!r}")  # fmt: skip
+    twice = sorted({s for s in servers if list(servers).count(s) > 1})
+    if twice:
+        raise ConfigError(f"SERVERS names {', '.join(twice)} more than once")
+
+
+def check_fleet_settings(config: dict) -> None:
+    """Settings that belong to one server are errors when a run restores several."""
+    fixed_nics = [n for n in config["NETWORK_INTERFACES"] or [] if n.get("private_ip")]
+    one_server = [
+        ("NAME", bool(config["NAME"]), "each server keeps its own Name"),
+        ("PRIVATE_IP", config["PRIVATE_IP"] not in (None, "same"),
+         'one address fits one server; "same" keeps each server\'s own'),
+        ("ELASTIC_IP", config["ELASTIC_IP"] not in (None, "same"),
+         'one Elastic IP fits one server; "same" gives each server its own'),
+        ("HOSTNAME", bool(config["HOSTNAME"]), "each server keeps its own host name"),
+        ("NETWORK_INTERFACES", bool(fixed_nics), "a fixed private_ip fits one server"),
+        ("DNS_RECORDS", bool(config["DNS_RECORDS"]), "a record points at one server"),
+    ]  # fmt: skip
+    for name, set_, why in one_server:
+        if set_:
+            raise ConfigError(f"{name} is set, but this run restores several servers: {why}")
+    if config["COUNT"] != 1:
+        raise ConfigError("COUNT must be 1 when a run restores several servers")
+
+
+def check_drill_settings(config: dict) -> None:
+    """The DRILL_* settings; a drill needs its own subnet and security groups."""
+    _check_pattern(config, "DRILL_SUBNET_ID", SUBNET_ID_RE, "a subnet id")
+    groups = config["DRILL_SECURITY_GROUP_IDS"]
+    if groups is not None:
+        try:
+            check_group_ids(groups)
+        except ConfigError as err:
+            message = str(err).replace("SECURITY_GROUP_IDS", "DRILL_SECURITY_GROUP_IDS")
+            raise ConfigError(message) from None
+    _check_choice(config, "DRILL_INSTANCE_TYPE", str)
+    _check_choice(config, "DRILL_LOG", str)
+    _check_enum(config, "DRILL_PICK", DRILL_PICKS)
+    check = config["DRILL_CHECK"]
+    if isinstance(check, str) and check.strip():
+        config["DRILL_CHECK"] = {"linux": check, "windows": check}
+    elif check is not None and not (
+        isinstance(check, dict) and check and set(check) <= set(CHECK_DOCUMENTS)
+        and all(isinstance(v, str) and v.strip() for v in check.values())
+    ):  # fmt: skip
+        raise ConfigError('DRILL_CHECK must be None, a command, or {"linux": command, '
+                          f'"windows": command}}, not {check!r}')  # fmt: skip
+    if config["DRILL"] and not (config["DRILL_SUBNET_ID"] and groups):
+        raise ConfigError(
+            "a drill needs DRILL_SUBNET_ID and DRILL_SECURITY_GROUP_IDS: an isolated subnet and "
+            "security groups that keep the drill's instances away from production"
+        )
 
 
 def _check_choice(config: dict, name: str, kind: type) -> None:
@@ -748,6 +893,7 @@ class Recorded:
     http_tokens: str | None = None
     instance_tags: dict[str, str] = field(default_factory=dict)
     source_region: str | None = None  # set on a copy: the ids above belong to that region
+    select_tag_keys: list[str] = field(default_factory=list)  # the backup's SELECT_TAGS keys
     # The launch record (TAG_LAUNCH) over LAUNCH_DEFAULTS; for an image made before launch
     # records, only what the tags above say. A key missing here was not recorded.
     launch: dict[str, Any] = field(default_factory=dict)
@@ -777,9 +923,19 @@ def read_recorded(image: dict) -> Recorded:
         http_tokens=value(TAG_HTTP_TOKENS),
         instance_tags={k: tags[k] for k in keys if k in tags},
         source_region=value(TAG_SOURCE_REGION),
+        select_tag_keys=json_list(value(TAG_SELECT_TAG_KEYS)),
     )
     recorded.launch, recorded.note, recorded.completeness = read_launch(value(TAG_LAUNCH), recorded)
     return recorded
+
+
+def json_list(text: str | None) -> list[str]:
+    """A tag holding a JSON list of strings; anything else reads as empty."""
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def read_launch(text: str | None, recorded: Recorded) -> tuple[dict[str, Any], str | None, str]:
@@ -932,6 +1088,54 @@ class Plan:
     classic_load_balancers: list[str] = field(default_factory=list)
     dns_records: list[dict] = field(default_factory=list)
     holders: dict[str, str] = field(default_factory=dict)  # allocation -> holder, if held
+
+
+@dataclass
+class Restore:
+    """One server's restore in a run: its backup, plan, instances, timings and result."""
+
+    server: str
+    image: dict | None = None
+    plan: Plan | None = None
+    ids: list[str] = field(default_factory=list)
+    stage: str = "planned"  # planned, launched, running, ok, checking, done
+    at: dict[str, float] = field(default_factory=dict)  # seconds into the run, by stage
+    deadline: float = 0.0  # monotonic: WAIT_TIMEOUT_MINUTES after RunInstances accepted it
+    allocations: list[dict] = field(default_factory=list)  # Elastic IPs to associate
+    problems: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)  # a drill's DRILL_CHECK: command, status
+
+    @property
+    def error(self) -> str | None:
+        """What went wrong, naming the instances launched, or None."""
+        if not self.problems:
+            return None
+        text = "; ".join(self.problems)
+        return f"after launching {', '.join(self.ids)}: {text}" if self.ids else text
+
+    def fail(self, problem: str) -> None:
+        """Record a failure; this server is done."""
+        self.problems.append(problem)
+        self.stage = "done"
+        log.error("%s: %s", self.server, problem)
+
+
+class Run:
+    """This run: when it began (monotonic and UTC), its client token, and whether it
+    restores a fleet (log lines then name their server)."""
+
+    def __init__(self, fleet: bool = False) -> None:
+        self.start, self.utc = time.monotonic(), datetime.now(timezone.utc)
+        self.fleet, self.token = fleet, ""
+
+    def since(self) -> float:
+        """Seconds since the run began, to a tenth."""
+        return round(time.monotonic() - self.start, 1)
+
+    def prefix(self, restore: Restore) -> str:
+        """ "<server>: " before a log line in a fleet."""
+        return f"{restore.server}: " if self.fleet else ""
 
 
 def plan_launch(
@@ -1120,6 +1324,12 @@ def planned_interfaces(config: dict, recorded: Recorded) -> list[dict]:
     nics = [dict(n) for n in recorded.launch.get("interfaces", [])]
     if not nics:
         nics = [{"index": 0, "subnet": None, "groups": [], "ip": None}]
+    if config["DRILL"]:  # every interface in the drill's subnet and groups, on new addresses
+        for nic in nics:
+            nic.update(subnet=config["DRILL_SUBNET_ID"], fixed=False,
+                       groups=list(config["DRILL_SECURITY_GROUP_IDS"]),
+                       secondary=[None] * len(nic.get("secondary", [])))  # fmt: skip
+        return nics
     first = nics[0]
     if config["SUBNET_ID"]:
         first["subnet"] = config["SUBNET_ID"]
@@ -1436,9 +1646,12 @@ def mapped_list(
 
 
 def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnings: list) -> str:
-    """NAME, or the original's Name, with "-restored" while the original still exists."""
+    """NAME, or the original's Name, with "-restored" while the original still exists; a
+    drill's instance is <server>-drill-<UTC time>."""
     if config["NAME"]:
         return config["NAME"]
+    if config["DRILL"]:
+        return f"{recorded.server or 'restored'}-drill-{config['DRILL_STAMP']}"
     name = recorded.instance_tags.get("Name") or recorded.server or "restored"
     if original_alive:
         warnings.append(
@@ -1450,8 +1663,13 @@ def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnin
 
 
 def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str) -> list[dict]:
-    """The original's tags, then TAGS, then Name and the restored-from tags."""
+    """The original's tags, then TAGS, then Name and the restored-from tags. A drill's
+    instance leaves off the tags the backup selects servers by, and is tagged TAG_DRILL."""
     tags = {**recorded.instance_tags, **config["TAGS"], "Name": name}
+    if config["DRILL"]:
+        for key in recorded.select_tag_keys:
+            tags.pop(key, None)
+        tags[TAG_DRILL] = recorded.server or image["ImageId"]
     tags[TAG_RESTORED_FROM] = image["ImageId"]
     if recorded.created:
         tags[TAG_RESTORED_BACKUP_TIME] = recorded.created
@@ -1525,6 +1743,7 @@ class Clients:
     def __init__(self, session: boto3.Session, client_config: Config) -> None:
         self.session, self.config = session, client_config
         self.ec2 = session.client("ec2", config=client_config)
+        pace(self.ec2)
         self._made: dict[str, Any] = {}
 
     def client(self, service: str) -> Any:
@@ -1537,6 +1756,7 @@ class Clients:
     elbv2 = property(lambda self: self.client("elbv2"))
     elb = property(lambda self: self.client("elb"))
     route53 = property(lambda self: self.client("route53"))
+    ssm = property(lambda self: self.client("ssm"))
 
 
 def make_clients(config: dict) -> Clients:
@@ -1622,19 +1842,25 @@ def describe(ec2: Any, what: str, call: str, key: str, **kwargs: Any) -> list[di
 
 
 def managed_images(
-    ec2: Any, server: str | None, schedule: str | None, pool: str | None = None
+    ec2: Any, server: str | list[str] | None, schedule: str | None, pool: str | None = None
 ) -> list[dict]:
-    """This tool's images in this account and region, newest first."""
-    filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
-    for key, value in ((TAG_SERVER, server), (TAG_SCHEDULE, schedule), (TAG_POOL, pool)):
-        if value:
-            filters.append({"Name": f"tag:{key}", "Values": [value]})
+    """This tool's images in this account and region, newest first: of one server, of
+    several (one filter value each, FILTER_VALUES_MAX a call), or of every server."""
+    names = [server] if isinstance(server, str) else server
     images: list[dict] = []
-    pages = ec2.get_paginator("describe_images").paginate(
-        Owners=["self"], Filters=filters, IncludeDisabled=True
-    )
-    for page in pages:
-        images += page.get("Images", [])
+    for start in range(0, len(names or [None]), FILTER_VALUES_MAX):
+        filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
+        if names:
+            filters.append({"Name": f"tag:{TAG_SERVER}",
+                            "Values": names[start : start + FILTER_VALUES_MAX]})  # fmt: skip
+        for key, value in ((TAG_SCHEDULE, schedule), (TAG_POOL, pool)):
+            if value:
+                filters.append({"Name": f"tag:{key}", "Values": [value]})
+        pages = ec2.get_paginator("describe_images").paginate(
+            Owners=["self"], Filters=filters, IncludeDisabled=True
+        )
+        for page in pages:
+            images += page.get("Images", [])
     return sorted(images, key=lambda i: (backup_time(i), i["ImageId"]), reverse=True)
 
 
@@ -1651,52 +1877,88 @@ def backup_time(image: dict) -> datetime:
 
 
 def find_image(ec2: Any, config: dict) -> dict:
-    """The image to restore: AMI_ID (a disabled one too: the restore enables it), or the
-    newest available backup of SERVER (a newer disabled one is named in a warning)."""
-    if config["AMI_ID"]:
-        what = f"image {config['AMI_ID']}"
-        try:
-            image = describe(
-                ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
-                IncludeDisabled=True,
-            )[0]  # fmt: skip
-        except RestoreError:
-            binned = list(paginate_bin(ec2, ImageIds=[config["AMI_ID"]]))
-            if not binned:
-                raise
-            return {**binned[0], "State": IN_RECYCLE_BIN}
-        if image["State"] not in (AVAILABLE, DISABLED):
-            raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
-        return image
-    images = managed_images(ec2, config["SERVER"], config["SCHEDULE"], config["POOL"])
+    """AMI_ID's image; a disabled one too (the restore enables it), or one in the Recycle
+    Bin (the restore brings it back)."""
+    what = f"image {config['AMI_ID']}"
+    try:
+        image = describe(
+            ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
+            IncludeDisabled=True,
+        )[0]  # fmt: skip
+    except RestoreError:
+        binned = list(paginate_bin(ec2, ImageIds=[config["AMI_ID"]]))
+        if not binned:
+            raise
+        return {**binned[0], "State": IN_RECYCLE_BIN}
+    if image["State"] not in (AVAILABLE, DISABLED):
+        raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
+    return image
+
+
+def pick_images(ec2: Any, config: dict) -> list[Restore]:
+    """Each server's backup to restore, from one DescribeImages for them all: SERVER,
+    SERVERS, or (--all) every server with an available backup here."""
+    names = [config["SERVER"]] if config["SERVER"] else config["SERVERS"]
+    images = managed_images(ec2, names, config["SCHEDULE"], config["POOL"])
+    by_server: dict[str, list[dict]] = {}
+    for image in images:
+        by_server.setdefault(read_recorded(image).server or "", []).append(image)
+    if names is None:
+        names = sorted(s for s, found in by_server.items() if s and usable(found, config))
+        if not names:
+            raise RestoreError(no_backup_message(ec2, config, "any server"))
+    restores = []
+    for name in names:
+        restore = Restore(name)
+        with one_server(restore, config["FLEET"]):
+            restore.image = pick_image(ec2, config, name, by_server.get(name, []))
+        restores.append(restore)
+    return restores
+
+
+def usable(images: list[dict], config: dict) -> list[dict]:
+    """The available backups at or before BACKUP_BEFORE, newest first."""
     before = config["BACKUP_BEFORE"]
-    usable = [
+    return [
         i
         for i in images
         if i["State"] == AVAILABLE and (before is None or backup_time(i) <= before)
     ]
+
+
+def pick_image(ec2: Any, config: dict, server: str, images: list[dict]) -> dict:
+    """The server's newest available backup (a newer disabled one is named in a warning);
+    for a drill with DRILL_PICK = "random", any available one, so old ones are tested too."""
+    found = usable(images, config)
+    before = config["BACKUP_BEFORE"]
     newer = [
         i["ImageId"]
         for i in images
         if i["State"] == DISABLED
         and (before is None or backup_time(i) <= before)
-        and (not usable or backup_time(i) > backup_time(usable[0]))
+        and (not found or backup_time(i) > backup_time(found[0]))
     ]
     if newer:
         log.warning(
             "newer backups of %s are disabled: %s; to restore one, name it with --ami "
-            "(the restore enables it first)", config["SERVER"], ", ".join(newer),
+            "(the restore enables it first)", server, ", ".join(newer),
         )  # fmt: skip
-    if not usable:
-        raise RestoreError(no_backup_message(ec2, config))
-    pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in usable) if p})
+    if not found:
+        what = f"server {server!r}"
+        raise RestoreError(
+            no_backup_message(ec2, config, what) if not config["FLEET"]
+            else f"no available backup of {what}{backup_scope(config)}"
+        )  # fmt: skip
+    pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in found) if p})
     if len(pools) > 1:
         raise RestoreError(
-            f"server {config['SERVER']!r} has backups in several pools ({', '.join(pools)}): "
+            f"server {server!r} has backups in several pools ({', '.join(pools)}): "
             "backup configs that each have a server of that name; choose one with POOL "
             "(or --pool)"
         )
-    return usable[0]
+    if config["DRILL"] and config["DRILL_PICK"] == "random":
+        return random.SystemRandom().choice(found)
+    return found[0]
 
 
 def restore_from_recycle_bin(ec2: Any, binned: dict) -> dict:
@@ -1747,124 +2009,227 @@ def image_tag(image: dict, key: str) -> str | None:
     return joined_value({t["Key"]: t["Value"] for t in image.get("Tags", [])}, key)
 
 
-def no_backup_message(ec2: Any, config: dict) -> str:
+def no_backup_message(ec2: Any, config: dict, what: str) -> str:
     """Say which backup is missing, and which servers do have backups."""
-    scope = f" of schedule {config['SCHEDULE']}" if config["SCHEDULE"] else ""
-    when = (
-        f" at or before {config['BACKUP_BEFORE']:%Y-%m-%dT%H:%M:%SZ}"
-        if config["BACKUP_BEFORE"]
-        else ""
-    )
     servers = sorted(
         {read_recorded(i).server or "?" for i in managed_images(ec2, None, config["SCHEDULE"])}
     )
     known = ", ".join(servers) if servers else "none"
-    server = config["SERVER"]
-    return f"no available backup{scope} of server {server!r}{when}. Servers with backups: {known}"
+    return f"no available backup of {what}{backup_scope(config)}. Servers with backups: {known}"
 
 
-def original_alive(ec2: Any, recorded: Recorded) -> bool:
-    """Whether the backed-up instance still exists (not terminated)."""
-    if not recorded.instance_id:
-        return False
-    filters = [{"Name": "instance-id", "Values": [recorded.instance_id]}]
-    reservations = ec2.describe_instances(Filters=filters).get("Reservations", [])
-    states = {i["State"]["Name"] for r in reservations for i in r["Instances"]}
-    return bool(states - GONE_STATES)
+def backup_scope(config: dict) -> str:
+    """SCHEDULE and BACKUP_BEFORE in words, for a message."""
+    scope = f" of schedule {config['SCHEDULE']}" if config["SCHEDULE"] else ""
+    if config["BACKUP_BEFORE"]:
+        scope += f" at or before {config['BACKUP_BEFORE']:%Y-%m-%dT%H:%M:%SZ}"
+    return scope
 
 
-def check_before_launch(clients: Clients, plan: Plan) -> None:
-    """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so, and warn
-    (dropping it from the plan) about what was recorded but can no longer be reproduced."""
-    ec2, params = clients.ec2, plan.params
-    nics = params.get("NetworkInterfaces") or [
+def live_originals(ec2: Any, records: list[Recorded]) -> set[str]:
+    """Which of the backed-up instances still exist (not terminated): one call a batch."""
+    ids = sorted({r.instance_id for r in records if r.instance_id})
+    alive = set()
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        filters = [{"Name": "instance-id", "Values": ids[start : start + FILTER_VALUES_MAX]}]
+        for reservation in ec2.describe_instances(Filters=filters).get("Reservations", []):
+            alive |= {i["InstanceId"] for i in reservation["Instances"]
+                      if i["State"]["Name"] not in GONE_STATES}  # fmt: skip
+    return alive
+
+
+class Facts:
+    """What the checks before launch look up, asked once for the whole fleet: one call per
+    kind of resource (FILTER_VALUES_MAX values a call), and one call per distinct instance
+    profile, placement group, host or load balancer, which EC2 cannot describe in a batch
+    without failing whole on one that is gone."""
+
+    def __init__(self) -> None:
+        self.subnets: dict[str, dict] = {}
+        self.groups: dict[str, dict] = {}
+        self.key_pairs: set[str] = set()
+        self.types: dict[str, dict] = {}
+        self.in_use: dict[str, list[dict]] = {}  # private address -> interfaces holding it
+        self.addresses: dict[str, dict] = {}  # allocation id -> its DescribeAddresses entry
+        self._asked: dict[tuple, Any] = {}
+
+    def once(self, key: tuple, ask: Any) -> Any:
+        """ask(), made once per key in the run."""
+        if key not in self._asked:
+            self._asked[key] = ask()
+        return self._asked[key]
+
+
+def gather_facts(clients: Clients, plans: list[Plan]) -> Facts:
+    """Describe what every plan uses: subnets, security groups, key pairs, instance types,
+    fixed private addresses and Elastic IPs, each kind in one call for the fleet."""
+    facts, ec2 = Facts(), clients.ec2
+    if not plans:
+        return facts
+    nics = [n for p in plans for n in launch_interfaces(p.params)]
+    subnets = sorted({n["SubnetId"] for n in nics})
+    facts.subnets = {s["SubnetId"]: s for s in filtered(ec2, "subnets", "subnet-id", subnets)}
+    groups = sorted({g for n in nics for g in n.get("Groups", [])})
+    found = filtered(ec2, "security_groups", "group-id", groups)
+    facts.groups = {g["GroupId"]: g for g in found}
+    keys = sorted({p.params["KeyName"] for p in plans if p.params.get("KeyName")})
+    facts.key_pairs = {k["KeyName"] for k in filtered(ec2, "key_pairs", "key-name", keys)}
+    facts.types = instance_types(ec2, sorted({p.params["InstanceType"] for p in plans}))
+    fixed = sorted({a for n in nics for a in fixed_addresses(n)})
+    for eni in filtered(ec2, "network_interfaces", "addresses.private-ip-address", fixed):
+        for address in eni.get("PrivateIpAddresses", []):
+            facts.in_use.setdefault(address["PrivateIpAddress"], []).append(eni)
+    allocations = sorted({e["allocation"] for p in plans for e in p.elastic_ips})
+    found = filtered(ec2, "addresses", "allocation-id", allocations)
+    facts.addresses = {a["AllocationId"]: a for a in found}
+    return facts
+
+
+def filtered(ec2: Any, what: str, name: str, values: list[str]) -> list[dict]:
+    """describe_<what> by one filter, FILTER_VALUES_MAX values a call. A value that matches
+    nothing is missing from the answer, where a list of ids would fail the call whole."""
+    found: list[dict] = []
+    for start in range(0, len(values), FILTER_VALUES_MAX):
+        filters = [{"Name": name, "Values": values[start : start + FILTER_VALUES_MAX]}]
+        answer = getattr(ec2, f"describe_{what}")(Filters=filters)
+        found += answer.get(DESCRIBED[what], [])
+    return found
+
+
+def instance_types(ec2: Any, names: list[str]) -> dict[str, dict]:
+    """DescribeInstanceTypes for the names (100 a call); an unknown name fails its call,
+    so that batch is asked again one name at a time, and the unknown one is left out."""
+    found: dict[str, dict] = {}
+    for start in range(0, len(names), INSTANCE_TYPES_MAX):
+        batch = names[start : start + INSTANCE_TYPES_MAX]
+        try:
+            answers = ec2.describe_instance_types(InstanceTypes=batch)["InstanceTypes"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] not in NOT_FOUND_CODES:
+                raise
+            answers = [] if len(batch) == 1 else [
+                t for name in batch for t in instance_types(ec2, [name]).values()
+            ]  # fmt: skip
+        found.update({t["InstanceType"]: t for t in answers})
+    return found
+
+
+def launch_interfaces(params: dict) -> list[dict]:
+    """RunInstances' network interfaces, in the NetworkInterfaces form either way."""
+    return params.get("NetworkInterfaces") or [
         {"SubnetId": params["SubnetId"], "Groups": params.get("SecurityGroupIds", []),
          "PrivateIpAddress": params.get("PrivateIpAddress")}
     ]  # fmt: skip
-    subnet_ids = sorted({n["SubnetId"] for n in nics})
-    what = f"subnet{'s' if len(subnet_ids) > 1 else ''} {', '.join(subnet_ids)}"
-    subnets = {s["SubnetId"]: s for s in describe(ec2, what, "describe_subnets", "Subnets",
-                                                  SubnetIds=subnet_ids)}  # fmt: skip
-    check_groups(ec2, nics, subnets)
-    if params.get("KeyName"):
-        what = f"key pair {params['KeyName']}"
-        describe(ec2, what, "describe_key_pairs", "KeyPairs", KeyNames=[params["KeyName"]])
-    check_architecture(ec2, plan)
+
+
+def fixed_addresses(nic: dict) -> list[str]:
+    """The private addresses an interface asks for by address."""
+    fixed = [nic.get("PrivateIpAddress")]
+    fixed += [a["PrivateIpAddress"] for a in nic.get("PrivateIpAddresses", [])]
+    return [a for a in fixed if a]
+
+
+def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
+    """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so, and warn
+    (dropping it from the plan) about what was recorded but can no longer be reproduced."""
+    params = plan.params
+    nics = launch_interfaces(params)
+    missing = sorted({n["SubnetId"] for n in nics} - set(facts.subnets))
+    if missing:
+        raise RestoreError(f"subnet{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                           "does not exist")  # fmt: skip
+    check_groups(nics, facts)
+    if params.get("KeyName") and params["KeyName"] not in facts.key_pairs:
+        raise RestoreError(f"key pair {params['KeyName']} does not exist")
+    check_architecture(plan, facts)
     for nic in nics:
-        fixed = [nic.get("PrivateIpAddress")] + [
-            a["PrivateIpAddress"] for a in nic.get("PrivateIpAddresses", [])
-        ]  # fmt: skip
-        for address in filter(None, fixed):
-            check_address_free(ec2, address, subnets[nic["SubnetId"]])
-    check_instance_profile(clients, params.get("IamInstanceProfile"))
-    check_placement(ec2, plan)
-    check_target_groups(clients, plan)
-    check_classic_load_balancers(clients, plan)
+        for address in fixed_addresses(nic):
+            check_address_free(address, facts.subnets[nic["SubnetId"]], facts)
+    check_instance_profile(clients, params.get("IamInstanceProfile"), facts)
+    check_placement(clients.ec2, plan, facts)
+    check_target_groups(clients, plan, facts)
+    check_classic_load_balancers(clients, plan, facts)
     for eip in plan.elastic_ips:
-        plan.holders[eip["allocation"]] = elastic_ip_holder(ec2, eip["allocation"])
+        address = facts.addresses.get(eip["allocation"])
+        if address is None:
+            raise RestoreError(f"Elastic IP allocation {eip['allocation']} does not exist; set "
+                               "ELASTIC_IP = None to restore without it")  # fmt: skip
+        plan.holders[eip["allocation"]] = address_holder(address)
     plan.eip_holder = plan.holders.get(plan.elastic_ip or "")
 
 
-def check_groups(ec2: Any, nics: list[dict], subnets: dict[str, dict]) -> None:
+def check_groups(nics: list[dict], facts: Facts) -> None:
     """Every security group exists, in its interface's subnet's VPC."""
     wanted = sorted({g for n in nics for g in n.get("Groups", [])})
-    if not wanted:
-        return
-    what = f"security group(s) {', '.join(wanted)}"
-    found = describe(ec2, what, "describe_security_groups", "SecurityGroups", GroupIds=wanted)
-    vpc_of = {g["GroupId"]: g.get("VpcId") for g in found}
+    missing = [g for g in wanted if g not in facts.groups]
+    if missing:
+        raise RestoreError(f"security group(s) {', '.join(missing)} does not exist")
     for nic in nics:
-        subnet = subnets[nic["SubnetId"]]
+        subnet = facts.subnets[nic["SubnetId"]]
         for group in nic.get("Groups", []):
-            if vpc_of.get(group) != subnet["VpcId"]:
+            vpc = facts.groups[group].get("VpcId")
+            if vpc != subnet["VpcId"]:
                 raise RestoreError(
-                    f"security group {group} is in {vpc_of.get(group)}, but subnet "
+                    f"security group {group} is in {vpc}, but subnet "
                     f"{subnet['SubnetId']} is in {subnet['VpcId']}; set SUBNET_ID and "
                     "SECURITY_GROUP_IDS (or NETWORK_INTERFACES)"
                 )
 
 
-def check_instance_profile(clients: Clients, profile: dict | None) -> None:
+def check_instance_profile(clients: Clients, profile: dict | None, facts: Facts) -> None:
     """The instance profile still exists: EC2 would refuse the launch after the fact."""
     if not profile:
         return
     name = (profile.get("Name") or profile.get("Arn", "")).rsplit("/", 1)[-1]
-    try:
-        clients.iam.get_instance_profile(InstanceProfileName=name)
-    except ClientError as err:
-        if err.response["Error"]["Code"] != ERR_NO_SUCH_ENTITY:
-            raise
+
+    def exists() -> bool:
+        try:
+            clients.iam.get_instance_profile(InstanceProfileName=name)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != ERR_NO_SUCH_ENTITY:
+                raise
+            return False
+        return True
+
+    if not facts.once(("instance profile", name), exists):
         raise RestoreError(
             f"instance profile {name} does not exist (deleted since the backup?); create it, "
             "or set IAM_INSTANCE_PROFILE to one that does"
-        ) from None
+        )
 
 
-def check_placement(ec2: Any, plan: Plan) -> None:
+def check_placement(ec2: Any, plan: Plan, facts: Facts) -> None:
     """A recorded placement group or dedicated host that is gone is left out, with a warning."""
     placement = plan.params.get("Placement", {})
     group, host = placement.get("GroupName"), placement.get("HostId")
-    if group:
+
+    def group_exists() -> bool:
         try:
             ec2.describe_placement_groups(GroupNames=[group])
         except ClientError as err:
             if err.response["Error"]["Code"] not in PLACEMENT_GONE_CODES:
                 raise
-            warning = (f"placement group {group} no longer exists: the instance launches outside "
-                       "any placement group; create it, or set PLACEMENT_GROUP")  # fmt: skip
-            names, keys = ["placement group", "partition"], ["GroupName", "PartitionNumber"]
-            unreproducible(plan, names, keys, warning)
-    if host:
+            return False
+        return True
+
+    def host_usable() -> bool:
         try:
             hosts = ec2.describe_hosts(HostIds=[host]).get("Hosts", [])
         except ClientError as err:
             if err.response["Error"]["Code"] not in HOST_GONE_CODES:
                 raise
             hosts = []
-        if not hosts or hosts[0].get("State") not in HOST_USABLE_STATES:
-            unreproducible(plan, ["host", "affinity"], ["HostId", "Affinity"],
-                           f"dedicated host {host} is gone or not available: the instance "
-                           "launches on any host of its tenancy; set HOST_ID")  # fmt: skip
+        return bool(hosts) and hosts[0].get("State") in HOST_USABLE_STATES
+
+    if group and not facts.once(("placement group", group), group_exists):
+        warning = (f"placement group {group} no longer exists: the instance launches outside "
+                   "any placement group; create it, or set PLACEMENT_GROUP")  # fmt: skip
+        names, keys = ["placement group", "partition"], ["GroupName", "PartitionNumber"]
+        unreproducible(plan, names, keys, warning)
+    if host and not facts.once(("host", host), host_usable):
+        unreproducible(plan, ["host", "affinity"], ["HostId", "Affinity"],
+                       f"dedicated host {host} is gone or not available: the instance "
+                       "launches on any host of its tenancy; set HOST_ID")  # fmt: skip
 
 
 def unreproducible(plan: Plan, names: list[str], keys: list[str], warning: str) -> None:
@@ -1876,7 +2241,7 @@ def unreproducible(plan: Plan, names: list[str], keys: list[str], warning: str) 
     mark_attributes(plan.attributes, names)
 
 
-def check_target_groups(clients: Clients, plan: Plan) -> None:
+def check_target_groups(clients: Clients, plan: Plan, facts: Facts) -> None:
     """Target groups in another account or region, or gone, are left out with a warning."""
     account, region = plan.image.get("OwnerId"), clients.ec2.meta.region_name
     usable = []
@@ -1885,26 +2250,38 @@ def check_target_groups(clients: Clients, plan: Plan) -> None:
         if len(parts) < 6 or parts[3] != region or (account and parts[4] != account):
             drop_target(plan, group, f"is not in this account and region ({region})")
             continue
-        try:
-            clients.elbv2.describe_target_groups(TargetGroupArns=[group["arn"]])
-        except ClientError as err:
-            if err.response["Error"]["Code"] != ERR_TARGET_GROUP_NOT_FOUND:
-                raise
+
+        def exists(arn: str = group["arn"]) -> bool:
+            try:
+                clients.elbv2.describe_target_groups(TargetGroupArns=[arn])
+            except ClientError as err:
+                if err.response["Error"]["Code"] != ERR_TARGET_GROUP_NOT_FOUND:
+                    raise
+                return False
+            return True
+
+        if not facts.once(("target group", group["arn"]), exists):
             drop_target(plan, group, "no longer exists")
             continue
         usable.append(group)
     plan.target_groups = usable
 
 
-def check_classic_load_balancers(clients: Clients, plan: Plan) -> None:
+def check_classic_load_balancers(clients: Clients, plan: Plan, facts: Facts) -> None:
     """Classic Load Balancers that are gone are left out, with a warning."""
     usable = []
     for name in plan.classic_load_balancers:
-        try:
-            clients.elb.describe_load_balancers(LoadBalancerNames=[name])
-        except ClientError as err:
-            if err.response["Error"]["Code"] != ERR_LOAD_BALANCER_NOT_FOUND:
-                raise
+
+        def exists(name: str = name) -> bool:
+            try:
+                clients.elb.describe_load_balancers(LoadBalancerNames=[name])
+            except ClientError as err:
+                if err.response["Error"]["Code"] != ERR_LOAD_BALANCER_NOT_FOUND:
+                    raise
+                return False
+            return True
+
+        if not facts.once(("classic load balancer", name), exists):
             plan.warnings.append(f"Classic Load Balancer {name} does not exist here: the "
                                  "instance is not registered with it")  # fmt: skip
             mark_attributes(plan.attributes, [f"Classic ELB {name}"])
@@ -1919,13 +2296,12 @@ def drop_target(plan: Plan, group: dict, why: str) -> None:
     mark_attributes(plan.attributes, [f"target group {target_label(group)}"])
 
 
-def check_architecture(ec2: Any, plan: Plan) -> None:
-    """The instance type must run the image's architecture."""
+def check_architecture(plan: Plan, facts: Facts) -> None:
+    """The instance type must exist and run the image's architecture."""
     instance_type = plan.params["InstanceType"]
-    what = f"instance type {instance_type}"
-    info, *_ = describe(
-        ec2, what, "describe_instance_types", "InstanceTypes", InstanceTypes=[instance_type]
-    )
+    info = facts.types.get(instance_type)
+    if info is None:
+        raise RestoreError(f"instance type {instance_type} does not exist")
     supported = info.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
     architecture = plan.image.get("Architecture")
     if architecture and supported and architecture not in supported:
@@ -1935,37 +2311,29 @@ def check_architecture(ec2: Any, plan: Plan) -> None:
         )
 
 
-def check_address_free(ec2: Any, address: str, subnet: dict) -> None:
+def check_address_free(address: str, subnet: dict, facts: Facts) -> None:
     """A fixed private address must lie in the subnet and be unused."""
     if ipaddress.IPv4Address(address) not in ipaddress.IPv4Network(subnet["CidrBlock"]):
         raise RestoreError(
             f"private IP {address} is outside subnet {subnet['SubnetId']} ({subnet['CidrBlock']})"
         )
-    filters = [
-        {"Name": "subnet-id", "Values": [subnet["SubnetId"]]},
-        {"Name": "addresses.private-ip-address", "Values": [address]},
-    ]
-    for eni in ec2.describe_network_interfaces(Filters=filters).get("NetworkInterfaces", []):
-        holder = eni.get("Attachment", {}).get("InstanceId") or eni["NetworkInterfaceId"]
-        raise RestoreError(f"private IP {address} is in use by {holder}; set PRIVATE_IP = None")
+    for eni in facts.in_use.get(address, []):
+        if eni.get("SubnetId") == subnet["SubnetId"]:
+            holder = eni.get("Attachment", {}).get("InstanceId") or eni["NetworkInterfaceId"]
+            raise RestoreError(f"private IP {address} is in use by {holder}; set PRIVATE_IP = None")
 
 
-def elastic_ip_holder(ec2: Any, allocation: str) -> str | None:
-    """Who holds the Elastic IP now (an instance or interface id), or None if it is free."""
-    what = f"Elastic IP allocation {allocation}"
-    try:
-        found = describe(ec2, what, "describe_addresses", "Addresses", AllocationIds=[allocation])
-    except RestoreError as err:
-        raise RestoreError(f"{err}; set ELASTIC_IP = None to restore without it") from None
-    address = found[0]
+def address_holder(address: dict) -> str | None:
+    """Who holds an Elastic IP (an instance or interface id), or None if it is free."""
     return address.get("InstanceId") or address.get("NetworkInterfaceId") or None
 
 
 def settle_elastic_ip(
     ec2: Any, plan: Plan, config: dict, launched: list[str], allocation: str
 ) -> bool:
-    """Whether to associate the allocation now; warn when another instance holds it."""
-    holder = elastic_ip_holder(ec2, allocation)
+    """Whether to associate the allocation now; warn when another instance held it when
+    checked before launch."""
+    holder = plan.holders.get(allocation)
     if holder and (holder in launched or holder in launched_interfaces(ec2, launched)):
         return False  # a rerun with the same client token: already done
     if holder and not config["ALLOW_REASSOCIATION"]:
@@ -1993,47 +2361,175 @@ class LaunchError(Exception):
     """A failure after instances were launched."""
 
 
-def launch(ec2: Any, plan: Plan) -> tuple[list[str], str | None]:
-    """RunInstances for each instance (one call each, so each has its own Name); return the
-    ids launched, and the error that stopped the rest, if any."""
-    ids: list[str] = []
-    for params in [plan.params, *plan.others]:
-        try:
+class Pacer:
+    """A client-side copy of one EC2 request token bucket.
+
+    EC2 refuses a call that finds its bucket empty, and botocore then backs
+    off and spends its retry quota. Waiting for a token here instead keeps a
+    large run at the bucket's pace with nothing refused.
+    """
+
+    def __init__(self, size: int, rate: float) -> None:
+        self.size, self.rate = size - PACER_SLACK, rate
+        self.tokens, self.stamp = float(self.size), time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, **_: Any) -> None:
+        """Block until a token is free, then spend it."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate) - 1
+            self.stamp = now
+            delay = max(0.0, -self.tokens / self.rate)
+        time.sleep(delay)
+
+
+def pace(client: Any) -> None:
+    """Make the EC2 client wait for a token of the right bucket before each paced call."""
+    pacers: dict[str, Pacer] = {}
+    for operation, (bucket, size, rate) in PACED_CALLS.items():
+        pacer = pacers.setdefault(bucket, Pacer(size, rate))
+        client.meta.events.register(f"before-call.ec2.{operation}", pacer.wait)
+
+
+def run_restores(clients: Clients, config: dict, restores: list[Restore], run: Run) -> None:
+    """Launch each planned server at RunInstances' pace and, between launches, poll all
+    launched instances together: set each up as it reaches running, and check its twin
+    once it reaches what WAIT asks. One server's failure never stops the others."""
+    todo = [r for r in restores if r.plan and not r.problems]
+    waiting: list[Restore] = []
+    delay = POLL_FIRST_SECONDS
+    next_poll = time.monotonic() + delay
+    while todo or waiting:
+        if todo:
+            restore = todo.pop(0)
+            start(clients, config, restore, run)  # waits for a RunInstances token first
+            waiting += [restore] if restore.stage != "done" else []
+            if not todo:  # the last launch: look again soon, whatever the backoff
+                delay, next_poll = POLL_FIRST_SECONDS, time.monotonic() + POLL_FIRST_SECONDS
+        if waiting and time.monotonic() >= next_poll:
+            advance(clients, config, waiting, run)
+            waiting = [r for r in waiting if r.stage != "done"]
+            next_poll = time.monotonic() + delay
+            delay = min(delay * POLL_FACTOR, POLL_MAX_SECONDS)
+        if waiting and not todo:
+            time.sleep(max(0.0, next_poll - time.monotonic()))
+
+
+def start(clients: Clients, config: dict, restore: Restore, run: Run) -> None:
+    """RunInstances for each instance of the server's plan (one call each, so each has its
+    own Name), then decide which Elastic IPs to associate once it runs."""
+    ec2, plan = clients.ec2, restore.plan
+    try:
+        if plan.image["State"] == DISABLED:
+            ec2.enable_image(ImageId=plan.image["ImageId"])
+            log.info("enabled %s, which was disabled, to launch from it", plan.image["ImageId"])
+        for params in [plan.params, *plan.others]:
             response = ec2.run_instances(**params)
-        except (ClientError, BotoCoreError) as err:
-            if not ids:
-                raise
-            return ids, f"launching the rest failed: {error_text(err)}"
-        ids += [i["InstanceId"] for i in response["Instances"]]
-    log.info("launched %s from %s (client token %s)", ", ".join(ids), plan.image["ImageId"],
-             plan.params["ClientToken"])  # fmt: skip
-    return ids, None
+            restore.ids += [i["InstanceId"] for i in response["Instances"]]
+    except (ClientError, BotoCoreError) as err:
+        if not restore.ids:
+            restore.fail(f"AWS error: {error_text(err)}")
+            return
+        restore.problems.append(f"launching the rest failed: {error_text(err)}")
+    restore.at["run_instances_accepted"] = run.since()
+    restore.deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
+    log.info("%slaunched %s from %s (client token %s)", run.prefix(restore),
+             ", ".join(restore.ids), plan.image["ImageId"], plan.params["ClientToken"])  # fmt: skip
+    with failing(restore):
+        restore.allocations = [e for e in plan.elastic_ips if settle_elastic_ip(
+            ec2, plan, config, restore.ids, e["allocation"])]  # fmt: skip
+    after = bool(restore.allocations or plan.source_dest_off or plan.target_groups
+                 or plan.dns_records or plan.classic_load_balancers)  # fmt: skip
+    if restore.stage != "done":
+        restore.stage = "launched" if after or config["WAIT"] != "none" else "done"
 
 
-def finish(clients: Clients, plan: Plan, config: dict, ids: list[str]) -> None:
-    """Wait until running if anything is left to set up (or WAIT asks), set it up, then
-    wait as WAIT asks. Raise LaunchError on failure."""
+@contextlib.contextmanager
+def failing(restore: Restore) -> Iterator[None]:
+    """A failure after launch is this server's alone: record it, and the others go on."""
+    try:
+        yield
+    except (ClientError, BotoCoreError, LaunchError) as err:
+        restore.fail(str(err) if isinstance(err, LaunchError) else error_text(err))
+
+
+def advance(clients: Clients, config: dict, waiting: list[Restore], run: Run) -> None:
+    """One poll of the whole fleet: one DescribeInstances for the instances not yet
+    running, one DescribeInstanceStatus for those running (100 a call); then set up what
+    just started running, and check the twins of what just got where WAIT asks."""
     ec2 = clients.ec2
-    deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
-    allocations = [e for e in plan.elastic_ips
-                   if settle_elastic_ip(ec2, plan, config, ids, e["allocation"])]  # fmt: skip
-    after = bool(allocations or plan.source_dest_off or plan.target_groups or plan.dns_records
-                 or plan.classic_load_balancers)  # fmt: skip
-    if after or config["WAIT"] != "none":
-        poll(lambda: running(ec2, ids), deadline, "running")
-    if after:
-        set_up(clients, plan, config, ids, allocations)
-    if config["WAIT"] == "status-ok":
-        poll(lambda: status_ok(ec2, ids), deadline, "status checks ok")
+    launched = [r for r in waiting if r.stage == "launched"]
+    if launched:
+        found = {i["InstanceId"]: i for i in describe_launched(ec2, ids_of(launched))}
+        for restore in launched:
+            with failing(restore):
+                if not running([found.get(i) for i in restore.ids]):
+                    continue
+                restore.at["running"] = run.since()
+                set_up(clients, restore.plan, config, restore.ids, restore.allocations, found)
+                stages = {"none": "done", "running": "ok", "status-ok": "running"}
+                restore.stage = stages[config["WAIT"]]
+    started = [r for r in waiting if r.stage == "running"]
+    if started:
+        ok = statuses_ok(ec2, ids_of(started))
+        for restore in started:
+            if set(restore.ids) <= ok:
+                restore.at["status_ok"], restore.stage = run.since(), "ok"
+    ready = [r for r in waiting if r.stage == "ok"]
+    if ready:
+        check_twins(clients, ready)
+        for restore in ready:
+            if restore.stage == "ok":
+                restore.stage = "checking" if drill_check(config, restore) else "done"
+    if config["DRILL"]:
+        advance_checks(clients, config, [r for r in waiting if r.stage == "checking"], run)
+    timeout = "DRILL_TIMEOUT_MINUTES" if config["DRILL"] else "WAIT_TIMEOUT_MINUTES"
+    for restore in waiting:
+        if restore.stage != "done" and time.monotonic() >= restore.deadline:
+            what = {"launched": "running", "running": "status checks ok",
+                    "checking": "through DRILL_CHECK"}.get(restore.stage, "done")  # fmt: skip
+            restore.fail(f"instances not {what} before {timeout} ran out")
+
+
+def ids_of(restores: list[Restore]) -> list[str]:
+    """The instance ids of several servers."""
+    return [i for r in restores for i in r.ids]
+
+
+def running(instances: list[dict | None]) -> bool:
+    """Whether every instance is running (one not yet visible is not); an instance that
+    died raises LaunchError."""
+    for instance in filter(None, instances):
+        state = instance["State"]["Name"]
+        if state not in (PENDING, RUNNING):
+            reason = instance.get("StateReason", {}).get("Message", "no reason given")
+            raise LaunchError(f"instance {instance['InstanceId']} is {state}: {reason}")
+    return all(i and i["State"]["Name"] == RUNNING for i in instances)
+
+
+def statuses_ok(ec2: Any, ids: list[str]) -> set[str]:
+    """The instances that pass their instance and system status checks (100 ids a call)."""
+    ok = set()
+    for start in range(0, len(ids), STATUS_IDS_MAX):
+        batch = ids[start : start + STATUS_IDS_MAX]
+        statuses = ec2.describe_instance_status(InstanceIds=batch, IncludeAllInstances=True)
+        ok |= {
+            s["InstanceId"]
+            for s in statuses.get("InstanceStatuses", [])
+            if s.get("InstanceStatus", {}).get("Status") == STATUS_OK
+            and s.get("SystemStatus", {}).get("Status") == STATUS_OK
+        }
+    return ok
 
 
 def set_up(
-    clients: Clients, plan: Plan, config: dict, ids: list[str], allocations: list[dict]
-) -> None:
+    clients: Clients, plan: Plan, config: dict, ids: list[str], allocations: list[dict],
+    instances: dict[str, dict],
+) -> None:  # fmt: skip
     """What RunInstances cannot do, once the instances run: source/dest check, Elastic IPs
     on their addresses, load balancers, DNS."""
     ec2 = clients.ec2
-    instances = {i["InstanceId"]: i for i in describe_launched(ec2, ids)}
     for instance_id in ids:
         for index in plan.source_dest_off:
             nic = interface_at(instances[instance_id], index)
@@ -2044,7 +2540,7 @@ def set_up(
     for eip in allocations:
         associate(ec2, eip, first, config)
     register(clients, plan, config, ids[0])
-    if plan.dns_records:
+    if plan.dns_records:  # after the Elastic IP: the public address may be new
         point_dns(clients, plan.dns_records, describe_launched(ec2, ids[:1])[0])
 
 
@@ -2142,44 +2638,6 @@ def point_dns(clients: Clients, records: list[dict], instance: dict) -> None:
         log.info("DNS %s %s -> %s (TTL %s)", name, record["type"], address, ttl)
 
 
-def poll(check: Any, deadline: float, what: str) -> None:
-    """Call check until it is true, backing off from 1 s to 15 s, until the deadline."""
-    delay = POLL_FIRST_SECONDS
-    while not check():
-        if time.monotonic() >= deadline:
-            raise LaunchError(f"instances not {what} before WAIT_TIMEOUT_MINUTES ran out")
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * POLL_FACTOR, POLL_MAX_SECONDS)
-
-
-def running(ec2: Any, ids: list[str]) -> bool:
-    """Whether every instance is running; an instance that died raises LaunchError."""
-    instances = describe_launched(ec2, ids)
-    for instance in instances:
-        state = instance["State"]["Name"]
-        if state not in (PENDING, RUNNING):
-            reason = instance.get("StateReason", {}).get("Message", "no reason given")
-            raise LaunchError(f"instance {instance['InstanceId']} is {state}: {reason}")
-    return len(instances) == len(ids) and all(i["State"]["Name"] == RUNNING for i in instances)
-
-
-def status_ok(ec2: Any, ids: list[str]) -> bool:
-    """Whether every instance passes its instance and system status checks (100 ids a call)."""
-    ok = []
-    for start in range(0, len(ids), STATUS_IDS_MAX):
-        batch = ids[start : start + STATUS_IDS_MAX]
-        statuses = ec2.describe_instance_status(InstanceIds=batch, IncludeAllInstances=True)
-        ok += [
-            s["InstanceId"]
-            for s in statuses.get("InstanceStatuses", [])
-            if s.get("InstanceStatus", {}).get("Status") == STATUS_OK
-            and s.get("SystemStatus", {}).get("Status") == STATUS_OK
-        ]
-        if len(ok) < start + len(batch):
-            return False  # no need to ask about the rest yet
-    return len(ok) == len(ids)
-
-
 def describe_launched(ec2: Any, ids: list[str]) -> list[dict]:
     """The launched instances as they are now (new ids may not be visible at once)."""
     found = []
@@ -2193,10 +2651,35 @@ def describe_launched(ec2: Any, ids: list[str]) -> list[dict]:
 # --- Check the twin -------------------------------------------------------------------------------
 
 
-def check_twin(clients: Clients, plan: Plan, instance_id: str) -> list[str]:
-    """Read the new instance back and compare each attribute with the plan; return one
-    warning per difference, naming the attribute and both values."""
-    now = read_back(clients, plan, instance_id)
+def check_twins(clients: Clients, restores: list[Restore]) -> None:
+    """Read each server's first new instance back and compare it with its plan: one
+    DescribeInstances and one DescribeAddresses for them all, then each instance's
+    GetLaunchTemplateData (EC2 has no batch form) and load balancers."""
+    ec2 = clients.ec2
+    ids = [r.ids[0] for r in restores]
+    instances = {i["InstanceId"]: i for i in describe_launched(ec2, ids)}
+    held: dict[str, list[dict]] = {}
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        filters = [{"Name": "instance-id", "Values": ids[start : start + FILTER_VALUES_MAX]}]
+        for address in ec2.describe_addresses(Filters=filters).get("Addresses", []):
+            held.setdefault(address.get("InstanceId", ""), []).append(address)
+    for restore in restores:
+        with failing(restore):
+            instance = instances.get(restore.ids[0])
+            if instance is None:
+                raise LaunchError(f"instance {restore.ids[0]} is no longer described")
+            restore.differences = check_twin(
+                clients, restore.plan, instance, held.get(restore.ids[0], [])
+            )
+            for difference in restore.differences:
+                log.warning("%s", difference)
+
+
+def check_twin(clients: Clients, plan: Plan, instance: dict, held: list[dict]) -> list[str]:
+    """Compare each attribute of the new instance with the plan; return one warning per
+    difference, naming the attribute and both values."""
+    instance_id = instance["InstanceId"]
+    now = read_back(clients, plan, instance, held)
     differences = []
     for attribute in plan.attributes:
         if attribute.origin == UNAVAILABLE or attribute.name not in now:
@@ -2235,10 +2718,10 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def read_back(clients: Clients, plan: Plan, instance_id: str) -> dict[str, Any]:
-    """Every attribute of the new instance, by the plan's attribute names."""
-    ec2 = clients.ec2
-    instance = describe_launched(ec2, [instance_id])[0]
+def read_back(clients: Clients, plan: Plan, instance: dict, held: list[dict]) -> dict[str, Any]:
+    """Every attribute of the new instance, by the plan's attribute names; held: the
+    Elastic IPs it holds."""
+    ec2, instance_id = clients.ec2, instance["InstanceId"]
     placement, meta = instance.get("Placement", {}), instance.get("MetadataOptions", {})
     dns, cpu = instance.get("PrivateDnsNameOptions", {}), instance.get("CpuOptions", {})
     values: dict[str, Any] = {
@@ -2264,7 +2747,7 @@ def read_back(clients: Clients, plan: Plan, instance_id: str) -> dict[str, Any]:
     if BURSTABLE_RE.match(instance.get("InstanceType", "")):
         values["CPU credits"] = data.get("CreditSpecification", {}).get("CpuCredits")
     values.update(interfaces_now(instance))
-    values.update(addresses_now(ec2, plan, instance))
+    values.update(addresses_now(plan, instance, held))
     values.update(balancers_now(clients, plan, instance_id))
     return values
 
@@ -2291,13 +2774,10 @@ def interfaces_now(instance: dict) -> dict[str, Any]:
     return values
 
 
-def addresses_now(ec2: Any, plan: Plan, instance: dict) -> dict[str, Any]:
+def addresses_now(plan: Plan, instance: dict, held: list[dict]) -> dict[str, Any]:
     """Where each planned Elastic IP sits now, and whether the instance has a public IP
     of its own (not an Elastic IP)."""
     values: dict[str, Any] = {}
-    held = ec2.describe_addresses(
-        Filters=[{"Name": "instance-id", "Values": [instance["InstanceId"]]}]
-    ).get("Addresses", [])
     elastic = {a.get("PublicIp") for a in held}
     public = [
         n.get("Association", {}).get("PublicIp") for n in instance.get("NetworkInterfaces", [])
@@ -2345,6 +2825,22 @@ def balancers_now(clients: Clients, plan: Plan, instance_id: str) -> dict[str, A
 # --- Report --------------------------------------------------------------------------------
 
 
+def report(ec2: Any, restores: list[Restore], config: dict, as_json: bool, run: Run) -> None:
+    """Print what was launched, as tables or JSON: a single restore's instances and twin
+    check, or a fleet's table with each server's timings. Log each failure last."""
+    rows = {i["instance_id"]: i for i in instance_rows(ec2, ids_of(restores))}
+    if not config["FLEET"]:
+        [restore] = restores
+        print_report(restore, [rows[i] for i in restore.ids], as_json, run)
+    elif as_json:
+        print(json.dumps(fleet_document(restores, rows, run), indent=2))
+    else:
+        print_fleet(restores, rows, run)
+    for restore in restores:
+        if restore.error:
+            log.error("%s%s", run.prefix(restore), restore.error)
+
+
 def instance_rows(ec2: Any, ids: list[str]) -> list[dict]:
     """One row per launched instance: id, state, addresses, zone and Name."""
     found = {i["InstanceId"]: i for i in describe_launched(ec2, ids)}
@@ -2365,22 +2861,44 @@ def instance_rows(ec2: Any, ids: list[str]) -> list[dict]:
     return rows
 
 
-def print_report(
-    rows: list[dict], plan: Plan, error: str | None, as_json: bool, differences: list[str]
-) -> None:
-    """Print the launched instances and the twin check, as tables or as JSON."""
+def restore_document(restore: Restore, rows: list[dict], run: Run) -> dict[str, Any]:
+    """One server's restore for --json: its backup and the RPO it achieved, instances,
+    timings (seconds into the run), twin check, warnings and error."""
+    plan, image = restore.plan, restore.image or {}
+    backup = backup_time(image) if image else None
+    return {
+        "server": restore.server,
+        "image_id": image.get("ImageId"),
+        "backup_time": f"{backup:%Y-%m-%dT%H:%M:%SZ}" if backup else None,
+        "backup_age_seconds": round((run.utc - backup).total_seconds()) if backup else None,
+        "client_token": plan.params["ClientToken"] if plan else None,
+        "instances": rows,
+        "timings": restore.at,
+        "attributes": [attribute_json(a) for a in plan.attributes] if plan else [],
+        "differences": restore.differences,
+        "warnings": plan.warnings if plan else [],
+        **({"check": restore.check} if restore.check else {}),
+        "error": restore.error,
+    }
+
+
+def fleet_document(restores: list[Restore], rows: dict[str, dict], run: Run) -> dict[str, Any]:
+    """A fleet's restore for --json."""
+    return {
+        "started": f"{run.utc:%Y-%m-%dT%H:%M:%SZ}",
+        "wall_seconds": run.since(),
+        "client_token": run.token,
+        "servers": [restore_document(r, [rows[i] for i in r.ids], run) for r in restores],
+        "failed": [r.server for r in restores if r.error],
+    }
+
+
+def print_report(restore: Restore, rows: list[dict], as_json: bool, run: Run) -> None:
+    """Print a single restore's instances and twin check, as tables or as JSON."""
     if as_json:
-        document = {
-            "image_id": plan.image["ImageId"],
-            "client_token": plan.params["ClientToken"],
-            "instances": rows,
-            "attributes": [attribute_json(a) for a in plan.attributes],
-            "differences": differences,
-            "warnings": plan.warnings,
-            "error": error,
-        }
-        print(json.dumps(document, indent=2))
+        print(json.dumps(restore_document(restore, rows, run), indent=2))
         return
+    plan = restore.plan
     header = {"instance_id": "INSTANCE", "state": "STATE", "private_ip": "PRIVATE IP",
               "public_ip": "PUBLIC IP", "availability_zone": "ZONE", "name": "NAME"}  # fmt: skip
     print_table([header, *rows], list(header))
@@ -2396,9 +2914,60 @@ def print_report(
             table.append({"attribute": a.name, "recorded": shown(a.recorded), "now": now,
                           "origin": a.origin, "check": check})  # fmt: skip
         print_table(table, columns)
+        differences = restore.differences
         verdict = f"{len(differences)} difference(s)" if differences else "no difference"
         print(f"{verdict} in {len(checked)} attributes checked")
+    if restore.at.get("run_instances_accepted") is not None:
+        print(f"timings (s into the run): {timings_text(restore)}")
     print(f"client token: {plan.params['ClientToken']} (rerun with --client-token to retry safely)")
+
+
+TIMINGS = [("image_resolved", "resolved"), ("run_instances_accepted", "accepted"),
+           ("running", "running"), ("status_ok", "status-ok"),
+           ("check_passed", "checked")]  # fmt: skip
+
+
+def timings_text(restore: Restore) -> str:
+    """A server's timings in words."""
+    return ", ".join(f"{label} {restore.at[key]:.1f}" for key, label in TIMINGS
+                     if key in restore.at)  # fmt: skip
+
+
+def print_fleet(restores: list[Restore], rows: dict[str, dict], run: Run) -> None:
+    """A fleet's table: per server its backup and age (the RPO achieved), instance, the
+    seconds into the run at each step, the twin check and the result."""
+    columns = ["server", "image", "backup age", "instance", "state",
+               *(label for _, label in TIMINGS), "twin", "result"]  # fmt: skip
+    table = [{c: c.upper() for c in columns}]
+    for restore in restores:
+        image = restore.image or {}
+        first = rows.get(restore.ids[0], {}) if restore.ids else {}
+        age = (run.utc - backup_time(image)).total_seconds() if image else None
+        checked = [a for a in restore.plan.attributes if a.checked] if restore.plan else []
+        twin = f"{len(restore.differences)} diff" if checked else "-"
+        row = {"server": restore.server, "image": image.get("ImageId", "-"),
+               "backup age": duration(age), "instance": first.get("instance_id", "-"),
+               "state": first.get("state", "-"), "twin": twin,
+               "result": "FAILED" if restore.error else "ok"}  # fmt: skip
+        row.update({label: f"{restore.at[key]:.1f}" if key in restore.at else "-"
+                    for key, label in TIMINGS})  # fmt: skip
+        table.append(row)
+    print_table(table, columns)
+    failed = [r.server for r in restores if r.error]
+    summary = f"{len(restores) - len(failed)} of {len(restores)} servers restored in "
+    print(summary + f"{run.since():.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"client token: {run.token} (rerun with --client-token to retry safely)")
+
+
+def duration(seconds: float | None) -> str:
+    """A backup's age for a person: 42m, 5h07m, 3d04h."""
+    if seconds is None:
+        return "-"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 def same(attribute: Attribute) -> bool:
@@ -2485,14 +3054,28 @@ def profile_origin(params: dict, config: dict) -> str:
     return f"{profile} (from the image's tag; in ALLOWED_INSTANCE_PROFILES)"
 
 
-def dry_run(ec2: Any, plan: Plan, config: dict) -> int:
-    """Print the plan and let EC2 check it with DryRun=True; launch nothing."""
-    for line in describe_plan(plan, config):
-        print(line)
+def dry_run(ec2: Any, restores: list[Restore], config: dict) -> int:
+    """Print each server's plan and let EC2 check it with DryRun=True; launch nothing.
+    Exit 1 if any server could not be restored as planned."""
+    for restore in restores:
+        if config["FLEET"]:
+            print(f"== {restore.server}")
+        if restore.plan:
+            with one_server(restore, config["FLEET"]):
+                for line in describe_plan(restore.plan, config):
+                    print(line)
+                check_with_ec2(ec2, restore.plan)
+        if restore.problems:
+            print(f"Would not restore {restore.server}: {restore.error}")
+    return EXIT_FAILED if any(r.problems for r in restores) else EXIT_OK
+
+
+def check_with_ec2(ec2: Any, plan: Plan) -> None:
+    """RunInstances with DryRun=True: EC2 checks permissions and parameters."""
     if plan.image["State"] == DISABLED:
         print(f"Would enable {plan.image['ImageId']} first: it is disabled, so EC2 cannot "
               "check this RunInstances request before that (DryRun skipped).")  # fmt: skip
-        return EXIT_OK
+        return
     params = {k: v for k, v in plan.params.items() if k != "ClientToken"}
     try:
         ec2.run_instances(DryRun=True, **params)
@@ -2500,27 +3083,36 @@ def dry_run(ec2: Any, plan: Plan, config: dict) -> int:
         if err.response["Error"]["Code"] != ERR_DRY_RUN_OK:
             raise
     print("DryRun: EC2 accepts this RunInstances request (permissions and parameters).")
-    return EXIT_OK
 
 
 def list_backups(ec2: Any, config: dict, recycle_bin: bool = False) -> int:
     """Print the restorable backups of SERVER (or of every server), newest first; and
     with recycle_bin the images in the Recycle Bin, which `--ami` restores."""
     images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
-    columns = ["server", "image", "created", "schedule", "state", "type", "subnet", "record"]
+    columns = ["server", "image", "created", "schedule", "state", "type", "subnet", "record",
+               "verified"]  # fmt: skip
     rows: list[dict] = [{c: c.upper() for c in columns}]
     for image in sorted(images, key=lambda i: read_recorded(i).server or ""):
         r = read_recorded(image)
         rows.append({"server": r.server, "image": image["ImageId"], "created": r.created,
                      "schedule": r.schedule, "state": image["State"],
                      "type": r.instance_type, "subnet": r.subnet_id,
-                     "record": r.completeness})  # fmt: skip
+                     "record": r.completeness,
+                     "verified": verified_summary(image_tag(image, TAG_VERIFIED))})  # fmt: skip
     print_table(rows, columns)
     if not images:
         print("(no backups)")
     if recycle_bin:
         print_recycle_bin(ec2)
     return EXIT_OK
+
+
+def verified_summary(value: str | None) -> str:
+    """A drill's TAG_VERIFIED value for a listing: when, and ok or failed ("-": never)."""
+    if not value:
+        return "-"
+    when, _, rest = value.partition(" ")
+    return f"{when.replace('T', ' ').rstrip('Z')[:16]} {rest.split(' ', 1)[0]}".strip()
 
 
 def print_recycle_bin(ec2: Any) -> None:
@@ -2550,6 +3142,241 @@ def paginate_bin(ec2: Any, **kwargs: Any) -> Iterator[dict]:
 def bin_time(value: Any) -> str:
     """A Recycle Bin time, to the minute."""
     return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value or "-")
+
+
+# --- Drill: restore into isolation, check, record the result, always clean up ---------------
+
+
+def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+    """Restore each server into DRILL_SUBNET_ID, wait for status-ok, run DRILL_CHECK, and
+    terminate its instance whatever happens (pass, fail, Ctrl-C, SIGTERM, an exception).
+    Tag each image verified (ok or failed), append to DRILL_LOG, report. First, terminate
+    what a drill killed by SIGKILL left behind. Exit 1 if any server failed."""
+    run = Run(config["FLEET"])
+    config = drill_config(config, run)
+    ec2 = clients.ec2
+    leftovers = drill_leftovers(ec2, config, run)
+    if args.dry_run:
+        for instance in leftovers:
+            print(f"Would terminate {instance['InstanceId']}, left by an earlier drill "
+                  f"(launched {instance['LaunchTime']:%Y-%m-%d %H:%M} UTC)")  # fmt: skip
+    elif leftovers:
+        terminate(ec2, [i["InstanceId"] for i in leftovers], "left by an earlier drill")
+    try:
+        restores = prepare(clients, config, args, run)
+    except (ClientError, BotoCoreError) as err:
+        raise RestoreError(f"AWS error: {error_text(err)}") from None
+    if args.dry_run:
+        return dry_run(ec2, restores, config)
+    interrupted = False
+    try:
+        with sigterm_interrupts():
+            run_restores(clients, config, restores, run)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        launched = ids_of(restores)
+        if launched:
+            terminate(ec2, launched, "the drill is over")
+    if interrupted:
+        log.error("drill interrupted: its instances were terminated; no image was tagged")
+        return EXIT_FAILED
+    record_drill(clients, config, restores, run)
+    report(ec2, restores, config, args.json, run)
+    return EXIT_FAILED if any(r.error for r in restores) else EXIT_OK
+
+
+def drill_config(config: dict, run: Run) -> dict:
+    """The config a drill restores with: in DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS on
+    new addresses, with no public IP, Elastic IP, load balancer or DNS record, removable
+    (termination protection off), and waited on until status-ok within
+    DRILL_TIMEOUT_MINUTES of its launch."""
+    return {
+        **config,
+        "INSTANCE_TYPE": config["DRILL_INSTANCE_TYPE"] or config["INSTANCE_TYPE"],
+        "NETWORK_INTERFACES": None, "SUBNET_ID": None, "SECURITY_GROUP_IDS": None,
+        "PRIVATE_IP": None, "PUBLIC_IP": False, "ELASTIC_IP": None, "TARGET_GROUPS": [],
+        "CLASSIC_LOAD_BALANCERS": [], "DNS_RECORDS": [], "NAME": None, "COUNT": 1,
+        "TERMINATION_PROTECTION": False, "WAIT": "status-ok",
+        "WAIT_TIMEOUT_MINUTES": config["DRILL_TIMEOUT_MINUTES"],
+        "DRILL_STAMP": f"{run.utc:%Y%m%dT%H%M%SZ}",
+    }  # fmt: skip
+
+
+def drill_leftovers(ec2: Any, config: dict, run: Run) -> list[dict]:
+    """Drill instances a killed drill left behind: tagged TAG_DRILL, in DRILL_SUBNET_ID, not
+    terminated, launched more than DRILL_TIMEOUT_MINUTES x 2 ago. A drill that still runs
+    is younger: each of its instances lives DRILL_TIMEOUT_MINUTES at most."""
+    filters = [
+        {"Name": "tag-key", "Values": [TAG_DRILL]},
+        {"Name": "subnet-id", "Values": [config["DRILL_SUBNET_ID"]]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
+    cutoff = run.utc - timedelta(minutes=2 * config["DRILL_TIMEOUT_MINUTES"])
+    found = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        found += [i for r in page.get("Reservations", []) for i in r["Instances"]]
+    return [i for i in found if i["LaunchTime"] < cutoff]
+
+
+def terminate(ec2: Any, ids: list[str], why: str) -> None:
+    """Terminate instances, FILTER_VALUES_MAX a call; a failure is logged with the ids (the
+    next drill terminates them), and does not stop the rest."""
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        batch = ids[start : start + FILTER_VALUES_MAX]
+        try:
+            ec2.terminate_instances(InstanceIds=batch)
+            log.info("terminated %s: %s", ", ".join(batch), why)
+        except (ClientError, BotoCoreError) as err:
+            log.error("could not terminate %s (%s): %s; the next drill will", ", ".join(batch),
+                      why, error_text(err))  # fmt: skip
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (from kill, systemd or cron's timeout) interrupts like Ctrl-C, so the
+    drill still terminates its instances."""
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def drill_check(config: dict, restore: Restore) -> str | None:
+    """The DRILL_CHECK command for this server's platform, or None."""
+    return (config["DRILL_CHECK"] or {}).get(restore.plan.recorded.platform or "linux")
+
+
+def advance_checks(clients: Clients, config: dict, checking: list[Restore], run: Run) -> None:
+    """DRILL_CHECK on each instance that passed its status checks: once SSM has it online
+    (one DescribeInstanceInformation for them all), one SendCommand per platform, then one
+    ListCommandInvocations per command for the results."""
+    ssm = clients.ssm
+    unsent = [r for r in checking if "command_id" not in r.check]
+    try:
+        online = ssm_online(ssm, [r.ids[0] for r in unsent]) if unsent else set()
+    except (ClientError, BotoCoreError) as err:
+        for restore in unsent:
+            restore.fail(f"could not ask SSM about {restore.ids[0]}: {error_text(err)}")
+        return
+    groups: dict[tuple[str, str], list[Restore]] = {}
+    for restore in unsent:
+        if restore.ids[0] in online:
+            platform = restore.plan.recorded.platform or "linux"
+            key = (CHECK_DOCUMENTS[platform], drill_check(config, restore))
+            groups.setdefault(key, []).append(restore)
+    seconds = int(config["DRILL_TIMEOUT_MINUTES"] * 60)
+    for (document, command), group in groups.items():
+        for start in range(0, len(group), SSM_IDS_MAX):
+            batch = group[start : start + SSM_IDS_MAX]
+            try:
+                command_id = ssm.send_command(
+                    InstanceIds=[r.ids[0] for r in batch], DocumentName=document,
+                    Parameters={"commands": [command], "executionTimeout": [str(seconds)]},
+                    TimeoutSeconds=max(30, seconds), Comment=f"{TOOL} drill",
+                )["Command"]["CommandId"]  # fmt: skip
+            except (ClientError, BotoCoreError) as err:
+                for restore in batch:
+                    restore.fail(f"DRILL_CHECK could not be sent: {error_text(err)}")
+                continue
+            for restore in batch:
+                restore.check = {"command_id": command_id, "document": document,
+                                 "status": "Pending"}  # fmt: skip
+    read_checks(ssm, [r for r in checking if "command_id" in r.check and r.stage != "done"], run)
+
+
+def ssm_online(ssm: Any, ids: list[str]) -> set[str]:
+    """The instances SSM reaches now (SSM_IDS_MAX a call)."""
+    online = set()
+    for start in range(0, len(ids), SSM_IDS_MAX):
+        filters = [{"Key": "InstanceIds", "Values": ids[start : start + SSM_IDS_MAX]}]
+        pages = ssm.get_paginator("describe_instance_information").paginate(
+            Filters=filters, MaxResults=SSM_IDS_MAX
+        )
+        for page in pages:
+            online |= {i["InstanceId"] for i in page.get("InstanceInformationList", [])
+                       if i.get("PingStatus") == SSM_ONLINE}  # fmt: skip
+    return online
+
+
+def read_checks(ssm: Any, sent: list[Restore], run: Run) -> None:
+    """Each sent check's status: success passes it; any other end fails it, with the
+    command's exit code (never its output, which may hold secrets)."""
+    by_command: dict[str, list[Restore]] = {}
+    for restore in sent:
+        by_command.setdefault(restore.check["command_id"], []).append(restore)
+    for command_id, group in by_command.items():
+        try:
+            pages = ssm.get_paginator("list_command_invocations").paginate(
+                CommandId=command_id, Details=True
+            )
+            invocations = {i["InstanceId"]: i for p in pages for i in p["CommandInvocations"]}
+        except (ClientError, BotoCoreError) as err:
+            for restore in group:
+                restore.fail(f"could not read DRILL_CHECK's result: {error_text(err)}")
+            continue
+        for restore in group:
+            invocation = invocations.get(restore.ids[0], {})
+            status = restore.check["status"] = invocation.get("Status", "Pending")
+            if status == SSM_SUCCESS:
+                restore.at["check_passed"], restore.stage = run.since(), "done"
+            elif status not in SSM_RUNNING:
+                plugins = invocation.get("CommandPlugins") or [{}]
+                code = plugins[0].get("ResponseCode")
+                exit_code = f", exit code {code}" if code is not None else ""
+                restore.fail(f"DRILL_CHECK {status} on {restore.ids[0]} (command "
+                             f"{command_id}{exit_code})")  # fmt: skip
+
+
+def record_drill(clients: Clients, config: dict, restores: list[Restore], run: Run) -> None:
+    """Tag each drilled image with TAG_VERIFIED, and append one JSON line per server to
+    DRILL_LOG."""
+    lines = []
+    for restore in restores:
+        ok = not restore.error
+        if restore.image and restore.plan:
+            value = verified_value(restore, run)
+            try:
+                clients.ec2.create_tags(Resources=[restore.image["ImageId"]],
+                                        Tags=[{"Key": TAG_VERIFIED, "Value": value}])  # fmt: skip
+            except (ClientError, BotoCoreError) as err:
+                restore.problems.append(f"could not tag {restore.image['ImageId']} "
+                                        f"{TAG_VERIFIED}: {error_text(err)}")  # fmt: skip
+        entry = restore_document(restore, [], run)
+        kept = ("server", "image_id", "backup_time", "backup_age_seconds", "timings", "error")
+        lines.append({
+            "drill": f"{run.utc:%Y-%m-%dT%H:%M:%SZ}", "result": "ok" if ok else "failed",
+            "instance_ids": restore.ids,
+            "instance_type": restore.plan.params["InstanceType"] if restore.plan else None,
+            **{k: entry[k] for k in kept},
+        })  # fmt: skip
+    if config["DRILL_LOG"]:
+        try:
+            with open(config["DRILL_LOG"], "a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(line) + "\n" for line in lines)
+        except OSError as err:
+            log.error("could not append to DRILL_LOG %s: %s", config["DRILL_LOG"], err.strerror)
+            restores[0].problems.append(f"DRILL_LOG not written: {err.strerror}")
+
+
+def verified_value(restore: Restore, run: Run) -> str:
+    """TAG_VERIFIED: "<UTC time> ok|failed status-ok=<s>s check=<s>s" (the seconds from
+    RunInstances accepted; "-" for a step not reached, "none" when there is no check)."""
+    accepted = restore.at.get("run_instances_accepted")
+
+    def after(key: str) -> str:
+        if accepted is None or key not in restore.at:
+            return "-"
+        return f"{restore.at[key] - accepted:.0f}s"
+
+    check = after("check_passed") if restore.check else "none"
+    result = "failed" if restore.error else "ok"
+    return f"{run.utc:%Y-%m-%dT%H:%M:%SZ} {result} status-ok={after('status_ok')} check={check}"
 
 
 # --- IAM policy: the least privilege this config needs --------------------------------------
@@ -2681,8 +3508,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", default=default_config_path(), help="config file")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--server", metavar="NAME", help="restore this server's newest backup")
+    which.add_argument("--server", metavar="NAME", action="append",
+                       help="restore this server's newest backup (repeat for several)")  # fmt: skip
+    which.add_argument("--all", action="store_true",
+                       help="restore every server with an available backup here")  # fmt: skip
     which.add_argument("--ami", metavar="ID", help="restore this exact image")
+    parser.add_argument(
+        "--drill", action="store_true",
+        help="test the restore in DRILL_SUBNET_ID, check it, then terminate it",
+    )  # fmt: skip
     parser.add_argument("--before", metavar="TIME", help="newest backup at or before this time")
     parser.add_argument("--pool", metavar="POOL", help="only backups of this backup pool")
     parser.add_argument("--count", type=int, metavar="N", help="instances to launch")

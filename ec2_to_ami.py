@@ -97,6 +97,13 @@ TAG_ELASTIC_IP = "ec2-to-ami:eip-allocation-id"
 TAG_PLATFORM = "ec2-to-ami:platform"  # windows | linux
 TAG_HTTP_TOKENS = "ec2-to-ami:http-tokens"  # required | optional
 TAG_INSTANCE_TAG_KEYS = "ec2-to-ami:instance-tag-keys"  # JSON list of copied keys
+# The SELECT_TAGS keys of the config that made the image (JSON list): a restore drill leaves
+# them off its instance, so no backup (or DLM policy) selects a drill instance by them.
+TAG_SELECT_TAG_KEYS = "ec2-to-ami:select-tag-keys"
+# On a drill instance (ami_to_ec2.py --drill): the server it tests. No backup selects it.
+TAG_DRILL = "ec2-to-ami:drill"
+# On an image a drill restored: "<UTC time> ok|failed status-ok=<s>s check=<s>s".
+TAG_VERIFIED = "ec2-to-ami:verified"
 # Set on a copy in another region (with all of the source's tags, by CopyImageTags).
 TAG_SOURCE_REGION = "ec2-to-ami:source-region"
 TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
@@ -1078,7 +1085,9 @@ def contract_tags(
         (TAG_ELASTIC_IP, eip),
         (TAG_PLATFORM, "windows" if instance.get("Platform") == "windows" else "linux"),
         (TAG_HTTP_TOKENS, instance.get("MetadataOptions", {}).get("HttpTokens")),
-    ]
+        (TAG_SELECT_TAG_KEYS, json.dumps(sorted(config.select_tags), separators=(",", ":"))
+         if config.select_tags else None),
+    ]  # fmt: skip
     tags: list[tuple[str, str]] = []
     for key, value in values:
         if value:
@@ -1418,16 +1427,17 @@ def discover(
 
 
 def select_by_tags(ec2: Any, config: BackupConfig, listed: set[str]) -> list[Server]:
-    """Every live instance carrying all SELECT_TAGS that SERVERS does not list."""
+    """Every live instance carrying all SELECT_TAGS that SERVERS does not list, except a
+    restore drill's."""
     if not config.select_tags:
         return []
     filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in config.select_tags.items()]
     filters.append({"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES})
     servers = []
     for instance in describe_instances(ec2, filters):
-        if instance["InstanceId"] in listed:
-            continue
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        if instance["InstanceId"] in listed or TAG_DRILL in tags:
+            continue  # a restore drill's instance is a test copy, never a server
         name = tags.get("Name") or instance["InstanceId"]
         spec = ServerSpec(name, instance["InstanceId"], config.defaults.keep)
         spec = with_consistency(spec, {}, config.defaults, "SELECT_TAGS")
@@ -2843,10 +2853,11 @@ def list_backups(
         key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())
     )
     images = [i for _, i in found]
-    rows = [("SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE")]
+    rows = [("SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE", "VERIFIED")]
     for region, i in found:
         created = i.created.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((i.server, region, i.image_id, i.name, created, i.state, i.schedule))
+        verified = verified_summary(i.tags.get(TAG_VERIFIED))
+        rows.append((i.server, region, i.image_id, i.name, created, i.state, i.schedule, verified))
     print_table(rows)
     if not images:
         print("(no managed backups)")
@@ -2855,6 +2866,14 @@ def list_backups(
         regions += [(r.name, r.ec2) for r in destination_regions(clients, config)]
         print_recycle_bins(regions)
     return EXIT_OK
+
+
+def verified_summary(value: str | None) -> str:
+    """A drill's TAG_VERIFIED value for a listing: when, and ok or failed ("-": never)."""
+    if not value:
+        return "-"
+    when, _, rest = value.partition(" ")
+    return f"{when.replace('T', ' ').rstrip('Z')[:16]} {rest.split(' ', 1)[0]}".strip()
 
 
 def print_recycle_bins(regions: list[tuple[str, Any]]) -> None:
@@ -3197,8 +3216,8 @@ class Coverage:
         coverage = cls([], [], [], notes)
         for instance in instances:
             tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-            if any(covers(c, instance["InstanceId"], tags) for c in configs):
-                continue
+            if TAG_DRILL in tags or any(covers(c, instance["InstanceId"], tags) for c in configs):
+                continue  # a drill instance is a short-lived test copy, not a server
             row = {
                 "instance_id": instance["InstanceId"],
                 "name": tags.get("Name", ""),

@@ -260,13 +260,14 @@ def test_list_prints_managed_backups_per_server(ec2, fleet, tmp_path):
     result = run("ec2_to_ami.py", config, "--list")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE"]
+    header = ["SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE", "VERIFIED"]
+    assert lines[0].split() == header
     assert [line.split()[:2] for line in lines[1:]] == [
         ["app01", REGION],
         ["web01", REGION],
         ["win01", REGION],
     ]
-    assert all(line.split()[-2:] == ["available", "daily"] for line in lines[1:])
+    assert all(line.split()[-3:] == ["available", "daily", "-"] for line in lines[1:])
     assert "web01-by-hand" not in result.stdout
 
 

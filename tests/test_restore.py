@@ -254,7 +254,7 @@ def test_security_group_of_another_vpc_is_refused(ec2, backed_up, tmp_path):
 @pytest.mark.parametrize(
     ("settings", "args", "message"),
     [
-        ({}, [], "set exactly one of SERVER and AMI_ID"),
+        ({}, [], "set exactly one of SERVER, SERVERS and AMI_ID"),
         ({"SERVR": "web01"}, [], "unknown setting SERVR; did you mean SERVER?"),
         ({"SERVER": "web01", "COUNT": 0}, [], "COUNT must be a whole number >= 1"),
         ({"SERVER": "web01", "PRIVATE_IP": "same", "COUNT": 2}, [], "needs COUNT = 1"),
@@ -341,10 +341,10 @@ def test_list_shows_restorable_backups(ec2, backed_up, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = ["SERVER", "IMAGE", "CREATED", "SCHEDULE", "STATE", "TYPE", "SUBNET", "RECORD"]
-    assert lines[0].split() == header
+    assert lines[0].split() == [*header, "VERIFIED"]
     assert [line.split()[0] for line in lines[1:]] == ["app01", "web01", "win01"]
     assert all(backed_up.subnet_id in line and "t3.small" in line for line in lines[1:])
-    assert all(line.split()[-1] == "full" for line in lines[1:])  # each has a launch record
+    assert all(line.split()[-2:] == ["full", "-"] for line in lines[1:])  # records; no drill
 
 
 def test_json_report(ec2, backed_up, tmp_path):
