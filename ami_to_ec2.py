@@ -3339,7 +3339,7 @@ def record_drill(clients: Clients, config: dict, restores: list[Restore], run: R
     lines = []
     for restore in restores:
         ok = not restore.error
-        if restore.image and restore.plan:
+        if restore.image:  # a plan or check that failed is a failed restore too
             value = verified_value(restore, run)
             try:
                 clients.ec2.create_tags(Resources=[restore.image["ImageId"]],

@@ -123,6 +123,9 @@ DescribeInstanceInformation):
   S3 AWSEC2-CreateVssSnapshot with CreateAmi=True creates the image, named by
      AmiName, tagged with the document's `tags` plus the reserved AppConsistent
      and AwsVssConfig (and Device on the snapshot), as the real document does.
+  S4 ListCommandInvocations by CommandId (and InstanceId), in pages of MaxResults (1-50)
+     with NextToken, with CommandPlugins (Details=true) whose ResponseCode is 0 for
+     Success and 1 for Failed (moto has no ListCommandInvocations).
 
 IAM (moto's enforcement, when a test turns it on):
   I1 An action is authorized under its IAM prefix, not the service's signing name:
@@ -643,6 +646,17 @@ def write_blocks(volume_id: str, blocks: Iterable[int]) -> None:
         contents[index] = next(_writes)
 
 
+def age_instance(instance_id: str, seconds: float) -> None:
+    """Make an instance's LaunchTime `seconds` earlier: the time passed since a killed run
+    left it behind, without the test waiting for it."""
+    for backend in _backends():
+        if instance_id in {i.id for i in backend.all_instances()}:
+            instance = backend.get_instance(instance_id)
+            instance.launch_time -= timedelta(seconds=seconds)
+            return
+    raise KeyError(instance_id)
+
+
 def resize_volume(volume_id: str, size_gib: int) -> None:
     """Grow a volume, as ModifyVolume does (P24)."""
     _volume(volume_id).size = size_gib
@@ -1127,6 +1141,7 @@ def _get_launch_template_data(self) -> ActionResult:
 
 _original_send_command = SSMBackend.send_command
 SSM_DEFAULT_PAGE = 10  # DescribeInstanceInformation's page without MaxResults
+SSM_LIST_PAGE = 50  # ListCommandInvocations' default MaxResults
 
 
 def _describe_instance_information(self) -> ActionResult:
@@ -1170,6 +1185,31 @@ def _send_command(self, *args, **kwargs):
         for instance_id in command.instance_ids:
             _vss_image(self.account_id, self.region_name, instance_id, command.parameters)
     return command
+
+
+def _list_command_invocations(self) -> ActionResult:
+    """A command's invocations, one per instance, paginated (S4)."""
+    command = self.ssm_backend.get_command_by_id(self._get_param("CommandId"))
+    instance_id = self._get_param("InstanceId")
+    details = self._get_param("Details") in (True, "true")
+    listed = []
+    for invocation in command.invocations:
+        if instance_id and invocation["InstanceId"] != instance_id:
+            continue
+        status = invocation["Status"]
+        made = {k: invocation[k] for k in ("CommandId", "InstanceId", "DocumentName", "Status",
+                                           "StatusDetails")}  # fmt: skip
+        if details:
+            code = {"Success": 0, "Failed": 1}.get(status, -1)
+            made["CommandPlugins"] = [{"Name": invocation["PluginName"], "Status": status,
+                                       "ResponseCode": code}]  # fmt: skip
+        listed.append(made)
+    size = int(self._get_param("MaxResults") or SSM_LIST_PAGE)
+    start = int(self._get_param("NextToken") or 0)
+    result: dict[str, Any] = {"CommandInvocations": listed[start : start + size]}
+    if start + size < len(listed):
+        result["NextToken"] = str(start + size)
+    return ActionResult(result)
 
 
 def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict) -> None:
@@ -1242,6 +1282,7 @@ def apply_patches() -> None:
     Instance.terminate = _terminate
     SimpleSystemManagerResponse.describe_instance_information = _describe_instance_information
     SSMBackend.send_command = _send_command
+    SimpleSystemManagerResponse.list_command_invocations = _list_command_invocations
     AmisResponse.copy_image = _copy_image
     AmisResponse.enable_image_deprecation = _enable_image_deprecation
     AmisResponse.disable_image_deprecation = _disable_image_deprecation

@@ -186,3 +186,12 @@ def kitchen_sink(
         LoadBalancerName="kitchen", Instances=[{"InstanceId": instance_id}]
     )
     return instance_id
+
+
+def drill_network(ec2: Any, fleet: Fleet, cidr: str = "10.20.9.0/24") -> tuple[str, str]:
+    """An isolated subnet and security group for restore drills, in the fleet's VPC."""
+    subnet_id = ec2.create_subnet(VpcId=fleet.vpc_id, CidrBlock=cidr)["Subnet"]["SubnetId"]
+    group_id = ec2.create_security_group(
+        GroupName="drill", Description="restore drills: no inbound", VpcId=fleet.vpc_id
+    )["GroupId"]
+    return subnet_id, group_id

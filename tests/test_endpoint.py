@@ -294,6 +294,29 @@ def test_s2_command_runs_on_its_instance_with_the_chosen_outcome(ec2, endpoint, 
     assert invocation["Status"] == status
 
 
+def test_s4_command_invocations_are_listed_by_command_with_their_exit_codes(ec2, endpoint):
+    SETTINGS.ssm_results = {"bad-thing": "Failed"}
+    ids = sorted(an_instance(ec2) for _ in range(3))
+    ssm = ssm_client(endpoint)
+    sent = {
+        text: ssm.send_command(InstanceIds=ids, DocumentName="AWS-RunShellScript",
+                               Parameters={"commands": [text]})["Command"]["CommandId"]
+        for text in ("good-thing", "bad-thing")
+    }  # fmt: skip
+    pages = ssm.get_paginator("list_command_invocations").paginate(
+        CommandId=sent["bad-thing"], Details=True, PaginationConfig={"PageSize": 2}
+    )
+    listed = [i for page in pages for i in page["CommandInvocations"]]
+    assert sorted(i["InstanceId"] for i in listed) == ids
+    assert {(i["Status"], i["CommandPlugins"][0]["ResponseCode"]) for i in listed} == {
+        ("Failed", 1)
+    }
+    [good] = ssm.list_command_invocations(CommandId=sent["good-thing"], InstanceId=ids[0])[
+        "CommandInvocations"
+    ]
+    assert good["Status"] == "Success" and "CommandPlugins" not in good
+
+
 def test_s3_vss_document_makes_a_tagged_image_with_its_reserved_tags(ec2, endpoint):
     instance_id = an_instance(ec2)
     ssm_client(endpoint).send_command(

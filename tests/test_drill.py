@@ -1,0 +1,207 @@
+"""Restore drills: each backup restored into an isolated subnet, checked, always cleaned
+up, and the result recorded on the image, in DRILL_LOG and in both scripts' --list."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+import ami_to_ec2
+from localaws.endpoint import SETTINGS, age_instance
+from localaws.fleet import ROOT, drill_network
+from tests.conftest import (
+    backup_config,
+    managed,
+    run,
+    script_command,
+    tags_of,
+    wait_for,
+    write_config,
+)
+
+CHECKS = {"linux": "systemctl is-active nginx", "windows": "Get-Service W3SVC"}
+
+
+@pytest.fixture
+def drilled(ec2, fleet, tmp_path):
+    """The fleet backed up once (win01 by SELECT_TAGS Backup=yes), and a drill network."""
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    fleet.drill_subnet, fleet.drill_group = drill_network(ec2, fleet)
+    SETTINGS.instance_pending_seconds = 0.2
+    return fleet
+
+
+def drill_config(tmp_path, fleet, **settings):
+    return write_config(
+        tmp_path / "drill.py", DRILL_SUBNET_ID=fleet.drill_subnet,
+        DRILL_SECURITY_GROUP_IDS=[fleet.drill_group], DRILL_LOG=str(tmp_path / "drill.log"),
+        **settings,
+    )  # fmt: skip
+
+
+def drill_instances(ec2) -> list[dict]:
+    filters = [{"Name": "tag-key", "Values": ["ec2-to-ami:drill"]}]
+    return [i for r in ec2.describe_instances(Filters=filters)["Reservations"]
+            for i in r["Instances"]]  # fmt: skip
+
+
+def verified(ec2, server: str) -> str:
+    return tags_of(managed(ec2, server)[0]).get("ec2-to-ami:verified", "")
+
+
+def test_a_drill_of_three_servers_checks_them_isolated_then_leaves_nothing_running(
+    ec2, endpoint, drilled, tmp_path
+):
+    config = drill_config(tmp_path, drilled, DRILL_CHECK=CHECKS, DRILL_INSTANCE_TYPE="t3.micro")
+    result = run("ami_to_ec2.py", config, "--drill", "--all")
+    assert result.returncode == 0, result.stderr
+    instances = drill_instances(ec2)
+    assert len(instances) == 3
+    for instance in instances:
+        tags = tags_of(instance)
+        server = tags["ec2-to-ami:drill"]
+        assert instance["State"]["Name"] == "terminated"
+        assert instance["SubnetId"] == drilled.drill_subnet
+        assert [g["GroupId"] for g in instance["SecurityGroups"]] == [drilled.drill_group]
+        assert instance["InstanceType"] == "t3.micro"
+        assert tags["Name"].startswith(f"{server}-drill-") and tags["Name"].endswith("Z")
+        assert tags["ec2-to-ami:restored-from"] == managed(ec2, server)[0]["ImageId"]
+        assert "Backup" not in tags  # the tag the backup selects win01 by is left off
+    # The originals and their Elastic IP are untouched.
+    for instance_id in drilled.instances.values():
+        state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+        assert state["Instances"][0]["State"]["Name"] == "running"
+    [address] = ec2.describe_addresses(AllocationIds=[drilled.eips["web01"]])["Addresses"]
+    assert address["InstanceId"] == drilled.instances["web01"]
+    for server in ("web01", "app01", "win01"):
+        when, outcome, status_ok, check = verified(ec2, server).split()
+        assert when.endswith("Z") and outcome == "ok"
+        assert re.fullmatch(r"status-ok=\d+s", status_ok) and re.fullmatch(r"check=\d+s", check)
+    # One command per platform, for all its instances.
+    assert endpoint.count("SendCommand", DocumentName="AWS-RunShellScript") == 1
+    assert endpoint.count("SendCommand", DocumentName="AWS-RunPowerShellScript") == 1
+    lines = [json.loads(line) for line in (tmp_path / "drill.log").read_text().splitlines()]
+    assert sorted(line["server"] for line in lines) == ["app01", "web01", "win01"]
+    for line in lines:
+        assert line["result"] == "ok" and line["error"] is None
+        assert line["instance_type"] == "t3.micro"
+        assert {"running", "status_ok", "check_passed"} <= set(line["timings"])
+    for script in ("ami_to_ec2.py", "ec2_to_ami.py"):
+        config_ = drill_config(tmp_path, drilled) if script == "ami_to_ec2.py" else (
+            backup_config(tmp_path, drilled))  # fmt: skip
+        listing = run(script, config_, "--list").stdout.splitlines()
+        assert listing[0].split()[-1] == "VERIFIED"
+        assert all(line.split()[-1] == "ok" for line in listing[1:]), listing
+
+
+def test_a_failed_check_tags_the_image_failed_and_exits_1(ec2, drilled, tmp_path):
+    SETTINGS.ssm_results = {"systemctl": "Failed"}
+    config = drill_config(tmp_path, drilled, DRILL_CHECK=CHECKS)
+    result = run("ami_to_ec2.py", config, "--drill", "--server", "web01", "--server", "win01")
+    assert result.returncode == 1
+    assert "web01: DRILL_CHECK Failed on i-" in result.stderr
+    assert verified(ec2, "web01").split()[1] == "failed"
+    assert verified(ec2, "win01").split()[1] == "ok"
+    assert "ec2-to-ami:verified" not in tags_of(managed(ec2, "app01")[0])
+    assert all(i["State"]["Name"] == "terminated" for i in drill_instances(ec2))
+    assert "FAILED" in result.stdout
+
+
+def test_a_drill_without_its_subnet_and_groups_is_a_config_error(endpoint, drilled, tmp_path):
+    for settings in ({}, {"DRILL_SUBNET_ID": drilled.drill_subnet}):
+        config = write_config(tmp_path / "d.py", **settings)
+        result = run("ami_to_ec2.py", config, "--drill", "--all")
+        assert result.returncode == 2
+        assert "a drill needs DRILL_SUBNET_ID and DRILL_SECURITY_GROUP_IDS" in result.stderr
+    bad_settings = [
+        ({"DRILL_CHECK": 3}, "DRILL_CHECK must be"),
+        ({"DRILL_PICK": "oldest"}, "DRILL_PICK must be one of"),
+        ({"DRILL_TIMEOUT_MINUTES": 0}, "DRILL_TIMEOUT_MINUTES must be"),
+    ]
+    for bad, message in bad_settings:
+        config = drill_config(tmp_path, drilled, **bad)
+        result = run("ami_to_ec2.py", config, "--drill", "--all")
+        assert result.returncode == 2 and message in result.stderr
+    assert endpoint.count("RunInstances", ok=True) == 3  # the fleet fixture's own
+
+
+def test_random_pick_drills_an_older_backup_too(ec2, drilled, tmp_path, monkeypatch):
+    assert run("ec2_to_ami.py", backup_config(tmp_path, drilled)).returncode == 0
+    older, newer = sorted(managed(ec2, "web01"), key=lambda i: tags_of(i)["ec2-to-ami:created"])
+    monkeypatch.setattr(ami_to_ec2.random.SystemRandom, "choice", lambda self, seq: seq[-1])
+    config = drill_config(tmp_path, drilled, DRILL_PICK="random")
+    assert run("ami_to_ec2.py", config, "--drill", "--server", "web01").returncode == 0
+    found = {i["ImageId"]: tags_of(i) for i in managed(ec2, "web01")}
+    assert found[older["ImageId"]]["ec2-to-ami:verified"].split()[1] == "ok"
+    assert "ec2-to-ami:verified" not in found[newer["ImageId"]]
+
+
+def start_drill(endpoint, config, *args) -> subprocess.Popen:
+    """A drill as cron runs it: a process of its own."""
+    return subprocess.Popen(
+        script_command("ami_to_ec2.py", config, "--drill", *args),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ}, cwd=ROOT,
+    )  # fmt: skip
+
+
+def live_drill_instances(ec2) -> list[str]:
+    return [i["InstanceId"] for i in drill_instances(ec2)
+            if i["State"]["Name"] in ("pending", "running")]  # fmt: skip
+
+
+def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up(
+    ec2, endpoint, drilled, tmp_path
+):
+    SETTINGS.instance_pending_seconds = 120  # the drill waits; it is killed meanwhile
+    config = drill_config(tmp_path, drilled, DRILL_TIMEOUT_MINUTES=5)
+    process = start_drill(endpoint, config, "--all")
+    try:
+        wait_for(lambda: len(live_drill_instances(ec2)) == 3, "the drill's three instances")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    left = live_drill_instances(ec2)
+    assert len(left) == 3
+    # A backup run meanwhile selects by SELECT_TAGS, and never picks up a drill instance.
+    before = {i["ImageId"] for i in managed(ec2)}
+    assert run("ec2_to_ami.py", backup_config(tmp_path, drilled)).returncode == 0
+    made = [i for i in managed(ec2) if i["ImageId"] not in before]
+    assert sorted(tags_of(i)["ec2-to-ami:server"] for i in made) == ["app01", "web01", "win01"]
+    assert not {tags_of(i)["ec2-to-ami:instance-id"] for i in made} & set(left)
+    # Younger than DRILL_TIMEOUT_MINUTES x 2, they may belong to a drill still running.
+    SETTINGS.instance_pending_seconds = 0.2
+    assert run("ami_to_ec2.py", config, "--drill", "--server", "web01").returncode == 0
+    assert sorted(live_drill_instances(ec2)) == sorted(left)
+    for instance_id in left:
+        age_instance(instance_id, 11 * 60)
+    result = run("ami_to_ec2.py", config, "--drill", "--server", "web01")
+    assert result.returncode == 0, result.stderr
+    assert live_drill_instances(ec2) == []
+    assert "left by an earlier drill" in result.stderr
+
+
+def test_sigterm_ends_a_drill_with_its_instances_terminated_and_no_traceback(
+    ec2, endpoint, drilled, tmp_path
+):
+    SETTINGS.instance_pending_seconds = 120
+    process = start_drill(endpoint, drill_config(tmp_path, drilled), "--server", "web01")
+    try:
+        wait_for(lambda: len(live_drill_instances(ec2)) == 1, "the drill's instance")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "Traceback" not in stderr and "drill interrupted" in stderr
+    assert live_drill_instances(ec2) == []
+    assert "ec2-to-ami:verified" not in tags_of(managed(ec2, "web01")[0])
+
+
+def test_the_backup_records_the_tag_keys_it_selects_by(ec2, drilled):
+    keys = tags_of(managed(ec2, "win01")[0])["ec2-to-ami:select-tag-keys"]
+    assert json.loads(keys) == ["Backup"]
