@@ -274,6 +274,11 @@ def prepare(
     ec2, fleet = clients.ec2, config["FLEET"]
     if config["AMI_ID"]:
         image = find_image(ec2, config)
+        if config["DRILL"] and image["State"] != AVAILABLE:
+            raise RestoreError(
+                f"image {image['ImageId']} is {image['State']}: a drill tests available "
+                "images only, and changes nothing to reach one"
+            )
         if image["State"] == IN_RECYCLE_BIN:
             if args.dry_run:
                 print(
@@ -3383,8 +3388,10 @@ def verified_value(restore: Restore, run: Run) -> str:
 
 
 def print_iam_policy(config: dict) -> int:
-    """--print-iam-policy: the policy this config's restores need, as JSON; no AWS call."""
-    print(json.dumps(iam_policy(config), indent=2))
+    """--print-iam-policy: the policy this config's restores (with --drill: its drills)
+    need, as JSON; no AWS call."""
+    document = drill_policy(config) if config["DRILL"] else iam_policy(config)
+    print(json.dumps(document, indent=2))
     return EXIT_OK
 
 
@@ -3447,6 +3454,68 @@ def iam_policy(config: dict) -> dict:
             ["route53:ListResourceRecordSets", "route53:ChangeResourceRecordSets"],
             [f"arn:aws:route53:::hostedzone/{z}" for z in zones],
         ))  # fmt: skip
+    if config["KMS_KEY_ID"]:
+        key = config["KMS_KEY_ID"]
+        statements.append(allow(
+            "EncryptVolumesThroughEc2Only",
+            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
+            key if key.startswith("arn:") else "*",
+            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
+        ))  # fmt: skip
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def drill_policy(config: dict) -> dict:
+    """The least-privilege policy for drills with this config: launch only into
+    DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS, tag only at launch, terminate only
+    instances tagged TAG_DRILL, run DRILL_CHECK's documents only on them, and tag images
+    that carry the marker with TAG_VERIFIED alone. No Elastic IP, load balancer or DNS
+    call, no EnableImage, no Recycle Bin restore: a drill changes nothing in production."""
+    region = base_session(config["PROFILE"], config["REGION"])[0].region_name
+    account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
+    arn = f"arn:aws:ec2:{region}:{account}:"
+    image = f"arn:aws:ec2:{region}::image/*"
+    launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
+    groups = [arn + f"security-group/{g}" for g in config["DRILL_SECURITY_GROUP_IDS"]]
+    describe = [
+        "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
+        "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
+        "ec2:DescribeKeyPairs", "ec2:DescribeAddresses", "ec2:DescribePlacementGroups",
+        "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
+    ]  # fmt: skip
+    drill_tag = {"Null": {f"aws:ResourceTag/{TAG_DRILL}": "false"}}
+    statements = [
+        allow("Describe", describe, "*"),
+        allow("LaunchOnlyIntoTheDrillSubnet", "ec2:RunInstances",
+              [image, *launched, arn + f"subnet/{config['DRILL_SUBNET_ID']}", *groups,
+               arn + "key-pair/*"]),
+        allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
+              {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
+        allow("ReadBackTheNewInstance",
+              ["ec2:GetLaunchTemplateData", "ec2:DescribeInstanceAttribute"], launched[0]),
+        allow("SourceDestCheckOnlyOnRestoredInterfaces", "ec2:ModifyNetworkInterfaceAttribute",
+              launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
+        allow("TerminateOnlyDrillInstances", "ec2:TerminateInstances", launched[0], drill_tag),
+        allow("RecordTheResultOnMarkedImagesOnly", "ec2:CreateTags", image, {
+            "StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL},
+            "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_VERIFIED]},
+        }),
+        allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",
+              f"arn:aws:iam::{account}:instance-profile/*"),
+        allow("PassOnlyRestorableRolesToEc2", "iam:PassRole",
+              f"arn:aws:iam::{account}:role{RESTORABLE_ROLE_PATH}*",
+              {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
+    ]  # fmt: skip
+    if config["DRILL_CHECK"]:
+        documents = [f"arn:aws:ssm:{region}:*:document/{CHECK_DOCUMENTS[p]}"
+                     for p in sorted(config["DRILL_CHECK"])]  # fmt: skip
+        statements += [
+            allow("RunTheCheckDocuments", "ssm:SendCommand", documents),
+            allow("RunTheCheckOnDrillInstancesOnly", "ssm:SendCommand", launched[0],
+                  {"Null": {f"ssm:resourceTag/{TAG_DRILL}": "false"}}),
+            allow("ReadTheCheck", ["ssm:DescribeInstanceInformation",
+                                   "ssm:ListCommandInvocations"], "*"),
+        ]  # fmt: skip
     if config["KMS_KEY_ID"]:
         key = config["KMS_KEY_ID"]
         statements.append(allow(

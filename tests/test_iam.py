@@ -29,7 +29,7 @@ from parliament.statement import get_privilege_info
 import ami_to_ec2
 import ec2_to_ami
 from localaws.endpoint import SETTINGS
-from localaws.fleet import build_network, kitchen_sink
+from localaws.fleet import build_network, drill_network, kitchen_sink
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
 
 MARKER_CONDITION = {"StringEquals": {"aws:ResourceTag/ec2-to-ami:managed-by": "ec2-to-ami"}}
@@ -136,9 +136,9 @@ def in_target_group(endpoint, fleet, server: str) -> None:
     elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": fleet.instances[server]}])
 
 
-def generated(script: str, config) -> dict:
+def generated(script: str, config, *args: str) -> dict:
     """What --print-iam-policy prints for a config."""
-    result = run(script, config, "--print-iam-policy")
+    result = run(script, config, *args, "--print-iam-policy")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -298,6 +298,59 @@ def test_restore_from_the_recycle_bin_under_the_restore_policy(
     env = user_env("restore-bot", generated("ami_to_ec2.py", restore))
     used = actions_used(endpoint, env, "ami_to_ec2.py", restore, [[]])
     assert {"ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"} <= used
+
+
+def test_a_drill_does_its_whole_job_under_the_drill_policy(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    subnet, group = drill_network(ec2, fleet)
+    SETTINGS.instance_pending_seconds = 0.2
+    config = write_config(
+        tmp_path / "drill.py", DRILL_SUBNET_ID=subnet, DRILL_SECURITY_GROUP_IDS=[group],
+        DRILL_CHECK={"linux": "true", "windows": "exit 0"},
+    )  # fmt: skip
+    document = generated("ami_to_ec2.py", config, "--drill")
+    env = user_env("drill-bot", document)
+    used = actions_used(endpoint, env, "ami_to_ec2.py", config, [["--drill", "--all"]])
+    # PassRole is checked inside RunInstances; placement and source/dest check only for a
+    # twin that has them.
+    rare = {"iam:PassRole", "ec2:DescribePlacementGroups", "ec2:DescribeHosts",
+            "ec2:ModifyNetworkInterfaceAttribute"}  # fmt: skip
+    assert used == actions_of(document) - rare - ON_OUR_BEHALF
+    verified = [t for i in managed(ec2) for t in i.get("Tags", [])
+                if t["Key"] == "ec2-to-ami:verified"]  # fmt: skip
+    assert len(verified) == 3
+
+
+def test_a_drill_reaches_nothing_in_production_and_removes_only_drill_instances():
+    document = policy("drill-policy.json")
+    production = {"ec2:AssociateAddress", "ec2:EnableImage", "ec2:RestoreImageFromRecycleBin",
+                  "elasticloadbalancing:RegisterTargets", "route53:ChangeResourceRecordSets",
+                  "ec2:DeregisterImage", "ec2:CreateImage"}  # fmt: skip
+    assert not actions_of(document) & production
+    [launch] = statements_with(document, "ec2:RunInstances")
+    subnets = [r for r in launch["Resource"] if ":subnet/" in r]
+    groups = [r for r in launch["Resource"] if ":security-group/" in r]
+    assert subnets == ["arn:aws:ec2:eu-west-1:*:subnet/subnet-0d1e2f3a4b5c6d7e8"]
+    assert groups == ["arn:aws:ec2:eu-west-1:*:security-group/sg-0a1b2c3d4e5f60718"]
+    [terminate] = statements_with(document, "ec2:TerminateInstances")
+    assert terminate["Condition"] == {"Null": {"aws:ResourceTag/ec2-to-ami:drill": "false"}}
+    tagging = {s["Sid"]: s for s in statements_with(document, "ec2:CreateTags")}
+    assert tagging["TagAtLaunchOnly"]["Condition"] == {
+        "StringEquals": {"ec2:CreateAction": "RunInstances"}
+    }
+    on_images = tagging["RecordTheResultOnMarkedImagesOnly"]
+    assert on_images["Resource"] == "arn:aws:ec2:eu-west-1::image/*"
+    assert on_images["Condition"] == {
+        **MARKER_CONDITION,
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["ec2-to-ami:verified"]},
+    }
+    commands = statements_with(document, "ssm:SendCommand")
+    on_instances = [s for s in commands if "instance/" in str(s["Resource"])]
+    assert [s["Condition"] for s in on_instances] == [
+        {"Null": {"ssm:resourceTag/ec2-to-ami:drill": "false"}}
+    ]
 
 
 def test_restore_policy_refuses_what_the_restore_does_not_need(fleet, endpoint, user_env):
@@ -517,13 +570,14 @@ SHIPPED = {  # each docs/iam file: --print-iam-policy of its example config
     "backup-policy.json": ("ec2_to_ami.py", "backup-ssm.py"),
     "backup-dr-policy.json": ("ec2_to_ami.py", "backup-dr.py"),
     "restore-policy.json": ("ami_to_ec2.py", "restore.py"),
+    "drill-policy.json": ("ami_to_ec2.py", "drill.py", "--drill"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_the_shipped_policies_are_what_their_example_configs_generate(name):
-    script, example = SHIPPED[name]
-    printed = generated(script, ROOT / "docs" / "iam" / "examples" / example)
+    script, example, *args = SHIPPED[name]
+    printed = generated(script, ROOT / "docs" / "iam" / "examples" / example, *args)
     assert printed == policy(name), f"regenerate docs/iam/{name} (README, IAM)"
 
 
