@@ -1,7 +1,7 @@
 # Settings for ami_to_ec2.py: plain Python, UPPER_CASE names only.
 # Run another file with:  python ami_to_ec2.py --config /path/to/restore.py
 # A misspelt or mistyped setting stops the restore with exit 2 before any AWS call.
-# --server, --ami, --before and --count on the command line override this file.
+# --server, --all, --ami, --before and --count on the command line override this file.
 #
 # None for a launch setting means: as recorded from the original instance when
 # the backup was made. A restore needs nothing but SERVER.
@@ -12,8 +12,15 @@ PROFILE = None
 
 # Restore the newest available backup of this server (the name ec2_to_ami.py used) ...
 SERVER = None
-# ... or this exact image (any image, not only this tool's). Set one of the two.
+# ... or this exact image (any image, not only this tool's) ...
 AMI_ID = None
+# ... or these servers, in one run (a fleet; --server a --server b and --all do the
+# same). Each gets its own recorded configuration; they launch at EC2's RunInstances
+# pace (5, then 2 a second) and are waited for together. One server's failure stops no
+# other; the run exits 1 if any failed. NAME, HOSTNAME, DNS_RECORDS, a PRIVATE_IP or
+# ELASTIC_IP address and COUNT > 1 fit one server only, and are errors here.
+# Set one of SERVER, AMI_ID and SERVERS.
+SERVERS = None
 
 # Consider only backups of this schedule ("daily", "weekly"). None: any.
 SCHEDULE = None
@@ -143,9 +150,37 @@ DELETE_ON_TERMINATION = None
 # it takes the place of Fast Snapshot Restore for that volume. None: EBS's default.
 VOLUME_INITIALIZATION_RATE = None
 
-# Wait for "none", "running" or "status-ok" (both status checks passed).
+# Wait for "none", "running" or "status-ok" (both status checks passed), each instance
+# at most WAIT_TIMEOUT_MINUTES after RunInstances accepted it.
 WAIT = "status-ok"
 WAIT_TIMEOUT_MINUTES = 30
+
+# --- Restore drills: ami_to_ec2.py --drill (README, "Restore drills") ---
+# A drill restores each chosen server (--server, --all or SERVERS) into an isolated
+# subnet, waits for status-ok, runs DRILL_CHECK, then terminates it, always. It tags
+# the image ec2-to-ami:verified (ok or failed, with the seconds taken) and never takes
+# an Elastic IP, a fixed private IP, a public IP, a target group or a DNS record.
+# Required for a drill: a subnet and security groups that keep it from production.
+DRILL_SUBNET_ID = None
+DRILL_SECURITY_GROUP_IDS = None
+# A smaller instance type for drills, to save cost. None: as recorded.
+DRILL_INSTANCE_TYPE = None
+# A command run through SSM Run Command once the instance passes its status checks,
+# which must exit 0: one for all ("systemctl is-active nginx"), or one per platform:
+# {"linux": "systemctl is-active nginx", "windows": "Get-Service MSSQLSERVER"}. It needs
+# SSM Agent and an instance profile with AmazonSSMManagedInstanceCore on the image's
+# recorded profile. None: status-ok is the check.
+DRILL_CHECK = None
+# Each drill instance lives at most this long after its launch: status-ok and the
+# check must both pass within it. A drill terminates instances a killed drill left
+# behind once they are twice this old.
+DRILL_TIMEOUT_MINUTES = 15
+# "newest": each server's newest backup. "random": any available one it keeps, so the
+# older restore points are tested too.
+DRILL_PICK = "newest"
+# Append one JSON line per server and drill to this file: the result, the backup's age
+# and the seconds to each step (README, "Reading the drill log"). None: no log.
+DRILL_LOG = None
 
 # --- Disaster recovery (README, "Disaster recovery") ---
 # Restoring a copy in another region (REGION or --region): the recorded subnet,

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+import ami_to_ec2
 import ec2_to_ami
 from ec2_to_ami import BackupConfig, ConfigError, ServerDefaults, load_config, validate_config
 from tests.conftest import ROOT, run, write_config
@@ -240,3 +241,8 @@ def test_bad_usage_exits_2(endpoint, tmp_path, args):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert endpoint.count() == 0
+
+
+def test_the_shipped_restore_config_holds_every_setting_at_its_default():
+    shipped = ami_to_ec2.read_settings(str(ROOT / "ami_to_ec2_config.py"))
+    assert shipped == ami_to_ec2.DEFAULTS

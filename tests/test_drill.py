@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 
@@ -205,3 +206,17 @@ def test_sigterm_ends_a_drill_with_its_instances_terminated_and_no_traceback(
 def test_the_backup_records_the_tag_keys_it_selects_by(ec2, drilled):
     keys = tags_of(managed(ec2, "win01")[0])["ec2-to-ami:select-tag-keys"]
     assert json.loads(keys) == ["Backup"]
+
+
+def test_the_shipped_weekly_drill_lines_parse_as_quiet_drills_of_every_server():
+    lines = [
+        line
+        for path in [ROOT / "crontab.example", *sorted((ROOT / "docs" / "systemd").iterdir())]
+        for line in path.read_text().splitlines()
+        if "ami_to_ec2.py --config" in line and not line.startswith("#")
+    ]
+    assert len(lines) == 2  # cron, and the systemd service
+    for line in lines:
+        args = ami_to_ec2.parse_args(shlex.split(line.split("ami_to_ec2.py", 1)[1]))
+        assert args.drill and args.all and args.quiet
+        assert args.config == "/etc/ec2-backup/drill.py"
