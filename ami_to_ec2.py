@@ -1208,7 +1208,12 @@ def plan_launch(
             f"COUNT={config['COUNT']}: Elastic IPs, target groups and DNS records go to the "
             f"first instance ({name}) only"
         )
-    if recorded.platform == "windows" and original_alive and not config["HOSTNAME"]:
+    if recorded.platform == "windows" and original_alive and config["DRILL"]:
+        warnings.append(
+            f"the drill instance has the computer name and SID of {recorded.instance_id}, "
+            "which still runs: keep DRILL_SUBNET_ID from reaching its domain controllers"
+        )
+    elif recorded.platform == "windows" and original_alive and not config["HOSTNAME"]:
         warnings.append(
             f"original instance {recorded.instance_id} still runs: the new Windows instance has "
             "the same computer name and SID, which clash on a network or in a domain; set "
@@ -2840,7 +2845,7 @@ def report(ec2: Any, restores: list[Restore], config: dict, as_json: bool, run: 
     elif as_json:
         print(json.dumps(fleet_document(restores, rows, run), indent=2))
     else:
-        print_fleet(restores, rows, run)
+        print_fleet(restores, rows, run, config["DRILL"])
     for restore in restores:
         if restore.error:
             log.error("%s%s", run.prefix(restore), restore.error)
@@ -2938,7 +2943,7 @@ def timings_text(restore: Restore) -> str:
                      if key in restore.at)  # fmt: skip
 
 
-def print_fleet(restores: list[Restore], rows: dict[str, dict], run: Run) -> None:
+def print_fleet(restores: list[Restore], rows: dict[str, dict], run: Run, drill: bool) -> None:
     """A fleet's table: per server its backup and age (the RPO achieved), instance, the
     seconds into the run at each step, the twin check and the result."""
     columns = ["server", "image", "backup age", "instance", "state",
@@ -2959,9 +2964,11 @@ def print_fleet(restores: list[Restore], rows: dict[str, dict], run: Run) -> Non
         table.append(row)
     print_table(table, columns)
     failed = [r.server for r in restores if r.error]
-    summary = f"{len(restores) - len(failed)} of {len(restores)} servers restored in "
+    done = "verified by a drill (and terminated)" if drill else "restored"
+    summary = f"{len(restores) - len(failed)} of {len(restores)} servers {done} in "
     print(summary + f"{run.since():.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    print(f"client token: {run.token} (rerun with --client-token to retry safely)")
+    if not drill:
+        print(f"client token: {run.token} (rerun with --client-token to retry safely)")
 
 
 def duration(seconds: float | None) -> str:

@@ -1,5 +1,5 @@
-"""Back up a small fleet three times, lose a server, restore it, compare, and say what
-the kept backups cost.
+"""Back up a small fleet three times, drill a restore of both servers, lose a server,
+restore it, compare, and say what the kept backups cost.
 
 No AWS account is needed: the demo starts the tests' local EC2 endpoint (moto's
 server with the harness patches) as its own process on 127.0.0.1, and stops it
@@ -21,7 +21,15 @@ from typing import Any
 import boto3
 
 from localaws.endpoint import CONTROL_PATH, WINDOWS_AMI
-from localaws.fleet import REGION, ROOT, add_elastic_ip, aws_env, build_network, launch
+from localaws.fleet import (
+    REGION,
+    ROOT,
+    add_elastic_ip,
+    aws_env,
+    build_network,
+    drill_network,
+    launch,
+)
 
 
 def start_endpoint() -> tuple[subprocess.Popen, str]:
@@ -130,7 +138,22 @@ def demo(url: str) -> None:
                     write(url, volume, random.Random(number).sample(range(16384), 327))
             step(f"Backup run {number} of 3 (the shipped example config, KEEP = 2)")
             run(env, "ec2_to_ami.py", "--config", str(backup_config))
-        step("Managed backups: two per server are kept")
+        step("Restore drill: both servers restored in an isolated subnet, checked, removed")
+        drill_config = Path(workdir) / "drill.py"
+        subnet, group = drill_network(ec2, fleet)
+        log = Path(workdir) / "drills.jsonl"
+        drill_config.write_text(
+            f"DRILL_SUBNET_ID = {subnet!r}\nDRILL_SECURITY_GROUP_IDS = [{group!r}]\n"
+            'DRILL_CHECK = {"linux": "systemctl is-active nginx", "windows": "Get-Service W3SVC"}\n'
+            f"DRILL_LOG = {str(log)!r}\n",
+            encoding="utf-8",
+        )
+        run(env, "ami_to_ec2.py", "--config", str(drill_config), "--drill", "--all")
+        for line in log.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            steps = ", ".join(f"{k} {v:.1f} s" for k, v in entry["timings"].items())
+            print(f"DRILL_LOG: {entry['server']} {entry['result']}: {steps}")
+        step("Managed backups: two per server are kept, and each newest one is verified")
         run(env, "ec2_to_ami.py", "--config", str(backup_config), "--list")
         before = describe(ec2, fleet.instances["web01"])
         step("Disaster: web01 is terminated")

@@ -1,4 +1,5 @@
-"""make demo: back up, lose a server, restore it, and the comparison shows it matches."""
+"""make demo: back up, drill, lose a server, restore it, and the comparison shows it
+matches."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def test_demo_restores_a_matching_server_and_stops_its_endpoint():
     out = result.stdout
     assert out.count("2 server(s): 2 backed up, 0 failed") == 0  # logs go to stderr
     assert result.stderr.count("2 server(s): 2 backed up, 0 failed") == 3
+    drill = out[out.index("=== Restore drill") : out.index("=== Managed backups")]
+    rows = [line.split() for line in drill.splitlines() if line.startswith(("web01", "win01"))]
+    assert [(r[0], r[4], r[-1]) for r in rows] == [("web01", "terminated", "ok"),
+                                                   ("win01", "terminated", "ok")]  # fmt: skip
+    assert "2 of 2 servers verified by a drill (and terminated)" in drill
+    assert drill.count("DRILL_LOG: ") == 2 and drill.count(" ok: image_resolved") == 2
+    listing = out[out.index("=== Managed backups") : out.index("=== Disaster")].splitlines()
+    verified = [line.split()[-1] for line in listing if line.startswith(("web01", "win01"))]
+    assert verified == ["ok", "-", "ok", "-"]  # the newest of each, as the drill picked
     table = out[out.index("=== Before and after") : out.index("=== What the kept")]
     assert table.count("  same") == 8 and "DIFFERENT" not in table
     # The two backups kept: the second holds the 6,000 blocks written first and the day's
