@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.client
 import botocore.loaders
 import botocore.retries.standard
 import botocore.session
@@ -43,6 +44,27 @@ def shared_service_models() -> None:
     loader = botocore.loaders.create_loader()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(botocore.session, "create_loader", lambda *_args, **_kw: loader)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_client_classes() -> None:
+    """One client class per service for every in-process run. botocore builds a class
+    with a method per operation (EC2 has about 700) for each client it makes, which is a
+    fifth of an in-process run's own time; the class depends only on the service model,
+    which the shared loader already shares. Each run still makes its own session and
+    clients, with their own event handlers, credentials and retries."""
+    original = botocore.client.ClientCreator._create_client_class
+    made: dict[tuple[str, str], type] = {}
+
+    def create_client_class(self: Any, service_name: str, service_model: Any) -> type:
+        key = (service_name, service_model.api_version)
+        if key not in made:
+            made[key] = original(self, service_name, service_model)
+        return made[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.client.ClientCreator, "_create_client_class", create_client_class)
         yield
 
 

@@ -714,3 +714,21 @@ def test_p27_a_launch_mapping_takes_the_images_snapshot_and_size(ec2):
     assert (volume["Size"], volume["VolumeType"], volume["SnapshotId"]) == (
         2, "gp3", image["BlockDeviceMappings"][1]["Ebs"]["SnapshotId"]
     )  # fmt: skip
+
+
+def test_h1_a_resources_tags_are_the_ones_moto_would_find_by_scanning(ec2, endpoint):
+    from moto.ec2.models import ec2_backends
+
+    first, second = an_instance(ec2), an_instance(ec2)
+    ec2.create_tags(
+        Resources=[first], Tags=[{"Key": "b", "Value": "2"}, {"Key": "a", "Value": "1"}]
+    )
+    ec2.create_tags(Resources=[second], Tags=[{"Key": "c", "Value": "3"}])
+    backend = ec2_backends["123456789012"][REGION]
+    for instance_id in (first, second):
+        scanned = backend.describe_tags(filters={"resource-id": [instance_id]})
+        assert backend.get_instance(instance_id).get_tags() == scanned
+    described = ec2.describe_instances(Filters=[{"Name": "tag:a", "Values": ["1"]}])
+    [instance] = [i for r in described["Reservations"] for i in r["Instances"]]
+    assert instance["InstanceId"] == first
+    assert {t["Key"]: t["Value"] for t in instance["Tags"]} == {"a": "1", "b": "2"}

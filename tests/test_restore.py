@@ -14,9 +14,9 @@ from tests.conftest import backup_config, managed, run, tags_of, write_config
 
 @pytest.fixture
 def backed_up(ec2, fleet, tmp_path):
-    """The fleet with one backup of each server; new instances pend for half a second."""
+    """The fleet with one backup of each server; new instances pend for a fifth of a second."""
     assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
-    SETTINGS.instance_pending_seconds = 0.5
+    SETTINGS.instance_pending_seconds = 0.2
     return fleet
 
 
