@@ -90,6 +90,7 @@ TAG_SOURCE_IMAGE = "ec2-to-ami:source-image-id"
 TAG_SHARED_WITH = "ec2-to-ami:shared-with"
 TAG_SELECT_TAG_KEYS = "ec2-to-ami:select-tag-keys"  # the backup config's SELECT_TAGS keys
 TAG_DRILL = "ec2-to-ami:drill"  # on a drill instance: the server it tests
+TAG_DRILL_RUN = "ec2-to-ami:drill-run"  # on a drill instance: the drill run that launched it
 TAG_VERIFIED = "ec2-to-ami:verified"  # on an image a drill restored: when, ok|failed, seconds
 # The launch record: JSON over LAUNCH_DEFAULTS (a key left out has its default value).
 TAG_LAUNCH = "ec2-to-ami:launch"
@@ -293,7 +294,7 @@ def prepare(
         restores = [Restore(read_recorded(image).server or image["ImageId"], image)]
     else:
         restores = pick_images(ec2, config)
-    token = run.token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    token = run.token = run.token or args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
     alive = live_originals(ec2, [read_recorded(r.image) for r in restores if r.image])
     for r in restores:
         if r.image:
@@ -1680,6 +1681,7 @@ def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str)
         for key in recorded.select_tag_keys:
             tags.pop(key, None)
         tags[TAG_DRILL] = recorded.server or image["ImageId"]
+        tags[TAG_DRILL_RUN] = config["DRILL_RUN"]
     tags[TAG_RESTORED_FROM] = image["ImageId"]
     if recorded.created:
         tags[TAG_RESTORED_BACKUP_TIME] = recorded.created
@@ -3165,6 +3167,7 @@ def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     Tag each image verified (ok or failed), append to DRILL_LOG, report. First, terminate
     what a drill killed by SIGKILL left behind. Exit 1 if any server failed."""
     run = Run(config["FLEET"])
+    run.token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
     config = drill_config(config, run)
     ec2 = clients.ec2
     leftovers = drill_leftovers(ec2, config, run)
@@ -3186,8 +3189,8 @@ def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
             run_restores(clients, config, restores, run)
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        launched = ids_of(restores)
+    finally:  # what this run launched, and what a RunInstances cut short launched unseen
+        launched = sorted(set(ids_of(restores)) | set(launched_by(ec2, run)))
         if launched:
             terminate(ec2, launched, "the drill is over")
     if interrupted:
@@ -3211,7 +3214,7 @@ def drill_config(config: dict, run: Run) -> dict:
         "CLASSIC_LOAD_BALANCERS": [], "DNS_RECORDS": [], "NAME": None, "COUNT": 1,
         "TERMINATION_PROTECTION": False, "WAIT": "status-ok",
         "WAIT_TIMEOUT_MINUTES": config["DRILL_TIMEOUT_MINUTES"],
-        "DRILL_STAMP": f"{run.utc:%Y%m%dT%H%M%SZ}",
+        "DRILL_STAMP": f"{run.utc:%Y%m%dT%H%M%SZ}", "DRILL_RUN": run.token,
     }  # fmt: skip
 
 
@@ -3229,6 +3232,22 @@ def drill_leftovers(ec2: Any, config: dict, run: Run) -> list[dict]:
     for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
         found += [i for r in page.get("Reservations", []) for i in r["Instances"]]
     return [i for i in found if i["LaunchTime"] < cutoff]
+
+
+def launched_by(ec2: Any, run: Run) -> list[str]:
+    """The live instances tagged with this drill run's id: those an interruption in the
+    middle of RunInstances launched without the run seeing their ids. An instance EC2
+    does not describe yet is left to the next drill's sweep."""
+    filters = [
+        {"Name": f"tag:{TAG_DRILL_RUN}", "Values": [run.token]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
+    try:
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+        return [i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]]
+    except (ClientError, BotoCoreError) as err:
+        log.error("could not look for this drill's instances: %s", error_text(err))
+        return []
 
 
 def terminate(ec2: Any, ids: list[str], why: str) -> None:

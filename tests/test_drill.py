@@ -73,6 +73,7 @@ def test_a_drill_of_three_servers_checks_them_isolated_then_leaves_nothing_runni
         assert tags["Name"].startswith(f"{server}-drill-") and tags["Name"].endswith("Z")
         assert tags["ec2-to-ami:restored-from"] == managed(ec2, server)[0]["ImageId"]
         assert "Backup" not in tags  # the tag the backup selects win01 by is left off
+        assert tags["ec2-to-ami:drill-run"].startswith("ec2-to-ami-")
     # The originals and their Elastic IP are untouched.
     for instance_id in drilled.instances.values():
         state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
@@ -225,3 +226,15 @@ def test_the_shipped_weekly_drill_lines_parse_as_quiet_drills_of_every_server():
         args = ami_to_ec2.parse_args(shlex.split(line.split("ami_to_ec2.py", 1)[1]))
         assert args.drill and args.all and args.quiet
         assert args.config == "/etc/ec2-backup/drill.py"
+
+
+def test_an_instance_whose_run_instances_answer_was_lost_is_terminated_too(
+    ec2, endpoint, drilled, tmp_path
+):
+    # EC2 launched it, but the drill never heard back: it is found by the run's tag.
+    endpoint.inject("RunInstances", "Unsupported", 400, lost=True)
+    result = run("ami_to_ec2.py", drill_config(tmp_path, drilled), "--drill", "--server", "web01")
+    assert result.returncode == 1 and "web01: AWS error: Unsupported" in result.stderr
+    [instance] = drill_instances(ec2)
+    assert instance["State"]["Name"] == "terminated"
+    assert verified(ec2, "web01").split()[1] == "failed"
