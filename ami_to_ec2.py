@@ -1625,8 +1625,9 @@ def mapped_interface(
     subnet = mapping.get(nic.get("subnet") or "")
     groups = [mapping.get(g) for g in nic.get("groups", [])]
     primary = nic["index"] == 0
-    has_subnet = subnet or (primary and config["SUBNET_ID"])
-    has_groups = all(groups) or (primary and config["SECURITY_GROUP_IDS"])
+    drill = config["DRILL"]  # a drill puts every interface in its own subnet and groups
+    has_subnet = subnet or drill or (primary and config["SUBNET_ID"])
+    has_groups = all(groups) or drill or (primary and config["SECURITY_GROUP_IDS"])
     if not has_subnet or not has_groups:
         was = ", ".join([nic.get("subnet") or "-", *nic.get("groups", [])])
         settings = ("SUBNET_ID and SECURITY_GROUP_IDS (or --subnet-id and "

@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from localaws.endpoint import SETTINGS, finish_pending
-from localaws.fleet import Fleet, build_network, launch
+from localaws.fleet import Fleet, build_network, drill_network, launch
 from tests.conftest import (
     REGION,
     backup_config,
@@ -462,6 +462,18 @@ def test_restore_in_the_dr_region_with_its_own_subnet_and_groups(ec2, dr, fleet,
         f"Elastic IP {fleet.eips['web01']} is in {REGION}, so none is associated" in result.stderr
     )
     assert dr.describe_addresses()["Addresses"] == []
+
+
+def test_a_drill_in_the_dr_region_proves_the_copies_with_its_own_subnet_alone(dr, copied, tmp_path):
+    drill = drill_network(dr, copied, cidr="10.30.9.0/24")
+    config = write_config(tmp_path / "drill.py", REGION=DR, DRILL_SUBNET_ID=drill[0],
+                          DRILL_SECURITY_GROUP_IDS=[drill[1]])  # fmt: skip
+    result = run("ami_to_ec2.py", config, "--drill", "--all")
+    assert result.returncode == 0, result.stderr
+    assert instances_in(dr) == []  # every drill instance terminated
+    for server in ("web01", "app01", "win01"):
+        newest = max(managed(dr, server), key=lambda i: tags_of(i)["ec2-to-ami:created"])
+        assert tags_of(newest)["ec2-to-ami:verified"].split()[1] == "ok"
 
 
 def test_a_dr_restore_without_the_regions_ids_fails_cleanly_and_launches_nothing(
