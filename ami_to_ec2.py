@@ -317,8 +317,8 @@ def prepare(
 
 @contextlib.contextmanager
 def one_server(restore: Restore, fleet: bool) -> Iterator[None]:
-    """In a fleet, a server's failure is its own: record it and go on. A single restore
-    raises it, as before any launch."""
+    """In a fleet, a server's failure is its own: record it (the report names it) and go
+    on. A single restore raises it, as before any launch."""
     try:
         yield
     except (RestoreError, ClientError, BotoCoreError) as err:
@@ -326,7 +326,6 @@ def one_server(restore: Restore, fleet: bool) -> Iterator[None]:
             raise
         text = str(err) if isinstance(err, RestoreError) else f"AWS error: {error_text(err)}"
         restore.problems.append(text)
-        log.error("%s: %s", restore.server, text)
 
 
 def server_token(token: str, server: str) -> str:
@@ -1121,10 +1120,9 @@ class Restore:
         return f"after launching {', '.join(self.ids)}: {text}" if self.ids else text
 
     def fail(self, problem: str) -> None:
-        """Record a failure; this server is done."""
+        """Record a failure; this server is done. The report names it at the end."""
         self.problems.append(problem)
         self.stage = "done"
-        log.error("%s: %s", self.server, problem)
 
 
 class Run:
@@ -3197,9 +3195,9 @@ def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     if interrupted:
         log.error("drill interrupted: its instances were terminated; no image was tagged")
         return EXIT_FAILED
-    record_drill(clients, config, restores, run)
+    recorded = record_drill(clients, config, restores, run)
     report(ec2, restores, config, args.json, run)
-    return EXIT_FAILED if any(r.error for r in restores) else EXIT_OK
+    return EXIT_FAILED if not recorded or any(r.error for r in restores) else EXIT_OK
 
 
 def drill_config(config: dict, run: Run) -> dict:
@@ -3365,14 +3363,14 @@ def read_checks(ssm: Any, sent: list[Restore], run: Run) -> None:
                              f"{command_id}{exit_code})")  # fmt: skip
 
 
-def record_drill(clients: Clients, config: dict, restores: list[Restore], run: Run) -> None:
+def record_drill(clients: Clients, config: dict, restores: list[Restore], run: Run) -> bool:
     """Tag each drilled image with TAG_VERIFIED, and append one JSON line per server to
-    DRILL_LOG."""
+    DRILL_LOG; False if DRILL_LOG could not be written (a failed tag fails its server)."""
     lines = []
     for restore in restores:
         ok = not restore.error
         if restore.image:  # a plan or check that failed is a failed restore too
-            value = verified_value(restore, run)
+            value = verified_value(restore, config, run)
             try:
                 clients.ec2.create_tags(Resources=[restore.image["ImageId"]],
                                         Tags=[{"Key": TAG_VERIFIED, "Value": value}])  # fmt: skip
@@ -3393,10 +3391,11 @@ def record_drill(clients: Clients, config: dict, restores: list[Restore], run: R
                 handle.writelines(json.dumps(line) + "\n" for line in lines)
         except OSError as err:
             log.error("could not append to DRILL_LOG %s: %s", config["DRILL_LOG"], err.strerror)
-            restores[0].problems.append(f"DRILL_LOG not written: {err.strerror}")
+            return False
+    return True
 
 
-def verified_value(restore: Restore, run: Run) -> str:
+def verified_value(restore: Restore, config: dict, run: Run) -> str:
     """TAG_VERIFIED: "<UTC time> ok|failed status-ok=<s>s check=<s>s" (the seconds from
     RunInstances accepted; "-" for a step not reached, "none" when there is no check)."""
     accepted = restore.at.get("run_instances_accepted")
@@ -3406,7 +3405,8 @@ def verified_value(restore: Restore, run: Run) -> str:
             return "-"
         return f"{restore.at[key] - accepted:.0f}s"
 
-    check = after("check_passed") if restore.check else "none"
+    checked = restore.plan is None or drill_check(config, restore)
+    check = after("check_passed") if checked else "none"
     result = "failed" if restore.error else "ok"
     return f"{run.utc:%Y-%m-%dT%H:%M:%SZ} {result} status-ok={after('status_ok')} check={check}"
 

@@ -48,7 +48,8 @@ def test_the_launch_data_recorded_is_the_launch_data_read_back():
 
 
 # Each script carries its own copy of these, so that it stands alone on a host.
-SHARED_HELPERS = ["read_settings", "base_session", "assume_role", "error_text", "RoleError"]
+SHARED_HELPERS = ["read_settings", "base_session", "assume_role", "error_text", "RoleError",
+                  "Pacer", "verified_summary"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SHARED_HELPERS)

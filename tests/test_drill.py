@@ -111,7 +111,11 @@ def test_a_failed_check_tags_the_image_failed_and_exits_1(ec2, drilled, tmp_path
     config = drill_config(tmp_path, drilled, DRILL_CHECK=CHECKS)
     result = run("ami_to_ec2.py", config, "--drill", "--server", "web01", "--server", "win01")
     assert result.returncode == 1
-    assert "web01: DRILL_CHECK Failed on i-" in result.stderr
+    assert re.search(
+        r"web01: after launching i-\w+: DRILL_CHECK Failed on i-\w+ \(command "
+        r"[\w-]+, exit code 1\)",
+        result.stderr,
+    ), result.stderr
     assert verified(ec2, "web01").split()[1] == "failed"
     assert verified(ec2, "win01").split()[1] == "ok"
     assert "ec2-to-ami:verified" not in tags_of(managed(ec2, "app01")[0])
@@ -234,7 +238,7 @@ def test_an_instance_whose_run_instances_answer_was_lost_is_terminated_too(
     # EC2 launched it, but the drill never heard back: it is found by the run's tag.
     endpoint.inject("RunInstances", "Unsupported", 400, lost=True)
     result = run("ami_to_ec2.py", drill_config(tmp_path, drilled), "--drill", "--server", "web01")
-    assert result.returncode == 1 and "web01: AWS error: Unsupported" in result.stderr
+    assert result.returncode == 1 and "ERROR AWS error: Unsupported" in result.stderr
     [instance] = drill_instances(ec2)
     assert instance["State"]["Name"] == "terminated"
     assert verified(ec2, "web01").split()[1] == "failed"
