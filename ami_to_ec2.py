@@ -2064,10 +2064,10 @@ class Facts:
         self.addresses: dict[str, dict] = {}  # allocation id -> its DescribeAddresses entry
         self._asked: dict[tuple, Any] = {}
 
-    def once(self, key: tuple, ask: Any) -> Any:
-        """ask(), made once per key in the run."""
+    def once(self, key: tuple, ask: Any, *args: Any, **kwargs: Any) -> Any:
+        """ask(*args, **kwargs), made once per key in the run."""
         if key not in self._asked:
-            self._asked[key] = ask()
+            self._asked[key] = ask(*args, **kwargs)
         return self._asked[key]
 
 
@@ -2140,6 +2140,17 @@ def fixed_addresses(nic: dict) -> list[str]:
     return [a for a in fixed if a]
 
 
+def found(ask: Any, gone: set[str], **kwargs: Any) -> bool:
+    """Whether a describe of one named resource finds it: False on its not-found codes."""
+    try:
+        ask(**kwargs)
+    except ClientError as err:
+        if err.response["Error"]["Code"] not in gone:
+            raise
+        return False
+    return True
+
+
 def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
     """Check cheaply what EC2 would refuse or get wrong; raise RestoreError if so, and warn
     (dropping it from the plan) about what was recorded but can no longer be reproduced."""
@@ -2192,17 +2203,8 @@ def check_instance_profile(clients: Clients, profile: dict | None, facts: Facts)
     if not profile:
         return
     name = (profile.get("Name") or profile.get("Arn", "")).rsplit("/", 1)[-1]
-
-    def exists() -> bool:
-        try:
-            clients.iam.get_instance_profile(InstanceProfileName=name)
-        except ClientError as err:
-            if err.response["Error"]["Code"] != ERR_NO_SUCH_ENTITY:
-                raise
-            return False
-        return True
-
-    if not facts.once(("instance profile", name), exists):
+    ask, gone = clients.iam.get_instance_profile, {ERR_NO_SUCH_ENTITY}
+    if not facts.once(("instance profile", name), found, ask, gone, InstanceProfileName=name):
         raise RestoreError(
             f"instance profile {name} does not exist (deleted since the backup?); create it, "
             "or set IAM_INSTANCE_PROFILE to one that does"
@@ -2214,15 +2216,6 @@ def check_placement(ec2: Any, plan: Plan, facts: Facts) -> None:
     placement = plan.params.get("Placement", {})
     group, host = placement.get("GroupName"), placement.get("HostId")
 
-    def group_exists() -> bool:
-        try:
-            ec2.describe_placement_groups(GroupNames=[group])
-        except ClientError as err:
-            if err.response["Error"]["Code"] not in PLACEMENT_GONE_CODES:
-                raise
-            return False
-        return True
-
     def host_usable() -> bool:
         try:
             hosts = ec2.describe_hosts(HostIds=[host]).get("Hosts", [])
@@ -2232,7 +2225,8 @@ def check_placement(ec2: Any, plan: Plan, facts: Facts) -> None:
             hosts = []
         return bool(hosts) and hosts[0].get("State") in HOST_USABLE_STATES
 
-    if group and not facts.once(("placement group", group), group_exists):
+    ask, gone = ec2.describe_placement_groups, PLACEMENT_GONE_CODES
+    if group and not facts.once(("placement group", group), found, ask, gone, GroupNames=[group]):
         warning = (f"placement group {group} no longer exists: the instance launches outside "
                    "any placement group; create it, or set PLACEMENT_GROUP")  # fmt: skip
         names, keys = ["placement group", "partition"], ["GroupName", "PartitionNumber"]
@@ -2261,17 +2255,9 @@ def check_target_groups(clients: Clients, plan: Plan, facts: Facts) -> None:
         if len(parts) < 6 or parts[3] != region or (account and parts[4] != account):
             drop_target(plan, group, f"is not in this account and region ({region})")
             continue
-
-        def exists(arn: str = group["arn"]) -> bool:
-            try:
-                clients.elbv2.describe_target_groups(TargetGroupArns=[arn])
-            except ClientError as err:
-                if err.response["Error"]["Code"] != ERR_TARGET_GROUP_NOT_FOUND:
-                    raise
-                return False
-            return True
-
-        if not facts.once(("target group", group["arn"]), exists):
+        ask, gone = clients.elbv2.describe_target_groups, {ERR_TARGET_GROUP_NOT_FOUND}
+        arn = group["arn"]
+        if not facts.once(("target group", arn), found, ask, gone, TargetGroupArns=[arn]):
             drop_target(plan, group, "no longer exists")
             continue
         usable.append(group)
@@ -2282,17 +2268,9 @@ def check_classic_load_balancers(clients: Clients, plan: Plan, facts: Facts) -> 
     """Classic Load Balancers that are gone are left out, with a warning."""
     usable = []
     for name in plan.classic_load_balancers:
-
-        def exists(name: str = name) -> bool:
-            try:
-                clients.elb.describe_load_balancers(LoadBalancerNames=[name])
-            except ClientError as err:
-                if err.response["Error"]["Code"] != ERR_LOAD_BALANCER_NOT_FOUND:
-                    raise
-                return False
-            return True
-
-        if not facts.once(("classic load balancer", name), exists):
+        ask, gone = clients.elb.describe_load_balancers, {ERR_LOAD_BALANCER_NOT_FOUND}
+        if not facts.once(("classic load balancer", name), found, ask, gone,
+                          LoadBalancerNames=[name]):  # fmt: skip
             plan.warnings.append(f"Classic Load Balancer {name} does not exist here: the "
                                  "instance is not registered with it")  # fmt: skip
             mark_attributes(plan.attributes, [f"Classic ELB {name}"])
@@ -3417,38 +3395,46 @@ def verified_value(restore: Restore, config: dict, run: Run) -> str:
 def print_iam_policy(config: dict) -> int:
     """--print-iam-policy: the policy this config's restores (with --drill: its drills)
     need, as JSON; no AWS call."""
-    document = drill_policy(config) if config["DRILL"] else iam_policy(config)
-    print(json.dumps(document, indent=2))
+    print(json.dumps(iam_policy(config), indent=2))
     return EXIT_OK
 
 
 def iam_policy(config: dict) -> dict:
-    """The least-privilege policy for restores with this config, in its region and account.
+    """The least-privilege policy for restores (or, with --drill, drills) with this config,
+    in its region and account.
 
     The instance profile a restore hands out comes from the image's tag, so PassRole is
     limited to roles under RESTORABLE_ROLE_PATH: create the roles a restore may pass
     there (ALLOWED_INSTANCE_PROFILES checks the profile too). The Elastic IP is the
-    configured allocation, or one tagged RESTORE_OPT_IN_TAG = "allow".
+    configured allocation, or one tagged RESTORE_OPT_IN_TAG = "allow". A drill launches
+    only into DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS, terminates only instances
+    tagged TAG_DRILL, tags images only with TAG_VERIFIED, and has no call that reaches
+    production: no Elastic IP, load balancer, DNS, EnableImage or Recycle Bin.
     """
     region = base_session(config["PROFILE"], config["REGION"])[0].region_name
     account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
     arn = f"arn:aws:ec2:{region}:{account}:"
-    image, snapshot = f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*"
-    subnet = f"subnet/{config['SUBNET_ID']}" if config["SUBNET_ID"] else "subnet/*"
+    image = f"arn:aws:ec2:{region}::image/*"
     launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
     describe = [
         "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
         "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
-        "ec2:DescribeKeyPairs", "ec2:DescribeNetworkInterfaces", "ec2:DescribeAddresses",
-        "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin",
-        "ec2:DescribePlacementGroups", "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
+        "ec2:DescribeKeyPairs", "ec2:DescribeAddresses", "ec2:DescribePlacementGroups",
+        "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
     ]  # fmt: skip
-    marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
-    eip = config["ELASTIC_IP"]
+    if config["DRILL"]:
+        sid, network = "LaunchOnlyIntoTheDrillSubnet", [
+            arn + f"subnet/{config['DRILL_SUBNET_ID']}",
+            *(arn + f"security-group/{g}" for g in config["DRILL_SECURITY_GROUP_IDS"]),
+        ]  # fmt: skip
+    else:
+        describe += ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSnapshots",
+                     "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin"]  # fmt: skip
+        subnet = f"subnet/{config['SUBNET_ID']}" if config["SUBNET_ID"] else "subnet/*"
+        sid, network = "LaunchInTheConfigsRegion", [arn + subnet, arn + "security-group/*"]
     statements = [
         allow("Describe", describe, "*"),
-        allow("LaunchInTheConfigsRegion", "ec2:RunInstances",
-              [image, *launched, arn + subnet, arn + "security-group/*", arn + "key-pair/*"]),
+        allow(sid, "ec2:RunInstances", [image, *launched, *network, arn + "key-pair/*"]),
         allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
               {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
         allow("ReadBackTheNewInstance",
@@ -3457,14 +3443,39 @@ def iam_policy(config: dict) -> dict:
               launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
         allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",
               f"arn:aws:iam::{account}:instance-profile/*"),
-        allow("EnableOnlyMarkedImages", "ec2:EnableImage", image, marked),
-        allow("RestoreFromTheRecycleBin",
-              ["ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"],
-              [image, snapshot]),
         allow("PassOnlyRestorableRolesToEc2", "iam:PassRole",
               f"arn:aws:iam::{account}:role{RESTORABLE_ROLE_PATH}*",
               {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
     ]  # fmt: skip
+    if config["DRILL"]:
+        statements += drill_statements(config, region, launched[0], image)
+    else:
+        statements += production_statements(config, region, account, launched, image)
+    if config["KMS_KEY_ID"]:
+        key = config["KMS_KEY_ID"]
+        statements.append(allow(
+            "EncryptVolumesThroughEc2Only",
+            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
+            key if key.startswith("arn:") else "*",
+            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
+        ))  # fmt: skip
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def production_statements(
+    config: dict, region: str, account: str, launched: list[str], image: str
+) -> list[dict]:
+    """What a restore does to production, and a drill never: EnableImage, the Recycle Bin,
+    Elastic IPs, load balancers and DNS."""
+    arn, snapshot = f"arn:aws:ec2:{region}:{account}:", f"arn:aws:ec2:{region}::snapshot/*"
+    marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
+    statements = [
+        allow("EnableOnlyMarkedImages", "ec2:EnableImage", image, marked),
+        allow("RestoreFromTheRecycleBin",
+              ["ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"],
+              [image, snapshot]),
+    ]  # fmt: skip
+    eip = config["ELASTIC_IP"]
     if eip is not None:
         statements += [
             allow("AssociateTheConfigsElasticIp", "ec2:AssociateAddress",
@@ -3481,77 +3492,32 @@ def iam_policy(config: dict) -> dict:
             ["route53:ListResourceRecordSets", "route53:ChangeResourceRecordSets"],
             [f"arn:aws:route53:::hostedzone/{z}" for z in zones],
         ))  # fmt: skip
-    if config["KMS_KEY_ID"]:
-        key = config["KMS_KEY_ID"]
-        statements.append(allow(
-            "EncryptVolumesThroughEc2Only",
-            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
-            key if key.startswith("arn:") else "*",
-            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
-        ))  # fmt: skip
-    return {"Version": "2012-10-17", "Statement": statements}
+    return statements
 
 
-def drill_policy(config: dict) -> dict:
-    """The least-privilege policy for drills with this config: launch only into
-    DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS, tag only at launch, terminate only
-    instances tagged TAG_DRILL, run DRILL_CHECK's documents only on them, and tag images
-    that carry the marker with TAG_VERIFIED alone. No Elastic IP, load balancer or DNS
-    call, no EnableImage, no Recycle Bin restore: a drill changes nothing in production."""
-    region = base_session(config["PROFILE"], config["REGION"])[0].region_name
-    account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
-    arn = f"arn:aws:ec2:{region}:{account}:"
-    image = f"arn:aws:ec2:{region}::image/*"
-    launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
-    groups = [arn + f"security-group/{g}" for g in config["DRILL_SECURITY_GROUP_IDS"]]
-    describe = [
-        "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
-        "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
-        "ec2:DescribeKeyPairs", "ec2:DescribeAddresses", "ec2:DescribePlacementGroups",
-        "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
-    ]  # fmt: skip
-    drill_tag = {"Null": {f"aws:ResourceTag/{TAG_DRILL}": "false"}}
+def drill_statements(config: dict, region: str, instance: str, image: str) -> list[dict]:
+    """A drill's own calls: terminate its instances (tagged TAG_DRILL, which the drill
+    can set only at launch), tag images that carry the marker with TAG_VERIFIED only,
+    and run DRILL_CHECK's documents on its instances only."""
     statements = [
-        allow("Describe", describe, "*"),
-        allow("LaunchOnlyIntoTheDrillSubnet", "ec2:RunInstances",
-              [image, *launched, arn + f"subnet/{config['DRILL_SUBNET_ID']}", *groups,
-               arn + "key-pair/*"]),
-        allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
-              {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
-        allow("ReadBackTheNewInstance",
-              ["ec2:GetLaunchTemplateData", "ec2:DescribeInstanceAttribute"], launched[0]),
-        allow("SourceDestCheckOnlyOnRestoredInterfaces", "ec2:ModifyNetworkInterfaceAttribute",
-              launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
-        allow("TerminateOnlyDrillInstances", "ec2:TerminateInstances", launched[0], drill_tag),
+        allow("TerminateOnlyDrillInstances", "ec2:TerminateInstances", instance,
+              {"Null": {f"aws:ResourceTag/{TAG_DRILL}": "false"}}),
         allow("RecordTheResultOnMarkedImagesOnly", "ec2:CreateTags", image, {
             "StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL},
             "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_VERIFIED]},
         }),
-        allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",
-              f"arn:aws:iam::{account}:instance-profile/*"),
-        allow("PassOnlyRestorableRolesToEc2", "iam:PassRole",
-              f"arn:aws:iam::{account}:role{RESTORABLE_ROLE_PATH}*",
-              {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
     ]  # fmt: skip
     if config["DRILL_CHECK"]:
         documents = [f"arn:aws:ssm:{region}:*:document/{CHECK_DOCUMENTS[p]}"
                      for p in sorted(config["DRILL_CHECK"])]  # fmt: skip
         statements += [
             allow("RunTheCheckDocuments", "ssm:SendCommand", documents),
-            allow("RunTheCheckOnDrillInstancesOnly", "ssm:SendCommand", launched[0],
+            allow("RunTheCheckOnDrillInstancesOnly", "ssm:SendCommand", instance,
                   {"Null": {f"ssm:resourceTag/{TAG_DRILL}": "false"}}),
             allow("ReadTheCheck", ["ssm:DescribeInstanceInformation",
                                    "ssm:ListCommandInvocations"], "*"),
         ]  # fmt: skip
-    if config["KMS_KEY_ID"]:
-        key = config["KMS_KEY_ID"]
-        statements.append(allow(
-            "EncryptVolumesThroughEc2Only",
-            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
-            key if key.startswith("arn:") else "*",
-            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
-        ))  # fmt: skip
-    return {"Version": "2012-10-17", "Statement": statements}
+    return statements
 
 
 def balancer_statements(config: dict, region: str, account: str) -> list[dict]:

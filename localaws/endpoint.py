@@ -1165,9 +1165,14 @@ def _describe_instance_information(self) -> ActionResult:
         ping = "ConnectionLost" if instance.id in SETTINGS.ssm_offline else "Online"
         platform = "Windows" if instance.platform == "windows" else "Linux"
         listed.append({"InstanceId": instance.id, "PingStatus": ping, "PlatformType": platform})
-    size = int(self._get_param("MaxResults") or SSM_DEFAULT_PAGE)
-    start = int(self._get_param("NextToken") or 0)
-    result: dict[str, Any] = {"InstanceInformationList": listed[start : start + size]}
+    return ssm_page(self, "InstanceInformationList", listed, SSM_DEFAULT_PAGE)
+
+
+def ssm_page(response: Any, key: str, listed: list[dict], default: int) -> ActionResult:
+    """One page of an SSM list, by MaxResults and NextToken (an offset), as SSM pages."""
+    size = int(response._get_param("MaxResults") or default)
+    start = int(response._get_param("NextToken") or 0)
+    result: dict[str, Any] = {key: listed[start : start + size]}
     if start + size < len(listed):
         result["NextToken"] = str(start + size)
     return ActionResult(result)
@@ -1220,12 +1225,7 @@ def _list_command_invocations(self) -> ActionResult:
             made["CommandPlugins"] = [{"Name": invocation["PluginName"], "Status": status,
                                        "ResponseCode": code}]  # fmt: skip
         listed.append(made)
-    size = int(self._get_param("MaxResults") or SSM_LIST_PAGE)
-    start = int(self._get_param("NextToken") or 0)
-    result: dict[str, Any] = {"CommandInvocations": listed[start : start + size]}
-    if start + size < len(listed):
-        result["NextToken"] = str(start + size)
-    return ActionResult(result)
+    return ssm_page(self, "CommandInvocations", listed, SSM_LIST_PAGE)
 
 
 def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict) -> None:
