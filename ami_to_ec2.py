@@ -3,14 +3,20 @@
 
     python ami_to_ec2.py --server web01 --dry-run
     python ami_to_ec2.py --server web01
+    python ami_to_ec2.py --all                 # a fleet: every server with a backup here
+    python ami_to_ec2.py --drill --all         # prove the backups restore, then clean up
 
 The backup recorded the original's launch configuration on the image, so the
 server's name is enough, even when the original instance is gone. The new
 instance is a twin: each attribute is reproduced, read back after launch and
-compared, and anything that could not be reproduced is a warning.
+compared, and anything that could not be reproduced is a warning. A fleet is
+planned server by server, checked with one describe per kind for all, launched
+at EC2's RunInstances pace and polled together. A drill restores into an
+isolated subnet, checks, terminates, and records the result on the image.
 
-Exit codes: 0 launched and reached WAIT, 1 an AWS-side failure (the report
-still names every instance launched), 2 usage or config error (no AWS call).
+Exit codes: 0 every server launched and reached WAIT (a drill: passed), 1 an
+AWS-side failure or a failed server (the report still names every instance
+launched), 2 usage or config error (no AWS call).
 
 Read it in this order; each section is marked "# --- <name>":
   The tag contract, EC2 facts   what the backup wrote, and the names of things
@@ -19,13 +25,17 @@ Read it in this order; each section is marked "# --- <name>":
   What the backup recorded      the launch configuration (the launch record) read from the tags
   User data                     host name and the operator's user data, merged
   Plan the launch (pure)        every attribute (recorded, overridden or default), and
-                                RunInstances' parameters for each instance
+                                RunInstances' parameters for each instance; a server's
+                                restore in a run (Restore)
   AWS access                    one session and its clients, retries
-  Look                          find the backup (or bring it back from the Recycle Bin);
-                                check what EC2 would refuse, and what is gone
-  Do it                         launch; source/dest check, Elastic IPs, load balancers, DNS;
-                                wait
-  Check the twin, Report        read the instance back, compare; the tables or JSON
+  Look                          find each server's backup (or bring one back from the
+                                Recycle Bin); check what EC2 would refuse, and what is
+                                gone, with one describe per kind for the fleet (Facts)
+  Do it                         launch at RunInstances' pace; poll the fleet; source/dest
+                                check, Elastic IPs, load balancers, DNS as each runs
+  Check the twin, Report        read the instances back, compare; the tables or JSON
+  Drill                         --drill: isolate, check through SSM, always clean up,
+                                record the result on the image and in DRILL_LOG
   IAM policy                    --print-iam-policy: the least privilege this config needs
   Command line
 """
@@ -537,7 +547,7 @@ def check_servers(servers: Any) -> None:
 def check_fleet_settings(config: dict) -> None:
     """Settings that belong to one server are errors when a run restores several."""
     fixed_nics = [n for n in config["NETWORK_INTERFACES"] or [] if n.get("private_ip")]
-    one_server = [
+    single = [
         ("NAME", bool(config["NAME"]), "each server keeps its own Name"),
         ("PRIVATE_IP", config["PRIVATE_IP"] not in (None, "same"),
          'one address fits one server; "same" keeps each server\'s own'),
@@ -547,7 +557,7 @@ def check_fleet_settings(config: dict) -> None:
         ("NETWORK_INTERFACES", bool(fixed_nics), "a fixed private_ip fits one server"),
         ("DNS_RECORDS", bool(config["DNS_RECORDS"]), "a record points at one server"),
     ]  # fmt: skip
-    for name, set_, why in one_server:
+    for name, set_, why in single:
         if set_:
             raise ConfigError(f"{name} is set, but this run restores several servers: {why}")
     if config["COUNT"] != 1:
