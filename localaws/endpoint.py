@@ -143,6 +143,13 @@ Speed (the answers are moto's own, only found faster; tested in tests/test_endpo
   H1 A resource's tags are looked up by its id (moto scans every tag in the region with
      a regular expression for each resource it describes or filters, which made it the
      endpoint's main cost with dozens of tagged images and instances).
+  H2 The list of moto's service modules is read once (moto lists its package directory,
+     and stats each of its 180-odd entries, on every request).
+  H3 A response class's method names are read once per class (moto calls
+     inspect.getmembers on the class on every request). The harness's patches are all
+     installed before the first request.
+  H4 CreateKeyPair hands out one RSA key made once per process (moto makes a new 2048-bit
+     key for each pair: 70 ms, for a key no test uses). Each pair keeps its own id.
 
 Faults: `inject()` makes the next matching calls of an action fail with an EC2
 error document (for example RequestLimitExceeded with 503, InternalError with
@@ -198,6 +205,9 @@ with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as _handle:
     json.dump(PUBLIC_AMIS, _handle)
 os.environ["MOTO_AMIS_PATH"] = _handle.name
 
+import moto.backends
+import moto.core.responses
+import moto.ec2.models.key_pairs
 from moto.core.responses import ActionResult
 from moto.ebs.responses import EBSResponse
 from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotIdError
@@ -293,6 +303,9 @@ _original_block_device_mappings = Ami.block_device_mappings
 _original_ami_filter_value = Ami.get_filter_value
 _original_describe_images = AmisResponse.describe_images
 _original_delete_snapshot = EBSBackend.delete_snapshot
+_original_method_names = moto.core.responses.method_names_from_class
+_original_moto_modules = moto.backends.list_of_moto_modules
+_original_rsa_key_pair = moto.ec2.models.key_pairs.random_rsa_key_pair
 
 
 DESCRIPTION_MAX = 255
@@ -1208,6 +1221,25 @@ def _get_tags(self) -> list[dict[str, str]]:
             for k, v in tags.items()]  # fmt: skip
 
 
+_MOTO_MODULES = list(_original_moto_modules())  # H2
+_METHOD_NAMES: dict[object, list[str]] = {}  # H3
+_KEY_PAIR: list[dict] = []  # H4
+
+
+def _method_names_from_class(clazz: object) -> list[str]:
+    """A response class's method names, read once (H3)."""
+    if clazz not in _METHOD_NAMES:
+        _METHOD_NAMES[clazz] = _original_method_names(clazz)
+    return _METHOD_NAMES[clazz]
+
+
+def _random_rsa_key_pair() -> dict:
+    """One RSA key pair per process (H4)."""
+    if not _KEY_PAIR:
+        _KEY_PAIR.append(_original_rsa_key_pair())
+    return dict(_KEY_PAIR[0])
+
+
 def _list_command_invocations(self) -> ActionResult:
     """A command's invocations, one per instance, paginated (S4)."""
     command = self.ssm_backend.get_command_by_id(self._get_param("CommandId"))
@@ -1300,6 +1332,9 @@ def apply_patches() -> None:
     SSMBackend.send_command = _send_command
     SimpleSystemManagerResponse.list_command_invocations = _list_command_invocations
     TaggedEC2Resource.get_tags = _get_tags
+    moto.backends.list_of_moto_modules = lambda: iter(_MOTO_MODULES)
+    moto.core.responses.method_names_from_class = _method_names_from_class
+    moto.ec2.models.key_pairs.random_rsa_key_pair = _random_rsa_key_pair
     AmisResponse.copy_image = _copy_image
     AmisResponse.enable_image_deprecation = _enable_image_deprecation
     AmisResponse.disable_image_deprecation = _disable_image_deprecation

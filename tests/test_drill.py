@@ -185,6 +185,9 @@ def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up
     made = [i for i in managed(ec2) if i["ImageId"] not in before]
     assert sorted(tags_of(i)["ec2-to-ami:server"] for i in made) == ["app01", "web01", "win01"]
     assert not {tags_of(i)["ec2-to-ami:instance-id"] for i in made} & set(left)
+    # Nor does --check count one as an instance left without backups.
+    checked = run("ec2_to_ami.py", backup_config(tmp_path, drilled), "--check", "--json")
+    assert json.loads(checked.stdout)["uncovered"] == []
     # Younger than DRILL_TIMEOUT_MINUTES x 2, they may belong to a drill still running.
     SETTINGS.instance_pending_seconds = 0.2
     assert run("ami_to_ec2.py", config, "--drill", "--server", "web01").returncode == 0

@@ -732,3 +732,26 @@ def test_h1_a_resources_tags_are_the_ones_moto_would_find_by_scanning(ec2, endpo
     [instance] = [i for r in described["Reservations"] for i in r["Instances"]]
     assert instance["InstanceId"] == first
     assert {t["Key"]: t["Value"] for t in instance["Tags"]} == {"a": "1", "b": "2"}
+
+
+def test_h2_h3_moto_reads_its_modules_and_a_response_classes_methods_as_it_would(endpoint):
+    import moto.backends
+    import moto.core.responses
+    from moto.ec2.responses import EC2Response
+
+    from localaws import endpoint as harness
+
+    assert list(moto.backends.list_of_moto_modules()) == list(harness._original_moto_modules())
+    assert {"ec2", "ssm", "iam", "ebs"} <= set(moto.backends.list_of_moto_modules())
+    names = moto.core.responses.method_names_from_class(EC2Response)
+    assert names == harness._original_method_names(EC2Response)
+    assert "run_instances" in names
+
+
+def test_h4_key_pairs_share_one_key_but_keep_their_own_names_and_ids(ec2, endpoint):
+    first, second = ec2.create_key_pair(KeyName="a"), ec2.create_key_pair(KeyName="b")
+    assert first["KeyPairId"] != second["KeyPairId"]
+    assert first["KeyMaterial"] == second["KeyMaterial"]
+    assert first["KeyMaterial"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    listed = ec2.describe_key_pairs(KeyNames=["a", "b"])["KeyPairs"]
+    assert sorted(k["KeyName"] for k in listed) == ["a", "b"]
