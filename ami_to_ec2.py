@@ -204,6 +204,7 @@ CHECK_DOCUMENTS = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellS
 SSM_ONLINE, SSM_SUCCESS = "Online", "Success"
 SSM_RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
 SSM_IDS_MAX = 50  # instance ids per SendCommand and DescribeInstanceInformation filter
+SSM_NEEDS = "SSM Agent running and an instance profile with AmazonSSMManagedInstanceCore"
 WAIT_MODES = ("none", "running", "status-ok")
 POLL_FIRST_SECONDS, POLL_MAX_SECONDS, POLL_FACTOR = 1.0, 15.0, 1.5
 # The calls a restore makes at a bucket's pace: (bucket, size, refill a second), from EC2's
@@ -2485,10 +2486,15 @@ def advance(clients: Clients, config: dict, waiting: list[Restore], run: Run) ->
         advance_checks(clients, config, [r for r in waiting if r.stage == "checking"], run)
     timeout = "DRILL_TIMEOUT_MINUTES" if config["DRILL"] else "WAIT_TIMEOUT_MINUTES"
     for restore in waiting:
-        if restore.stage != "done" and time.monotonic() >= restore.deadline:
-            what = {"launched": "running", "running": "status checks ok",
-                    "checking": "through DRILL_CHECK"}.get(restore.stage, "done")  # fmt: skip
-            restore.fail(f"instances not {what} before {timeout} ran out")
+        if restore.stage == "done" or time.monotonic() < restore.deadline:
+            continue
+        if restore.stage == "checking" and "command_id" not in restore.check:
+            restore.fail(f"SSM never had {restore.ids[0]} online before {timeout} ran out, so "
+                         f"DRILL_CHECK could not run: it needs {SSM_NEEDS}")  # fmt: skip
+            continue
+        what = {"launched": "running", "running": "status checks ok",
+                "checking": "through DRILL_CHECK"}.get(restore.stage, "done")  # fmt: skip
+        restore.fail(f"instances not {what} before {timeout} ran out")
 
 
 def ids_of(restores: list[Restore]) -> list[str]:

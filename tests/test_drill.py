@@ -245,3 +245,50 @@ def test_an_instance_whose_run_instances_answer_was_lost_is_terminated_too(
     [instance] = drill_instances(ec2)
     assert instance["State"]["Name"] == "terminated"
     assert verified(ec2, "web01").split()[1] == "failed"
+
+
+def test_a_drill_dry_run_shows_the_isolated_plans_and_the_leftovers_and_changes_nothing(
+    ec2, endpoint, drilled, tmp_path
+):
+    left = ec2.run_instances(
+        ImageId=managed(ec2, "web01")[0]["ImageId"], MinCount=1, MaxCount=1,
+        SubnetId=drilled.drill_subnet, TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "ec2-to-ami:drill", "Value": "web01"}]}],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
+    age_instance(left, 3600)
+    before = len(endpoint.calls)
+    result = run("ami_to_ec2.py", drill_config(tmp_path, drilled), "--drill", "--all", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"Would terminate {left}, left by an earlier drill" in result.stdout
+    for server in ("app01", "web01", "win01"):
+        plan = result.stdout.split(f"== {server}")[1].split("== ")[0]
+        assert f"subnet:                 {drilled.drill_subnet}" in plan
+        assert f"security groups:        {drilled.drill_group}" in plan
+        assert (
+            "Elastic IP:             none" in plan
+            and f"name:                   {server}-drill-" in plan
+        )
+    calls = endpoint.calls[before:]
+    assert not [c for c in calls if c.action in ("TerminateInstances", "CreateTags")]
+    assert all(c.params.get("DryRun") == "true" for c in calls if c.action == "RunInstances")
+    assert live_drill_instances(ec2) == [left]
+
+
+class Every:
+    """Holds every instance id: SSM sees no instance online."""
+
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
+def test_a_check_ssm_cannot_deliver_fails_in_time_and_says_what_the_image_needs(
+    ec2, drilled, tmp_path
+):
+    SETTINGS.ssm_offline = Every()
+    config = drill_config(tmp_path, drilled, DRILL_CHECK=CHECKS, DRILL_TIMEOUT_MINUTES=0.04)
+    result = run("ami_to_ec2.py", config, "--drill", "--server", "web01")
+    assert result.returncode == 1
+    assert "DRILL_CHECK could not run: it needs SSM Agent running" in result.stderr
+    _, outcome, status_ok, check = verified(ec2, "web01").split()
+    assert (outcome, check) == ("failed", "check=-") and status_ok != "status-ok=-"
+    assert live_drill_instances(ec2) == []
