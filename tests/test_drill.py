@@ -292,3 +292,15 @@ def test_a_check_ssm_cannot_deliver_fails_in_time_and_says_what_the_image_needs(
     _, outcome, status_ok, check = verified(ec2, "web01").split()
     assert (outcome, check) == ("failed", "check=-") and status_ok != "status-ok=-"
     assert live_drill_instances(ec2) == []
+
+
+def test_a_drill_log_that_cannot_be_written_fails_the_drill_but_not_the_record(
+    ec2, drilled, tmp_path
+):
+    config = drill_config(tmp_path, drilled)
+    config.write_text(config.read_text() + f"DRILL_LOG = {str(tmp_path / 'no' / 'x.log')!r}\n")
+    result = run("ami_to_ec2.py", config, "--drill", "--server", "web01")
+    assert result.returncode == 1
+    assert "could not append to DRILL_LOG" in result.stderr
+    assert verified(ec2, "web01").split()[1] == "ok"  # the image still says what happened
+    assert live_drill_instances(ec2) == []
