@@ -21,8 +21,7 @@ import botocore.retries.standard
 import botocore.session
 import pytest
 
-import ami_to_ec2
-import ec2_to_ami
+from ec2ami import clock, polling
 from localaws.endpoint import LINUX_AMI, SETTINGS, WINDOWS_AMI, Endpoint
 from localaws.fleet import (
     REGION,
@@ -109,13 +108,12 @@ def endpoint(endpoint_server: Endpoint, monkeypatch: pytest.MonkeyPatch) -> Endp
     """
     endpoint_server.reset()
     SETTINGS.pending_seconds = 0.05
-    for module in (ec2_to_ami, ami_to_ec2):
-        monkeypatch.setattr(module, "POLL_FIRST_SECONDS", 0.05)
-        monkeypatch.setattr(module, "POLL_MAX_SECONDS", 0.25)
-    monkeypatch.setattr(ec2_to_ami, "POLL_WHILE_CREATING_FIRST_SECONDS", 0.25)
-    monkeypatch.setattr(ec2_to_ami, "MISSED_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(polling, "POLL_FIRST_SECONDS", 0.05)
+    monkeypatch.setattr(polling, "POLL_MAX_SECONDS", 0.25)
+    monkeypatch.setattr(polling, "POLL_WHILE_CREATING_FIRST_SECONDS", 0.25)
+    monkeypatch.setattr(polling, "MISSED_GRACE_SECONDS", 0.5)
     CLOCK.last = None
-    monkeypatch.setattr(ec2_to_ami, "utc_now", CLOCK)
+    monkeypatch.setattr(clock, "utc_now", CLOCK)
     for key, value in aws_env(endpoint_server.url).items():
         monkeypatch.setenv(key, value)
     return endpoint_server

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ami_to_ec2 import joined_value
+from ec2ami.contract import joined_value
 from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import (
     REGION,

@@ -6,9 +6,11 @@ import dataclasses
 
 import pytest
 
-import ami_to_ec2
-import ec2_to_ami
-from ec2_to_ami import BackupConfig, ConfigError, ServerDefaults, load_config, validate_config
+from ec2ami.backup import config as backup_config
+from ec2ami.backup.config import BackupConfig, ServerDefaults, load_config, validate_config
+from ec2ami.errors import ConfigError
+from ec2ami.restore import config as restore_config
+from ec2ami.settings import read_settings
 from tests.conftest import ROOT, run, write_config
 
 GOOD_ID = "i-0123456789abcdef0"
@@ -157,7 +159,7 @@ def test_the_checked_config_is_frozen_and_holds_every_setting():
         config.tags["team"] = "dev"  # type: ignore[index]
     in_defaults = {"KEEP", "CONSISTENCY", "NO_REBOOT", "PRE_SCRIPT", "POST_SCRIPT"}
     fields = {f.name.upper() for f in dataclasses.fields(BackupConfig)} - {"DEFAULTS"}
-    assert fields | in_defaults == set(ec2_to_ami.DEFAULTS)
+    assert fields | in_defaults == set(backup_config.DEFAULTS)
 
 
 def test_the_shipped_example_config_only_lacks_servers():
@@ -244,5 +246,5 @@ def test_bad_usage_exits_2(endpoint, tmp_path, args):
 
 
 def test_the_shipped_restore_config_holds_every_setting_at_its_default():
-    shipped = ami_to_ec2.read_settings(str(ROOT / "ami_to_ec2_config.py"))
-    assert shipped == ami_to_ec2.DEFAULTS
+    shipped = read_settings(str(ROOT / "ami_to_ec2_config.py"))
+    assert shipped == restore_config.DEFAULTS

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import ec2_to_ami
+from ec2ami.backup import config as backup_config_module
 from localaws.endpoint import SETTINGS
 from tests.conftest import backup_config, managed, run, tags_of
 
@@ -189,7 +189,9 @@ def test_ssm_refusing_the_check_fails_only_the_ssm_servers(ec2, fleet, tmp_path,
 
 def test_hanging_pre_script_times_out_and_fails_the_server(ec2, fleet, tmp_path, monkeypatch):
     """A command still InProgress at SCRIPT_TIMEOUT_SECONDS (plus a poll's grace) has timed out."""
-    monkeypatch.setattr(ec2_to_ami, "SCRIPT_TIMEOUT_MIN", 1)  # SSM's least is 30 s: too slow here
+    monkeypatch.setattr(
+        backup_config_module, "SCRIPT_TIMEOUT_MIN", 1
+    )  # SSM's least is 30 s: too slow here
     SETTINGS.ssm_results = {"freeze-db": "Hang"}
     servers = [{"name": "app01", "instance_id": fleet.instances["app01"], "consistency": "scripts"}]
     config = scripted(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={}, SCRIPT_TIMEOUT_SECONDS=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import inspect
 import logging
 from datetime import datetime, timezone
 
@@ -11,63 +10,38 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import ami_to_ec2
-import ec2_to_ami
-from ami_to_ec2 import Recorded, RestoreError, build_user_data, plan_launch, validate_config
-
-
-def contract(module) -> dict[str, str]:
-    """The tag keys a module defines."""
-    return {
-        name: value
-        for name, value in vars(module).items()
-        if name.startswith("TAG_") and isinstance(value, str)
-    }
-
-
-def test_both_scripts_define_the_same_tag_contract():
-    backup, restore = contract(ec2_to_ami), contract(ami_to_ec2)
-    shared = {k: v for k, v in restore.items() if not k.startswith("TAG_RESTORED")}
-    assert shared == backup
-    assert ec2_to_ami.TOOL == ami_to_ec2.TOOL
-
-
-@pytest.mark.parametrize(
-    "name", ["LAUNCH_VERSION", "LAUNCH_DEFAULTS", "INTERFACE_DEFAULTS", "BURSTABLE_RE"]
+from ec2ami.backup import config as backup_config
+from ec2ami.backup.config import ServerSpec
+from ec2ami.backup.tags import backup_tags, contract_tags, instance_tags, launch_tags
+from ec2ami.contract import (
+    LAUNCH_DATA_KEYS,
+    LAUNCH_TAGS_MAX,
+    LAUNCH_VERSION,
+    TAG_LAUNCH,
+    joined_value,
+    split_value,
 )
-def test_both_scripts_read_the_launch_record_the_same_way(name):
-    assert getattr(ec2_to_ami, name) == getattr(ami_to_ec2, name)
+from ec2ami.restore.config import DEFAULTS, RestoreError, validate_config
+from ec2ami.restore.plan import SETTABLE, plan_launch
+from ec2ami.restore.recorded import Recorded, read_launch, read_recorded
+from ec2ami.restore.userdata import build_user_data
 
 
 def test_the_launch_data_recorded_is_the_launch_data_read_back():
-    assert set(ec2_to_ami.LAUNCH_DATA_KEYS) == set(ami_to_ec2.LAUNCH_DATA_KEYS)
-    assert ec2_to_ami.LAUNCH_DATA_DESCRIBES == ami_to_ec2.LAUNCH_DATA_DESCRIBES
-    keys = {key: name for name, _, key in ami_to_ec2.SETTABLE}
-    for field, key in ec2_to_ami.LAUNCH_DATA_KEYS.items():
-        assert keys[key] == ami_to_ec2.LAUNCH_DATA_KEYS[field]
-
-
-# Each script carries its own copy of these, so that it stands alone on a host.
-SHARED_HELPERS = ["read_settings", "base_session", "assume_role", "error_text", "RoleError",
-                  "Pacer", "verified_summary"]  # fmt: skip
-
-
-@pytest.mark.parametrize("name", SHARED_HELPERS)
-def test_the_helpers_both_scripts_carry_are_the_same_source(name):
-    backup = inspect.getsource(getattr(ec2_to_ami, name))
-    restore = inspect.getsource(getattr(ami_to_ec2, name))
-    assert backup == restore, f"{name} differs between ec2_to_ami.py and ami_to_ec2.py"
+    """Every field the backup records from GetLaunchTemplateData is one the restore sets."""
+    settable = {key for _, _, key in SETTABLE}
+    assert set(LAUNCH_DATA_KEYS.values()) <= settable
 
 
 @given(st.text(min_size=1, max_size=2000))
 def test_a_long_value_split_by_the_backup_is_read_back_whole_by_the_restore(value):
-    tags = dict(ec2_to_ami.split_value("k", value))
+    tags = dict(split_value("k", value))
     assert all(len(v) <= 256 for v in tags.values())
-    assert ami_to_ec2.joined_value(tags, "k") == value
+    assert joined_value(tags, "k") == value
 
 
 def test_restore_reads_what_the_backup_wrote():
-    spec = ec2_to_ami.ServerSpec("web01", "i-0123456789abcdef0", 7)
+    spec = ServerSpec("web01", "i-0123456789abcdef0", 7)
     instance = {
         "InstanceType": "t3.small",
         "SubnetId": "subnet-1",
@@ -79,17 +53,13 @@ def test_restore_reads_what_the_backup_wrote():
         "MetadataOptions": {"HttpTokens": "required"},
         "Tags": [{"Key": "Name", "Value": "web01"}, {"Key": "Env", "Value": "prod"}],
     }
-    config = ec2_to_ami.validate_config(
+    config = backup_config.validate_config(
         {"SERVERS": [{"name": "web01", "instance_id": spec.instance_id}], "POOL": "prod"}
     )
-    fixed = ec2_to_ami.contract_tags(
-        spec, config, datetime.now(timezone.utc), "run-1", instance, "eipalloc-1"
-    )
-    tags, dropped = ec2_to_ami.backup_tags(
-        fixed, {"Env": "ignored"}, ec2_to_ami.instance_tags(instance)
-    )
+    fixed = contract_tags(spec, config, datetime.now(timezone.utc), "run-1", instance, "eipalloc-1")
+    tags, dropped = backup_tags(fixed, {"Env": "ignored"}, instance_tags(instance))
     assert dropped == []
-    recorded = ami_to_ec2.read_recorded({"ImageId": "ami-1", "Tags": tags})
+    recorded = read_recorded({"ImageId": "ami-1", "Tags": tags})
     assert recorded.server == "web01" and recorded.platform == "windows"
     assert recorded.security_group_ids == [g["GroupId"] for g in instance["SecurityGroups"]]
     assert recorded.instance_profile == instance["IamInstanceProfile"]["Arn"]
@@ -98,7 +68,7 @@ def test_restore_reads_what_the_backup_wrote():
 
 
 def plan_for(recorded: Recorded, **settings):
-    config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", **settings})
+    config = validate_config({**DEFAULTS, "SERVER": "web01", **settings})
     image = {"ImageId": "ami-12345678", "BlockDeviceMappings": [
         {"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": "snap-1"}},
         {"DeviceName": "/dev/sdb", "Ebs": {"SnapshotId": "snap-2"}},
@@ -178,14 +148,14 @@ COPY = Recorded(server="web01", instance_type="t3.small", subnet_id="subnet-1",
 
 
 def test_a_copy_restored_in_its_source_region_uses_what_was_recorded():
-    plan = plan_launch(validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01"}),
+    plan = plan_launch(validate_config({**DEFAULTS, "SERVER": "web01"}),
                        {"ImageId": "ami-1"}, COPY, False, "t", "us-east-1")  # fmt: skip
     assert plan.params["SubnetId"] == "subnet-1" and plan.elastic_ip == "eipalloc-1"
 
 
 def test_a_copy_in_another_region_never_uses_the_source_regions_ids():
     region_map = {"us-west-2": {"subnet-1": "subnet-9", "sg-1": "sg-8", "sg-2": "sg-9"}}
-    config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
+    config = validate_config({**DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
     plan = plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-west-2")
     assert plan.params["SubnetId"] == "subnet-9"
     assert plan.params["SecurityGroupIds"] == ["sg-8", "sg-9"]
@@ -195,7 +165,7 @@ def test_a_copy_in_another_region_never_uses_the_source_regions_ids():
 
 def test_a_partly_mapped_copy_fails_naming_both_settings():
     region_map = {"us-west-2": {"subnet-1": "subnet-9", "sg-1": "sg-8"}}  # sg-2 unmapped
-    config = validate_config({**ami_to_ec2.DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
+    config = validate_config({**DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
     with pytest.raises(RestoreError, match="Set SUBNET_ID and SECURITY_GROUP_IDS"):
         plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-west-2")
 
@@ -204,13 +174,13 @@ def test_a_launch_record_too_long_for_its_tags_keeps_the_secondary_ips_by_count(
     nics = [{"index": i, "subnet": "subnet-0123456789abcdef0", "groups": ["sg-0123456789abcdef0"],
              "ip": f"10.0.{i}.4", "secondary": [f"10.0.{i}.{n}" for n in range(10, 50)],
              "description": f"interface {i}"} for i in range(4)]  # fmt: skip
-    record = {"v": ec2_to_ami.LAUNCH_VERSION, "interfaces": nics}
-    spec = ec2_to_ami.ServerSpec("db01", "i-0123456789abcdef0", 7)
+    record = {"v": LAUNCH_VERSION, "interfaces": nics}
+    spec = ServerSpec("db01", "i-0123456789abcdef0", 7)
     with caplog.at_level(logging.WARNING, logger="ec2_to_ami"):
-        tags = dict(ec2_to_ami.launch_tags(spec, record))
-    assert 1 < len(tags) <= ec2_to_ami.LAUNCH_TAGS_MAX
+        tags = dict(launch_tags(spec, record))
+    assert 1 < len(tags) <= LAUNCH_TAGS_MAX
     assert "secondary private IPs recorded by count only" in caplog.text
-    read = ami_to_ec2.read_launch(ami_to_ec2.joined_value(tags, ami_to_ec2.TAG_LAUNCH), Recorded())
+    read = read_launch(joined_value(tags, TAG_LAUNCH), Recorded())
     launch, note, completeness = read
     assert (note, completeness) == (None, "full")
     assert [len(n["secondary"]) for n in launch["interfaces"]] == [40, 40, 40, 40]

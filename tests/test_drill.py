@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shlex
 import signal
@@ -12,7 +13,7 @@ import subprocess
 
 import pytest
 
-import ami_to_ec2
+from ec2ami.restore.cli import parse_args
 from localaws.endpoint import SETTINGS, age_instance
 from localaws.fleet import ROOT, drill_network
 from tests.conftest import (
@@ -144,7 +145,7 @@ def test_a_drill_without_its_subnet_and_groups_is_a_config_error(endpoint, drill
 def test_random_pick_drills_an_older_backup_too(ec2, drilled, tmp_path, monkeypatch):
     assert run("ec2_to_ami.py", backup_config(tmp_path, drilled)).returncode == 0
     older, newer = sorted(managed(ec2, "web01"), key=lambda i: tags_of(i)["ec2-to-ami:created"])
-    monkeypatch.setattr(ami_to_ec2.random.SystemRandom, "choice", lambda self, seq: seq[-1])
+    monkeypatch.setattr(random.SystemRandom, "choice", lambda self, seq: seq[-1])
     config = drill_config(tmp_path, drilled, DRILL_PICK="random")
     assert run("ami_to_ec2.py", config, "--drill", "--server", "web01").returncode == 0
     found = {i["ImageId"]: tags_of(i) for i in managed(ec2, "web01")}
@@ -230,7 +231,7 @@ def test_the_shipped_weekly_drill_lines_parse_as_quiet_drills_of_every_server():
     ]
     assert len(lines) == 2  # cron, and the systemd service
     for line in lines:
-        args = ami_to_ec2.parse_args(shlex.split(line.split("ami_to_ec2.py", 1)[1]))
+        args = parse_args(shlex.split(line.split("ami_to_ec2.py", 1)[1]))
         assert args.drill and args.all and args.quiet
         assert args.config == "/etc/ec2-backup/drill.py"
 

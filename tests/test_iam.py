@@ -26,8 +26,11 @@ from parliament import analyze_policy_string
 from parliament import config as parliament_config
 from parliament.statement import get_privilege_info
 
-import ami_to_ec2
-import ec2_to_ami
+from ec2ami.backup.config import load_config
+from ec2ami.contract import LAUNCH_DATA_DESCRIBES
+from ec2ami.iam import backup as iam_backup
+from ec2ami.iam import restore as iam_restore
+from ec2ami.restore.config import DEFAULTS
 from localaws.endpoint import SETTINGS
 from localaws.fleet import build_network, drill_network, kitchen_sink
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
@@ -125,7 +128,7 @@ def assert_refused(calls) -> None:
 
 # GetLaunchTemplateData calls these on its caller's behalf, under the caller's policy, so
 # the policies allow them; moto makes no such calls, so the tests never see them used.
-ON_OUR_BEHALF = {"ec2:DescribeInstanceAttribute", *ec2_to_ami.LAUNCH_DATA_DESCRIBES}
+ON_OUR_BEHALF = {"ec2:DescribeInstanceAttribute", *LAUNCH_DATA_DESCRIBES}
 
 
 def in_target_group(endpoint, fleet, server: str) -> None:
@@ -277,11 +280,11 @@ def test_dns_records_are_allowed_only_in_their_own_zones():
     statement is checked here, and DNS_RECORDS itself in tests/test_twin.py."""
     records = [{"zone_id": "/hostedzone/Z123", "name": "web.corp.internal", "type": "A",
                 "value": "private"}]  # fmt: skip
-    document = ami_to_ec2.iam_policy({**ami_to_ec2.DEFAULTS, "DRILL": False, "REGION": "eu-west-1",
+    document = iam_restore.iam_policy({**DEFAULTS, "DRILL": False, "REGION": "eu-west-1",
                                       "DNS_RECORDS": records})  # fmt: skip
     [dns] = [s for s in document["Statement"] if "route53:ChangeResourceRecordSets" in s["Action"]]
     assert dns["Resource"] == ["arn:aws:route53:::hostedzone/Z123"]
-    plain = ami_to_ec2.iam_policy({**ami_to_ec2.DEFAULTS, "DRILL": False, "REGION": "eu-west-1"})
+    plain = iam_restore.iam_policy({**DEFAULTS, "DRILL": False, "REGION": "eu-west-1"})
     assert not [a for a in actions_of(plain) if a.startswith("route53:")]
 
 
@@ -531,7 +534,7 @@ def test_commands_run_only_on_the_consistency_servers_or_instances_that_opt_in(t
     tagged = write_config(tmp_path / "tagged.py", REGION="eu-west-1",
                           SELECT_TAGS={"Backup": "db"}, CONSISTENCY="scripts",
                           PRE_SCRIPT="sync")  # fmt: skip
-    document = ec2_to_ami.iam_policy(ec2_to_ami.load_config(str(tagged)))
+    document = iam_backup.iam_policy(load_config(str(tagged)))
     [opt_in] = [s for s in statements_with(document, "ssm:SendCommand") if "Condition" in s]
     assert opt_in["Resource"] == "arn:aws:ec2:eu-west-1:*:instance/*"
     assert opt_in["Condition"] == {"StringEquals": {"ssm:resourceTag/ec2-to-ami-commands": "allow"}}

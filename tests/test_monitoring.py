@@ -18,7 +18,11 @@ import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
 
-import ec2_to_ami
+from ec2ami.backup import state
+from ec2ami.backup.cli import parse_args, run_lock
+from ec2ami.backup.config import validate_config
+from ec2ami.backup.state import age_metrics
+from ec2ami.errors import EXIT_LOCKED
 from localaws.fleet import launch
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
 
@@ -91,9 +95,9 @@ def test_check_only_describes_and_runs_while_a_backup_holds_the_lock(
     config = backup_config(tmp_path, fleet, COPY_TO_REGIONS={"us-west-2": {"keep": 1}})
     assert run("ec2_to_ami.py", config).returncode == 0
     start = len(endpoint.calls)
-    with ec2_to_ami.run_lock(str(config)) as locked:
+    with run_lock(str(config)) as locked:
         assert locked
-        assert run("ec2_to_ami.py", config).returncode == ec2_to_ami.EXIT_LOCKED
+        assert run("ec2_to_ami.py", config).returncode == EXIT_LOCKED
         code, text, document = check(config)
     assert code == 0, text
     assert {b["region"] for b in document["backups"]} == {REGION, "us-west-2"}
@@ -174,7 +178,7 @@ def test_metrics_take_one_call_per_thousand(ec2, fleet, tmp_path, endpoint, monk
     config = backup_config(tmp_path, fleet, METRICS_NAMESPACE=NAMESPACE)
     assert run("ec2_to_ami.py", config).returncode == 0
     assert endpoint.count("PutMetricData") == math.ceil(3 / 1000) == 1
-    monkeypatch.setattr(ec2_to_ami, "METRICS_PER_CALL", 2)
+    monkeypatch.setattr(state, "METRICS_PER_CALL", 2)
     assert run("ec2_to_ami.py", config).returncode == 0
     assert endpoint.count("PutMetricData") == 1 + math.ceil((3 + 4) / 2)
     metrics = cloudwatch(endpoint).list_metrics(Namespace=NAMESPACE)["Metrics"]
@@ -219,10 +223,10 @@ def test_the_alarm_template_passes_cfn_lint_and_reads_what_the_tool_puts():
     assert [str(m) for m in lint_file(path)] == []
     template, problems = decode(str(path))
     assert problems == []
-    config = ec2_to_ami.validate_config(
+    config = validate_config(
         {"SERVERS": [{"name": "web01", "instance_id": "i-0abc1234"}], "POOL": "daily"}
     )
-    [put] = ec2_to_ami.age_metrics(config, {"web01": 1.0}, datetime.now(timezone.utc))
+    [put] = age_metrics(config, {"web01": 1.0}, datetime.now(timezone.utc))
     age = template["Resources"]["BackupAgeAlarm"]["Properties"]
     assert (age["Namespace"], age["MetricName"]) == (NAMESPACE, put["MetricName"])
     assert [d["Name"] for d in age["Dimensions"]] == [d["Name"] for d in put["Dimensions"]]
@@ -248,9 +252,9 @@ def test_the_shipped_cron_and_systemd_lines_parse_and_include_a_check():
     commands = shipped_command_lines()
     assert len(commands) == 5  # cron: daily, weekly, the check; systemd: daily, the check
     for argv in commands:
-        args = ec2_to_ami.parse_args(argv)
+        args = parse_args(argv)
         assert args.config.startswith("/etc/ec2-backup/")
-    assert sum(ec2_to_ami.parse_args(a).check for a in commands) == 2
+    assert sum(parse_args(a).check for a in commands) == 2
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")

@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-import ec2_to_ami
-from ec2_to_ami import PACER_SLACK, Pacer
+from ec2ami import aws
+from ec2ami.aws import PACER_SLACK, Pacer
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
         fake.now += seconds
 
     fake.sleep = sleep
-    monkeypatch.setattr(ec2_to_ami, "time", fake)
+    monkeypatch.setattr(aws, "time", fake)
     return fake
 
 

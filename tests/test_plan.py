@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 
-import ec2_to_ami
+from ec2ami import clock
 from tests.conftest import backup_config, managed, run
 
 DR = "us-west-2"
@@ -50,7 +50,7 @@ def test_the_dry_run_plans_exactly_what_the_run_does(ec2, fleet, tmp_path, endpo
     ec2.terminate_instances(InstanceIds=[fleet.instances["app01"]])  # a failure, known up front
     an_hour_on = datetime.now(timezone.utc) + timedelta(hours=1)
     ec2_to_ami_now = pytest.MonkeyPatch()
-    ec2_to_ami_now.setattr(ec2_to_ami, "utc_now", lambda: an_hour_on)  # one set of names
+    ec2_to_ami_now.setattr(clock, "utc_now", lambda: an_hour_on)  # one set of names
     try:
         dry = run("ec2_to_ami.py", config, "--dry-run", *flags)
         start = len(endpoint.calls)

@@ -18,7 +18,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-import ec2_to_ami
+from ec2ami import clock
+from ec2ami.backup.cli import main, run_lock
 from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import (
     CLOCK,
@@ -133,7 +134,7 @@ def test_a_name_taken_by_an_earlier_run_fails_the_server_naming_name_format(
 ):
     first, second = (datetime(2026, 3, 1, 2, 0, s, tzinfo=timezone.utc) for s in (5, 40))
     times = iter([first, first, second, second])  # each run reads it as it starts and ends
-    monkeypatch.setattr(ec2_to_ami, "utc_now", lambda: next(times))
+    monkeypatch.setattr(clock, "utc_now", lambda: next(times))
     config = backup_config(tmp_path, fleet, KEEP=1, NAME_FORMAT="{server}-{time:%Y%m%d-%H%M}")
     assert run("ec2_to_ami.py", config).returncode == 0
     first = {i["ImageId"] for i in managed(ec2)}
@@ -289,7 +290,7 @@ def test_one_config_reached_through_a_link_is_one_lock(ec2, fleet, tmp_path):
     config = backup_config(tmp_path, fleet)
     link = tmp_path / "link.py"
     link.symlink_to(config)
-    with ec2_to_ami.run_lock(str(config)) as locked:
+    with run_lock(str(config)) as locked:
         assert locked
         result = run("ec2_to_ami.py", link)
     assert result.returncode == 3 and "nothing done" in result.stderr
@@ -299,7 +300,7 @@ def test_one_config_reached_through_a_link_is_one_lock(ec2, fleet, tmp_path):
 def test_list_reads_while_a_run_holds_the_lock(ec2, fleet, tmp_path):
     config = backup_config(tmp_path, fleet)
     assert run("ec2_to_ami.py", config).returncode == 0
-    with ec2_to_ami.run_lock(str(config)) as locked:
+    with run_lock(str(config)) as locked:
         assert locked
         result = run("ec2_to_ami.py", config, "--list")
     assert result.returncode == 0
@@ -333,7 +334,7 @@ def run_as_nobody(config: str, *args: str) -> tuple[int, str]:
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
             with open(2, "w", closefd=False) as err, contextlib.redirect_stderr(err):
-                code = ec2_to_ami.main(["--config", config, *args])
+                code = main(["--config", config, *args])
         finally:
             os._exit(code)
     os.close(write_end)

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ec2_to_ami import AVAILABLE, FAILED, PENDING, Image, plan_prune
+from ec2ami.backup.plan import Image, plan_prune
+from ec2ami.facts import AVAILABLE, FAILED, PENDING
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 

@@ -10,6 +10,7 @@ import re
 import boto3
 import pytest
 
+from ec2ami.restore.launch import statuses_ok
 from localaws.endpoint import SETTINGS
 from localaws.fleet import REGION, build_network, kitchen_sink
 from tests.conftest import managed, run, tags_of, write_config
@@ -338,8 +339,6 @@ class OneHundredAtATime:
 
 
 def test_status_checks_of_more_than_a_hundred_instances_are_asked_100_at_a_time():
-    from ami_to_ec2 import statuses_ok
-
     ec2 = OneHundredAtATime()
     ids = [f"i-{n:017x}" for n in range(250)]
     assert statuses_ok(ec2, ids) == set(ids)

@@ -1,0 +1,205 @@
+"""AWS access for both commands: one session, its clients, retries, pacing, and error text.
+
+Every client is made here, from one session (PROFILE, then ROLE_ARN if set) with
+botocore's standard retries. Every EC2 client waits for a token of EC2's request
+bucket before each paced call, so a large run keeps EC2's pace with nothing refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+
+from ec2ami.contract import TOOL
+from ec2ami.errors import ConfigError
+from ec2ami.facts import FILTER_VALUES_MAX, SESSION_NAME_BAD_CHARS
+
+# EC2's request token buckets for the calls a run makes per server or per instance:
+# (bucket, size, refill per second), from "Request throttling for the Amazon EC2 API"
+# in the EC2 developer guide. The client waits for a token before each call instead of
+# being refused (see Pacer). RunInstances' small bucket sets a fleet restore's pace.
+PACED_CALLS = {
+    "CreateImage": ("mutating", 50, 5.0),
+    "ModifyImageAttribute": ("mutating", 50, 5.0),
+    "ModifySnapshotAttribute": ("mutating", 50, 5.0),
+    "EnableImageDeprecation": ("mutating", 50, 5.0),
+    "AssociateAddress": ("mutating", 50, 5.0),
+    "ModifyNetworkInterfaceAttribute": ("mutating", 50, 5.0),
+    "EnableImage": ("mutating", 50, 5.0),
+    "TerminateInstances": ("mutating", 50, 5.0),
+    "DeregisterImage": ("delete", 100, 5.0),
+    "DeleteSnapshot": ("delete", 100, 5.0),
+    "CreateTags": ("tags", 100, 10.0),
+    "CopyImage": ("copy", 100, 1.0),
+    "RunInstances": ("run", 5, 2.0),
+    "GetLaunchTemplateData": ("describe", 100, 20.0),  # one per server
+}
+# The EBS direct APIs have their own per-account quotas (Amazon EBS quotas, in Service
+# Quotas). --cost stays at this many calls a second of each, and botocore's standard
+# retries take any throttling.
+DIRECT_PACED_CALLS = {
+    "ListSnapshotBlocks": ("list-blocks", 20, 20.0),
+    "ListChangedBlocks": ("changed-blocks", 20, 20.0),
+}
+# Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
+PACER_SLACK = 2
+DEFAULT_MAX_ATTEMPTS = 10
+
+
+class Clients:
+    """The AWS clients a run uses, each made once, the first time it is needed.
+
+    Thread-safe: the backup's threads share one instance. A client is made per
+    service and region (REGION if None); every EC2 and EBS client is paced.
+    """
+
+    def __init__(self, session: boto3.Session, client_config: Config) -> None:
+        self.session, self.config = session, client_config
+        self.region: str = session.region_name
+        self._made: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self.ec2 = self.client("ec2")
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        """The one client of a service in a region (REGION if None)."""
+        key = (service, region or self.region)
+        with self._lock:
+            if key not in self._made:
+                made = self.session.client(service, region_name=key[1], config=self.config)
+                if service in ("ec2", "ebs"):
+                    pace(made, service)
+                self._made[key] = made
+            return self._made[key]
+
+    ssm = property(lambda self: self.client("ssm"))
+    iam = property(lambda self: self.client("iam"))
+    elbv2 = property(lambda self: self.client("elbv2"))
+    elb = property(lambda self: self.client("elb"))
+    route53 = property(lambda self: self.client("route53"))
+
+
+def connect(
+    session: boto3.Session, client_config: Config, role_arn: str | None, *label: str
+) -> Clients:
+    """The run's clients from base_session's answer, as ROLE_ARN if set (session named by label)."""
+    if role_arn:
+        session = assume_role(session, role_arn, session_name(*label), client_config)
+    return Clients(session, client_config)
+
+
+def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session, Config]:
+    """The session for PROFILE and REGION, and a client Config with botocore's standard retries."""
+    try:
+        core = botocore.session.Session(profile=profile)
+        # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
+        region = region or os.environ.get("AWS_REGION") or None
+        session = boto3.Session(botocore_session=core, region_name=region)
+    except ProfileNotFound as err:
+        raise ConfigError(f"PROFILE: {err}") from None
+    if not session.region_name:
+        raise ConfigError(
+            "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
+        )
+    attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
+    retries = {"mode": "standard", "total_max_attempts": int(attempts)}
+    return session, Config(retries=retries, user_agent_extra=TOOL)
+
+
+def session_name(*parts: str) -> str:
+    """A RoleSessionName that shows in CloudTrail who acted: the tool and what it ran."""
+    return SESSION_NAME_BAD_CHARS.sub("-", "-".join((TOOL, *parts)))[:64]
+
+
+def assume_role(
+    session: boto3.Session, role_arn: str, name: str, client_config: Config
+) -> boto3.Session:
+    """A session acting as role_arn, its credentials renewed before they expire.
+
+    The first AssumeRole happens here, so a role that cannot be assumed fails the
+    run before any EC2 call; a run longer than the role's hour renews on its own.
+    """
+    sts = session.client("sts", config=client_config)
+
+    def fetch() -> dict[str, str]:
+        response = sts.assume_role(RoleArn=role_arn, RoleSessionName=name)
+        credentials = response["Credentials"]
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+    try:
+        metadata = fetch()
+    except (ClientError, BotoCoreError) as err:
+        raise RoleError(f"could not assume ROLE_ARN {role_arn}: {error_text(err)}") from None
+    credentials = RefreshableCredentials.create_from_metadata(metadata, fetch, "sts-assume-role")
+    core = botocore.session.Session()
+    core._credentials = credentials  # botocore has no public setter for refreshable credentials
+    return boto3.Session(botocore_session=core, region_name=session.region_name)
+
+
+class RoleError(Exception):
+    """ROLE_ARN could not be assumed; nothing was done."""
+
+
+class Pacer:
+    """A client-side copy of one EC2 request token bucket.
+
+    EC2 refuses a call that finds its bucket empty, and botocore then backs
+    off and spends its retry quota. Waiting for a token here instead keeps a
+    large run at the bucket's pace with nothing refused.
+    """
+
+    def __init__(self, size: int, rate: float) -> None:
+        self.size, self.rate = size - PACER_SLACK, rate
+        self.tokens, self.stamp = float(self.size), time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, **_: Any) -> None:
+        """Block until a token is free, then spend it."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate) - 1
+            self.stamp = now
+            delay = max(0.0, -self.tokens / self.rate)
+        time.sleep(delay)
+
+
+def pace(client: Any, service: str = "ec2") -> None:
+    """Make an EC2 or EBS client wait for a token of the right bucket before each paced call."""
+    pacers: dict[str, Pacer] = {}
+    paced = PACED_CALLS if service == "ec2" else DIRECT_PACED_CALLS
+    for operation, (bucket, size, rate) in paced.items():
+        pacer = pacers.setdefault(bucket, Pacer(size, rate))
+        client.meta.events.register(f"before-call.{service}.{operation}", pacer.wait)
+
+
+def paginate(ec2: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:
+    """Yield every item under key from every page of a describe call."""
+    for page in ec2.get_paginator(operation).paginate(**kwargs):
+        yield from page.get(key, [])
+
+
+def error_text(err: Exception) -> str:
+    """A one-line description of an AWS error, with its code."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return f"{type(err).__name__}: {err}"
+
+
+def chunked(values: list[str], size: int = FILTER_VALUES_MAX) -> Iterator[list[str]]:
+    """Split values into filter-sized lists."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

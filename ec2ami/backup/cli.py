@@ -1,0 +1,223 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami import clock
+from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
+from ec2ami.backup.config import RPO_DEFAULTS, load_config, load_other_config
+from ec2ami.backup.cost import cost_report
+from ec2ami.backup.cron import CronError, check_cron_schedule, manage_cron
+from ec2ami.backup.listing import list_backups
+from ec2ami.backup.monitoring import run_check
+from ec2ami.backup.run import run_backup
+from ec2ami.backup.state import record_run
+from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
+from ec2ami.iam.backup import print_iam_policy
+from ec2ami.output import setup_logging
+from ec2ami.settings import beside
+
+if TYPE_CHECKING:
+    from ec2ami.backup.config import BackupConfig
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None, script: str | None = None) -> int:
+    """Load the config, take the lock, then list, check, plan or run the backup."""
+    args = parse_args(argv, script)
+    setup_logging(args)
+    try:
+        config = load_config(args.config)
+        setup_logging(args, config.log_file)
+        if args.install_cron:
+            check_cron_schedule(args.install_cron)
+        if args.cron:
+            return manage_cron(args, script)
+        if args.print_iam_policy:
+            return print_iam_policy(config)
+        if args.server and not config.select_tags:
+            names = {s.name for s in config.servers}
+            unknown = [n for n in args.server if n not in names]
+            if unknown:
+                raise ConfigError(f"--server {unknown[0]}: not in SERVERS ({', '.join(names)})")
+        if args.check and config.rpo_hours is None:
+            raise ConfigError(
+                f"RPO_HOURS: SCHEDULE {config.schedule!r} has no default RPO "
+                f"({', '.join(RPO_DEFAULTS)} have); set RPO_HOURS for --check"
+            )
+        others = [(path, load_other_config(path)) for path in args.also_config]
+        clients = make_clients(config)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_USAGE
+    except OSError as err:
+        log.error("config error: LOG_FILE: %s", err)
+        return EXIT_USAGE
+    except (CronError, RoleError) as err:
+        log.error("%s", err)
+        return EXIT_FAILED
+    try:
+        if args.list:  # only reads: no lock needed
+            return list_backups(clients, config, args.server, args.recycle_bin)
+        if args.cost:  # only reads and lists
+            return cost_report(clients, config, args.server, args.json)
+        if args.check:  # only reads: no lock needed
+            return run_check(clients, config, args, others)
+        with run_lock(args.config) as locked:
+            if not locked:
+                log.error("another run of %s is still going; nothing done", args.config)
+                return EXIT_LOCKED
+            started = clock.utc_now()  # to the microsecond: the sweep leaves what this run makes
+            try:
+                return run_backup(clients, config, args, started)
+            except (ClientError, BotoCoreError):
+                if not args.dry_run:
+                    record_run(clients, config, started, EXIT_FAILED)
+                raise
+    except LockError as err:
+        log.error("%s; nothing done", err)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as err:
+        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
+
+
+def make_clients(config: BackupConfig) -> Clients:
+    """Build the run's clients: region, profile, ROLE_ARN and botocore's standard retries."""
+    session, client_config = base_session(config.profile, config.region)
+    if session.region_name in config.copy_to_regions:
+        raise ConfigError(f"COPY_TO_REGIONS lists {session.region_name}, the region backed up")
+    return connect(session, client_config, config.role_arn, "backup", config.schedule)
+
+
+def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 on bad usage."""
+    parser = argparse.ArgumentParser(
+        prog="ec2_to_ami.py", description="Back up EC2 instances as AMIs and prune old ones."
+    )
+    parser.add_argument(
+        "--config", default=beside(script, "ec2_to_ami_config.py"), help="config file"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--list", action="store_true", help="list managed backups and exit")
+    parser.add_argument(
+        "--recycle-bin", action="store_true", help="with --list: the Recycle Bin's images too"
+    )
+    parser.add_argument("--server", action="append", metavar="NAME", help="only this server")
+    parser.add_argument("--no-prune", action="store_true", help="create backups, delete nothing")
+    parser.add_argument(
+        "--check", action="store_true", help="are the backups within RPO_HOURS? exit 1 if not"
+    )
+    parser.add_argument(
+        "--cost", action="store_true", help="what the kept backups store and cost a month"
+    )
+    parser.add_argument("--json", action="store_true", help="--check's or --cost's report as JSON")
+    parser.add_argument(
+        "--print-iam-policy",
+        action="store_true",
+        help="print the least-privilege IAM policy this config needs (no AWS call)",
+    )
+    parser.add_argument(
+        "--also-config",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="--check: instances these configs back up are covered too",
+    )
+    cron = parser.add_mutually_exclusive_group()
+    cron.add_argument(
+        "--install-cron", metavar="SCHEDULE", help="add or replace this config's crontab entry"
+    )
+    cron.add_argument(
+        "--uninstall-cron", action="store_true", help="remove this config's crontab entry"
+    )
+    cron.add_argument("--show-cron", action="store_true", help="print this config's crontab entry")
+    parser.add_argument("--cron-log", metavar="PATH", help="log file for --install-cron")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    args.cron = bool(args.install_cron or args.uninstall_cron or args.show_cron)
+    if args.list and (args.dry_run or args.no_prune):
+        parser.error("--list does not go with --dry-run or --no-prune")
+    if args.recycle_bin and not args.list:
+        parser.error("--recycle-bin goes with --list")
+    if args.print_iam_policy and (
+        args.list or args.check or args.cost or args.dry_run or args.no_prune
+    ):
+        parser.error("--print-iam-policy goes only with --config")
+    if args.check and (args.list or args.dry_run or args.no_prune):
+        parser.error("--check does not go with --list, --dry-run or --no-prune")
+    if args.cost and (args.list or args.check or args.dry_run or args.no_prune):
+        parser.error("--cost does not go with --list, --check, --dry-run or --no-prune")
+    if args.json and not (args.check or args.cost):
+        parser.error("--json goes with --check or --cost")
+    if args.also_config and not args.check:
+        parser.error("--also-config goes with --check")
+    if args.cron and (
+        args.list or args.check or args.cost or args.dry_run or args.no_prune or args.server
+    ):
+        parser.error("the cron options go only with --config and --cron-log")
+    if args.cron_log and not args.install_cron:
+        parser.error("--cron-log goes with --install-cron")
+    return args
+
+
+class LockError(Exception):
+    """The run lock could not be opened; nothing was done."""
+
+
+@contextmanager
+def run_lock(config_path: str) -> Iterator[bool]:
+    """Hold an exclusive lock per config file, whoever runs it; yield False if another run does.
+
+    The lock file is named for the config's real path, so one config reached through a
+    link is one lock. It is opened read-only (flock needs no more) and created
+    world-writable, so a run as another user than the first can take it too.
+    """
+    real = os.path.realpath(config_path)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.lock")
+    fd = open_lock_file(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def open_lock_file(path: str) -> int:
+    """Open (or create, mode 0666) the lock file read-only; LockError names it if impossible."""
+    for _ in range(3):  # another user may create it between our two tries
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise LockError(f"cannot open the run lock {path}: {err.strerror}") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise LockError(f"cannot create the run lock {path}: {err.strerror}") from None
+        os.fchmod(fd, 0o666)  # the umask took write away from others
+        return fd
+    raise LockError(f"cannot open the run lock {path}")

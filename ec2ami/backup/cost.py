@@ -1,0 +1,254 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from ec2ami.aws import chunked, error_text, paginate
+from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.look import managed_images
+from ec2ami.errors import EXIT_FAILED, EXIT_OK
+from ec2ami.facts import AVAILABLE, DISABLED
+from ec2ami.output import print_table
+
+if TYPE_CHECKING:
+    from ec2ami.aws import Clients
+    from ec2ami.backup.config import BackupConfig
+    from ec2ami.backup.plan import Image
+
+log = logging.getLogger(__name__)
+
+# EBS snapshots, as --cost measures them with the EBS direct APIs.
+BLOCK_BYTES, GIB = 512 * 1024, 1024**3  # the direct APIs' block; sizes are in GiB
+DIRECT_RESULTS_MAX = 10000  # MaxResults of ListSnapshotBlocks and ListChangedBlocks
+ARCHIVE_TIER = "archive"  # DescribeSnapshots' StorageTier of an archived snapshot
+COSTED_STATES = (AVAILABLE, DISABLED)  # images whose snapshots are whole and billed
+ERR_DIRECT_VALIDATION = "ValidationException"  # e.g. two snapshots of different volumes
+DIRECT_ACCESS_DENIED = {"AccessDeniedException", "AccessDenied"}
+DIRECT_ACTIONS = ["ebs:ListSnapshotBlocks", "ebs:ListChangedBlocks"]  # --cost's only lists
+COST_THREADS = 8  # lineages measured at once: enough for the pace below at 200 ms a call
+
+
+# EBS bills the unique blocks that a volume's snapshots hold together. The EBS direct APIs
+# count them in 512 KiB blocks: ListSnapshotBlocks gives the blocks of the oldest kept
+# snapshot, and ListChangedBlocks what each later one wrote; their sum is what the kept
+# snapshots hold. Snapshots in the archive tier are full copies, priced apart.
+@dataclass(frozen=True)
+class Kept:
+    """One snapshot of a kept backup, in its volume's lineage."""
+
+    snapshot_id: str
+    schedule: str
+    archived_bytes: int | None  # None: in the standard tier
+
+
+@dataclass
+class CostRow:
+    """What one server's backups of one schedule hold in one region, and cost a month."""
+
+    server: str
+    schedule: str
+    region: str
+    backups: int = 0
+    volumes: int = 0
+    size_gib: int = 0  # the newest backup's volumes, in full
+    stored_blocks: int = 0  # standard tier: unique blocks this schedule's snapshots add
+    archived_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def monthly(self, config: BackupConfig) -> float:
+        """The estimated cost a month, at the configured prices."""
+        stored = self.stored_blocks * BLOCK_BYTES / GIB
+        archived = self.archived_bytes / GIB
+        prices = config.snapshot_price_gb_month, config.archive_price_gb_month
+        return stored * prices[0] + archived * prices[1]
+
+
+COST_NOTE = """
+Stored: the unique 512 KiB blocks the kept snapshots hold together, counted with the EBS
+direct APIs; each schedule's row has the blocks its own snapshots add to the ones before
+them. An estimate: blocks that other snapshots of the same volumes (another tool's) also
+hold are counted here, though EBS bills them once; an archived snapshot is billed in full
+(FullSnapshotSizeInBytes), for at least 90 days. Prices: USD {0} (standard) and {1}
+(archive) per GiB-month, from SNAPSHOT_PRICE_GB_MONTH and ARCHIVE_PRICE_GB_MONTH.
+"""
+
+
+def cost_report(clients: Clients, config: BackupConfig, only: list[str], as_json: bool) -> int:
+    """Print what each server's kept backups store and cost a month, per schedule and region;
+    exit 1 if any volume could not be measured."""
+    rows: list[CostRow] = []
+    places = [(clients.region, clients.ec2, managed_images(clients.ec2, None))]
+    places += [(r.name, r.ec2, copies_in(r, config, clients.region, None))
+               for r in destination_regions(clients, config)]  # fmt: skip
+    for region, ec2, images in places:
+        kept = [i for i in images if i.state in COSTED_STATES and (not only or i.server in only)]
+        if region == clients.region:
+            kept = [i for i in kept if not i.source_region]
+        rows += region_costs(clients.client("ebs", region), ec2, region, kept)
+    named = {s.name for s in config.servers if not only or s.name in only}
+    rows += [CostRow(name, config.schedule, clients.region) for name in
+             sorted(named - {r.server for r in rows if r.region == clients.region})]  # fmt: skip
+    rows.sort(key=lambda r: (r.server, r.region != clients.region, r.region, r.schedule))
+    (print_cost_json if as_json else print_cost)(rows, config)
+    return EXIT_FAILED if any(r.errors for r in rows) else EXIT_OK
+
+
+def region_costs(ebs: Any, ec2: Any, region: str, images: list[Image]) -> list[CostRow]:
+    """The cost rows of one region's kept backups: each volume's lineage measured once."""
+    facts = snapshot_facts(ec2, [s for i in images for s in i.devices.values()])
+    rows: dict[tuple[str, str], CostRow] = {}
+    lineages: dict[tuple[str, str, str], list[Kept]] = {}
+    for image in sorted(images, key=lambda i: i.created):
+        row = rows.setdefault((image.server, image.schedule),
+                              CostRow(image.server, image.schedule, region))  # fmt: skip
+        row.backups += 1
+        row.volumes = max(row.volumes, len(image.devices))
+        row.size_gib = 0  # the newest backup's, as images come oldest first
+        for device, snapshot_id in image.devices.items():
+            size, archived = facts.get(snapshot_id, (0, None))
+            row.size_gib += size
+            kept = Kept(snapshot_id, image.schedule, archived)
+            lineages.setdefault((image.server, image.instance_id, device), []).append(kept)
+    standard = {key: [k for k in chain if k.archived_bytes is None]
+                for key, chain in lineages.items()}  # fmt: skip
+    with ThreadPoolExecutor(COST_THREADS) as pool:
+        counts = pool.map(lambda chain: measure(ebs, chain), standard.values())
+        measured = dict(zip(standard, counts, strict=True))
+    for key, chain in lineages.items():
+        (server, _, device), (added, error) = key, measured[key]
+        for kept, blocks in zip(standard[key], added, strict=False):
+            rows[(server, kept.schedule)].stored_blocks += blocks
+        for kept in chain:
+            rows[(server, kept.schedule)].archived_bytes += kept.archived_bytes or 0
+        if error:
+            log.error("%s in %s: %s: %s", server, region, device, error)
+            for schedule in {k.schedule for k in chain}:
+                rows[(server, schedule)].errors.append(f"{device}: {error}")
+    return list(rows.values())
+
+
+def snapshot_facts(ec2: Any, snapshot_ids: list[str]) -> dict[str, tuple[int, int | None]]:
+    """Each snapshot's volume size (GiB) and, if archived, its full size in bytes."""
+    facts: dict[str, tuple[int, int | None]] = {}
+    for chunk in chunked(sorted(set(snapshot_ids))):
+        filters = [{"Name": "snapshot-id", "Values": chunk}]
+        for snap in paginate(ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"],
+                             Filters=filters):  # fmt: skip
+            archived = snap.get("StorageTier") == ARCHIVE_TIER
+            full = snap.get("FullSnapshotSizeInBytes") or snap["VolumeSize"] * GIB  # at most
+            facts[snap["SnapshotId"]] = (snap["VolumeSize"], full if archived else None)
+    return facts
+
+
+def measure(ebs: Any, standard: list[Kept]) -> tuple[list[int], str | None]:
+    """The blocks each standard-tier snapshot of a lineage adds to the ones before it (the
+    oldest: all of its blocks), oldest first; and the error that stopped the count, if any."""
+    added: list[int] = []
+    for before, kept in zip([None, *standard], standard, strict=False):
+        try:
+            added.append(added_blocks(ebs, before, kept))
+        except ClientError as err:
+            if err.response["Error"]["Code"] in DIRECT_ACCESS_DENIED:
+                raise  # the policy, not this volume: main() says so once
+            return added, f"{error_text(err)} (snapshot {kept.snapshot_id})"
+    return added, None
+
+
+def added_blocks(ebs: Any, before: Kept | None, kept: Kept) -> int:
+    """The blocks a snapshot holds that the one before it does not."""
+    if before is not None:
+        try:
+            pages = direct_pages(ebs, "list_changed_blocks", "ChangedBlocks",
+                                 FirstSnapshotId=before.snapshot_id,
+                                 SecondSnapshotId=kept.snapshot_id)  # fmt: skip
+            return sum(1 for block in pages if "SecondBlockToken" in block)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != ERR_DIRECT_VALIDATION:
+                raise
+            log.debug("%s and %s: %s", before.snapshot_id, kept.snapshot_id, error_text(err))
+    # The oldest, or one of a new lineage (the volume was replaced): all of its blocks.
+    return sum(1 for _ in direct_pages(ebs, "list_snapshot_blocks", "Blocks",
+                                       SnapshotId=kept.snapshot_id))  # fmt: skip
+
+
+def direct_pages(ebs: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:
+    """Every entry of every page of an EBS direct API list (botocore has no paginator)."""
+    token = None
+    while True:
+        more = {"NextToken": token} if token else {}
+        page = getattr(ebs, operation)(MaxResults=DIRECT_RESULTS_MAX, **kwargs, **more)
+        yield from page.get(key, [])
+        token = page.get("NextToken")
+        if not token:
+            return
+
+
+def print_cost(rows: list[CostRow], config: BackupConfig) -> None:
+    """The cost table, a total line, and what the figures are."""
+    table = [("SERVER", "SCHEDULE", "REGION", "BACKUPS", "VOLUMES", "SIZE GiB", "STORED GiB",
+              "ARCHIVED GiB", "USD/MONTH")]  # fmt: skip
+    for row in rows:
+        stored = row.stored_blocks * BLOCK_BYTES / GIB
+        money = "?" if row.errors else f"{row.monthly(config):.2f}"
+        table.append((row.server, row.schedule, row.region, str(row.backups), str(row.volumes),
+                      str(row.size_gib), "?" if row.errors else f"{stored:.2f}",
+                      f"{row.archived_bytes / GIB:.2f}", money))  # fmt: skip
+    total = cost_total(rows, config)
+    table.append(("TOTAL", "", "", str(total["backups"]), "", str(total["size_gib"]),
+                  f"{total['stored_gib']:.2f}", f"{total['archived_gib']:.2f}",
+                  f"{total['usd_per_month']:.2f}"))  # fmt: skip
+    print_table(table)
+    print(cost_note(config))
+
+
+def cost_total(rows: list[CostRow], config: BackupConfig) -> dict[str, Any]:
+    """The sums over every row (a row that could not be measured counts as measured so far)."""
+    return {
+        "backups": sum(r.backups for r in rows),
+        "size_gib": sum(r.size_gib for r in rows),
+        "stored_gib": round(sum(r.stored_blocks for r in rows) * BLOCK_BYTES / GIB, 3),
+        "archived_gib": round(sum(r.archived_bytes for r in rows) / GIB, 3),
+        "usd_per_month": round(sum(r.monthly(config) for r in rows), 2),
+    }
+
+
+def cost_note(config: BackupConfig) -> str:
+    """What the figures are, with the prices used."""
+    return COST_NOTE.format(config.snapshot_price_gb_month, config.archive_price_gb_month)
+
+
+def print_cost_json(rows: list[CostRow], config: BackupConfig) -> None:
+    """The cost report as one JSON document."""
+    document = {
+        "prices_usd_per_gib_month": {
+            "standard": config.snapshot_price_gb_month,
+            "archive": config.archive_price_gb_month,
+        },
+        "rows": [
+            {
+                "server": r.server,
+                "schedule": r.schedule,
+                "region": r.region,
+                "backups": r.backups,
+                "volumes": r.volumes,
+                "size_gib": r.size_gib,
+                "stored_blocks": r.stored_blocks,
+                "stored_gib": round(r.stored_blocks * BLOCK_BYTES / GIB, 3),
+                "archived_gib": round(r.archived_bytes / GIB, 3),
+                "usd_per_month": round(r.monthly(config), 2),
+                "errors": r.errors,
+            }
+            for r in rows
+        ],
+        "total": cost_total(rows, config),
+        "note": cost_note(config).strip(),
+    }
+    print(json.dumps(document, indent=2))

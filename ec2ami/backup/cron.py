@@ -1,0 +1,107 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+
+from ec2ami.errors import EXIT_FAILED, EXIT_OK, ConfigError
+from ec2ami.settings import command_of
+
+log = logging.getLogger(__name__)
+
+CRON_MARKER = "# ec2-to-ami-cron config="  # ends each managed crontab entry
+CRON_SPECIAL = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
+                "@hourly"}  # fmt: skip
+CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+class CronError(Exception):
+    """The crontab could not be read or written."""
+
+
+def check_cron_schedule(schedule: str) -> None:
+    """Five cron fields, or one of cron's @-names."""
+    fields = schedule.split()
+    if schedule.strip() in CRON_SPECIAL:
+        return
+    if len(fields) != 5 or not all(CRON_FIELD_RE.match(f) for f in fields):
+        raise ConfigError(f"--install-cron {schedule!r}: give five cron fields, e.g. '0 2 * * *'")
+
+
+def cron_marker(config_path: str) -> str:
+    """The comment that ends this config's crontab entry."""
+    return CRON_MARKER + os.path.abspath(config_path)
+
+
+def cron_entry(schedule: str, config_path: str, log_path: str, script: str | None) -> str:
+    """The crontab line: flock, absolute paths, -q, output appended to a log, the marker."""
+    config = os.path.abspath(config_path)
+    digest = hashlib.sha256(config.encode()).hexdigest()[:16]
+    lock = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.cron.lock")
+    words = ["flock", "-n", lock, *command_of(script), "--config", config]
+    command = " ".join(shlex.quote(w) for w in words) + " -q"
+    command += f" >> {shlex.quote(os.path.abspath(log_path))} 2>&1"
+    return f"{' '.join(schedule.split())} {command} {cron_marker(config)}".replace("%", "\\%")
+
+
+def read_crontab() -> bytes:
+    """The current user's crontab, byte for byte (empty if there is none)."""
+    try:
+        result = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
+    except FileNotFoundError:
+        raise CronError(
+            "the crontab command is not installed (Debian: apt-get install cron)"
+        ) from None
+    if result.returncode and b"no crontab" not in result.stderr:
+        raise CronError(f"crontab -l failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout if result.returncode == 0 else b""
+
+
+def write_crontab(content: bytes) -> None:
+    """Replace the current user's crontab."""
+    result = subprocess.run(["crontab", "-"], input=content, capture_output=True, check=False)
+    if result.returncode:
+        raise CronError(f"crontab - failed: {result.stderr.decode(errors='replace').strip()}")
+
+
+def split_crontab(content: bytes, config_path: str) -> tuple[list[bytes], list[bytes]]:
+    """The crontab's lines: (this config's entries, all other lines), each with its newline."""
+    marker = cron_marker(config_path).replace("%", "\\%").encode()
+    ours, others = [], []
+    for line in content.splitlines(keepends=True):
+        (ours if line.rstrip(b"\r\n").endswith(marker) else others).append(line)
+    return ours, others
+
+
+def manage_cron(args: argparse.Namespace, script: str | None) -> int:
+    """Install, show or uninstall this config's crontab entry; nothing else is touched."""
+    ours, others = split_crontab(read_crontab(), args.config)
+    if args.show_cron:
+        for line in ours:
+            print(line.decode().rstrip("\n"))
+        if not ours:
+            log.error("no crontab entry for %s", os.path.abspath(args.config))
+        return EXIT_OK if ours else EXIT_FAILED
+    kept = b"".join(others)
+    if kept and not kept.endswith(b"\n"):
+        kept += b"\n"
+    if args.install_cron:
+        log_path = args.cron_log or default_cron_log(args.config)
+        kept += (cron_entry(args.install_cron, args.config, log_path, script) + "\n").encode()
+    write_crontab(kept)
+    verb = "installed" if args.install_cron else "removed" if ours else "nothing to remove for"
+    log.info("crontab entry %s: %s", verb, os.path.abspath(args.config))
+    return EXIT_OK
+
+
+def default_cron_log(config_path: str) -> str:
+    """~/ec2_to_ami.<config name>.log"""
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join(os.path.expanduser("~"), f"ec2_to_ami.{stem}.log")

@@ -1,0 +1,90 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami.aws import error_text
+from ec2ami.backup.images import prune
+from ec2ami.facts import AVAILABLE, FAILED
+
+if TYPE_CHECKING:
+    from ec2ami.backup.copies import Finisher
+    from ec2ami.backup.look import Outcome
+    from ec2ami.backup.plan import Image
+
+log = logging.getLogger(__name__)
+
+
+def guarded(out: Outcome, what: str, func: Any, *args: Any) -> None:
+    """Run one server's step; an AWS error fails that server only."""
+    try:
+        func(*args)
+    except (ClientError, BotoCoreError) as err:
+        out.fail(f"{what}: {error_text(err)}")
+
+
+class Housekeeping:
+    """Shares, deprecates and prunes a server's images in one region, as each server settles."""
+
+    def __init__(
+        self, ec2: Any, finisher: Finisher, existing: list[Image],
+        planned: dict[str, list[tuple[Image, str]]], prune: bool,
+    ) -> None:  # fmt: skip
+        self.ec2, self.finisher, self.existing = ec2, finisher, existing
+        self.planned, self.prune = planned, prune
+
+    def apply(self, out: Outcome) -> None:
+        """Carry out a server's planned prunes once its new image is verified, and finish
+        the images it keeps; a server whose image is not verified loses only failed ones."""
+        images = {i.image_id: i for i in self.existing if i.server == out.name}
+        if out.image:
+            images[out.image.image_id] = out.image
+        doomed = self.planned.get(out.name, [])
+        verified = not out.error and out.image is not None and out.image.state == AVAILABLE
+        if not verified:
+            doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
+            if out.image is not None and out.image.state == FAILED:
+                doomed.append((out.image, "state failed"))
+        if not self.prune:
+            doomed = []
+        going = {image.image_id for image, _ in doomed}
+        kept = [i for i in images.values() if i.state == AVAILABLE and i.image_id not in going]
+        self.finisher.finish(kept, out)
+        prune(self.ec2, doomed, out)
+
+
+class HousekeepingThread:
+    """Applies Housekeeping to each settled server in a thread of its own.
+
+    So deregistrations, paced by their own EC2 bucket, run side by side with
+    the creates and never hold up the polls.
+    """
+
+    def __init__(self, care: Housekeeping) -> None:
+        self.care = care
+        self.queue: queue.Queue[Outcome | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def submit(self, out: Outcome) -> None:
+        """Look after this server when the thread gets to it."""
+        self.queue.put(out)
+
+    def finish(self) -> None:
+        """Wait until every submitted server is looked after."""
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (out := self.queue.get()) is not None:
+            try:
+                self.care.apply(out)
+            except Exception as err:  # a bug must not hide a server: report it as failed
+                log.debug("%s: unexpected error", out.name, exc_info=True)
+                out.fail(f"pruning failed: unexpected {type(err).__name__}: {err}")

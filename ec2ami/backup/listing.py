@@ -1,0 +1,128 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ec2ami.aws import paginate
+from ec2ami.backup.config import CONSISTENCY_WORDS
+from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.images import protection_hold
+from ec2ami.backup.look import managed_images
+from ec2ami.backup.sweep import find_orphans, sweep_places
+from ec2ami.backup.tags import stamp
+from ec2ami.contract import TAG_VERIFIED
+from ec2ami.errors import EXIT_OK
+from ec2ami.output import print_table, verified_summary
+
+if TYPE_CHECKING:
+    from ec2ami.aws import Clients
+    from ec2ami.backup.config import BackupConfig
+    from ec2ami.backup.dr import Region
+    from ec2ami.backup.plan import BackupPlan, Image
+
+log = logging.getLogger(__name__)
+
+
+def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
+    """Print the plan, as --dry-run: what the run would create, tag, copy, share and remove.
+
+    -v adds each new image's tags (tag values are the instance's and the config's,
+    never user data)."""
+    for server in plan.servers:
+        spec = server.spec
+        mode = CONSISTENCY_WORDS[spec.consistency]
+        print(f"Would create image {server.name} of {spec.instance_id} ({spec.name}, {mode})")
+        log.debug("  with tags %s", ", ".join(f"{t['Key']}={t['Value']}" for t in server.tags))
+        if server.dropped_tags:
+            print(f"  without instance tags {', '.join(server.dropped_tags)}: 50-tag limit")
+        if server.deprecate_at:
+            print(f"  deprecated, with its copies, at {stamp(server.deprecate_at)}")
+        for image, reason in server.prunes:
+            print_prune(image, reason, spec.name, "")
+        for region in regions:
+            key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
+            print(f"Would copy {server.name} ({spec.name}) to {region.name}{key}")
+            for image, reason in server.copy_prunes[region.name]:
+                print_prune(image, reason, spec.name, f" in {region.name}")
+    for out in plan.failures:
+        print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
+    if plan.share_with:
+        accounts = ", ".join(sorted(plan.share_with))
+        print(f"Would share each new image and copy with {accounts}")
+    if plan.protect:
+        print("Would protect each new image and copy from deregistration (without cooldown)")
+
+
+def print_prune(image: Image, reason: str, server: str, where: str) -> None:
+    """One planned deregistration, as prune() will carry it out."""
+    what = f"{image.image_id} ({image.name}) of {server}{where}: {reason}"
+    held = protection_hold(image)
+    if held:
+        print(f"Would keep {what}, since it {held}")
+    elif image.protected:
+        print(f"Would deregister {what}, lifting its deregistration protection")
+    else:
+        print(f"Would deregister {what}")
+
+
+def print_sweep_plan(
+    clients: Clients,
+    regions: list[Region],
+    config: BackupConfig,
+    instance_of: dict[str, str],
+    now: datetime,
+) -> None:
+    """Print the orphaned snapshots the sweep would delete, in each region."""
+    for ec2, source_region, where in sweep_places(clients, regions):
+        for snapshot_id in find_orphans(ec2, config, instance_of, now, source_region):
+            print(f"Would delete orphaned snapshot {snapshot_id}{where}")
+
+
+def list_backups(
+    clients: Clients, config: BackupConfig, only: list[str], recycle_bin: bool = False
+) -> int:
+    """Print a table of managed backups per server and region, newest first; with
+    recycle_bin also the images each region's Recycle Bin holds."""
+    found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
+    for region in destination_regions(clients, config):
+        found += [(region.name, i) for i in copies_in(region, config, clients.region, None)]
+    found = [(r, i) for r, i in found if not only or i.server in only]
+    found.sort(
+        key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())
+    )
+    images = [i for _, i in found]
+    rows = [("SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE", "VERIFIED")]
+    for region, i in found:
+        created = i.created.strftime("%Y-%m-%d %H:%M:%S")
+        verified = verified_summary(i.tags.get(TAG_VERIFIED))
+        rows.append((i.server, region, i.image_id, i.name, created, i.state, i.schedule, verified))
+    print_table(rows)
+    if not images:
+        print("(no managed backups)")
+    if recycle_bin:
+        regions = [(clients.region, clients.ec2)]
+        regions += [(r.name, r.ec2) for r in destination_regions(clients, config)]
+        print_recycle_bins(regions)
+    return EXIT_OK
+
+
+def print_recycle_bins(regions: list[tuple[str, Any]]) -> None:
+    """The images in each region's Recycle Bin (deregistered, kept by a retention rule).
+    EC2 lists them without tags, so all are shown, by name; ami_to_ec2.py --ami restores
+    one."""
+    rows = [("REGION", "IMAGE", "NAME", "DELETED", "LEAVES THE BIN")]
+    for name, ec2 in regions:
+        for image in paginate(ec2, "list_images_in_recycle_bin", "Images"):
+            entered, leaves = image.get("RecycleBinEnterTime"), image.get("RecycleBinExitTime")
+            rows.append((name, image["ImageId"], image.get("Name", ""),
+                         f"{entered:%Y-%m-%d %H:%M}" if entered else "-",
+                         f"{leaves:%Y-%m-%d %H:%M}" if leaves else "-"))  # fmt: skip
+    print()
+    if len(rows) == 1:
+        print("(no images in the Recycle Bin)")
+        return
+    print("In the Recycle Bin (ami_to_ec2.py --ami ID restores one):")
+    print_table(rows)

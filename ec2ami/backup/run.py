@@ -1,0 +1,196 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami import clock
+from ec2ami.aws import error_text
+from ec2ami.backup.config import SSM_MODES
+from ec2ami.backup.consistency import back_up, check_post_scripts, ssm_offline
+from ec2ami.backup.copies import Finisher, Replication
+from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.housekeeping import Housekeeping, HousekeepingThread, guarded
+from ec2ami.backup.images import ALL_CREATED, follow_up
+from ec2ami.backup.listing import print_plan, print_sweep_plan
+from ec2ami.backup.look import Outcome, check_requested, discover, managed_images, record_launch
+from ec2ami.backup.plan import plan_backup
+from ec2ami.backup.pools import in_pool, split_pool_clashes
+from ec2ami.backup.state import record_run
+from ec2ami.backup.sweep import sweep_places, sweep_snapshots
+from ec2ami.errors import EXIT_FAILED, EXIT_OK
+from ec2ami.facts import PENDING
+
+if TYPE_CHECKING:
+    from ec2ami.aws import Clients
+    from ec2ami.backup.config import BackupConfig
+    from ec2ami.backup.dr import Region
+    from ec2ami.backup.plan import ServerPlan
+
+log = logging.getLogger(__name__)
+
+
+def run_backup(
+    clients: Clients, config: BackupConfig, args: argparse.Namespace, started: datetime
+) -> int:
+    """Image every server; prune each as soon as its new image is verified; copy; sweep;
+    report, and record the run (STATE_FILE, metrics)."""
+    ec2, now = clients.ec2, started.replace(microsecond=0)
+    servers, failures = discover(ec2, config, args.server, now)
+    check_requested(args.server, servers, failures)
+    record_launch(clients, config, servers)
+    listed = managed_images(ec2, config.schedule)
+    servers = split_pool_clashes(ec2, servers, failures, listed, config.pool)
+    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
+    natives = [i for i in listed if not i.source_region and in_pool(i, config.pool, instance_of)]
+    regions = destination_regions(clients, config)
+    copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
+    plan = plan_backup(
+        config,
+        servers,
+        failures,
+        natives,
+        regions,
+        copies,
+        now,
+        not args.no_prune,
+        clock.new_run_id(),
+    )
+    if args.dry_run:
+        print_plan(plan, regions)
+        if plan.prune:
+            print_sweep_plan(clients, regions, config, instance_of, started)
+        return EXIT_FAILED if failures else EXIT_OK
+    outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=plan.run_id) for p in plan.servers]
+    created: queue.Queue[Outcome] = queue.Queue()
+    creator_args = (clients, plan.servers, outcomes, config, now, created)
+    threading.Thread(target=create_all, args=creator_args, daemon=True).start()
+    planned = {p.spec.name: p.prunes for p in plan.servers}
+    finisher = Finisher(clients, None, plan)
+    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune))
+    replication = Replication(clients, regions, config, copies, plan)
+
+    def settled(out: Outcome) -> None:
+        replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
+        source.submit(out)
+
+    follow_up(ec2, created, config, settled)
+    source.finish()
+    copied = replication.finish()
+    if plan.prune:
+        sweep_all(clients, regions, config, instance_of, started)
+    code = report(outcomes + failures, copied, replication.errors)
+    record_run(clients, config, started, code, outcomes + failures, copied, natives)
+    return code
+
+
+def sweep_all(
+    clients: Clients,
+    regions: list[Region],
+    config: BackupConfig,
+    instance_of: dict[str, str],
+    started: datetime,
+) -> None:
+    """Sweep orphaned snapshots of this pool in REGION and in each COPY_TO_REGIONS region."""
+    for ec2, source_region, where in sweep_places(clients, regions):
+        try:
+            sweep_snapshots(ec2, config, instance_of, started, source_region, where)
+        except (ClientError, BotoCoreError) as err:
+            log.warning("sweep%s: could not look for orphans: %s", where, error_text(err))
+
+
+def create_all(
+    clients: Clients, plans: list[ServerPlan], outcomes: list[Outcome], config: BackupConfig,
+    now: datetime, created: queue.Queue,
+) -> None:  # fmt: skip
+    """Start every server's planned image in turn (the client paces CreateImage); queue each
+    outcome.
+
+    Servers backed up through SSM come last, after one check that they are online,
+    so their scripts never hold up the plain ones.
+    """
+    pairs = sorted(
+        zip(plans, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
+    )
+    try:
+        through_ssm = [p.server for p, _ in pairs if p.spec.consistency in SSM_MODES]
+        offline = ssm_offline(clients.ssm, through_ssm) if through_ssm else {}
+        for planned, out in pairs:
+            try:
+                reason = offline.get(planned.spec.instance_id)
+                if planned.dropped_tags:
+                    out.warn(f"50-tag limit: instance tags not copied: "
+                             f"{', '.join(planned.dropped_tags)}")  # fmt: skip
+                if reason:
+                    out.fail(reason)
+                else:
+                    guarded(out, "backup failed", back_up, clients, planned, config, now, out)
+            except Exception as err:  # a bug must not hide a server: report it as failed
+                log.debug("%s: unexpected error", out.name, exc_info=True)
+                out.fail(f"backup failed: unexpected {type(err).__name__}: {err}")
+            created.put(out)
+        if any(o.post_command for _, o in pairs):
+            check_post_scripts(clients.ssm, [o for _, o in pairs], config, now)
+    finally:
+        created.put(ALL_CREATED)
+
+
+def report(
+    outcomes: list[Outcome], copies: Sequence[Outcome] = (), errors: Sequence[str] = ()
+) -> int:
+    """Log one line per server and per copy, and a summary; return the exit code."""
+    for out in [*outcomes, *copies]:
+        if not out.error and not out.image_id:
+            out.fail("no backup was made")  # never report a server as done without an image
+        if out.late_errors:
+            out.fail("; ".join(out.late_errors))
+    for out in outcomes:
+        for warning in out.warnings:
+            log.warning("%s (%s): %s", out.name, out.instance_id, warning)
+        if out.error:
+            log.error("%s (%s): FAILED: %s", out.name, out.instance_id, out.error)
+        else:
+            pruned = f"; pruned {', '.join(out.pruned)}" if out.pruned else ""
+            log.info("%s (%s): backed up as %s%s", out.name, out.instance_id, out.image_id, pruned)
+    report_copies(copies)
+    for error in errors:
+        log.error("%s", error)
+    failed = [o for o in outcomes if o.error]
+    failed_copies = [c for c in copies if c.error]
+    level = logging.ERROR if failed or failed_copies or errors else logging.INFO
+    log.log(
+        level,
+        "%d server(s): %d backed up, %d failed",
+        len(outcomes),
+        len(outcomes) - len(failed),
+        len(failed),
+    )
+    if copies:
+        pending = [c for c in copies if not c.error and (not c.image or c.image.state == PENDING)]
+        done = len(copies) - len(failed_copies) - len(pending)
+        log.log(level, "%d copies: %d available, %d pending, %d failed", len(copies), done,
+                len(pending), len(failed_copies))  # fmt: skip
+    return EXIT_FAILED if failed or failed_copies or errors else EXIT_OK
+
+
+def report_copies(copies: Sequence[Outcome]) -> None:
+    """One line per copy: available, left pending, or failed, and what its region pruned."""
+    for copy in copies:
+        who = f"{copy.name} ({copy.instance_id}) in {copy.region}"
+        for warning in copy.warnings:
+            log.warning("%s: %s", who, warning)
+        pruned = f"; pruned {', '.join(copy.pruned)}" if copy.pruned else ""
+        if copy.error:
+            log.error("%s: copy FAILED: %s", who, copy.error)
+        elif not copy.image or copy.image.state == PENDING:
+            log.info("%s: copy %s still pending%s", who, copy.image_id, pruned)
+        else:
+            log.info("%s: copied as %s%s", who, copy.image_id, pruned)

@@ -1,0 +1,168 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami import clock
+from ec2ami.aws import error_text
+from ec2ami.backup.look import parse_time
+from ec2ami.backup.tags import stamp
+from ec2ami.errors import EXIT_OK
+from ec2ami.facts import AVAILABLE
+
+if TYPE_CHECKING:
+    from ec2ami.aws import Clients
+    from ec2ami.backup.config import BackupConfig
+    from ec2ami.backup.look import Outcome
+    from ec2ami.backup.plan import Image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LastRun:
+    """The last backup run, as its STATE_FILE records it, and what --check makes of it."""
+
+    path: str | None
+    record: dict | None
+    problem: str | None
+
+    @classmethod
+    def read(cls, path: str | None, rpo: float, now: datetime) -> LastRun:
+        """Read STATE_FILE; a run that failed, or none within 2 x RPO_HOURS, is a problem."""
+        if path is None:
+            return cls(None, None, None)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+            finished = parse_time(record["finished"])
+            code = record["exit_code"]
+        except FileNotFoundError:
+            return cls(path, None, f"no run recorded in {path}")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return cls(path, None, f"cannot read {path}: {err}")
+        hours = (now - finished).total_seconds() / 3600
+        if hours > 2 * rpo:
+            return cls(path, record, f"the last run was {hours:.1f} h ago (2 x RPO: {2 * rpo:g} h)")
+        if code != EXIT_OK:
+            return cls(path, record, f"the last run, {hours:.1f} h ago, exited {code}")
+        return cls(path, record, None)
+
+
+def record_run(
+    clients: Clients,
+    config: BackupConfig,
+    started: datetime,
+    code: int,
+    outcomes: Sequence[Outcome] = (),
+    copies: Sequence[Outcome] = (),
+    natives: Sequence[Image] = (),
+) -> None:
+    """After a run: write STATE_FILE, and put the run's metrics if METRICS_NAMESPACE is set.
+    Neither changes the exit code; a failure is a warning (and the alarms see missing data)."""
+    finished = clock.utc_now()
+    seconds = (finished - started).total_seconds()
+    counts = {
+        "servers_backed_up": sum(1 for o in outcomes if not o.error),
+        "servers_failed": sum(1 for o in outcomes if o.error),
+        "images_pruned": sum(len(o.pruned) for o in [*outcomes, *copies]),
+    }
+    if config.state_file:
+        record = {
+            "version": 1,
+            "pool": config.pool,
+            "schedule": config.schedule,
+            "started": stamp(started),
+            "finished": stamp(finished),
+            "exit_code": code,
+            **counts,
+            "run_seconds": round(seconds, 1),
+        }
+        write_state(config.state_file, record)
+    if config.metrics_namespace and outcomes:
+        ages: dict[str, float | None] = {o.name: None for o in outcomes}
+        for image in natives:  # the previous backups: a failed server's age is the newest's
+            if image.state == AVAILABLE and image.server in ages:
+                age = (finished - image.created).total_seconds() / 3600
+                known = ages[image.server]
+                ages[image.server] = age if known is None else min(age, known)
+        for out in outcomes:
+            if not out.error:  # the new backup, taken at the run's start
+                ages[out.name] = (finished - started.replace(microsecond=0)).total_seconds() / 3600
+        run_dims = {"Schedule": config.schedule, "Pool": config.pool}
+        data = age_metrics(config, ages, finished)
+        data += [
+            metric("ServersBackedUp", counts["servers_backed_up"], "Count", run_dims, finished),
+            metric("ServersFailed", counts["servers_failed"], "Count", run_dims, finished),
+            metric("ImagesPruned", counts["images_pruned"], "Count", run_dims, finished),
+            metric("RunSeconds", seconds, "Seconds", run_dims, finished),
+        ]
+        put_metrics(clients, config, data)
+
+
+def write_state(path: str, record: dict) -> None:
+    """Replace STATE_FILE atomically; a failure is a warning."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w",
+            encoding="utf-8",
+            dir=os.path.dirname(path) or ".",
+            delete=False,
+            prefix=".state-",
+        ) as handle:
+            json.dump(record, handle, indent=2)
+        os.replace(handle.name, path)
+    except OSError as err:
+        log.warning("cannot write STATE_FILE %s: %s; --check will not see this run", path, err)
+
+
+def metric(name: str, value: float, unit: str, dimensions: dict[str, str], when: datetime) -> dict:
+    """One PutMetricData datum."""
+    dims = [{"Name": k, "Value": v} for k, v in dimensions.items()]
+    return {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": unit, "Timestamp": when}
+
+
+def age_metrics(config: BackupConfig, ages: dict[str, float | None], when: datetime) -> list[dict]:
+    """BackupAgeHours per server that has a backup; one with none puts nothing, which the
+    alarm's TreatMissingData=breaching counts as a breach."""
+    return [
+        metric(
+            "BackupAgeHours",
+            age,
+            "None",
+            {"Server": server, "Schedule": config.schedule, "Pool": config.pool},
+            when,
+        )
+        for server, age in sorted(ages.items())
+        if age is not None
+    ]
+
+
+def put_metrics(clients: Clients, config: BackupConfig, data: list[dict]) -> None:
+    """PutMetricData, METRICS_PER_CALL at a time; a failure is a warning."""
+    cloudwatch = clients.client("cloudwatch")
+    for start in range(0, len(data), METRICS_PER_CALL):
+        try:
+            cloudwatch.put_metric_data(
+                Namespace=config.metrics_namespace,
+                MetricData=data[start : start + METRICS_PER_CALL],
+            )
+        except (ClientError, BotoCoreError) as err:
+            log.warning(
+                "could not put metrics in %s: %s", config.metrics_namespace, error_text(err)
+            )
+            return
+
+
+METRICS_PER_CALL = 1000  # PutMetricData takes at most 1000 metrics a request

@@ -1,0 +1,99 @@
+"""EC2, EBS and SSM facts the code relies on: states, error codes, limits and name rules.
+
+Each is named once here, for the backup and the restore alike. Sources: the EC2 API
+reference and the botocore service models (data/ec2/2016-11-15/service-2.json).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+# Image and instance states.
+AVAILABLE, PENDING, FAILED, RUNNING = "available", "pending", "failed", "running"
+DISABLED = "disabled"  # DisableImage: hidden from DescribeImages unless IncludeDisabled;
+# EnableImage makes the image available again
+# DescribeImages' DeregistrationProtection: "disabled", "enabled-with-cooldown",
+# "enabled-without-cooldown", or "disabled-until <time>" while a cooldown runs.
+PROTECTION_OFF = "disabled"
+LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
+ERR_DUPLICATE_NAME = "InvalidAMIName.Duplicate"
+ERR_SNAPSHOT_IN_USE = "InvalidSnapshot.InUse"
+ERR_SNAPSHOT_NOT_FOUND = "InvalidSnapshot.NotFound"
+ERRS_IMAGE_GONE = {"InvalidAMIID.Unavailable", "InvalidAMIID.NotFound"}  # already deregistered
+SNAPSHOT_SKIPPED = "skipped"  # DeregisterImage kept a snapshot another image uses
+SNAPSHOT_DELETED = "success"
+SNAPSHOT_NO_PERMISSION = "missing-permissions"  # the caller lacks DeleteSnapshot on it
+FILTER_VALUES_MAX = 200
+# GetLaunchTemplateData calls in flight at once: enough to reach EC2's describe rate (20/s)
+# at 100 ms a call, so a large fleet waits for the bucket, not for round trips.
+LAUNCH_DATA_THREADS = 8
+BURSTABLE_RE = re.compile(r"^t\d")  # T instance types: CPU credits
+DESCRIPTION_MAX = 255  # CreateImage and CopyImage
+AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
+AMI_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]")
+AMI_NAME_CHARS = "letters, digits and ()[] ./-'@_"
+INSTANCE_ID_RE = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+POOL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")
+KEY_MANAGER_AWS = "AWS"  # KMS KeyManager of an AWS-managed key such as aws/ebs
+COPY_OPTIONS = {"keep", "kms_key_id"}
+SHARE_ACCOUNTS_MAX = 15  # so TAG_SHARED_WITH fits in one tag value
+DEPRECATE_LEAD = timedelta(minutes=10)  # DeprecateAt must lie in the future
+SSM_ONLINE, SSM_SUCCESS = "Online", "Success"
+SSM_RUNNING = {"Pending", "InProgress", "Delayed", "Cancelling"}
+DOC_SHELL, DOC_POWERSHELL, DOC_VSS = (
+    "AWS-RunShellScript",
+    "AWS-RunPowerShellScript",
+    "AWSEC2-CreateVssSnapshot",
+)
+ERR_NO_INVOCATION = "InvocationDoesNotExist"  # just sent: not visible yet
+SSM_IDS_MAX = 50  # instance ids per SendCommand, DescribeInstanceInformation filter and page
+SSM_NEEDS = "SSM Agent running and an instance profile with AmazonSSMManagedInstanceCore"
+VSS_NEEDS = "; for vss also the AwsVssComponents package and AWSEC2VssSnapshotPolicy"
+IN_RECYCLE_BIN = "in the Recycle Bin"  # deregistered, kept by a retention rule
+GONE_STATES = {"terminated", "shutting-down"}
+STATUS_OK = "ok"
+ERR_DRY_RUN_OK = "DryRunOperation"
+NOT_FOUND_CODES = {
+    "InvalidSubnetID.NotFound": "subnet",
+    "InvalidGroup.NotFound": "security group",
+    "InvalidGroupId.Malformed": "security group",
+    "InvalidKeyPair.NotFound": "key pair",
+    "InvalidInstanceType": "instance type",
+    "InvalidAllocationID.NotFound": "Elastic IP allocation",
+    "InvalidAMIID.NotFound": "image",
+    "InvalidAMIID.Malformed": "image",
+}
+ERR_NO_SUCH_ENTITY = "NoSuchEntity"  # IAM: the instance profile is gone
+ERR_TARGET_GROUP_NOT_FOUND = "TargetGroupNotFound"
+ERR_LOAD_BALANCER_NOT_FOUND = "LoadBalancerNotFound"  # Classic ELB
+PLACEMENT_GONE_CODES = {"InvalidPlacementGroup.Unknown", "InvalidPlacementGroupName.NotFound"}
+HOST_USABLE_STATES = {"available"}
+HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidHostID.Malformed"}
+STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
+INSTANCE_TYPES_MAX = 100  # DescribeInstanceTypes: names per call
+DESCRIBED = {"subnets": "Subnets", "security_groups": "SecurityGroups", "key_pairs": "KeyPairs",
+             "network_interfaces": "NetworkInterfaces", "addresses": "Addresses"}  # fmt: skip
+DNS_TTL_DEFAULT = 300  # for a DNS_RECORDS record that does not exist yet
+UNAVAILABLE = "not reproducible"  # an attribute a warning said cannot be reproduced
+MONITORING_ON = ("enabled", "pending")
+AMI_ID_RE = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+SUBNET_ID_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
+GROUP_ID_RE = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
+ALLOCATION_ID_RE = re.compile(r"^eipalloc-([0-9a-f]{8}|[0-9a-f]{17})$")
+HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+WINDOWS_NAME_MAX = 15
+VOLUME_TYPES = {"gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"}
+# RunInstances' provisioned rate for volume initialization, MiB/s (EbsBlockDevice).
+INITIALIZATION_RATES = (100, 300)
+DRILL_PICKS = ("newest", "random")
+# DRILL_CHECK runs through SSM Run Command with the platform's AWS document.
+CHECK_DOCUMENTS = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellScript"}
+WAIT_MODES = ("none", "running", "status-ok")
+RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
+BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show as available

@@ -1,0 +1,1 @@
+"""The least-privilege IAM policies each config needs (--print-iam-policy)."""

@@ -1,0 +1,181 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ec2ami.aws import base_session
+from ec2ami.backup.config import SSM_MODES
+from ec2ami.backup.cost import DIRECT_ACTIONS
+from ec2ami.contract import (
+    LAUNCH_DATA_DESCRIBES,
+    SSM_OPT_IN_TAG,
+    TAG_MANAGED,
+    TAG_SHARED_WITH,
+    TOOL,
+)
+from ec2ami.errors import EXIT_OK
+from ec2ami.facts import DOC_POWERSHELL, DOC_SHELL, DOC_VSS
+
+if TYPE_CHECKING:
+    from ec2ami.backup.config import BackupConfig, ServerSpec
+
+
+def print_iam_policy(config: BackupConfig) -> int:
+    """--print-iam-policy: the policy this config's runs need, as JSON; no AWS call."""
+    print(json.dumps(iam_policy(config), indent=2))
+    return EXIT_OK
+
+
+def iam_policy(config: BackupConfig) -> dict:
+    """The least-privilege policy for this config: its regions and account, and only the
+    features it uses. Every destructive call is limited to images carrying the marker."""
+    home, account = policy_scope(config)
+    regions = [home, *config.copy_to_regions]
+    images = [f"arn:aws:ec2:{r}::image/*" for r in regions]
+    snapshots = [f"arn:aws:ec2:{r}::snapshot/*" for r in regions]
+    marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
+    describe = ["ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeImages",
+                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin"]  # fmt: skip
+    statements = [
+        statement("Describe", describe, "*"),
+        *instance_statements(config, home, account, "ec2:CreateImage", "aws:ResourceTag"),
+        *instance_statements(config, home, account, "ec2:GetLaunchTemplateData",
+                             "aws:ResourceTag", sid="ReadTheConfigsInstancesLaunchData"),
+        *instance_statements(config, home, account, "ec2:DescribeInstanceAttribute",
+                             "aws:ResourceTag", sid="InstanceAttributesForGetLaunchTemplateData"),
+        statement("DescribesGetLaunchTemplateDataMakes", LAUNCH_DATA_DESCRIBES, "*"),
+        statement("CreateOnlyMarkedImagesAndSnapshots", "ec2:CreateImage",
+                  images[:1] + snapshots[:1],
+                  {"StringEquals": {f"aws:RequestTag/{TAG_MANAGED}": TOOL}}),
+        statement("TagAtCreationOnly", "ec2:CreateTags", images[:1] + snapshots[:1],
+                  {"StringEquals": {"ec2:CreateAction": "CreateImage"}}),
+        statement("DeleteOnlyMarkedImagesAndSnapshots",
+                  ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, marked),
+        statement("ReleaseProtectionOnlyOfMarkedImages",
+                  "ec2:DisableImageDeregistrationProtection", images, marked),
+        statement("CountBlocksOnlyOfMarkedSnapshots", DIRECT_ACTIONS, snapshots, marked),
+    ]  # fmt: skip
+    if config.record_load_balancers:
+        statements.append(statement(
+            "ReadLoadBalancerMembership",
+            ["elasticloadbalancing:DescribeTargetGroups",
+             "elasticloadbalancing:DescribeTargetHealth",
+             "elasticloadbalancing:DescribeLoadBalancers"], "*",
+        ))  # fmt: skip
+    if config.deregistration_protection:
+        protect = "ec2:EnableImageDeregistrationProtection"
+        statements.append(statement("ProtectOnlyMarkedImages", protect, images, marked))
+    statements += ssm_statements(config, home, account)
+    statements += dr_statements(config, images, snapshots, marked)
+    if config.metrics_namespace:
+        statements.append(statement(
+            "PutMetricsOnlyInTheConfigsNamespace", "cloudwatch:PutMetricData", "*",
+            {"StringEquals": {"cloudwatch:namespace": config.metrics_namespace}},
+        ))  # fmt: skip
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def policy_scope(config: BackupConfig) -> tuple[str, str]:
+    """The region and account for the policy's ARNs, without an AWS call: REGION (or the
+    profile's), and ROLE_ARN's account, else "*"."""
+    region = base_session(config.profile, config.region)[0].region_name
+    return region, config.role_arn.split(":")[4] if config.role_arn else "*"
+
+
+def statement(sid: str, action: Any, resource: Any, condition: dict | None = None) -> dict:
+    """One Allow statement."""
+    made = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+    if condition:
+        made["Condition"] = condition
+    return made
+
+
+def instance_statements(
+    config: BackupConfig, region: str, account: str, action: str, tag_key: str,
+    servers: Sequence[ServerSpec] | None = None, sid: str = "ImageOnlyTheConfigsInstances",
+) -> list[dict]:  # fmt: skip
+    """action on the config's instances: SERVERS by id, SELECT_TAGS by their tags."""
+    listed = config.servers if servers is None else servers
+    arn = f"arn:aws:ec2:{region}:{account}:instance/"
+    made = []
+    if listed:
+        made.append(statement(sid, action, [arn + s.instance_id for s in listed]))
+    if config.select_tags and servers is None:
+        tags = {f"{tag_key}/{k}": v for k, v in config.select_tags.items()}
+        made.append(statement(sid + "ByTag", action, arn + "*", {"StringEquals": tags}))
+    return made
+
+
+def ssm_statements(config: BackupConfig, region: str, account: str) -> list[dict]:
+    """Run Command, only if a server uses vss or scripts: the documents those modes run,
+    on those servers by id, or (found by SELECT_TAGS) on instances that opt in by tag."""
+    by_tags = config.select_tags and config.defaults.consistency in SSM_MODES
+    servers = [s for s in config.servers if s.consistency in SSM_MODES]
+    if not servers and not by_tags:
+        return []
+    modes = {s.consistency for s in servers} | ({config.defaults.consistency} if by_tags else set())
+    documents = [DOC_VSS] if "vss" in modes else []
+    if "scripts" in modes:
+        documents = [DOC_SHELL, DOC_POWERSHELL, *documents]
+    made = [
+        statement("FindSsmManagedInstances", ["ssm:DescribeInstanceInformation",
+                  "ssm:GetCommandInvocation", "ssm:ListCommands"], "*"),
+        statement("RunOnlyTheConsistencyDocuments", "ssm:SendCommand",
+                  [f"arn:aws:ssm:{region}:*:document/{d}" for d in documents]),
+    ]  # fmt: skip
+    made += instance_statements(config, region, account, "ssm:SendCommand", "ssm:resourceTag",
+                                servers, "OnlyOnTheConsistencyServers")  # fmt: skip
+    if by_tags:
+        made.append(statement(
+            "OnlyOnInstancesThatOptIn", "ssm:SendCommand",
+            f"arn:aws:ec2:{region}:{account}:instance/*",
+            {"StringEquals": {f"ssm:resourceTag/{SSM_OPT_IN_TAG}": "allow"}},
+        ))  # fmt: skip
+    return made
+
+
+def dr_statements(
+    config: BackupConfig, images: list[str], snapshots: list[str], marked: dict
+) -> list[dict]:
+    """Copies, sharing and deprecation, only as far as the config uses them."""
+    made = []
+    if config.copy_to_regions:
+        made += [
+            statement("CopyIntoTheConfigsRegions", "ec2:CopyImage", images[1:]),
+            statement("CopyOnlyMarkedBackups", "ec2:CopyImage", images[:1] + snapshots[:1],
+                      marked),
+            statement("TagCopiesAtCreationOnly", "ec2:CreateTags", images[1:] + snapshots[1:],
+                      {"StringEquals": {"ec2:CreateAction": "CopyImage"}}),
+        ]  # fmt: skip
+    if config.share_with_accounts:
+        accounts = sorted(config.share_with_accounts)
+        made += [  # IAM has no condition key for whom an image's launch permission names
+            statement("ShareOnlyMarkedImages", "ec2:ModifyImageAttribute", images, marked),
+            statement("ShareSnapshotsOnlyWithTheConfigsAccounts", "ec2:ModifySnapshotAttribute",
+                      snapshots,
+                      {**marked, "ForAllValues:StringEquals": {"ec2:Add/userId": accounts}}),
+            statement("RecordWhomAnImageIsSharedWith", "ec2:CreateTags", images, {
+                **marked, "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_SHARED_WITH]}}),
+            statement("FindWhichKeyEncryptsAnImageBeforeSharingIt", "kms:DescribeKey", "*"),
+        ]  # fmt: skip
+    if any(s.consistency == "vss" for s in config.servers) or (
+        config.select_tags and config.defaults.consistency == "vss"
+    ):
+        made.append(statement("TagWhatVssMade", "ec2:CreateTags", images[:1] + snapshots[:1],
+                              marked))  # fmt: skip
+    if config.deprecate_after_days:
+        made.append(statement("DeprecateOnlyMarkedImages", "ec2:EnableImageDeprecation",
+                              images, marked))  # fmt: skip
+    keys = [t.kms_key_id for t in config.copy_to_regions.values() if t.kms_key_id]
+    if keys:  # an alias names no key ARN before a call: then any key, but through EC2 only
+        arns = keys if all(k.startswith("arn:") for k in keys) else "*"
+        made.append(statement(
+            "EncryptCopiesThroughEc2Only",
+            ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey",
+             "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
+            arns, {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}},
+        ))  # fmt: skip
+    return made

@@ -1,0 +1,187 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ec2ami.aws import base_session
+from ec2ami.contract import (
+    LAUNCH_DATA_DESCRIBES,
+    RESTORE_OPT_IN_TAG,
+    TAG_DRILL,
+    TAG_MANAGED,
+    TAG_RESTORED_FROM,
+    TAG_VERIFIED,
+    TOOL,
+)
+from ec2ami.errors import EXIT_OK
+from ec2ami.facts import CHECK_DOCUMENTS, RESTORABLE_ROLE_PATH
+
+
+def print_iam_policy(config: dict) -> int:
+    """--print-iam-policy: the policy this config's restores (with --drill: its drills)
+    need, as JSON; no AWS call."""
+    print(json.dumps(iam_policy(config), indent=2))
+    return EXIT_OK
+
+
+def iam_policy(config: dict) -> dict:
+    """The least-privilege policy for restores (or, with --drill, drills) with this config,
+    in its region and account.
+
+    The instance profile a restore hands out comes from the image's tag, so PassRole is
+    limited to roles under RESTORABLE_ROLE_PATH: create the roles a restore may pass
+    there (ALLOWED_INSTANCE_PROFILES checks the profile too). The Elastic IP is the
+    configured allocation, or one tagged RESTORE_OPT_IN_TAG = "allow". A drill launches
+    only into DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS, terminates only instances
+    tagged TAG_DRILL, tags images only with TAG_VERIFIED, and has no call that reaches
+    production: no Elastic IP, load balancer, DNS, EnableImage or Recycle Bin.
+    """
+    region = base_session(config["PROFILE"], config["REGION"])[0].region_name
+    account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
+    arn = f"arn:aws:ec2:{region}:{account}:"
+    image = f"arn:aws:ec2:{region}::image/*"
+    launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
+    describe = [
+        "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
+        "ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
+        "ec2:DescribeKeyPairs", "ec2:DescribeAddresses", "ec2:DescribePlacementGroups",
+        "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
+    ]  # fmt: skip
+    if config["DRILL"]:
+        sid, network = "LaunchOnlyIntoTheDrillSubnet", [
+            arn + f"subnet/{config['DRILL_SUBNET_ID']}",
+            *(arn + f"security-group/{g}" for g in config["DRILL_SECURITY_GROUP_IDS"]),
+        ]  # fmt: skip
+    else:
+        describe += ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSnapshots",
+                     "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin"]  # fmt: skip
+        subnet = f"subnet/{config['SUBNET_ID']}" if config["SUBNET_ID"] else "subnet/*"
+        sid, network = "LaunchInTheConfigsRegion", [arn + subnet, arn + "security-group/*"]
+    statements = [
+        allow("Describe", describe, "*"),
+        allow(sid, "ec2:RunInstances", [image, *launched, *network, arn + "key-pair/*"]),
+        allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
+              {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
+        allow("ReadBackTheNewInstance",
+              ["ec2:GetLaunchTemplateData", "ec2:DescribeInstanceAttribute"], launched[0]),
+        allow("SourceDestCheckOnlyOnRestoredInterfaces", "ec2:ModifyNetworkInterfaceAttribute",
+              launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
+        allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",
+              f"arn:aws:iam::{account}:instance-profile/*"),
+        allow("PassOnlyRestorableRolesToEc2", "iam:PassRole",
+              f"arn:aws:iam::{account}:role{RESTORABLE_ROLE_PATH}*",
+              {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
+    ]  # fmt: skip
+    if config["DRILL"]:
+        statements += drill_statements(config, region, launched[0], image)
+    else:
+        statements += production_statements(config, region, account, launched, image)
+    if config["KMS_KEY_ID"]:
+        key = config["KMS_KEY_ID"]
+        statements.append(allow(
+            "EncryptVolumesThroughEc2Only",
+            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
+            key if key.startswith("arn:") else "*",
+            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
+        ))  # fmt: skip
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def production_statements(
+    config: dict, region: str, account: str, launched: list[str], image: str
+) -> list[dict]:
+    """What a restore does to production, and a drill never: EnableImage, the Recycle Bin,
+    Elastic IPs, load balancers and DNS."""
+    arn, snapshot = f"arn:aws:ec2:{region}:{account}:", f"arn:aws:ec2:{region}::snapshot/*"
+    marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
+    statements = [
+        allow("EnableOnlyMarkedImages", "ec2:EnableImage", image, marked),
+        allow("RestoreFromTheRecycleBin",
+              ["ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"],
+              [image, snapshot]),
+    ]  # fmt: skip
+    eip = config["ELASTIC_IP"]
+    if eip is not None:
+        statements += [
+            allow("AssociateTheConfigsElasticIp", "ec2:AssociateAddress",
+                  arn + f"elastic-ip/{eip}") if eip != "same" else
+            allow("AssociateOnlyElasticIpsThatOptIn", "ec2:AssociateAddress", arn + "elastic-ip/*",
+                  {"StringEquals": {f"aws:ResourceTag/{RESTORE_OPT_IN_TAG}": "allow"}}),
+            allow("AssociateWithTheNewInstance", "ec2:AssociateAddress", launched[::2]),
+        ]  # fmt: skip
+    statements += balancer_statements(config, region, account)
+    if config["DNS_RECORDS"]:
+        zones = sorted({r["zone_id"].rsplit("/", 1)[-1] for r in config["DNS_RECORDS"]})
+        statements.append(allow(
+            "PointOnlyTheConfigsDnsRecords",
+            ["route53:ListResourceRecordSets", "route53:ChangeResourceRecordSets"],
+            [f"arn:aws:route53:::hostedzone/{z}" for z in zones],
+        ))  # fmt: skip
+    return statements
+
+
+def drill_statements(config: dict, region: str, instance: str, image: str) -> list[dict]:
+    """A drill's own calls: terminate its instances (tagged TAG_DRILL, which the drill
+    can set only at launch), tag images that carry the marker with TAG_VERIFIED only,
+    and run DRILL_CHECK's documents on its instances only."""
+    statements = [
+        allow("TerminateOnlyDrillInstances", "ec2:TerminateInstances", instance,
+              {"Null": {f"aws:ResourceTag/{TAG_DRILL}": "false"}}),
+        allow("RecordTheResultOnMarkedImagesOnly", "ec2:CreateTags", image, {
+            "StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL},
+            "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_VERIFIED]},
+        }),
+    ]  # fmt: skip
+    if config["DRILL_CHECK"]:
+        documents = [f"arn:aws:ssm:{region}:*:document/{CHECK_DOCUMENTS[p]}"
+                     for p in sorted(config["DRILL_CHECK"])]  # fmt: skip
+        statements += [
+            allow("RunTheCheckDocuments", "ssm:SendCommand", documents),
+            allow("RunTheCheckOnDrillInstancesOnly", "ssm:SendCommand", instance,
+                  {"Null": {f"ssm:resourceTag/{TAG_DRILL}": "false"}}),
+            allow("ReadTheCheck", ["ssm:DescribeInstanceInformation",
+                                   "ssm:ListCommandInvocations"], "*"),
+        ]  # fmt: skip
+    return statements
+
+
+def balancer_statements(config: dict, region: str, account: str) -> list[dict]:
+    """Registration in load balancers: the configured ones by ARN or name; those recorded
+    on the image ("same") only if they opt in by tag, as a tag never grants power alone."""
+    arn = f"arn:aws:elasticloadbalancing:{region}:{account}:"
+    opt_in = {"StringEquals": {f"aws:ResourceTag/{RESTORE_OPT_IN_TAG}": "allow"}}
+    made = []
+    groups, classic = config["TARGET_GROUPS"], config["CLASSIC_LOAD_BALANCERS"]
+    if groups:
+        read = ["elasticloadbalancing:DescribeTargetGroups",
+                "elasticloadbalancing:DescribeTargetHealth"]  # fmt: skip
+        made.append(allow("ReadTargetGroups", read, "*"))
+        if groups == "same":
+            made.append(allow("RegisterOnlyInTargetGroupsThatOptIn",
+                              "elasticloadbalancing:RegisterTargets", arn + "targetgroup/*",
+                              opt_in))  # fmt: skip
+        else:
+            arns = sorted({g if isinstance(g, str) else g["arn"] for g in groups})
+            made.append(allow("RegisterInTheConfigsTargetGroups",
+                              "elasticloadbalancing:RegisterTargets", arns))  # fmt: skip
+    if classic:
+        made.append(allow("ReadClassicLoadBalancers", "elasticloadbalancing:DescribeLoadBalancers",
+                          "*"))  # fmt: skip
+        register = "elasticloadbalancing:RegisterInstancesWithLoadBalancer"
+        if classic == "same":
+            made.append(allow("RegisterOnlyWithClassicLoadBalancersThatOptIn", register,
+                              arn + "loadbalancer/*", opt_in))  # fmt: skip
+        else:
+            made.append(allow("RegisterWithTheConfigsClassicLoadBalancers", register,
+                              [arn + f"loadbalancer/{n}" for n in classic]))  # fmt: skip
+    return made
+
+
+def allow(sid: str, action: Any, resource: Any, condition: dict | None = None) -> dict:
+    """One Allow statement."""
+    made = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+    if condition:
+        made["Condition"] = condition
+    return made

@@ -1,0 +1,107 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import re
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
+from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
+from ec2ami.iam.restore import print_iam_policy
+from ec2ami.output import setup_logging
+from ec2ami.restore.config import RestoreError, apply_flags, load_config, validate_config
+from ec2ami.restore.drill import drill
+from ec2ami.restore.listing import list_backups
+from ec2ami.restore.run import restore
+from ec2ami.settings import beside
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None, script: str | None = None) -> int:
+    """Load and check the config, then list, dry-run, restore or drill."""
+    args = parse_args(argv, script)
+    setup_logging(args, stamped=False)
+    try:
+        settings = apply_flags(load_config(args.config), args)
+        config = validate_config(settings, listing=args.list or args.print_iam_policy)
+        if args.print_iam_policy:
+            return print_iam_policy(config)
+        clients = make_clients(config)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_USAGE
+    except RoleError as err:
+        log.error("%s", err)
+        return EXIT_FAILED
+    try:
+        if args.list:
+            return list_backups(clients.ec2, config, args.recycle_bin)
+        if config["DRILL"]:
+            return drill(clients, config, args)
+        return restore(clients, config, args)
+    except RestoreError as err:
+        log.error("%s; nothing launched", err)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as err:
+        log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
+
+
+def make_clients(config: dict) -> Clients:
+    """Build the clients: region, profile, ROLE_ARN and botocore's standard retries."""
+    session, client_config = base_session(config["PROFILE"], config["REGION"])
+    return connect(session, client_config, config["ROLE_ARN"], "restore", getpass.getuser())
+
+
+def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 on bad usage."""
+    parser = argparse.ArgumentParser(
+        prog="ami_to_ec2.py", description="Launch a working replacement instance from a backup."
+    )
+    parser.add_argument(
+        "--config", default=beside(script, "ami_to_ec2_config.py"), help="config file"
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--server", metavar="NAME", action="append",
+                       help="restore this server's newest backup (repeat for several)")  # fmt: skip
+    which.add_argument("--all", action="store_true",
+                       help="restore every server with an available backup here")  # fmt: skip
+    which.add_argument("--ami", metavar="ID", help="restore this exact image")
+    parser.add_argument(
+        "--drill", action="store_true",
+        help="test the restore in DRILL_SUBNET_ID, check it, then terminate it",
+    )  # fmt: skip
+    parser.add_argument("--before", metavar="TIME", help="newest backup at or before this time")
+    parser.add_argument("--pool", metavar="POOL", help="only backups of this backup pool")
+    parser.add_argument("--count", type=int, metavar="N", help="instances to launch")
+    parser.add_argument("--region", help="restore in this region (a copy there, for DR)")
+    parser.add_argument("--subnet-id", metavar="ID", help="launch into this subnet")
+    parser.add_argument(
+        "--security-group-ids", metavar="IDS", help="comma-separated security group ids"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, launch nothing")
+    parser.add_argument("--list", action="store_true", help="list restorable backups")
+    parser.add_argument(
+        "--recycle-bin", action="store_true", help="with --list: the Recycle Bin's images too"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--print-iam-policy",
+        action="store_true",
+        help="print the least-privilege IAM policy this config needs (no AWS call)",
+    )
+    parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    if args.recycle_bin and not args.list:
+        parser.error("--recycle-bin goes with --list")
+    if args.client_token is not None and not re.fullmatch(r"[\x21-\x7e]{1,64}", args.client_token):
+        parser.error("--client-token must be 1-64 printable ASCII characters")
+    return args

@@ -1,0 +1,533 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from ec2ami.errors import ConfigError
+from ec2ami.facts import (
+    ALLOCATION_ID_RE,
+    AMI_ID_RE,
+    CHECK_DOCUMENTS,
+    DRILL_PICKS,
+    GROUP_ID_RE,
+    HOST_LABEL_RE,
+    INITIALIZATION_RATES,
+    REGION_RE,
+    ROLE_ARN_RE,
+    SUBNET_ID_RE,
+    VOLUME_TYPES,
+    WAIT_MODES,
+)
+from ec2ami.settings import read_settings
+
+DEFAULTS: dict[str, Any] = {
+    "REGION": None,
+    "PROFILE": None,
+    "SERVER": None,
+    "SERVERS": None,
+    "AMI_ID": None,
+    "SCHEDULE": None,
+    "POOL": None,
+    "BACKUP_BEFORE": None,
+    "COUNT": 1,
+    "INSTANCE_TYPE": None,
+    "SUBNET_ID": None,
+    "SECURITY_GROUP_IDS": None,
+    "KEY_NAME": None,
+    "IAM_INSTANCE_PROFILE": None,
+    "ALLOWED_INSTANCE_PROFILES": None,
+    "PRIVATE_IP": None,
+    "ELASTIC_IP": "same",
+    "ALLOW_REASSOCIATION": False,
+    "HOSTNAME": None,
+    "USER_DATA": None,
+    "NAME": None,
+    "TAGS": {},
+    "TERMINATION_PROTECTION": None,
+    "STOP_PROTECTION": None,
+    "SHUTDOWN_BEHAVIOR": None,
+    "MONITORING": None,
+    "EBS_OPTIMIZED": None,
+    "AUTO_RECOVERY": None,
+    "IMDSV2": None,
+    "METADATA_OPTIONS": None,
+    "PRIVATE_DNS_NAME_OPTIONS": None,
+    "TENANCY": None,
+    "PLACEMENT_GROUP": None,
+    "HOST_ID": None,
+    "CPU_OPTIONS": None,
+    "CREDIT_SPECIFICATION": None,
+    "NETWORK_INTERFACES": None,
+    "PUBLIC_IP": None,
+    "TARGET_GROUPS": "same",
+    "CLASSIC_LOAD_BALANCERS": "same",
+    "DNS_RECORDS": [],
+    "VOLUME_TYPE": None,
+    "ENCRYPTED": None,
+    "KMS_KEY_ID": None,
+    "DELETE_ON_TERMINATION": None,
+    "VOLUME_INITIALIZATION_RATE": None,
+    "WAIT": "status-ok",
+    "WAIT_TIMEOUT_MINUTES": 30,
+    "REGION_MAP": {},
+    "ROLE_ARN": None,
+    "DRILL_SUBNET_ID": None,
+    "DRILL_SECURITY_GROUP_IDS": None,
+    "DRILL_INSTANCE_TYPE": None,
+    "DRILL_CHECK": None,
+    "DRILL_TIMEOUT_MINUTES": 15,
+    "DRILL_PICK": "newest",
+    "DRILL_LOG": None,
+}
+
+
+class RestoreError(Exception):
+    """A problem found before launching; nothing was launched."""
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read a config file's UPPER_CASE settings (not yet validated)."""
+    settings = read_settings(path)
+    for name in settings:
+        if name not in DEFAULTS:
+            close = difflib.get_close_matches(name, DEFAULTS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+    return {**DEFAULTS, **settings}
+
+
+def apply_flags(config: dict, args: argparse.Namespace) -> dict:
+    """Command-line flags override the file."""
+    config = dict(config)
+    if args.server:  # one --server is a single restore; several are a fleet
+        several = len(args.server) > 1
+        config["SERVER"] = None if several else args.server[0]
+        config["SERVERS"], config["AMI_ID"] = list(args.server) if several else None, None
+    if args.all:
+        config["SERVER"], config["SERVERS"], config["AMI_ID"] = None, None, None
+    if args.ami is not None:
+        config["AMI_ID"], config["SERVER"], config["SERVERS"] = args.ami, None, None
+    config["ALL"], config["DRILL"] = args.all, args.drill
+    if args.before is not None:
+        config["BACKUP_BEFORE"] = args.before
+    if args.pool is not None:
+        config["POOL"] = args.pool
+    if args.count is not None:
+        config["COUNT"] = args.count
+    if args.region is not None:
+        config["REGION"] = args.region
+    if args.subnet_id is not None:
+        config["SUBNET_ID"] = args.subnet_id
+    if args.security_group_ids is not None:
+        config["SECURITY_GROUP_IDS"] = [g for g in args.security_group_ids.split(",") if g]
+    return config
+
+
+def validate_config(config: dict, listing: bool = False) -> dict:
+    """Check every setting; return the config with parsed values."""
+    _check_choice(config, "SERVER", str)
+    _check_pattern(config, "AMI_ID", AMI_ID_RE, "an image id such as ami-0123456789abcdef0")
+    check_servers(config["SERVERS"])
+    config.setdefault("ALL", False)
+    config.setdefault("DRILL", False)
+    chosen = [bool(config["SERVER"]), bool(config["AMI_ID"]), config["SERVERS"] is not None,
+              bool(config["ALL"])]  # fmt: skip
+    if not listing and sum(chosen) != 1:
+        raise ConfigError("set exactly one of SERVER, SERVERS and AMI_ID (or --server, --all "
+                          "or --ami)")  # fmt: skip
+    config["FLEET"] = config["SERVERS"] is not None or bool(config["ALL"])
+    _check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
+    _check_pattern(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
+    check_region_map(config["REGION_MAP"])
+    for name in (
+        "PROFILE",
+        "SCHEDULE",
+        "POOL",
+        "INSTANCE_TYPE",
+        "KEY_NAME",
+        "IAM_INSTANCE_PROFILE",
+    ):
+        _check_choice(config, name, str)
+    for name in ("NAME", "KMS_KEY_ID"):
+        _check_choice(config, name, str)
+    _check_pattern(config, "SUBNET_ID", SUBNET_ID_RE, "a subnet id")
+    config["BACKUP_BEFORE"] = parse_before(config["BACKUP_BEFORE"])
+    count = config["COUNT"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"COUNT must be a whole number >= 1, not {count!r}")
+    check_group_ids(config["SECURITY_GROUP_IDS"])
+    check_allowed_profiles(config["ALLOWED_INSTANCE_PROFILES"])
+    check_private_ip(config["PRIVATE_IP"], count)
+    check_elastic_ip(config["ELASTIC_IP"])
+    check_hostname(config["HOSTNAME"])
+    config["USER_DATA"] = read_user_data(config["USER_DATA"])
+    check_tags(config["TAGS"])
+    if not isinstance(config["ALLOW_REASSOCIATION"], bool):
+        raise ConfigError(f"ALLOW_REASSOCIATION must be True or False, not "
+                          f"{config['ALLOW_REASSOCIATION']!r}")  # fmt: skip
+    check_twin_settings(config)
+    for name in ("ENCRYPTED", "DELETE_ON_TERMINATION", "TERMINATION_PROTECTION", "STOP_PROTECTION",
+                 "MONITORING", "EBS_OPTIMIZED", "PUBLIC_IP"):  # fmt: skip
+        if config[name] is not None and not isinstance(config[name], bool):
+            raise ConfigError(f"{name} must be None, True or False, not {config[name]!r}")
+    check_volume_settings(config)
+    _check_enum(config, "IMDSV2", (None, "required", "optional"))
+    _check_enum(config, "WAIT", WAIT_MODES)
+    for name in ("WAIT_TIMEOUT_MINUTES", "DRILL_TIMEOUT_MINUTES"):
+        minutes = config[name]
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+            raise ConfigError(f"{name} must be a number > 0, not {minutes!r}")
+    check_drill_settings(config)
+    if config["FLEET"] and not listing:
+        check_fleet_settings(config)
+    return config
+
+
+def check_servers(servers: Any) -> None:
+    """SERVERS: None, or a list of distinct server names."""
+    if servers is None:
+        return
+    if (not isinstance(servers, (list, tuple)) or not servers
+            or not all(isinstance(s, str) and s for s in servers)):  # fmt: skip
+        raise ConfigError(f"SERVERS must be None or a non-empty list of server names, not "
+                          f"{servers!r}")  # fmt: skip
+    twice = sorted({s for s in servers if list(servers).count(s) > 1})
+    if twice:
+        raise ConfigError(f"SERVERS names {', '.join(twice)} more than once")
+
+
+def check_fleet_settings(config: dict) -> None:
+    """Settings that belong to one server are errors when a run restores several."""
+    fixed_nics = [n for n in config["NETWORK_INTERFACES"] or [] if n.get("private_ip")]
+    single = [
+        ("NAME", bool(config["NAME"]), "each server keeps its own Name"),
+        ("PRIVATE_IP", config["PRIVATE_IP"] not in (None, "same"),
+         'one address fits one server; "same" keeps each server\'s own'),
+        ("ELASTIC_IP", config["ELASTIC_IP"] not in (None, "same"),
+         'one Elastic IP fits one server; "same" gives each server its own'),
+        ("HOSTNAME", bool(config["HOSTNAME"]), "each server keeps its own host name"),
+        ("NETWORK_INTERFACES", bool(fixed_nics), "a fixed private_ip fits one server"),
+        ("DNS_RECORDS", bool(config["DNS_RECORDS"]), "a record points at one server"),
+    ]  # fmt: skip
+    for name, set_, why in single:
+        if set_:
+            raise ConfigError(f"{name} is set, but this run restores several servers: {why}")
+    if config["COUNT"] != 1:
+        raise ConfigError("COUNT must be 1 when a run restores several servers")
+
+
+def check_drill_settings(config: dict) -> None:
+    """The DRILL_* settings; a drill needs its own subnet and security groups."""
+    _check_pattern(config, "DRILL_SUBNET_ID", SUBNET_ID_RE, "a subnet id")
+    groups = config["DRILL_SECURITY_GROUP_IDS"]
+    if groups is not None:
+        try:
+            check_group_ids(groups)
+        except ConfigError as err:
+            message = str(err).replace("SECURITY_GROUP_IDS", "DRILL_SECURITY_GROUP_IDS")
+            raise ConfigError(message) from None
+    _check_choice(config, "DRILL_INSTANCE_TYPE", str)
+    _check_choice(config, "DRILL_LOG", str)
+    _check_enum(config, "DRILL_PICK", DRILL_PICKS)
+    check = config["DRILL_CHECK"]
+    if isinstance(check, str) and check.strip():
+        config["DRILL_CHECK"] = {"linux": check, "windows": check}
+    elif check is not None and not (
+        isinstance(check, dict) and check and set(check) <= set(CHECK_DOCUMENTS)
+        and all(isinstance(v, str) and v.strip() for v in check.values())
+    ):  # fmt: skip
+        raise ConfigError('DRILL_CHECK must be None, a command, or {"linux": command, '
+                          f'"windows": command}}, not {check!r}')  # fmt: skip
+    if config["DRILL"] and not (config["DRILL_SUBNET_ID"] and groups):
+        raise ConfigError(
+            "a drill needs DRILL_SUBNET_ID and DRILL_SECURITY_GROUP_IDS: an isolated subnet and "
+            "security groups that keep the drill's instances away from production"
+        )
+
+
+def _check_choice(config: dict, name: str, kind: type) -> None:
+    """A setting that is None or a non-empty value of kind."""
+    value = config[name]
+    if value is not None and (not isinstance(value, kind) or not value):
+        raise ConfigError(f"{name} must be None or a non-empty {kind.__name__}, not {value!r}")
+
+
+def _check_pattern(config: dict, name: str, pattern: re.Pattern, want: str) -> None:
+    """A setting that is None or matches pattern."""
+    value = config[name]
+    if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+        raise ConfigError(f"{name} must be None or {want}, not {value!r}")
+
+
+def _check_enum(config: dict, name: str, choices: tuple) -> None:
+    """A setting that is one of choices."""
+    if config[name] not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {shown}, not {config[name]!r}")
+
+
+TENANCIES = (None, "default", "dedicated", "host")
+METADATA_CHOICES = {
+    "HttpTokens": ("required", "optional"),
+    "HttpPutResponseHopLimit": tuple(range(1, 65)),
+    "HttpEndpoint": ("enabled", "disabled"),
+    "HttpProtocolIpv6": ("enabled", "disabled"),
+    "InstanceMetadataTags": ("enabled", "disabled"),
+}
+DNS_NAME_CHOICES = {
+    "HostnameType": ("ip-name", "resource-name"),
+    "EnableResourceNameDnsARecord": (True, False),
+    "EnableResourceNameDnsAAAARecord": (True, False),
+}
+INTERFACE_KEYS = {"subnet_id", "security_group_ids", "private_ip", "secondary_private_ips",
+                  "ipv6_addresses", "source_dest_check", "description",
+                  "delete_on_termination"}  # fmt: skip
+DNS_RECORD_KEYS = {"zone_id", "name", "type", "value"}
+
+
+def check_twin_settings(config: dict) -> None:
+    """The settings that override a recorded attribute of the twin."""
+    _check_enum(config, "TENANCY", TENANCIES)
+    _check_enum(config, "SHUTDOWN_BEHAVIOR", (None, "stop", "terminate"))
+    _check_enum(config, "AUTO_RECOVERY", (None, "default", "disabled"))
+    _check_enum(config, "CREDIT_SPECIFICATION", (None, "standard", "unlimited"))
+    for name, prefix in (("PLACEMENT_GROUP", ""), ("HOST_ID", "h-")):
+        value = config[name]
+        if value not in (None, False) and not (isinstance(value, str) and value.startswith(prefix)
+                                               and len(value) > len(prefix)):  # fmt: skip
+            raise ConfigError(f"{name} must be None (as recorded), False (none) or a "
+                              f"{'host id' if prefix else 'name'}, not {value!r}")  # fmt: skip
+    cpu = config["CPU_OPTIONS"]
+    if cpu not in (None, False) and not (
+        isinstance(cpu, dict) and set(cpu) == {"CoreCount", "ThreadsPerCore"}
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in cpu.values())
+    ):  # fmt: skip
+        raise ConfigError('CPU_OPTIONS must be None, False or {"CoreCount": n, '
+                          f'"ThreadsPerCore": n}}, not {cpu!r}')  # fmt: skip
+    check_options(config, "METADATA_OPTIONS", METADATA_CHOICES)
+    check_options(config, "PRIVATE_DNS_NAME_OPTIONS", DNS_NAME_CHOICES)
+    if config["IMDSV2"] and "HttpTokens" in (config["METADATA_OPTIONS"] or {}):
+        raise ConfigError("set HttpTokens in METADATA_OPTIONS or IMDSV2, not both")
+    check_interfaces(config["NETWORK_INTERFACES"], config["COUNT"])
+    check_balancers(config)
+    check_dns_records(config["DNS_RECORDS"])
+
+
+def check_options(config: dict, name: str, choices: dict[str, tuple]) -> None:
+    """A dict of EC2 option names to allowed values, or None."""
+    value = config[name]
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be None or a dict such as {{{next(iter(choices))!r}: ...}}")
+    for key, option in value.items():
+        if key not in choices:
+            raise ConfigError(f"{name}: unknown option {key!r}; known: {', '.join(choices)}")
+        if option not in choices[key] or isinstance(option, bool) != isinstance(
+            choices[key][0], bool
+        ):
+            raise ConfigError(f"{name}[{key!r}] cannot be {option!r}")
+
+
+def check_interfaces(value: Any, count: int) -> None:
+    """NETWORK_INTERFACES: None, or a list of interfaces by device index."""
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError("NETWORK_INTERFACES must be None or a non-empty list of dicts")
+    for index, entry in enumerate(value):
+        where = f"NETWORK_INTERFACES[{index}]"
+        if not isinstance(entry, dict) or not set(entry) <= INTERFACE_KEYS:
+            raise ConfigError(f"{where} must be a dict with keys among {sorted(INTERFACE_KEYS)}")
+        if not isinstance(entry.get("subnet_id"), str) or not SUBNET_ID_RE.match(
+            entry["subnet_id"]
+        ):
+            raise ConfigError(f"{where} needs a subnet_id")
+        if "security_group_ids" in entry:
+            check_group_ids(entry["security_group_ids"])
+        if entry.get("private_ip") is not None:
+            check_private_ip(entry["private_ip"], count)
+        for key in ("secondary_private_ips", "ipv6_addresses"):
+            number = entry.get(key, 0)
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ConfigError(f"{where}[{key!r}] must be a count >= 0")
+        for key in ("source_dest_check", "delete_on_termination"):
+            if not isinstance(entry.get(key, True), bool):
+                raise ConfigError(f"{where}[{key!r}] must be True or False")
+        if not isinstance(entry.get("description", ""), str):
+            raise ConfigError(f"{where}['description'] must be a string")
+
+
+def check_balancers(config: dict) -> None:
+    """TARGET_GROUPS and CLASSIC_LOAD_BALANCERS: "same" or a list."""
+    groups = config["TARGET_GROUPS"]
+    listed = isinstance(groups, (list, tuple)) and all(map(target_group_entry, groups))
+    if groups != "same" and not listed:
+        raise ConfigError('TARGET_GROUPS must be "same", or a list of target group ARNs or '
+                          '{"arn": ..., "port": ...}')  # fmt: skip
+    names = config["CLASSIC_LOAD_BALANCERS"]
+    if names != "same" and not (
+        isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names)
+    ):
+        raise ConfigError('CLASSIC_LOAD_BALANCERS must be "same" or a list of names')
+
+
+def target_group_entry(entry: Any) -> bool:
+    """A TARGET_GROUPS entry: an ARN, or {"arn": ARN, "port": n}."""
+    if isinstance(entry, dict):
+        port = entry.get("port")
+        good_port = port is None or (isinstance(port, int) and not isinstance(port, bool))
+        return set(entry) <= {"arn", "port"} and target_group_entry(entry.get("arn")) and good_port
+    return isinstance(entry, str) and entry.startswith("arn:") and ":targetgroup/" in entry
+
+
+def check_dns_records(records: Any) -> None:
+    """DNS_RECORDS: a list of {zone_id, name, type, value: "private" | "public"}."""
+    if not isinstance(records, (list, tuple)):
+        raise ConfigError("DNS_RECORDS must be a list of dicts")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or set(record) != DNS_RECORD_KEYS:
+            raise ConfigError(f"DNS_RECORDS[{index}] must have exactly the keys "
+                              f"{', '.join(sorted(DNS_RECORD_KEYS))}")  # fmt: skip
+        if record["value"] not in ("private", "public") or record["type"] != "A":
+            raise ConfigError(f'DNS_RECORDS[{index}]: type must be "A" and value "private" '
+                              'or "public"')  # fmt: skip
+        if not all(isinstance(record[k], str) and record[k] for k in ("zone_id", "name")):
+            raise ConfigError(f"DNS_RECORDS[{index}]: zone_id and name must be strings")
+
+
+def parse_before(value: Any) -> datetime | None:
+    """BACKUP_BEFORE as an aware datetime; a time without zone is UTC."""
+    if value is None or isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"BACKUP_BEFORE must be an ISO 8601 time such as 2026-11-20T02:00Z, not {value!r}"
+            ) from None
+    else:
+        raise ConfigError(f"BACKUP_BEFORE must be None or an ISO 8601 time, not {value!r}")
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when
+
+
+def check_allowed_profiles(allowed: Any) -> None:
+    """ALLOWED_INSTANCE_PROFILES: None, or a list of instance profile names or ARNs."""
+    if allowed is None:
+        return
+    if not isinstance(allowed, (list, tuple)) or not all(isinstance(p, str) and p for p in allowed):
+        raise ConfigError(
+            "ALLOWED_INSTANCE_PROFILES must be None or a list of instance profile names or "
+            f"ARNs, not {allowed!r}"
+        )
+
+
+def check_group_ids(groups: Any) -> None:
+    """SECURITY_GROUP_IDS: None or a non-empty list of sg- ids."""
+    if groups is None:
+        return
+    if not isinstance(groups, (list, tuple)) or not groups:
+        raise ConfigError(f"SECURITY_GROUP_IDS must be None or a list of sg- ids, not {groups!r}")
+    for group in groups:
+        if not isinstance(group, str) or not GROUP_ID_RE.match(group):
+            raise ConfigError(f"SECURITY_GROUP_IDS: {group!r} is not a security group id")
+
+
+def check_region_map(value: Any) -> None:
+    """REGION_MAP: {region: {source id: this region's id}}, all strings."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"REGION_MAP must be a dict of region to {{source id: id}}, not {value!r}"
+        )
+    for region, mapping in value.items():
+        if not isinstance(region, str) or not REGION_RE.match(region):
+            raise ConfigError(f"REGION_MAP: {region!r} is not a region such as us-west-2")
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items()
+        ):
+            raise ConfigError(f"REGION_MAP[{region!r}] must map source ids to ids, as strings")
+
+
+def check_private_ip(value: Any, count: int) -> None:
+    """PRIVATE_IP: None, "same" or an IPv4 address; a fixed address allows COUNT=1 only."""
+    if value is None:
+        return
+    if value != "same":
+        try:
+            ipaddress.IPv4Address(value)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f'PRIVATE_IP must be None, "same" or an IPv4 address, not {value!r}'
+            ) from None
+    if count != 1:
+        raise ConfigError(f"PRIVATE_IP = {value!r} needs COUNT = 1 (one address, one instance)")
+
+
+def check_elastic_ip(value: Any) -> None:
+    """ELASTIC_IP: None, "same" or an allocation id."""
+    if value in (None, "same"):
+        return
+    if not isinstance(value, str) or not ALLOCATION_ID_RE.match(value):
+        raise ConfigError(f'ELASTIC_IP must be None, "same" or an eipalloc- id, not {value!r}')
+
+
+def check_hostname(value: Any) -> None:
+    """HOSTNAME: None or a valid DNS host name."""
+    if value is None:
+        return
+    labels = value.split(".") if isinstance(value, str) else []
+    if not labels or len(value) > 253 or not all(HOST_LABEL_RE.match(x) for x in labels):
+        raise ConfigError(f"HOSTNAME must be a DNS host name such as web01, not {value!r}")
+
+
+def read_user_data(value: Any) -> str | None:
+    """USER_DATA: text, or "@path" to read a file."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f'USER_DATA must be None, text or "@path", not {type(value).__name__}')
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as err:
+        raise ConfigError(f"USER_DATA: cannot read {value[1:]}: {err.strerror}") from None
+
+
+def check_tags(tags: Any) -> None:
+    """TAGS: a dict of string tag keys to string values within EC2's limits."""
+    if not isinstance(tags, dict):
+        raise ConfigError(f"TAGS must be a dict of tag key to value, not {tags!r}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
+            raise ConfigError(f"TAGS: {key!r} is not a usable tag key")
+        if not isinstance(value, str) or len(value) > 256:
+            raise ConfigError(f"TAGS[{key!r}] must be a string of at most 256 characters")
+
+
+def check_volume_settings(config: dict) -> None:
+    """VOLUME_TYPE, ENCRYPTED and KMS_KEY_ID must agree."""
+    if config["VOLUME_TYPE"] is not None and config["VOLUME_TYPE"] not in VOLUME_TYPES:
+        raise ConfigError(
+            f"VOLUME_TYPE must be None or one of {', '.join(sorted(VOLUME_TYPES))}, "
+            f"not {config['VOLUME_TYPE']!r}"
+        )
+    if config["KMS_KEY_ID"] and config["ENCRYPTED"] is False:
+        raise ConfigError("KMS_KEY_ID needs ENCRYPTED = True (or None)")
+    rate, (low, high) = config["VOLUME_INITIALIZATION_RATE"], INITIALIZATION_RATES
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)
+                             or not low <= rate <= high):  # fmt: skip
+        raise ConfigError(
+            f"VOLUME_INITIALIZATION_RATE must be None or a whole number of MiB/s from {low} "
+            f"to {high}, not {rate!r}"
+        )

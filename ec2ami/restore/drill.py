@@ -1,0 +1,198 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami.aws import error_text
+from ec2ami.contract import TAG_DRILL, TAG_DRILL_RUN, TAG_VERIFIED, TOOL
+from ec2ami.errors import EXIT_FAILED, EXIT_OK
+from ec2ami.facts import FILTER_VALUES_MAX
+from ec2ami.restore.checks import drill_check
+from ec2ami.restore.config import RestoreError
+from ec2ami.restore.launch import run_restores
+from ec2ami.restore.listing import dry_run
+from ec2ami.restore.model import Run, ids_of
+from ec2ami.restore.report import report, restore_document
+from ec2ami.restore.run import prepare
+
+if TYPE_CHECKING:
+    from ec2ami.aws import Clients
+    from ec2ami.restore.model import Restore
+
+log = logging.getLogger(__name__)
+
+
+def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+    """Restore each server into DRILL_SUBNET_ID, wait for status-ok, run DRILL_CHECK, and
+    terminate its instance whatever happens (pass, fail, Ctrl-C, SIGTERM, an exception).
+    Tag each image verified (ok or failed), append to DRILL_LOG, report. First, terminate
+    what a drill killed by SIGKILL left behind. Exit 1 if any server failed."""
+    run = Run(config["FLEET"])
+    run.token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    config = drill_config(config, run)
+    ec2 = clients.ec2
+    leftovers = drill_leftovers(ec2, config, run)
+    if args.dry_run:
+        for instance in leftovers:
+            print(f"Would terminate {instance['InstanceId']}, left by an earlier drill "
+                  f"(launched {instance['LaunchTime']:%Y-%m-%d %H:%M} UTC)")  # fmt: skip
+    elif leftovers:
+        terminate(ec2, [i["InstanceId"] for i in leftovers], "left by an earlier drill")
+    try:
+        restores = prepare(clients, config, args, run)
+    except (ClientError, BotoCoreError) as err:
+        raise RestoreError(f"AWS error: {error_text(err)}") from None
+    if args.dry_run:
+        return dry_run(ec2, restores, config)
+    interrupted = False
+    try:
+        with sigterm_interrupts():
+            run_restores(clients, config, restores, run)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:  # what this run launched, and what a RunInstances cut short launched unseen
+        launched = sorted(set(ids_of(restores)) | set(launched_by(ec2, run)))
+        if launched:
+            terminate(ec2, launched, "the drill is over")
+    if interrupted:
+        log.error("drill interrupted: its instances were terminated; no image was tagged")
+        return EXIT_FAILED
+    recorded = record_drill(clients, config, restores, run)
+    report(ec2, restores, config, args.json, run)
+    return EXIT_FAILED if not recorded or any(r.error for r in restores) else EXIT_OK
+
+
+def drill_config(config: dict, run: Run) -> dict:
+    """The config a drill restores with: in DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS on
+    new addresses, with no public IP, Elastic IP, load balancer or DNS record, removable
+    (termination protection off), and waited on until status-ok within
+    DRILL_TIMEOUT_MINUTES of its launch."""
+    return {
+        **config,
+        "INSTANCE_TYPE": config["DRILL_INSTANCE_TYPE"] or config["INSTANCE_TYPE"],
+        "NETWORK_INTERFACES": None, "SUBNET_ID": None, "SECURITY_GROUP_IDS": None,
+        "PRIVATE_IP": None, "PUBLIC_IP": False, "ELASTIC_IP": None, "TARGET_GROUPS": [],
+        "CLASSIC_LOAD_BALANCERS": [], "DNS_RECORDS": [], "NAME": None, "COUNT": 1,
+        "TERMINATION_PROTECTION": False, "WAIT": "status-ok",
+        "WAIT_TIMEOUT_MINUTES": config["DRILL_TIMEOUT_MINUTES"],
+        "DRILL_STAMP": f"{run.utc:%Y%m%dT%H%M%SZ}", "DRILL_RUN": run.token,
+    }  # fmt: skip
+
+
+def drill_leftovers(ec2: Any, config: dict, run: Run) -> list[dict]:
+    """Drill instances a killed drill left behind: tagged TAG_DRILL, in DRILL_SUBNET_ID, not
+    terminated, launched more than DRILL_TIMEOUT_MINUTES x 2 ago. A drill that still runs
+    is younger: each of its instances lives DRILL_TIMEOUT_MINUTES at most."""
+    filters = [
+        {"Name": "tag-key", "Values": [TAG_DRILL]},
+        {"Name": "subnet-id", "Values": [config["DRILL_SUBNET_ID"]]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
+    cutoff = run.utc - timedelta(minutes=2 * config["DRILL_TIMEOUT_MINUTES"])
+    found = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        found += [i for r in page.get("Reservations", []) for i in r["Instances"]]
+    return [i for i in found if i["LaunchTime"] < cutoff]
+
+
+def launched_by(ec2: Any, run: Run) -> list[str]:
+    """The live instances tagged with this drill run's id: those an interruption in the
+    middle of RunInstances launched without the run seeing their ids. An instance EC2
+    does not describe yet is left to the next drill's sweep."""
+    filters = [
+        {"Name": f"tag:{TAG_DRILL_RUN}", "Values": [run.token]},
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
+    try:
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+        return [i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]]
+    except (ClientError, BotoCoreError) as err:
+        log.error("could not look for this drill's instances: %s", error_text(err))
+        return []
+
+
+def terminate(ec2: Any, ids: list[str], why: str) -> None:
+    """Terminate instances, FILTER_VALUES_MAX a call; a failure is logged with the ids (the
+    next drill terminates them), and does not stop the rest."""
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        batch = ids[start : start + FILTER_VALUES_MAX]
+        try:
+            ec2.terminate_instances(InstanceIds=batch)
+            log.info("terminated %s: %s", ", ".join(batch), why)
+        except (ClientError, BotoCoreError) as err:
+            log.error("could not terminate %s (%s): %s; the next drill will", ", ".join(batch),
+                      why, error_text(err))  # fmt: skip
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (from kill, systemd or cron's timeout) interrupts like Ctrl-C, so the
+    drill still terminates its instances."""
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def record_drill(clients: Clients, config: dict, restores: list[Restore], run: Run) -> bool:
+    """Tag each drilled image with TAG_VERIFIED, and append one JSON line per server to
+    DRILL_LOG; False if DRILL_LOG could not be written (a failed tag fails its server)."""
+    lines = []
+    for restore in restores:
+        ok = not restore.error
+        if restore.image:  # a plan or check that failed is a failed restore too
+            value = verified_value(restore, config, run)
+            try:
+                clients.ec2.create_tags(Resources=[restore.image["ImageId"]],
+                                        Tags=[{"Key": TAG_VERIFIED, "Value": value}])  # fmt: skip
+            except (ClientError, BotoCoreError) as err:
+                restore.problems.append(f"could not tag {restore.image['ImageId']} "
+                                        f"{TAG_VERIFIED}: {error_text(err)}")  # fmt: skip
+        entry = restore_document(restore, [], run)
+        kept = ("server", "image_id", "backup_time", "backup_age_seconds", "timings", "error")
+        lines.append({
+            "drill": f"{run.utc:%Y-%m-%dT%H:%M:%SZ}", "result": "ok" if ok else "failed",
+            "instance_ids": restore.ids,
+            "instance_type": restore.plan.params["InstanceType"] if restore.plan else None,
+            **{k: entry[k] for k in kept},
+        })  # fmt: skip
+    if config["DRILL_LOG"]:
+        try:
+            with open(config["DRILL_LOG"], "a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(line) + "\n" for line in lines)
+        except OSError as err:
+            log.error("could not append to DRILL_LOG %s: %s", config["DRILL_LOG"], err.strerror)
+            return False
+    return True
+
+
+def verified_value(restore: Restore, config: dict, run: Run) -> str:
+    """TAG_VERIFIED: "<UTC time> ok|failed status-ok=<s>s check=<s>s" (the seconds from
+    RunInstances accepted; "-" for a step not reached, "none" when there is no check)."""
+    accepted = restore.at.get("run_instances_accepted")
+
+    def after(key: str) -> str:
+        if accepted is None or key not in restore.at:
+            return "-"
+        return f"{restore.at[key] - accepted:.0f}s"
+
+    checked = restore.plan is None or drill_check(config, restore)
+    check = after("check_passed") if checked else "none"
+    result = "failed" if restore.error else "ok"
+    return f"{run.utc:%Y-%m-%dT%H:%M:%SZ} {result} status-ok={after('status_ok')} check={check}"

@@ -1,0 +1,251 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from ec2ami import polling
+from ec2ami.aws import error_text
+from ec2ami.contract import TAG_MANAGED, TAG_POOL, TAG_SCHEDULE, TAG_SERVER, TOOL, joined_value
+from ec2ami.facts import (
+    AVAILABLE,
+    BIN_RESTORE_SECONDS,
+    DISABLED,
+    FILTER_VALUES_MAX,
+    GONE_STATES,
+    IN_RECYCLE_BIN,
+    NOT_FOUND_CODES,
+)
+from ec2ami.restore.config import RestoreError
+from ec2ami.restore.model import Restore, one_server
+from ec2ami.restore.recorded import read_recorded
+
+if TYPE_CHECKING:
+    from ec2ami.restore.recorded import Recorded
+
+log = logging.getLogger(__name__)
+
+
+def describe(ec2: Any, what: str, call: str, key: str, **kwargs: Any) -> list[dict]:
+    """A describe call whose not-found error (or empty answer) is a RestoreError naming `what`."""
+    try:
+        found = getattr(ec2, call)(**kwargs).get(key, [])
+    except ClientError as err:
+        if err.response["Error"]["Code"] not in NOT_FOUND_CODES:
+            raise
+        raise RestoreError(f"{what} does not exist ({error_text(err)})") from None
+    if not found:
+        raise RestoreError(f"{what} does not exist")
+    return found
+
+
+def managed_images(
+    ec2: Any, server: str | list[str] | None, schedule: str | None, pool: str | None = None
+) -> list[dict]:
+    """This tool's images in this account and region, newest first: of one server, of
+    several (one filter value each, FILTER_VALUES_MAX a call), or of every server."""
+    names = [server] if isinstance(server, str) else server
+    images: list[dict] = []
+    for start in range(0, len(names or [None]), FILTER_VALUES_MAX):
+        filters = [{"Name": f"tag:{TAG_MANAGED}", "Values": [TOOL]}]
+        if names:
+            filters.append({"Name": f"tag:{TAG_SERVER}",
+                            "Values": names[start : start + FILTER_VALUES_MAX]})  # fmt: skip
+        for key, value in ((TAG_SCHEDULE, schedule), (TAG_POOL, pool)):
+            if value:
+                filters.append({"Name": f"tag:{key}", "Values": [value]})
+        pages = ec2.get_paginator("describe_images").paginate(
+            Owners=["self"], Filters=filters, IncludeDisabled=True
+        )
+        for page in pages:
+            images += page.get("Images", [])
+    return sorted(images, key=lambda i: (backup_time(i), i["ImageId"]), reverse=True)
+
+
+def backup_time(image: dict) -> datetime:
+    """When the backup was taken: its created tag (a copy's CreationDate is the copy's)."""
+    text = read_recorded(image).created or image.get("CreationDate") or ""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def find_image(ec2: Any, config: dict) -> dict:
+    """AMI_ID's image; a disabled one too (the restore enables it), or one in the Recycle
+    Bin (the restore brings it back)."""
+    what = f"image {config['AMI_ID']}"
+    try:
+        image = describe(
+            ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
+            IncludeDisabled=True,
+        )[0]  # fmt: skip
+    except RestoreError:
+        binned = list(paginate_bin(ec2, ImageIds=[config["AMI_ID"]]))
+        if not binned:
+            raise
+        return {**binned[0], "State": IN_RECYCLE_BIN}
+    if image["State"] not in (AVAILABLE, DISABLED):
+        raise RestoreError(f"image {image['ImageId']} is {image['State']}, not available")
+    return image
+
+
+def pick_images(ec2: Any, config: dict) -> list[Restore]:
+    """Each server's backup to restore, from one DescribeImages for them all: SERVER,
+    SERVERS, or (--all) every server with an available backup here."""
+    names = [config["SERVER"]] if config["SERVER"] else config["SERVERS"]
+    images = managed_images(ec2, names, config["SCHEDULE"], config["POOL"])
+    by_server: dict[str, list[dict]] = {}
+    for image in images:
+        by_server.setdefault(read_recorded(image).server or "", []).append(image)
+    if names is None:
+        names = sorted(s for s, found in by_server.items() if s and usable(found, config))
+        if not names:
+            raise RestoreError(no_backup_message(ec2, config, "any server"))
+    restores = []
+    for name in names:
+        restore = Restore(name)
+        with one_server(restore, config["FLEET"]):
+            restore.image = pick_image(ec2, config, name, by_server.get(name, []))
+        restores.append(restore)
+    return restores
+
+
+def usable(images: list[dict], config: dict) -> list[dict]:
+    """The available backups at or before BACKUP_BEFORE, newest first."""
+    before = config["BACKUP_BEFORE"]
+    return [
+        i
+        for i in images
+        if i["State"] == AVAILABLE and (before is None or backup_time(i) <= before)
+    ]
+
+
+def pick_image(ec2: Any, config: dict, server: str, images: list[dict]) -> dict:
+    """The server's newest available backup (a newer disabled one is named in a warning);
+    for a drill with DRILL_PICK = "random", any available one, so old ones are tested too."""
+    found = usable(images, config)
+    before = config["BACKUP_BEFORE"]
+    newer = [
+        i["ImageId"]
+        for i in images
+        if i["State"] == DISABLED
+        and (before is None or backup_time(i) <= before)
+        and (not found or backup_time(i) > backup_time(found[0]))
+    ]
+    if newer:
+        log.warning(
+            "newer backups of %s are disabled: %s; to restore one, name it with --ami "
+            "(the restore enables it first)", server, ", ".join(newer),
+        )  # fmt: skip
+    if not found:
+        what = f"server {server!r}"
+        raise RestoreError(
+            no_backup_message(ec2, config, what) if not config["FLEET"]
+            else f"no available backup of {what}{backup_scope(config)}"
+        )  # fmt: skip
+    pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in found) if p})
+    if len(pools) > 1:
+        raise RestoreError(
+            f"server {server!r} has backups in several pools ({', '.join(pools)}): "
+            "backup configs that each have a server of that name; choose one with POOL "
+            "(or --pool)"
+        )
+    if config["DRILL"] and config["DRILL_PICK"] == "random":
+        return random.SystemRandom().choice(found)
+    return found[0]
+
+
+def restore_from_recycle_bin(ec2: Any, binned: dict) -> dict:
+    """RestoreImageFromRecycleBin, then each of its snapshots that is in the bin too;
+    return the image as DescribeImages shows it."""
+    image_id = binned["ImageId"]
+    ec2.restore_image_from_recycle_bin(ImageId=image_id)
+    log.info("%s: restored from the Recycle Bin", image_id)
+    deadline = time.monotonic() + BIN_RESTORE_SECONDS
+    while True:  # EC2 is eventually consistent: the image may take a moment to show
+        found = ec2.describe_images(ImageIds=[image_id], IncludeDisabled=True).get("Images")
+        if found and found[0]["State"] in (AVAILABLE, DISABLED):
+            break
+        if time.monotonic() > deadline:
+            raise RestoreError(
+                f"image {image_id} was restored from the Recycle Bin but is not available "
+                f"after {BIN_RESTORE_SECONDS} s; run again"
+            )
+        time.sleep(polling.POLL_FIRST_SECONDS)
+    image = found[0]
+    snapshot_ids = [
+        m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m
+    ]
+    present = set()
+    if snapshot_ids:
+        for snapshot in ec2.describe_snapshots(
+            Filters=[{"Name": "snapshot-id", "Values": snapshot_ids}]
+        ).get("Snapshots", []):
+            present.add(snapshot["SnapshotId"])
+    missing = [s for s in snapshot_ids if s not in present]
+    binned = set()
+    if missing:  # one call for all of them
+        listed = ec2.list_snapshots_in_recycle_bin(SnapshotIds=missing).get("Snapshots", [])
+        binned = {s["SnapshotId"] for s in listed}
+    for snapshot_id in missing:
+        if snapshot_id not in binned:
+            raise RestoreError(
+                f"image {image_id} is restored from the Recycle Bin, but its snapshot "
+                f"{snapshot_id} is gone (is there a Recycle Bin rule for snapshots?)"
+            )
+        ec2.restore_snapshot_from_recycle_bin(SnapshotId=snapshot_id)
+        log.info("%s: restored its snapshot %s from the Recycle Bin", image_id, snapshot_id)
+    return image
+
+
+def image_tag(image: dict, key: str) -> str | None:
+    """One contract tag of an image (joined from its continuations), or None."""
+    return joined_value({t["Key"]: t["Value"] for t in image.get("Tags", [])}, key)
+
+
+def no_backup_message(ec2: Any, config: dict, what: str) -> str:
+    """Say which backup is missing, and which servers do have backups."""
+    servers = sorted(
+        {read_recorded(i).server or "?" for i in managed_images(ec2, None, config["SCHEDULE"])}
+    )
+    known = ", ".join(servers) if servers else "none"
+    return f"no available backup of {what}{backup_scope(config)}. Servers with backups: {known}"
+
+
+def backup_scope(config: dict) -> str:
+    """SCHEDULE and BACKUP_BEFORE in words, for a message."""
+    scope = f" of schedule {config['SCHEDULE']}" if config["SCHEDULE"] else ""
+    if config["BACKUP_BEFORE"]:
+        scope += f" at or before {config['BACKUP_BEFORE']:%Y-%m-%dT%H:%M:%SZ}"
+    return scope
+
+
+def live_originals(ec2: Any, records: list[Recorded]) -> set[str]:
+    """Which of the backed-up instances still exist (not terminated): one call a batch."""
+    ids = sorted({r.instance_id for r in records if r.instance_id})
+    alive = set()
+    for start in range(0, len(ids), FILTER_VALUES_MAX):
+        filters = [{"Name": "instance-id", "Values": ids[start : start + FILTER_VALUES_MAX]}]
+        for reservation in ec2.describe_instances(Filters=filters).get("Reservations", []):
+            alive |= {i["InstanceId"] for i in reservation["Instances"]
+                      if i["State"]["Name"] not in GONE_STATES}  # fmt: skip
+    return alive
+
+
+def paginate_bin(ec2: Any, **kwargs: Any) -> Iterator[dict]:
+    """ListImagesInRecycleBin, page by page."""
+    for page in ec2.get_paginator("list_images_in_recycle_bin").paginate(**kwargs):
+        yield from page.get("Images", [])
+
+
+def bin_time(value: Any) -> str:
+    """A Recycle Bin time, to the minute."""
+    return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value or "-")

@@ -1,0 +1,308 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ec2ami.contract import (
+    LAUNCH_DEFAULTS,
+    MAX_TAGS,
+    TAG_DRILL,
+    TAG_DRILL_RUN,
+    TAG_INSTANCE_PROFILE,
+    TAG_RESTORED_BACKUP_TIME,
+    TAG_RESTORED_FROM,
+)
+from ec2ami.facts import BURSTABLE_RE
+from ec2ami.restore.config import RestoreError
+from ec2ami.restore.model import Attribute, Plan
+from ec2ami.restore.network import (
+    in_region,
+    interface_attributes,
+    load_balancer_attributes,
+    network_params,
+    other_instance,
+    planned_classic,
+    planned_elastic_ips,
+    planned_interfaces,
+    planned_target_groups,
+)
+from ec2ami.restore.recorded import basic_launch
+from ec2ami.restore.setup import mark_attributes
+from ec2ami.restore.userdata import build_user_data
+
+if TYPE_CHECKING:
+    from ec2ami.restore.recorded import Recorded
+
+
+def plan_launch(
+    config: dict, image: dict, recorded: Recorded, original_alive: bool, token: str,
+    region: str | None = None,
+) -> Plan:  # fmt: skip
+    """Build RunInstances parameters from the config, falling back to what was recorded."""
+    warnings: list[str] = []
+    if recorded.note:
+        warnings.append(f"image {image['ImageId']}: {recorded.note}")
+    if not recorded.launch:
+        recorded = replace(recorded, launch=basic_launch(recorded))
+    if recorded.source_region and region and recorded.source_region != region:
+        recorded = in_region(config, image, recorded, region, warnings)
+    launch = recorded.launch
+    pick = lambda setting, fallback: config[setting] or fallback  # noqa: E731
+    instance_type = pick("INSTANCE_TYPE", recorded.instance_type)
+    nics = planned_interfaces(config, recorded)
+    subnet = nics[0]["subnet"] if nics else None
+    missing = [
+        name for name, v in (("INSTANCE_TYPE", instance_type), ("SUBNET_ID", subnet)) if not v
+    ]
+    if missing:
+        raise RestoreError(
+            f"image {image['ImageId']} has no recorded {' or '.join(missing)}; set it in the config"
+        )
+    name = restored_name(config, recorded, original_alive, warnings)
+    attributes = planned_attributes(config, recorded, instance_type)
+    chosen = {a.name: a.planned for a in attributes}
+    params: dict[str, Any] = {
+        "ImageId": image["ImageId"],
+        "MinCount": 1,
+        "MaxCount": 1,
+        "InstanceType": instance_type,
+        "ClientToken": token,
+        "TagSpecifications": tag_specifications(config, image, recorded, name),
+        **instance_options(chosen),
+    }
+    params.update(network_params(nics, config["PUBLIC_IP"], warnings))
+    profile = config["IAM_INSTANCE_PROFILE"] or trusted_profile(config, recorded, image)
+    optional = {
+        "KeyName": pick("KEY_NAME", recorded.key_name),
+        "IamInstanceProfile": instance_profile(profile),
+        "UserData": build_user_data(recorded.platform, config["HOSTNAME"], config["USER_DATA"]),
+        "BlockDeviceMappings": volume_overrides(config, image),
+    }
+    params.update({k: v for k, v in optional.items() if v})
+    attributes += interface_attributes(config, recorded, nics)
+    if len(nics) > 1:  # EC2 gives a public IP at launch to a lone interface only
+        mark_attributes(attributes, ["public IP"])
+    plan = Plan(image, recorded, params, None, name, warnings, attributes=attributes)
+    plan.source_dest_off = [n["index"] for n in nics if n.get("source_dest_check") is False]
+    plan.elastic_ips = planned_elastic_ips(config, launch, nics, warnings)
+    plan.elastic_ip = next((e["allocation"] for e in plan.elastic_ips if e["index"] == 0
+                            and e["slot"] == 0), None)  # fmt: skip
+    plan.target_groups = planned_target_groups(config, launch)
+    plan.classic_load_balancers = planned_classic(config, launch)
+    plan.dns_records = list(config["DNS_RECORDS"])
+    attributes += load_balancer_attributes(config, launch, plan)
+    plan.others = [
+        other_instance(params, nics, name, n, token) for n in range(2, config["COUNT"] + 1)
+    ]
+    if plan.others and (plan.elastic_ips or plan.target_groups or plan.dns_records):
+        warnings.append(
+            f"COUNT={config['COUNT']}: Elastic IPs, target groups and DNS records go to the "
+            f"first instance ({name}) only"
+        )
+    if recorded.platform == "windows" and original_alive and config["DRILL"]:
+        warnings.append(
+            f"the drill instance has the computer name and SID of {recorded.instance_id}, "
+            "which still runs: keep DRILL_SUBNET_ID from reaching its domain controllers"
+        )
+    elif recorded.platform == "windows" and original_alive and not config["HOSTNAME"]:
+        warnings.append(
+            f"original instance {recorded.instance_id} still runs: the new Windows instance has "
+            "the same computer name and SID, which clash on a network or in a domain; set "
+            "HOSTNAME to rename it"
+        )
+    return plan
+
+
+# Each attribute a setting can override: (attribute, setting, launch record key).
+SETTABLE = [
+    ("tenancy", "TENANCY", "tenancy"),
+    ("placement group", "PLACEMENT_GROUP", "placement_group"),
+    ("partition", None, "partition"),
+    ("host", "HOST_ID", "host_id"),
+    ("host resource group", None, "host_resource_group"),
+    ("affinity", None, "affinity"),
+    ("CPU options", "CPU_OPTIONS", "cpu_options"),
+    ("CPU credits", "CREDIT_SPECIFICATION", "credits"),
+    ("EBS-optimized", "EBS_OPTIMIZED", "ebs_optimized"),
+    ("hibernation", None, "hibernation"),
+    ("Nitro Enclaves", None, "nitro_enclave"),
+    ("capacity reservation", None, "capacity_reservation"),
+    ("IMDS tokens", "IMDSV2", "http_tokens"),
+    ("IMDS hop limit", None, "http_hop_limit"),
+    ("IMDS endpoint", None, "http_endpoint"),
+    ("IMDS IPv6 endpoint", None, "http_ipv6"),
+    ("IMDS instance tags", None, "metadata_tags"),
+    ("host name type", None, "hostname_type"),
+    ("DNS A record", None, "dns_a_record"),
+    ("DNS AAAA record", None, "dns_aaaa_record"),
+    ("termination protection", "TERMINATION_PROTECTION", "termination_protection"),
+    ("stop protection", "STOP_PROTECTION", "stop_protection"),
+    ("shutdown behaviour", "SHUTDOWN_BEHAVIOR", "shutdown_behavior"),
+    ("detailed monitoring", "MONITORING", "monitoring"),
+    ("auto-recovery", "AUTO_RECOVERY", "auto_recovery"),
+]
+METADATA_KEYS = {"HttpTokens": "IMDS tokens", "HttpPutResponseHopLimit": "IMDS hop limit",
+                 "HttpEndpoint": "IMDS endpoint", "HttpProtocolIpv6": "IMDS IPv6 endpoint",
+                 "InstanceMetadataTags": "IMDS instance tags"}  # fmt: skip
+DNS_NAME_KEYS = {"HostnameType": "host name type", "EnableResourceNameDnsARecord": "DNS A record",
+                 "EnableResourceNameDnsAAAARecord": "DNS AAAA record"}  # fmt: skip
+# What EC2 gives an attribute that is neither recorded nor set.
+EC2_DEFAULTS = {**{name: LAUNCH_DEFAULTS[key] for name, _, key in SETTABLE},
+                "IMDS tokens": "required"}  # this tool's default: IMDSv2  # fmt: skip
+
+
+def planned_attributes(config: dict, recorded: Recorded, instance_type: str) -> list[Attribute]:
+    """Each settable attribute: its setting, else as recorded, else EC2's default."""
+    overrides = {
+        **{METADATA_KEYS[k]: v for k, v in (config["METADATA_OPTIONS"] or {}).items()},
+        **{DNS_NAME_KEYS[k]: v for k, v in (config["PRIVATE_DNS_NAME_OPTIONS"] or {}).items()},
+    }
+    made = []
+    for name, setting, key in SETTABLE:
+        value = config[setting] if setting else None
+        value = overrides.get(name) if value is None else value
+        was = recorded.launch.get(key)
+        if value is not None:
+            made.append(Attribute(name, was, None if value is False and key in NONE_WHEN_FALSE
+                                  else value, "overridden"))  # fmt: skip
+        elif key in recorded.launch:
+            made.append(Attribute(name, was, was, "recorded"))
+        else:
+            made.append(Attribute(name, None, EC2_DEFAULTS[name], "default"))
+    cpu = next(a for a in made if a.name == "CPU options")
+    if cpu.origin == "recorded" and cpu.planned and instance_type != recorded.instance_type:
+        cpu.planned, cpu.origin = None, "default"  # the recorded cores fit the recorded type
+    credits = next(a for a in made if a.name == "CPU credits")
+    if not BURSTABLE_RE.match(instance_type):
+        credits.planned = None
+    return made
+
+
+NONE_WHEN_FALSE = {"placement_group", "host_id", "cpu_options"}  # False: leave it out
+
+
+def instance_options(chosen: dict[str, Any]) -> dict:
+    """RunInstances' options for the chosen attributes (those left at EC2's default are
+    sent too where EC2's own default could differ, such as for IMDS)."""
+    placement = {
+        "Tenancy": chosen["tenancy"],
+        "GroupName": chosen["placement group"],
+        "PartitionNumber": chosen["partition"],
+        "HostId": chosen["host"],
+        "HostResourceGroupArn": chosen["host resource group"],
+        "Affinity": chosen["affinity"],
+    }
+    options: dict[str, Any] = {
+        "Placement": {k: v for k, v in placement.items() if v is not None},
+        "EbsOptimized": bool(chosen["EBS-optimized"]),
+        "MetadataOptions": {k: chosen[name] for k, name in METADATA_KEYS.items()},
+        "PrivateDnsNameOptions": {k: chosen[name] for k, name in DNS_NAME_KEYS.items()},
+        "DisableApiTermination": bool(chosen["termination protection"]),
+        "DisableApiStop": bool(chosen["stop protection"]),
+        "InstanceInitiatedShutdownBehavior": chosen["shutdown behaviour"],
+        "Monitoring": {"Enabled": bool(chosen["detailed monitoring"])},
+        "MaintenanceOptions": {"AutoRecovery": chosen["auto-recovery"]},
+    }
+    if chosen["CPU options"]:
+        options["CpuOptions"] = dict(chosen["CPU options"])
+    if chosen["CPU credits"]:
+        options["CreditSpecification"] = {"CpuCredits": chosen["CPU credits"]}
+    if chosen["hibernation"]:
+        options["HibernationOptions"] = {"Configured": True}
+    if chosen["Nitro Enclaves"]:
+        options["EnclaveOptions"] = {"Enabled": True}
+    if chosen["capacity reservation"] not in (None, "open"):
+        preference = chosen["capacity reservation"]
+        options["CapacityReservationSpecification"] = {"CapacityReservationPreference": preference}
+    return options
+
+
+def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnings: list) -> str:
+    """NAME, or the original's Name, with "-restored" while the original still exists; a
+    drill's instance is <server>-drill-<UTC time>."""
+    if config["NAME"]:
+        return config["NAME"]
+    if config["DRILL"]:
+        return f"{recorded.server or 'restored'}-drill-{config['DRILL_STAMP']}"
+    name = recorded.instance_tags.get("Name") or recorded.server or "restored"
+    if original_alive:
+        warnings.append(
+            f"original instance {recorded.instance_id} still exists, so the new instance is "
+            f"named {name}-restored; set NAME to choose"
+        )
+        name += "-restored"
+    return name
+
+
+def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str) -> list[dict]:
+    """The original's tags, then TAGS, then Name and the restored-from tags. A drill's
+    instance leaves off the tags the backup selects servers by, and is tagged TAG_DRILL."""
+    tags = {**recorded.instance_tags, **config["TAGS"], "Name": name}
+    if config["DRILL"]:
+        for key in recorded.select_tag_keys:
+            tags.pop(key, None)
+        tags[TAG_DRILL] = recorded.server or image["ImageId"]
+        tags[TAG_DRILL_RUN] = config["DRILL_RUN"]
+    tags[TAG_RESTORED_FROM] = image["ImageId"]
+    if recorded.created:
+        tags[TAG_RESTORED_BACKUP_TIME] = recorded.created
+    if len(tags) > MAX_TAGS:
+        raise RestoreError(f"{len(tags)} tags for the new instance; EC2 allows 50: trim TAGS")
+    pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+    kinds = ("instance", "volume", "network-interface")
+    return [{"ResourceType": kind, "Tags": pairs} for kind in kinds]
+
+
+def trusted_profile(config: dict, recorded: Recorded, image: dict) -> str | None:
+    """The instance profile the image's tag names, if ALLOWED_INSTANCE_PROFILES allows it.
+
+    The profile hands its role to the new instance, and a tag is only as trustworthy
+    as whoever may tag the image: so a recorded profile outside the list stops the
+    restore before launch. IAM_INSTANCE_PROFILE, set by the operator, is not checked.
+    """
+    wanted, allowed = recorded.instance_profile, config["ALLOWED_INSTANCE_PROFILES"]
+    if not wanted or allowed is None:
+        return wanted
+    name = wanted.rsplit("/", 1)[-1]
+    if wanted in allowed or name in allowed:
+        return wanted
+    raise RestoreError(
+        f"image {image['ImageId']} names instance profile {wanted} (in its "
+        f"{TAG_INSTANCE_PROFILE} tag), which ALLOWED_INSTANCE_PROFILES does not list; add it "
+        "there, or set IAM_INSTANCE_PROFILE to the one to use"
+    )
+
+
+def instance_profile(value: str | None) -> dict | None:
+    """IamInstanceProfile by ARN or by name."""
+    if not value:
+        return None
+    return {"Arn": value} if value.startswith("arn:") else {"Name": value}
+
+
+def volume_overrides(config: dict, image: dict) -> list[dict] | None:
+    """Apply VOLUME_TYPE, ENCRYPTED, KMS_KEY_ID, DELETE_ON_TERMINATION and
+    VOLUME_INITIALIZATION_RATE to every EBS volume (the rate: those made from a snapshot)."""
+    ebs: dict[str, Any] = {}
+    if config["VOLUME_TYPE"]:
+        ebs["VolumeType"] = config["VOLUME_TYPE"]
+    if config["ENCRYPTED"] is not None or config["KMS_KEY_ID"]:
+        ebs["Encrypted"] = config["ENCRYPTED"] is not False
+    if config["KMS_KEY_ID"]:
+        ebs["KmsKeyId"] = config["KMS_KEY_ID"]
+    if config["DELETE_ON_TERMINATION"] is not None:
+        ebs["DeleteOnTermination"] = config["DELETE_ON_TERMINATION"]
+    rate = config["VOLUME_INITIALIZATION_RATE"]
+    if not ebs and rate is None:
+        return None
+    mappings = [m for m in image.get("BlockDeviceMappings", []) if "Ebs" in m]
+    overrides = []
+    for mapping in mappings:
+        wanted = dict(ebs)
+        if rate is not None and mapping["Ebs"].get("SnapshotId"):
+            wanted["VolumeInitializationRate"] = rate
+        if wanted:
+            overrides.append({"DeviceName": mapping["DeviceName"], "Ebs": wanted})
+    return overrides or None

@@ -1,0 +1,102 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ec2ami.aws import error_text
+from ec2ami.contract import TOOL
+from ec2ami.errors import EXIT_FAILED, EXIT_OK
+from ec2ami.facts import AVAILABLE, IN_RECYCLE_BIN
+from ec2ami.restore.config import RestoreError
+from ec2ami.restore.images import (
+    bin_time,
+    find_image,
+    live_originals,
+    pick_images,
+    restore_from_recycle_bin,
+)
+from ec2ami.restore.launch import run_restores
+from ec2ami.restore.listing import dry_run
+from ec2ami.restore.model import Restore, Run, one_server, server_token
+from ec2ami.restore.plan import plan_launch
+from ec2ami.restore.prelaunch import check_before_launch, gather_facts
+from ec2ami.restore.recorded import read_recorded
+from ec2ami.restore.report import report
+
+if TYPE_CHECKING:
+    from ec2ami.aws import Clients
+
+log = logging.getLogger(__name__)
+
+
+def restore(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+    """Find each server's backup, plan and check its launch, launch at EC2's pace, finish
+    and check each twin as it comes up, and report. Exit 1 if any server failed."""
+    run = Run(config["FLEET"])
+    try:
+        restores = prepare(clients, config, args, run)
+    except (ClientError, BotoCoreError) as err:
+        raise RestoreError(f"AWS error: {error_text(err)}") from None
+    if restores is None or args.dry_run:
+        return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config)
+    run_restores(clients, config, restores, run)
+    report(clients.ec2, restores, config, args.json, run)
+    return EXIT_FAILED if any(r.error for r in restores) else EXIT_OK
+
+
+def prepare(
+    clients: Clients, config: dict, args: argparse.Namespace, run: Run
+) -> list[Restore] | None:
+    """Find each server's backup (an AMI_ID from the Recycle Bin if need be), plan its
+    launch and check it; None when a dry run can plan no further. Launches nothing.
+
+    The describes are made once for all servers. In a fleet a server that cannot be
+    restored is marked failed and the others go on; a single restore stops instead.
+    """
+    ec2, fleet = clients.ec2, config["FLEET"]
+    if config["AMI_ID"]:
+        image = find_image(ec2, config)
+        if config["DRILL"] and image["State"] != AVAILABLE:
+            raise RestoreError(
+                f"image {image['ImageId']} is {image['State']}: a drill tests available "
+                "images only, and changes nothing to reach one"
+            )
+        if image["State"] == IN_RECYCLE_BIN:
+            if args.dry_run:
+                print(
+                    f"Would restore {image['ImageId']} ({image.get('Name', '')}) from the "
+                    f"Recycle Bin, where it stays until {bin_time(image.get('RecycleBinExitTime'))}"
+                    ", with its snapshots, then launch from it. Its recorded configuration is on "
+                    "its tags, which EC2 shows only once it is restored: nothing more can be "
+                    "planned before."
+                )
+                return None
+            image = restore_from_recycle_bin(ec2, image)
+        restores = [Restore(read_recorded(image).server or image["ImageId"], image)]
+    else:
+        restores = pick_images(ec2, config)
+    token = run.token = run.token or args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    alive = live_originals(ec2, [read_recorded(r.image) for r in restores if r.image])
+    for r in restores:
+        if r.image:
+            with one_server(r, fleet):
+                recorded = read_recorded(r.image)
+                r.plan = plan_launch(
+                    config, r.image, recorded, recorded.instance_id in alive,
+                    server_token(token, r.server) if fleet else token, ec2.meta.region_name,
+                )  # fmt: skip
+    facts = gather_facts(clients, [r.plan for r in restores if r.plan])
+    for r in restores:
+        if r.plan:
+            with one_server(r, fleet):
+                check_before_launch(clients, r.plan, facts)
+            for warning in r.plan.warnings:
+                log.warning("%s%s", f"{r.server}: " if fleet else "", warning)
+        r.at["image_resolved"] = run.since()
+    return restores
