@@ -1,11 +1,11 @@
-# make test: set up .venv from requirements-dev.txt, then lint and run every test.
+# make test: set up .venv from requirements-dev.txt, then lint, type-check and run every test.
 # make demo: back up a local fleet three times, lose a server and restore it (no AWS account).
 # make bench: run the call-count and wall-time benchmark against the local endpoint.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint typecheck bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 
-test: lint
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
+
+test: lint typecheck
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

@@ -74,7 +74,10 @@ class Clients:
         key = (service, region or self.region)
         with self._lock:
             if key not in self._made:
-                made = self.session.client(service, region_name=key[1], config=self.config)
+                # boto3-stubs types each service by its literal name; ours is chosen at run time
+                made = self.session.client(  # type: ignore[call-overload]
+                    service, region_name=key[1], config=self.config
+                )
                 if service in ("ec2", "ebs"):
                     pace(made, service)
                 self._made[key] = made
@@ -110,8 +113,10 @@ def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session
             "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
         )
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
-    retries = {"mode": "standard", "total_max_attempts": int(attempts)}
-    return session, Config(retries=retries, user_agent_extra=TOOL)
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": int(attempts)}, user_agent_extra=TOOL
+    )
+    return session, config
 
 
 def session_name(*parts: str) -> str:
@@ -145,7 +150,8 @@ def assume_role(
         raise RoleError(f"could not assume ROLE_ARN {role_arn}: {error_text(err)}") from None
     credentials = RefreshableCredentials.create_from_metadata(metadata, fetch, "sts-assume-role")
     core = botocore.session.Session()
-    core._credentials = credentials  # botocore has no public setter for refreshable credentials
+    # botocore has no public setter for refreshable credentials
+    core._credentials = credentials  # type: ignore[attr-defined]
     return boto3.Session(botocore_session=core, region_name=session.region_name)
 
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The backup's command line: parse the flags, load the config, take the run lock, then
+list, check, cost, print a policy, manage cron, or run the backup (run.run_backup).
+"""
 
 from __future__ import annotations
 

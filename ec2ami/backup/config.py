@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The backup's config: read the module, check every setting before any AWS call, and
+return a frozen BackupConfig. Every message names the setting.
+"""
 
 from __future__ import annotations
 
@@ -336,7 +338,9 @@ def check_dr_settings(settings: dict) -> None:
         _check_optional_str({name: options.get("kms_key_id")}, name, example="a KMS key id or ARN")
 
 
-def _check_optional_str(settings: dict, name: str, pattern=None, example: str = "") -> None:
+def _check_optional_str(
+    settings: dict, name: str, pattern: re.Pattern[str] | None = None, example: str = ""
+) -> None:
     """A setting that is None or a non-empty string (matching pattern, if given)."""
     value = settings[name]
     if value is None:

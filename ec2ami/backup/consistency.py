@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Consistency through SSM: VSS on Windows (AWSEC2-CreateVssSnapshot makes the image),
+or a pre-script, CreateImage with NoReboot, and a post-script that thaws at once.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Carrying out the DR part of the plan: copy each new image to the COPY_TO_REGIONS as it
+becomes available (Replication), then share, deprecate and prune there (Finisher).
+"""
 
 from __future__ import annotations
 
@@ -125,7 +127,9 @@ class Finisher:
         """EnableImageDeprecation DEPRECATE_AFTER_DAYS after the backup was taken."""
         taken = parse_time(image.tags.get(TAG_CREATED, ""))
         taken = image.created if taken.year == 1 else taken
-        when = max(taken + timedelta(days=self.days), datetime.now(timezone.utc) + DEPRECATE_LEAD)
+        when = max(
+            taken + timedelta(days=self.days or 0), datetime.now(timezone.utc) + DEPRECATE_LEAD
+        )
         self.ec2.enable_image_deprecation(ImageId=image.image_id, DeprecateAt=when)
         image.deprecation_time = stamp(when)
         log.info("%s: %s deprecates at %s", image.server, image.image_id, stamp(when))

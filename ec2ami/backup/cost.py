@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""--cost: what the kept snapshots store, measured with the EBS direct APIs' block lists,
+and what that costs a month, per server, schedule and region.
+"""
 
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def direct_pages(ebs: Any, operation: str, key: str, **kwargs: Any) -> Iterator[
     """Every entry of every page of an EBS direct API list (botocore has no paginator)."""
     token = None
     while True:
-        more = {"NextToken": token} if token else {}
+        more: dict[str, str] = {"NextToken": token} if token else {}
         page = getattr(ebs, operation)(MaxResults=DIRECT_RESULTS_MAX, **kwargs, **more)
         yield from page.get(key, [])
         token = page.get("NextToken")

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""--install-cron, --show-cron, --uninstall-cron: one managed crontab entry per config;
+nothing else in the crontab is touched.
+"""
 
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def write_crontab(content: bytes) -> None:
 def split_crontab(content: bytes, config_path: str) -> tuple[list[bytes], list[bytes]]:
     """The crontab's lines: (this config's entries, all other lines), each with its newline."""
     marker = cron_marker(config_path).replace("%", "\\%").encode()
-    ours, others = [], []
+    ours: list[bytes] = []
+    others: list[bytes] = []
     for line in content.splitlines(keepends=True):
         (ours if line.rstrip(b"\r\n").endswith(marker) else others).append(line)
     return ours, others

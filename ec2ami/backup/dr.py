@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Disaster recovery: the destination regions, the copies already there, and CopyImage
+for one new backup.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
     call return the same copy.
     """
     image = out.image
+    if image is None:  # only an available backup is copied
+        raise RuntimeError(f"{out.name}: no image to copy")
     copy = Outcome(out.name, out.instance_id, run_id=out.run_id, region=region.name)
     origin = [
         {"Key": TAG_SOURCE_REGION, "Value": source_region},

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Housekeeping: prune each server as soon as its new image is available, on a thread of
+its own, so deregistering overlaps with creating. Retention itself is decided by plan.py.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Do it: create each planned image (tagged at creation), follow every new image with one
+DescribeImages per poll, and deregister with its snapshots.
+"""
 
 from __future__ import annotations
 

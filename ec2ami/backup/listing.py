@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The dry run (the plan printed, nothing changed) and --list: the backups there are."""
 
 from __future__ import annotations
 
@@ -95,10 +95,10 @@ def list_backups(
     )
     images = [i for _, i in found]
     rows = [("SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE", "VERIFIED")]
-    for region, i in found:
+    for where, i in found:
         created = i.created.strftime("%Y-%m-%d %H:%M:%S")
         verified = verified_summary(i.tags.get(TAG_VERIFIED))
-        rows.append((i.server, region, i.image_id, i.name, created, i.state, i.schedule, verified))
+        rows.append((i.server, where, i.image_id, i.name, created, i.state, i.schedule, verified))
     print_table(rows)
     if not images:
         print("(no managed backups)")

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Look at what exists: the servers (listed and selected by tag), their instances, what
+each runs with (the launch record), and the backups already made.
+"""
 
 from __future__ import annotations
 
@@ -112,13 +114,13 @@ def discover(
     found: dict[str, dict] = {}
     ids = [s.instance_id for s in specs]
     for batch in chunked(ids):
-        for instance in describe_instances(ec2, [{"Name": "instance-id", "Values": batch}]):
-            found[instance["InstanceId"]] = instance
+        for described in describe_instances(ec2, [{"Name": "instance-id", "Values": batch}]):
+            found[described["InstanceId"]] = described
     servers: list[Server] = []
     for spec in specs:
         instance = found.get(spec.instance_id)
         state = instance["State"]["Name"] if instance else None
-        if state in LIVE_INSTANCE_STATES:
+        if instance and state in LIVE_INSTANCE_STATES:
             servers.append(Server(spec, instance))
         else:
             reason = f"instance is {state}" if state else "instance not found"

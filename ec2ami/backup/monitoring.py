@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""--check: is every server's newest backup fresh, is every instance covered, and did the
+last run succeed. Nagios-style exit codes and an optional JSON document.
+"""
 
 from __future__ import annotations
 
@@ -216,11 +218,11 @@ def print_check_tables(
     for note in coverage.notes:
         print(f"Note: {note}")
     if last.record:
-        r = last.record
+        done = last.record
         print(
-            f"Last run: finished {r['finished']}, exit {r['exit_code']}, "
-            f"{r.get('servers_backed_up', '?')} backed up, {r.get('servers_failed', '?')} "
-            f"failed, {r.get('images_pruned', '?')} pruned"
+            f"Last run: finished {done['finished']}, exit {done['exit_code']}, "
+            f"{done.get('servers_backed_up', '?')} backed up, {done.get('servers_failed', '?')} "
+            f"failed, {done.get('images_pruned', '?')} pruned"
         )
     if last.problem:
         print(f"Last run: {last.problem}")

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The plan, pure: retention (which images each server keeps) and what the run will create
+and remove. No AWS call here, so the dry run prints exactly what the run does.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Pools: whose images a run may count and prune (POOL, and the instance each server name
+resolves to), and the clashes that make a run refuse a server.
+"""
 
 from __future__ import annotations
 

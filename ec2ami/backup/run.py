@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The story of one backup run: look, plan, then create, follow, copy and prune, and report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""What a run leaves for monitoring: the STATE_FILE record and CloudWatch metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The sweep: this pool's snapshots that no image uses any more, deleted once the run is
+done (a crash between deregistering and deleting leaves them).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The tags the backup writes at creation: the contract, the server's own tags, and the
+launch record (everything the instance ran with), within EC2's 50-tag limit.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""TODO docstring."""
+"""The backup's least-privilege policy (--print-iam-policy), statement by statement, for
+exactly the features this config uses.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ec2ami.aws import base_session
 from ec2ami.backup.config import SSM_MODES
@@ -18,6 +20,7 @@ from ec2ami.contract import (
 )
 from ec2ami.errors import EXIT_OK
 from ec2ami.facts import DOC_POWERSHELL, DOC_SHELL, DOC_VSS
+from ec2ami.iam import allow
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig, ServerSpec
@@ -40,26 +43,26 @@ def iam_policy(config: BackupConfig) -> dict:
     describe = ["ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeImages",
                 "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin"]  # fmt: skip
     statements = [
-        statement("Describe", describe, "*"),
+        allow("Describe", describe, "*"),
         *instance_statements(config, home, account, "ec2:CreateImage", "aws:ResourceTag"),
         *instance_statements(config, home, account, "ec2:GetLaunchTemplateData",
                              "aws:ResourceTag", sid="ReadTheConfigsInstancesLaunchData"),
         *instance_statements(config, home, account, "ec2:DescribeInstanceAttribute",
                              "aws:ResourceTag", sid="InstanceAttributesForGetLaunchTemplateData"),
-        statement("DescribesGetLaunchTemplateDataMakes", LAUNCH_DATA_DESCRIBES, "*"),
-        statement("CreateOnlyMarkedImagesAndSnapshots", "ec2:CreateImage",
+        allow("DescribesGetLaunchTemplateDataMakes", LAUNCH_DATA_DESCRIBES, "*"),
+        allow("CreateOnlyMarkedImagesAndSnapshots", "ec2:CreateImage",
                   images[:1] + snapshots[:1],
                   {"StringEquals": {f"aws:RequestTag/{TAG_MANAGED}": TOOL}}),
-        statement("TagAtCreationOnly", "ec2:CreateTags", images[:1] + snapshots[:1],
+        allow("TagAtCreationOnly", "ec2:CreateTags", images[:1] + snapshots[:1],
                   {"StringEquals": {"ec2:CreateAction": "CreateImage"}}),
-        statement("DeleteOnlyMarkedImagesAndSnapshots",
+        allow("DeleteOnlyMarkedImagesAndSnapshots",
                   ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, marked),
-        statement("ReleaseProtectionOnlyOfMarkedImages",
+        allow("ReleaseProtectionOnlyOfMarkedImages",
                   "ec2:DisableImageDeregistrationProtection", images, marked),
-        statement("CountBlocksOnlyOfMarkedSnapshots", DIRECT_ACTIONS, snapshots, marked),
+        allow("CountBlocksOnlyOfMarkedSnapshots", DIRECT_ACTIONS, snapshots, marked),
     ]  # fmt: skip
     if config.record_load_balancers:
-        statements.append(statement(
+        statements.append(allow(
             "ReadLoadBalancerMembership",
             ["elasticloadbalancing:DescribeTargetGroups",
              "elasticloadbalancing:DescribeTargetHealth",
@@ -67,11 +70,11 @@ def iam_policy(config: BackupConfig) -> dict:
         ))  # fmt: skip
     if config.deregistration_protection:
         protect = "ec2:EnableImageDeregistrationProtection"
-        statements.append(statement("ProtectOnlyMarkedImages", protect, images, marked))
+        statements.append(allow("ProtectOnlyMarkedImages", protect, images, marked))
     statements += ssm_statements(config, home, account)
     statements += dr_statements(config, images, snapshots, marked)
     if config.metrics_namespace:
-        statements.append(statement(
+        statements.append(allow(
             "PutMetricsOnlyInTheConfigsNamespace", "cloudwatch:PutMetricData", "*",
             {"StringEquals": {"cloudwatch:namespace": config.metrics_namespace}},
         ))  # fmt: skip
@@ -85,14 +88,6 @@ def policy_scope(config: BackupConfig) -> tuple[str, str]:
     return region, config.role_arn.split(":")[4] if config.role_arn else "*"
 
 
-def statement(sid: str, action: Any, resource: Any, condition: dict | None = None) -> dict:
-    """One Allow statement."""
-    made = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
-    if condition:
-        made["Condition"] = condition
-    return made
-
-
 def instance_statements(
     config: BackupConfig, region: str, account: str, action: str, tag_key: str,
     servers: Sequence[ServerSpec] | None = None, sid: str = "ImageOnlyTheConfigsInstances",
@@ -102,10 +97,10 @@ def instance_statements(
     arn = f"arn:aws:ec2:{region}:{account}:instance/"
     made = []
     if listed:
-        made.append(statement(sid, action, [arn + s.instance_id for s in listed]))
+        made.append(allow(sid, action, [arn + s.instance_id for s in listed]))
     if config.select_tags and servers is None:
         tags = {f"{tag_key}/{k}": v for k, v in config.select_tags.items()}
-        made.append(statement(sid + "ByTag", action, arn + "*", {"StringEquals": tags}))
+        made.append(allow(sid + "ByTag", action, arn + "*", {"StringEquals": tags}))
     return made
 
 
@@ -121,15 +116,15 @@ def ssm_statements(config: BackupConfig, region: str, account: str) -> list[dict
     if "scripts" in modes:
         documents = [DOC_SHELL, DOC_POWERSHELL, *documents]
     made = [
-        statement("FindSsmManagedInstances", ["ssm:DescribeInstanceInformation",
+        allow("FindSsmManagedInstances", ["ssm:DescribeInstanceInformation",
                   "ssm:GetCommandInvocation", "ssm:ListCommands"], "*"),
-        statement("RunOnlyTheConsistencyDocuments", "ssm:SendCommand",
+        allow("RunOnlyTheConsistencyDocuments", "ssm:SendCommand",
                   [f"arn:aws:ssm:{region}:*:document/{d}" for d in documents]),
     ]  # fmt: skip
     made += instance_statements(config, region, account, "ssm:SendCommand", "ssm:resourceTag",
                                 servers, "OnlyOnTheConsistencyServers")  # fmt: skip
     if by_tags:
-        made.append(statement(
+        made.append(allow(
             "OnlyOnInstancesThatOptIn", "ssm:SendCommand",
             f"arn:aws:ec2:{region}:{account}:instance/*",
             {"StringEquals": {f"ssm:resourceTag/{SSM_OPT_IN_TAG}": "allow"}},
@@ -144,35 +139,35 @@ def dr_statements(
     made = []
     if config.copy_to_regions:
         made += [
-            statement("CopyIntoTheConfigsRegions", "ec2:CopyImage", images[1:]),
-            statement("CopyOnlyMarkedBackups", "ec2:CopyImage", images[:1] + snapshots[:1],
+            allow("CopyIntoTheConfigsRegions", "ec2:CopyImage", images[1:]),
+            allow("CopyOnlyMarkedBackups", "ec2:CopyImage", images[:1] + snapshots[:1],
                       marked),
-            statement("TagCopiesAtCreationOnly", "ec2:CreateTags", images[1:] + snapshots[1:],
+            allow("TagCopiesAtCreationOnly", "ec2:CreateTags", images[1:] + snapshots[1:],
                       {"StringEquals": {"ec2:CreateAction": "CopyImage"}}),
         ]  # fmt: skip
     if config.share_with_accounts:
         accounts = sorted(config.share_with_accounts)
         made += [  # IAM has no condition key for whom an image's launch permission names
-            statement("ShareOnlyMarkedImages", "ec2:ModifyImageAttribute", images, marked),
-            statement("ShareSnapshotsOnlyWithTheConfigsAccounts", "ec2:ModifySnapshotAttribute",
+            allow("ShareOnlyMarkedImages", "ec2:ModifyImageAttribute", images, marked),
+            allow("ShareSnapshotsOnlyWithTheConfigsAccounts", "ec2:ModifySnapshotAttribute",
                       snapshots,
                       {**marked, "ForAllValues:StringEquals": {"ec2:Add/userId": accounts}}),
-            statement("RecordWhomAnImageIsSharedWith", "ec2:CreateTags", images, {
+            allow("RecordWhomAnImageIsSharedWith", "ec2:CreateTags", images, {
                 **marked, "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_SHARED_WITH]}}),
-            statement("FindWhichKeyEncryptsAnImageBeforeSharingIt", "kms:DescribeKey", "*"),
+            allow("FindWhichKeyEncryptsAnImageBeforeSharingIt", "kms:DescribeKey", "*"),
         ]  # fmt: skip
     if any(s.consistency == "vss" for s in config.servers) or (
         config.select_tags and config.defaults.consistency == "vss"
     ):
-        made.append(statement("TagWhatVssMade", "ec2:CreateTags", images[:1] + snapshots[:1],
+        made.append(allow("TagWhatVssMade", "ec2:CreateTags", images[:1] + snapshots[:1],
                               marked))  # fmt: skip
     if config.deprecate_after_days:
-        made.append(statement("DeprecateOnlyMarkedImages", "ec2:EnableImageDeprecation",
+        made.append(allow("DeprecateOnlyMarkedImages", "ec2:EnableImageDeprecation",
                               images, marked))  # fmt: skip
     keys = [t.kms_key_id for t in config.copy_to_regions.values() if t.kms_key_id]
     if keys:  # an alias names no key ARN before a call: then any key, but through EC2 only
         arns = keys if all(k.startswith("arn:") for k in keys) else "*"
-        made.append(statement(
+        made.append(allow(
             "EncryptCopiesThroughEc2Only",
             ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey",
              "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],

@@ -1,9 +1,10 @@
-"""TODO docstring."""
+"""The restore's and the drill's least-privilege policies (--print-iam-policy), for
+exactly the features this config uses.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from ec2ami.aws import base_session
 from ec2ami.contract import (
@@ -17,6 +18,7 @@ from ec2ami.contract import (
 )
 from ec2ami.errors import EXIT_OK
 from ec2ami.facts import CHECK_DOCUMENTS, RESTORABLE_ROLE_PATH
+from ec2ami.iam import allow
 
 
 def print_iam_policy(config: dict) -> int:
@@ -176,12 +178,4 @@ def balancer_statements(config: dict, region: str, account: str) -> list[dict]:
         else:
             made.append(allow("RegisterWithTheConfigsClassicLoadBalancers", register,
                               [arn + f"loadbalancer/{n}" for n in classic]))  # fmt: skip
-    return made
-
-
-def allow(sid: str, action: Any, resource: Any, condition: dict | None = None) -> dict:
-    """One Allow statement."""
-    made = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
-    if condition:
-        made["Condition"] = condition
     return made

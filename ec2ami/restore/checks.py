@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""A drill's check: DRILL_CHECK sent through SSM Run Command once the instance is
+status-ok, one SendCommand per platform per poll, and its result read back.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 
 def drill_check(config: dict, restore: Restore) -> str | None:
     """The DRILL_CHECK command for this server's platform, or None."""
-    return (config["DRILL_CHECK"] or {}).get(restore.plan.recorded.platform or "linux")
+    return (config["DRILL_CHECK"] or {}).get(restore.planned.recorded.platform or "linux")
 
 
 def advance_checks(clients: Clients, config: dict, checking: list[Restore], run: Run) -> None:
@@ -32,10 +34,10 @@ def advance_checks(clients: Clients, config: dict, checking: list[Restore], run:
         for restore in unsent:
             restore.fail(f"could not ask SSM about {restore.ids[0]}: {error_text(err)}")
         return
-    groups: dict[tuple[str, str], list[Restore]] = {}
+    groups: dict[tuple[str, str | None], list[Restore]] = {}
     for restore in unsent:
         if restore.ids[0] in online:
-            platform = restore.plan.recorded.platform or "linux"
+            platform = restore.planned.recorded.platform or "linux"
             key = (CHECK_DOCUMENTS[platform], drill_check(config, restore))
             groups.setdefault(key, []).append(restore)
     seconds = int(config["DRILL_TIMEOUT_MINUTES"] * 60)

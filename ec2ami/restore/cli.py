@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The restore's command line: parse the flags, load the config, then list, print a
+policy, drill, or restore (run.restore).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The restore's config: read the module, apply the flags, and check every setting before
+any AWS call. Every message names the setting.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""--drill: restore into isolation, check through SSM, always clean up, and record the
+result on the image and in DRILL_LOG.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +55,8 @@ def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
         restores = prepare(clients, config, args, run)
     except (ClientError, BotoCoreError) as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
-    if args.dry_run:
-        return dry_run(ec2, restores, config)
+    if restores is None or args.dry_run:
+        return EXIT_OK if restores is None else dry_run(ec2, restores, config)
     interrupted = False
     try:
         with sigterm_interrupts():

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Find the backup: the server's newest usable image (or the one asked for), one brought
+back from the Recycle Bin, and whether the original instance still lives.
+"""
 
 from __future__ import annotations
 
@@ -184,19 +186,19 @@ def restore_from_recycle_bin(ec2: Any, binned: dict) -> dict:
     snapshot_ids = [
         m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m
     ]
-    present = set()
+    present: set[str] = set()
     if snapshot_ids:
         for snapshot in ec2.describe_snapshots(
             Filters=[{"Name": "snapshot-id", "Values": snapshot_ids}]
         ).get("Snapshots", []):
             present.add(snapshot["SnapshotId"])
     missing = [s for s in snapshot_ids if s not in present]
-    binned = set()
+    in_bin: set[str] = set()
     if missing:  # one call for all of them
         listed = ec2.list_snapshots_in_recycle_bin(SnapshotIds=missing).get("Snapshots", [])
-        binned = {s["SnapshotId"] for s in listed}
+        in_bin = {s["SnapshotId"] for s in listed}
     for snapshot_id in missing:
-        if snapshot_id not in binned:
+        if snapshot_id not in in_bin:
             raise RestoreError(
                 f"image {image_id} is restored from the Recycle Bin, but its snapshot "
                 f"{snapshot_id} is gone (is there a Recycle Bin rule for snapshots?)"

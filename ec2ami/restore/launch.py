@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Do it: launch each server at RunInstances' pace, poll the fleet together with one
+describe per kind, and set each instance up as it reaches running.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def run_restores(clients: Clients, config: dict, restores: list[Restore], run: R
 def start(clients: Clients, config: dict, restore: Restore, run: Run) -> None:
     """RunInstances for each instance of the server's plan (one call each, so each has its
     own Name), then decide which Elastic IPs to associate once it runs."""
-    ec2, plan = clients.ec2, restore.plan
+    ec2, plan = clients.ec2, restore.planned
     try:
         if plan.image["State"] == DISABLED:
             ec2.enable_image(ImageId=plan.image["ImageId"])
@@ -93,7 +95,7 @@ def advance(clients: Clients, config: dict, waiting: list[Restore], run: Run) ->
                 if not running([found.get(i) for i in restore.ids]):
                     continue
                 restore.at["running"] = run.since()
-                set_up(clients, restore.plan, config, restore.ids, restore.allocations, found)
+                set_up(clients, restore.planned, config, restore.ids, restore.allocations, found)
                 stages = {"none": "done", "running": "ok", "status-ok": "running"}
                 restore.stage = stages[config["WAIT"]]
     started = [r for r in waiting if r.stage == "running"]

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The dry run (every attribute, and where it comes from) and --list."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def print_recycle_bin(ec2: Any) -> None:
         return
     columns = ["image", "name", "deleted", "leaves the bin"]
     rows = [{c: c.upper() for c in columns}]
-    for image in sorted(binned, key=lambda i: i.get("RecycleBinEnterTime"), reverse=True):
+    for image in sorted(binned, key=lambda i: str(i.get("RecycleBinEnterTime", "")), reverse=True):
         rows.append({"image": image["ImageId"], "name": image.get("Name", ""),
                      "deleted": bin_time(image.get("RecycleBinEnterTime")),
                      "leaves the bin": bin_time(image.get("RecycleBinExitTime"))})  # fmt: skip

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What a restore is while it runs: the plan of one server (Plan, its Attributes), its
+progress (Restore), the run (Run), and how a server's failure is kept to that server.
+"""
 
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ class Plan:
     target_groups: list[dict] = field(default_factory=list)  # {arn, port}
     classic_load_balancers: list[str] = field(default_factory=list)
     dns_records: list[dict] = field(default_factory=list)
-    holders: dict[str, str] = field(default_factory=dict)  # allocation -> holder, if held
+    holders: dict[str, str | None] = field(default_factory=dict)  # allocation -> holder
 
 
 @dataclass
@@ -90,6 +92,13 @@ class Restore:
     problems: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)  # a drill's DRILL_CHECK: command, status
+
+    @property
+    def planned(self) -> Plan:
+        """The plan of a server that got one (only those are launched, set up and checked)."""
+        if self.plan is None:
+            raise RuntimeError(f"{self.server}: no plan")  # a defect, never an AWS answer
+        return self.plan
 
     @property
     def error(self) -> str | None:

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Plan the network, pure: interfaces and addresses, Elastic IPs, load balancers, and the
+mapping of a DR copy's ids into its region (REGION_MAP).
+"""
 
 from __future__ import annotations
 

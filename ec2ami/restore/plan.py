@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Plan the launch, pure: every attribute (recorded, overridden or default) and the
+RunInstances parameters of each instance.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +51,10 @@ def plan_launch(
     if recorded.source_region and region and recorded.source_region != region:
         recorded = in_region(config, image, recorded, region, warnings)
     launch = recorded.launch
-    pick = lambda setting, fallback: config[setting] or fallback  # noqa: E731
+
+    def pick(setting: str, fallback: Any) -> Any:
+        return config[setting] or fallback
+
     instance_type = pick("INSTANCE_TYPE", recorded.instance_type)
     nics = planned_interfaces(config, recorded)
     subnet = nics[0]["subnet"] if nics else None
@@ -77,7 +82,9 @@ def plan_launch(
     optional = {
         "KeyName": pick("KEY_NAME", recorded.key_name),
         "IamInstanceProfile": instance_profile(profile),
-        "UserData": build_user_data(recorded.platform, config["HOSTNAME"], config["USER_DATA"]),
+        "UserData": build_user_data(
+            recorded.platform or "linux", config["HOSTNAME"], config["USER_DATA"]
+        ),
         "BlockDeviceMappings": volume_overrides(config, image),
     }
     params.update({k: v for k, v in optional.items() if v})

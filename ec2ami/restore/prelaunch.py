@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Before launch: what EC2 would refuse, and what is gone, checked with one describe per
+kind for the whole fleet (Facts).
+"""
 
 from __future__ import annotations
 
@@ -148,8 +150,8 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
         raise RestoreError(f"key pair {params['KeyName']} does not exist")
     check_architecture(plan, facts)
     for nic in nics:
-        for address in fixed_addresses(nic):
-            check_address_free(address, facts.subnets[nic["SubnetId"]], facts)
+        for fixed in fixed_addresses(nic):
+            check_address_free(fixed, facts.subnets[nic["SubnetId"]], facts)
     check_instance_profile(clients, params.get("IamInstanceProfile"), facts)
     check_placement(clients.ec2, plan, facts)
     check_target_groups(clients, plan, facts)

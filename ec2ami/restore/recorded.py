@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""What the backup recorded: the tag contract and the launch record, read from an image."""
 
 from __future__ import annotations
 
@@ -61,7 +61,10 @@ class Recorded:
 def read_recorded(image: dict) -> Recorded:
     """Read the tag contract off an image; an image without it gives an empty record."""
     tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
-    value = lambda key: joined_value(tags, key)  # noqa: E731 - a local shorthand
+
+    def value(key: str) -> str | None:
+        return joined_value(tags, key)
+
     keys = json.loads(value(TAG_INSTANCE_TAG_KEYS) or "[]")
     platform = value(TAG_PLATFORM) or ("windows" if image.get("Platform") == "windows" else None)
     recorded = Recorded(

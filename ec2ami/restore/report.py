@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The report: per server the image, its age, the instance, the timings and the twin's
+differences, as tables or JSON.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def print_report(restore: Restore, rows: list[dict], as_json: bool, run: Run) ->
     if as_json:
         print(json.dumps(restore_document(restore, rows, run), indent=2))
         return
-    plan = restore.plan
+    plan = restore.planned
     header = {"instance_id": "INSTANCE", "state": "STATE", "private_ip": "PRIVATE IP",
               "public_ip": "PUBLIC IP", "availability_zone": "ZONE", "name": "NAME"}  # fmt: skip
     print_table([header, *rows], list(header))

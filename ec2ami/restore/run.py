@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The story of a restore: find each server's backup, plan, check, launch, report."""
 
 from __future__ import annotations
 

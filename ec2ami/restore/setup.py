@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""After launch: source/dest check, Elastic IPs, load balancers and DNS, as each instance
+reaches running.
+"""
 
 from __future__ import annotations
 

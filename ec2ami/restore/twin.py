@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Check the twin: read each new instance back and compare every attribute with the plan."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def check_twins(clients: Clients, restores: list[Restore]) -> None:
             if instance is None:
                 raise LaunchError(f"instance {restore.ids[0]} is no longer described")
             restore.differences = check_twin(
-                clients, restore.plan, instance, held.get(restore.ids[0], [])
+                clients, restore.planned, instance, held.get(restore.ids[0], [])
             )
             for difference in restore.differences:
                 log.warning("%s", difference)

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""User data: the host name (HOSTNAME) and the operator's USER_DATA, merged for Linux
+(cloud-init) or Windows (EC2Launch).
+"""
 
 from __future__ import annotations
 
