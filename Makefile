@@ -1,11 +1,12 @@
 # make test: set up .venv from requirements-dev.txt, then lint, type-check and run every test.
 # make demo: back up a local fleet three times, lose a server and restore it (no AWS account).
 # make bench: run the call-count and wall-time benchmark against the local endpoint.
+# make dist: build dist/ec2_to_ami.pyz and dist/ami_to_ec2.pyz, one file each for a host.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench dist clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +29,8 @@ test: lint typecheck
 bench: $(VENV)/.installed
 	$(PY) -m bench.backup_calls
 
+dist:
+	$(PYTHON) tools/make_dist.py dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache dist build *.egg-info

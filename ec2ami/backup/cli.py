@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ec2ami import clock
+from ec2ami import __version__, clock
 from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
 from ec2ami.backup.config import RPO_DEFAULTS, load_config, load_other_config
 from ec2ami.backup.cost import cost_report
@@ -112,6 +112,7 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
     parser.add_argument(
         "--config", default=beside(script, "ec2_to_ami_config.py"), help="config file"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--list", action="store_true", help="list managed backups and exit")
     parser.add_argument(

@@ -11,6 +11,7 @@ import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ec2ami import __version__
 from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
 from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from ec2ami.iam.restore import print_iam_policy
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
     parser.add_argument(
         "--config", default=beside(script, "ami_to_ec2_config.py"), help="config file"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--server", metavar="NAME", action="append",
                        help="restore this server's newest backup (repeat for several)")  # fmt: skip
