@@ -31,6 +31,7 @@ from ec2ami.contract import LAUNCH_DATA_DESCRIBES
 from ec2ami.iam import backup as iam_backup
 from ec2ami.iam import restore as iam_restore
 from ec2ami.restore.config import DEFAULTS
+from ec2ami.restore.config import validate_config as validate_restore_config
 from localaws.endpoint import SETTINGS
 from localaws.fleet import build_network, drill_network, kitchen_sink
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
@@ -280,11 +281,13 @@ def test_dns_records_are_allowed_only_in_their_own_zones():
     statement is checked here, and DNS_RECORDS itself in tests/test_twin.py."""
     records = [{"zone_id": "/hostedzone/Z123", "name": "web.corp.internal", "type": "A",
                 "value": "private"}]  # fmt: skip
-    document = iam_restore.iam_policy({**DEFAULTS, "DRILL": False, "REGION": "eu-west-1",
-                                      "DNS_RECORDS": records})  # fmt: skip
+    settings = {**DEFAULTS, "REGION": "eu-west-1", "DNS_RECORDS": records}
+    document = iam_restore.iam_policy(validate_restore_config(settings, listing=True))
     [dns] = [s for s in document["Statement"] if "route53:ChangeResourceRecordSets" in s["Action"]]
     assert dns["Resource"] == ["arn:aws:route53:::hostedzone/Z123"]
-    plain = iam_restore.iam_policy({**DEFAULTS, "DRILL": False, "REGION": "eu-west-1"})
+    plain = iam_restore.iam_policy(
+        validate_restore_config({**DEFAULTS, "REGION": "eu-west-1"}, listing=True)
+    )
     assert not [a for a in actions_of(plain) if a.startswith("route53:")]
 
 
@@ -402,10 +405,10 @@ def unmarked(document: dict, action: str) -> list[str]:
     ]
 
 
-def test_metrics_go_only_to_the_namespace_the_readme_names():
+def test_metrics_go_only_to_the_namespace_the_iam_page_names():
     [statement] = statements_with(policy("backup-policy.json"), "cloudwatch:PutMetricData")
     assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "EC2Backup"}}
-    assert "cloudwatch:namespace" in (ROOT / "README.md").read_text()
+    assert "cloudwatch:namespace" in (ROOT / "docs" / "iam.md").read_text()
 
 
 def test_created_images_must_carry_the_marker_and_tags_come_only_at_creation():
@@ -581,7 +584,7 @@ SHIPPED = {  # each docs/iam file: --print-iam-policy of its example config
 def test_the_shipped_policies_are_what_their_example_configs_generate(name):
     script, example, *args = SHIPPED[name]
     printed = generated(script, ROOT / "docs" / "iam" / "examples" / example, *args)
-    assert printed == policy(name), f"regenerate docs/iam/{name} (README, IAM)"
+    assert printed == policy(name), f"regenerate docs/iam/{name} (docs/iam.md)"
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

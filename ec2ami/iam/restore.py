@@ -19,18 +19,19 @@ from ec2ami.contract import (
 from ec2ami.errors import EXIT_OK
 from ec2ami.facts import CHECK_DOCUMENTS, RESTORABLE_ROLE_PATH
 from ec2ami.iam import allow
+from ec2ami.restore.config import RestoreConfig
 
 
-def print_iam_policy(config: dict) -> int:
+def print_iam_policy(config: RestoreConfig) -> int:
     """--print-iam-policy: the policy this config's restores (with --drill: its drills)
     need, as JSON; no AWS call."""
     print(json.dumps(iam_policy(config), indent=2))
     return EXIT_OK
 
 
-def iam_policy(config: dict) -> dict:
+def iam_policy(config: RestoreConfig) -> dict:
     """The least-privilege policy for restores (or, with --drill, drills) with this config,
-    in its region and account.
+    in its region and account. Long because it is one list of statements, read down.
 
     The instance profile a restore hands out comes from the image's tag, so PassRole is
     limited to roles under RESTORABLE_ROLE_PATH: create the roles a restore may pass
@@ -40,8 +41,8 @@ def iam_policy(config: dict) -> dict:
     tagged TAG_DRILL, tags images only with TAG_VERIFIED, and has no call that reaches
     production: no Elastic IP, load balancer, DNS, EnableImage or Recycle Bin.
     """
-    region = base_session(config["PROFILE"], config["REGION"])[0].region_name
-    account = config["ROLE_ARN"].split(":")[4] if config["ROLE_ARN"] else "*"
+    region = base_session(config.profile, config.region)[0].region_name
+    account = config.role_arn.split(":")[4] if config.role_arn else "*"
     arn = f"arn:aws:ec2:{region}:{account}:"
     image = f"arn:aws:ec2:{region}::image/*"
     launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
@@ -51,15 +52,15 @@ def iam_policy(config: dict) -> dict:
         "ec2:DescribeKeyPairs", "ec2:DescribeAddresses", "ec2:DescribePlacementGroups",
         "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
     ]  # fmt: skip
-    if config["DRILL"]:
+    if config.drill:
         sid, network = "LaunchOnlyIntoTheDrillSubnet", [
-            arn + f"subnet/{config['DRILL_SUBNET_ID']}",
-            *(arn + f"security-group/{g}" for g in config["DRILL_SECURITY_GROUP_IDS"]),
+            arn + f"subnet/{config.drill_subnet_id}",
+            *(arn + f"security-group/{g}" for g in config.drill_security_group_ids or []),
         ]  # fmt: skip
     else:
         describe += ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSnapshots",
                      "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin"]  # fmt: skip
-        subnet = f"subnet/{config['SUBNET_ID']}" if config["SUBNET_ID"] else "subnet/*"
+        subnet = f"subnet/{config.subnet_id}" if config.subnet_id else "subnet/*"
         sid, network = "LaunchInTheConfigsRegion", [arn + subnet, arn + "security-group/*"]
     statements = [
         allow("Describe", describe, "*"),
@@ -76,12 +77,12 @@ def iam_policy(config: dict) -> dict:
               f"arn:aws:iam::{account}:role{RESTORABLE_ROLE_PATH}*",
               {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
     ]  # fmt: skip
-    if config["DRILL"]:
+    if config.drill:
         statements += drill_statements(config, region, launched[0], image)
     else:
         statements += production_statements(config, region, account, launched, image)
-    if config["KMS_KEY_ID"]:
-        key = config["KMS_KEY_ID"]
+    if config.kms_key_id:
+        key = config.kms_key_id
         statements.append(allow(
             "EncryptVolumesThroughEc2Only",
             ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
@@ -92,7 +93,7 @@ def iam_policy(config: dict) -> dict:
 
 
 def production_statements(
-    config: dict, region: str, account: str, launched: list[str], image: str
+    config: RestoreConfig, region: str, account: str, launched: list[str], image: str
 ) -> list[dict]:
     """What a restore does to production, and a drill never: EnableImage, the Recycle Bin,
     Elastic IPs, load balancers and DNS."""
@@ -104,7 +105,7 @@ def production_statements(
               ["ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"],
               [image, snapshot]),
     ]  # fmt: skip
-    eip = config["ELASTIC_IP"]
+    eip = config.elastic_ip
     if eip is not None:
         statements += [
             allow("AssociateTheConfigsElasticIp", "ec2:AssociateAddress",
@@ -114,8 +115,8 @@ def production_statements(
             allow("AssociateWithTheNewInstance", "ec2:AssociateAddress", launched[::2]),
         ]  # fmt: skip
     statements += balancer_statements(config, region, account)
-    if config["DNS_RECORDS"]:
-        zones = sorted({r["zone_id"].rsplit("/", 1)[-1] for r in config["DNS_RECORDS"]})
+    if config.dns_records:
+        zones = sorted({r["zone_id"].rsplit("/", 1)[-1] for r in config.dns_records})
         statements.append(allow(
             "PointOnlyTheConfigsDnsRecords",
             ["route53:ListResourceRecordSets", "route53:ChangeResourceRecordSets"],
@@ -124,7 +125,7 @@ def production_statements(
     return statements
 
 
-def drill_statements(config: dict, region: str, instance: str, image: str) -> list[dict]:
+def drill_statements(config: RestoreConfig, region: str, instance: str, image: str) -> list[dict]:
     """A drill's own calls: terminate its instances (tagged TAG_DRILL, which the drill
     can set only at launch), tag images that carry the marker with TAG_VERIFIED only,
     and run DRILL_CHECK's documents on its instances only."""
@@ -136,9 +137,9 @@ def drill_statements(config: dict, region: str, instance: str, image: str) -> li
             "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_VERIFIED]},
         }),
     ]  # fmt: skip
-    if config["DRILL_CHECK"]:
+    if config.drill_check:
         documents = [f"arn:aws:ssm:{region}:*:document/{CHECK_DOCUMENTS[p]}"
-                     for p in sorted(config["DRILL_CHECK"])]  # fmt: skip
+                     for p in sorted(config.drill_check)]  # fmt: skip
         statements += [
             allow("RunTheCheckDocuments", "ssm:SendCommand", documents),
             allow("RunTheCheckOnDrillInstancesOnly", "ssm:SendCommand", instance,
@@ -149,13 +150,13 @@ def drill_statements(config: dict, region: str, instance: str, image: str) -> li
     return statements
 
 
-def balancer_statements(config: dict, region: str, account: str) -> list[dict]:
+def balancer_statements(config: RestoreConfig, region: str, account: str) -> list[dict]:
     """Registration in load balancers: the configured ones by ARN or name; those recorded
     on the image ("same") only if they opt in by tag, as a tag never grants power alone."""
     arn = f"arn:aws:elasticloadbalancing:{region}:{account}:"
     opt_in = {"StringEquals": {f"aws:ResourceTag/{RESTORE_OPT_IN_TAG}": "allow"}}
     made = []
-    groups, classic = config["TARGET_GROUPS"], config["CLASSIC_LOAD_BALANCERS"]
+    groups, classic = config.target_groups, config.classic_load_balancers
     if groups:
         read = ["elasticloadbalancing:DescribeTargetGroups",
                 "elasticloadbalancing:DescribeTargetHealth"]  # fmt: skip

@@ -11,18 +11,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ec2ami.aws import error_text
 from ec2ami.contract import TOOL
 from ec2ami.facts import CHECK_DOCUMENTS, SSM_IDS_MAX, SSM_ONLINE, SSM_RUNNING, SSM_SUCCESS
+from ec2ami.restore.config import RestoreConfig
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
     from ec2ami.restore.model import Restore, Run
 
 
-def drill_check(config: dict, restore: Restore) -> str | None:
+def drill_check(config: RestoreConfig, restore: Restore) -> str | None:
     """The DRILL_CHECK command for this server's platform, or None."""
-    return (config["DRILL_CHECK"] or {}).get(restore.planned.recorded.platform or "linux")
+    return (config.drill_check or {}).get(restore.planned.recorded.platform or "linux")
 
 
-def advance_checks(clients: Clients, config: dict, checking: list[Restore], run: Run) -> None:
+def advance_checks(
+    clients: Clients, config: RestoreConfig, checking: list[Restore], run: Run
+) -> None:
     """DRILL_CHECK on each instance that passed its status checks: once SSM has it online
     (one DescribeInstanceInformation for them all), one SendCommand per platform, then one
     ListCommandInvocations per command for the results."""
@@ -40,7 +43,7 @@ def advance_checks(clients: Clients, config: dict, checking: list[Restore], run:
             platform = restore.planned.recorded.platform or "linux"
             key = (CHECK_DOCUMENTS[platform], drill_check(config, restore))
             groups.setdefault(key, []).append(restore)
-    seconds = int(config["DRILL_TIMEOUT_MINUTES"] * 60)
+    seconds = int(config.drill_timeout_minutes * 60)
     for (document, command), group in groups.items():
         for start in range(0, len(group), SSM_IDS_MAX):
             batch = group[start : start + SSM_IDS_MAX]

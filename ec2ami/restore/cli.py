@@ -11,16 +11,20 @@ import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ec2ami import __version__
 from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
 from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from ec2ami.iam.restore import print_iam_policy
-from ec2ami.output import setup_logging
-from ec2ami.restore.config import RestoreError, apply_flags, load_config, validate_config
+from ec2ami.output import command_line, setup_logging
+from ec2ami.restore.config import (
+    RestoreConfig,
+    RestoreError,
+    apply_flags,
+    load_config,
+    validate_config,
+)
 from ec2ami.restore.drill import drill
 from ec2ami.restore.listing import list_backups
 from ec2ami.restore.run import restore
-from ec2ami.settings import beside
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     try:
         if args.list:
             return list_backups(clients.ec2, config, args.recycle_bin)
-        if config["DRILL"]:
+        if config.drill:
             return drill(clients, config, args)
         return restore(clients, config, args)
     except RestoreError as err:
@@ -55,21 +59,20 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         return EXIT_FAILED
 
 
-def make_clients(config: dict) -> Clients:
+def make_clients(config: RestoreConfig) -> Clients:
     """Build the clients: region, profile, ROLE_ARN and botocore's standard retries."""
-    session, client_config = base_session(config["PROFILE"], config["REGION"])
-    return connect(session, client_config, config["ROLE_ARN"], "restore", getpass.getuser())
+    session, client_config = base_session(config.profile, config.region)
+    return connect(session, client_config, config.role_arn, "restore", getpass.getuser())
 
 
-def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
-    """Parse the command line; argparse exits 2 on bad usage."""
-    parser = argparse.ArgumentParser(
-        prog="ami_to_ec2.py", description="Launch a working replacement instance from a backup."
+def build_parser(script: str | None = None) -> argparse.ArgumentParser:
+    """The command line's options: one declaration for parsing, --help and docs/reference.md."""
+    parser = command_line(
+        "ami_to_ec2.py",
+        "Launch a working replacement instance from a backup.",
+        "ami_to_ec2_config.py",
+        script,
     )
-    parser.add_argument(
-        "--config", default=beside(script, "ami_to_ec2_config.py"), help="config file"
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--server", metavar="NAME", action="append",
                        help="restore this server's newest backup (repeat for several)")  # fmt: skip
@@ -100,9 +103,12 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
         help="print the least-privilege IAM policy this config needs (no AWS call)",
     )
     parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
-    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 on bad usage."""
+    parser = build_parser(script)
     args = parser.parse_args(argv)
     if args.recycle_bin and not args.list:
         parser.error("--recycle-bin goes with --list")

@@ -8,6 +8,7 @@ import argparse
 import difflib
 import ipaddress
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -89,6 +90,79 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class RestoreConfig:
+    """The restore's settings after every check, and the flags: read by attribute, never changed.
+
+    One field per setting of ami_to_ec2_config.py (lower case), then what the command line
+    decides: all (--all), drill (--drill), fleet (several servers), and for a drill's
+    restores the drill's stamp and run token.
+    """
+
+    region: str | None
+    profile: str | None
+    server: str | None
+    servers: list[str] | None
+    ami_id: str | None
+    schedule: str | None
+    pool: str | None
+    backup_before: datetime | None
+    count: int
+    instance_type: str | None
+    subnet_id: str | None
+    security_group_ids: list[str] | None
+    key_name: str | None
+    iam_instance_profile: str | None
+    allowed_instance_profiles: list[str] | None
+    private_ip: str | None
+    elastic_ip: str | None
+    allow_reassociation: bool
+    hostname: str | None
+    user_data: str | None
+    name: str | None
+    tags: dict[str, str]
+    termination_protection: bool | None
+    stop_protection: bool | None
+    shutdown_behavior: str | None
+    monitoring: bool | None
+    ebs_optimized: bool | None
+    auto_recovery: str | None
+    imdsv2: str | None
+    metadata_options: dict[str, Any] | None
+    private_dns_name_options: dict[str, Any] | None
+    tenancy: str | None
+    placement_group: Any
+    host_id: Any
+    cpu_options: Any
+    credit_specification: str | None
+    network_interfaces: list[dict] | None
+    public_ip: bool | None
+    target_groups: Any
+    classic_load_balancers: Any
+    dns_records: list[dict]
+    volume_type: str | None
+    encrypted: bool | None
+    kms_key_id: str | None
+    delete_on_termination: bool | None
+    volume_initialization_rate: int | None
+    wait: str
+    wait_timeout_minutes: float
+    region_map: dict[str, dict[str, str]]
+    role_arn: str | None
+    drill_subnet_id: str | None
+    drill_security_group_ids: list[str] | None
+    drill_instance_type: str | None
+    drill_check: dict[str, str] | None
+    drill_timeout_minutes: float
+    drill_pick: str
+    drill_log: str | None
+    all: bool = False
+    drill: bool = False
+    fleet: bool = False
+    drill_stamp: str | None = None
+    drill_run: str | None = None
+
+
 class RestoreError(Exception):
     """A problem found before launching; nothing was launched."""
 
@@ -131,8 +205,12 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
     return config
 
 
-def validate_config(config: dict, listing: bool = False) -> dict:
-    """Check every setting; return the config with parsed values."""
+def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
+    """Check every setting; return them, parsed, as a RestoreConfig.
+
+    Long because it reads the settings once, in the template's order; each check it
+    makes is a short function below.
+    """
     _check_choice(config, "SERVER", str)
     _check_pattern(config, "AMI_ID", AMI_ID_RE, "an image id such as ami-0123456789abcdef0")
     check_servers(config["SERVERS"])
@@ -188,7 +266,7 @@ def validate_config(config: dict, listing: bool = False) -> dict:
     check_drill_settings(config)
     if config["FLEET"] and not listing:
         check_fleet_settings(config)
-    return config
+    return RestoreConfig(**{name.lower(): value for name, value in config.items()})
 
 
 def check_servers(servers: Any) -> None:

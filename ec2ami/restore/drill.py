@@ -11,6 +11,7 @@ import logging
 import signal
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from ec2ami.contract import TAG_DRILL, TAG_DRILL_RUN, TAG_VERIFIED, TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import FILTER_VALUES_MAX
 from ec2ami.restore.checks import drill_check
-from ec2ami.restore.config import RestoreError
+from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.launch import run_restores
 from ec2ami.restore.listing import dry_run
 from ec2ami.restore.model import Run, ids_of
@@ -35,12 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+def drill(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> int:
     """Restore each server into DRILL_SUBNET_ID, wait for status-ok, run DRILL_CHECK, and
     terminate its instance whatever happens (pass, fail, Ctrl-C, SIGTERM, an exception).
     Tag each image verified (ok or failed), append to DRILL_LOG, report. First, terminate
     what a drill killed by SIGKILL left behind. Exit 1 if any server failed."""
-    run = Run(config["FLEET"])
+    run = Run(config.fleet)
     run.token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
     config = drill_config(config, run)
     ec2 = clients.ec2
@@ -75,33 +76,33 @@ def drill(clients: Clients, config: dict, args: argparse.Namespace) -> int:
     return EXIT_FAILED if not recorded or any(r.error for r in restores) else EXIT_OK
 
 
-def drill_config(config: dict, run: Run) -> dict:
+def drill_config(config: RestoreConfig, run: Run) -> RestoreConfig:
     """The config a drill restores with: in DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS on
     new addresses, with no public IP, Elastic IP, load balancer or DNS record, removable
     (termination protection off), and waited on until status-ok within
     DRILL_TIMEOUT_MINUTES of its launch."""
-    return {
-        **config,
-        "INSTANCE_TYPE": config["DRILL_INSTANCE_TYPE"] or config["INSTANCE_TYPE"],
-        "NETWORK_INTERFACES": None, "SUBNET_ID": None, "SECURITY_GROUP_IDS": None,
-        "PRIVATE_IP": None, "PUBLIC_IP": False, "ELASTIC_IP": None, "TARGET_GROUPS": [],
-        "CLASSIC_LOAD_BALANCERS": [], "DNS_RECORDS": [], "NAME": None, "COUNT": 1,
-        "TERMINATION_PROTECTION": False, "WAIT": "status-ok",
-        "WAIT_TIMEOUT_MINUTES": config["DRILL_TIMEOUT_MINUTES"],
-        "DRILL_STAMP": f"{run.utc:%Y%m%dT%H%M%SZ}", "DRILL_RUN": run.token,
-    }  # fmt: skip
+    return replace(
+        config,
+        instance_type=config.drill_instance_type or config.instance_type,
+        network_interfaces=None, subnet_id=None, security_group_ids=None,
+        private_ip=None, public_ip=False, elastic_ip=None, target_groups=[],
+        classic_load_balancers=[], dns_records=[], name=None, count=1,
+        termination_protection=False, wait="status-ok",
+        wait_timeout_minutes=config.drill_timeout_minutes,
+        drill_stamp=f"{run.utc:%Y%m%dT%H%M%SZ}", drill_run=run.token,
+    )  # fmt: skip
 
 
-def drill_leftovers(ec2: Any, config: dict, run: Run) -> list[dict]:
+def drill_leftovers(ec2: Any, config: RestoreConfig, run: Run) -> list[dict]:
     """Drill instances a killed drill left behind: tagged TAG_DRILL, in DRILL_SUBNET_ID, not
     terminated, launched more than DRILL_TIMEOUT_MINUTES x 2 ago. A drill that still runs
     is younger: each of its instances lives DRILL_TIMEOUT_MINUTES at most."""
     filters = [
         {"Name": "tag-key", "Values": [TAG_DRILL]},
-        {"Name": "subnet-id", "Values": [config["DRILL_SUBNET_ID"]]},
+        {"Name": "subnet-id", "Values": [config.drill_subnet_id]},
         {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
     ]
-    cutoff = run.utc - timedelta(minutes=2 * config["DRILL_TIMEOUT_MINUTES"])
+    cutoff = run.utc - timedelta(minutes=2 * config.drill_timeout_minutes)
     found = []
     for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
         found += [i for r in page.get("Reservations", []) for i in r["Instances"]]
@@ -152,7 +153,9 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def record_drill(clients: Clients, config: dict, restores: list[Restore], run: Run) -> bool:
+def record_drill(
+    clients: Clients, config: RestoreConfig, restores: list[Restore], run: Run
+) -> bool:
     """Tag each drilled image with TAG_VERIFIED, and append one JSON line per server to
     DRILL_LOG; False if DRILL_LOG could not be written (a failed tag fails its server)."""
     lines = []
@@ -174,17 +177,17 @@ def record_drill(clients: Clients, config: dict, restores: list[Restore], run: R
             "instance_type": restore.plan.params["InstanceType"] if restore.plan else None,
             **{k: entry[k] for k in kept},
         })  # fmt: skip
-    if config["DRILL_LOG"]:
+    if config.drill_log:
         try:
-            with open(config["DRILL_LOG"], "a", encoding="utf-8") as handle:
+            with open(config.drill_log, "a", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(line) + "\n" for line in lines)
         except OSError as err:
-            log.error("could not append to DRILL_LOG %s: %s", config["DRILL_LOG"], err.strerror)
+            log.error("could not append to DRILL_LOG %s: %s", config.drill_log, err.strerror)
             return False
     return True
 
 
-def verified_value(restore: Restore, config: dict, run: Run) -> str:
+def verified_value(restore: Restore, config: RestoreConfig, run: Run) -> str:
     """TAG_VERIFIED: "<UTC time> ok|failed status-ok=<s>s check=<s>s" (the seconds from
     RunInstances accepted; "-" for a step not reached, "none" when there is no check)."""
     accepted = restore.at.get("run_instances_accepted")

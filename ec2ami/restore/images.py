@@ -25,7 +25,7 @@ from ec2ami.facts import (
     IN_RECYCLE_BIN,
     NOT_FOUND_CODES,
 )
-from ec2ami.restore.config import RestoreError
+from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import Restore, one_server
 from ec2ami.restore.recorded import read_recorded
 
@@ -80,17 +80,17 @@ def backup_time(image: dict) -> datetime:
         return datetime.min.replace(tzinfo=timezone.utc)
 
 
-def find_image(ec2: Any, config: dict) -> dict:
+def find_image(ec2: Any, config: RestoreConfig) -> dict:
     """AMI_ID's image; a disabled one too (the restore enables it), or one in the Recycle
     Bin (the restore brings it back)."""
-    what = f"image {config['AMI_ID']}"
+    what = f"image {config.ami_id}"
     try:
         image = describe(
-            ec2, what, "describe_images", "Images", ImageIds=[config["AMI_ID"]],
+            ec2, what, "describe_images", "Images", ImageIds=[config.ami_id],
             IncludeDisabled=True,
         )[0]  # fmt: skip
     except RestoreError:
-        binned = list(paginate_bin(ec2, ImageIds=[config["AMI_ID"]]))
+        binned = list(paginate_bin(ec2, ImageIds=[config.ami_id]))
         if not binned:
             raise
         return {**binned[0], "State": IN_RECYCLE_BIN}
@@ -99,11 +99,11 @@ def find_image(ec2: Any, config: dict) -> dict:
     return image
 
 
-def pick_images(ec2: Any, config: dict) -> list[Restore]:
+def pick_images(ec2: Any, config: RestoreConfig) -> list[Restore]:
     """Each server's backup to restore, from one DescribeImages for them all: SERVER,
     SERVERS, or (--all) every server with an available backup here."""
-    names = [config["SERVER"]] if config["SERVER"] else config["SERVERS"]
-    images = managed_images(ec2, names, config["SCHEDULE"], config["POOL"])
+    names = [config.server] if config.server else config.servers
+    images = managed_images(ec2, names, config.schedule, config.pool)
     by_server: dict[str, list[dict]] = {}
     for image in images:
         by_server.setdefault(read_recorded(image).server or "", []).append(image)
@@ -114,15 +114,15 @@ def pick_images(ec2: Any, config: dict) -> list[Restore]:
     restores = []
     for name in names:
         restore = Restore(name)
-        with one_server(restore, config["FLEET"]):
+        with one_server(restore, config.fleet):
             restore.image = pick_image(ec2, config, name, by_server.get(name, []))
         restores.append(restore)
     return restores
 
 
-def usable(images: list[dict], config: dict) -> list[dict]:
+def usable(images: list[dict], config: RestoreConfig) -> list[dict]:
     """The available backups at or before BACKUP_BEFORE, newest first."""
-    before = config["BACKUP_BEFORE"]
+    before = config.backup_before
     return [
         i
         for i in images
@@ -130,11 +130,11 @@ def usable(images: list[dict], config: dict) -> list[dict]:
     ]
 
 
-def pick_image(ec2: Any, config: dict, server: str, images: list[dict]) -> dict:
+def pick_image(ec2: Any, config: RestoreConfig, server: str, images: list[dict]) -> dict:
     """The server's newest available backup (a newer disabled one is named in a warning);
     for a drill with DRILL_PICK = "random", any available one, so old ones are tested too."""
     found = usable(images, config)
-    before = config["BACKUP_BEFORE"]
+    before = config.backup_before
     newer = [
         i["ImageId"]
         for i in images
@@ -150,7 +150,7 @@ def pick_image(ec2: Any, config: dict, server: str, images: list[dict]) -> dict:
     if not found:
         what = f"server {server!r}"
         raise RestoreError(
-            no_backup_message(ec2, config, what) if not config["FLEET"]
+            no_backup_message(ec2, config, what) if not config.fleet
             else f"no available backup of {what}{backup_scope(config)}"
         )  # fmt: skip
     pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in found) if p})
@@ -160,7 +160,7 @@ def pick_image(ec2: Any, config: dict, server: str, images: list[dict]) -> dict:
             "backup configs that each have a server of that name; choose one with POOL "
             "(or --pool)"
         )
-    if config["DRILL"] and config["DRILL_PICK"] == "random":
+    if config.drill and config.drill_pick == "random":
         return random.SystemRandom().choice(found)
     return found[0]
 
@@ -213,20 +213,20 @@ def image_tag(image: dict, key: str) -> str | None:
     return joined_value({t["Key"]: t["Value"] for t in image.get("Tags", [])}, key)
 
 
-def no_backup_message(ec2: Any, config: dict, what: str) -> str:
+def no_backup_message(ec2: Any, config: RestoreConfig, what: str) -> str:
     """Say which backup is missing, and which servers do have backups."""
     servers = sorted(
-        {read_recorded(i).server or "?" for i in managed_images(ec2, None, config["SCHEDULE"])}
+        {read_recorded(i).server or "?" for i in managed_images(ec2, None, config.schedule)}
     )
     known = ", ".join(servers) if servers else "none"
     return f"no available backup of {what}{backup_scope(config)}. Servers with backups: {known}"
 
 
-def backup_scope(config: dict) -> str:
+def backup_scope(config: RestoreConfig) -> str:
     """SCHEDULE and BACKUP_BEFORE in words, for a message."""
-    scope = f" of schedule {config['SCHEDULE']}" if config["SCHEDULE"] else ""
-    if config["BACKUP_BEFORE"]:
-        scope += f" at or before {config['BACKUP_BEFORE']:%Y-%m-%dT%H:%M:%SZ}"
+    scope = f" of schedule {config.schedule}" if config.schedule else ""
+    if config.backup_before:
+        scope += f" at or before {config.backup_before:%Y-%m-%dT%H:%M:%SZ}"
     return scope
 
 

@@ -14,6 +14,7 @@ from ec2ami import polling
 from ec2ami.aws import error_text
 from ec2ami.facts import DISABLED, PENDING, RUNNING, SSM_NEEDS, STATUS_IDS_MAX, STATUS_OK
 from ec2ami.restore.checks import advance_checks, drill_check
+from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.model import LaunchError, describe_launched, failing, ids_of
 from ec2ami.restore.prelaunch import settle_elastic_ip
 from ec2ami.restore.setup import set_up
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def run_restores(clients: Clients, config: dict, restores: list[Restore], run: Run) -> None:
+def run_restores(
+    clients: Clients, config: RestoreConfig, restores: list[Restore], run: Run
+) -> None:
     """Launch each planned server at RunInstances' pace and, between launches, poll all
     launched instances together: set each up as it reaches running, and check its twin
     once it reaches what WAIT asks. One server's failure never stops the others."""
@@ -53,7 +56,7 @@ def run_restores(clients: Clients, config: dict, restores: list[Restore], run: R
             time.sleep(max(0.0, next_poll - time.monotonic()))
 
 
-def start(clients: Clients, config: dict, restore: Restore, run: Run) -> None:
+def start(clients: Clients, config: RestoreConfig, restore: Restore, run: Run) -> None:
     """RunInstances for each instance of the server's plan (one call each, so each has its
     own Name), then decide which Elastic IPs to associate once it runs."""
     ec2, plan = clients.ec2, restore.planned
@@ -70,7 +73,7 @@ def start(clients: Clients, config: dict, restore: Restore, run: Run) -> None:
             return
         restore.problems.append(f"launching the rest failed: {error_text(err)}")
     restore.at["run_instances_accepted"] = run.since()
-    restore.deadline = time.monotonic() + config["WAIT_TIMEOUT_MINUTES"] * 60
+    restore.deadline = time.monotonic() + config.wait_timeout_minutes * 60
     log.info("%slaunched %s from %s (client token %s)", run.prefix(restore),
              ", ".join(restore.ids), plan.image["ImageId"], plan.params["ClientToken"])  # fmt: skip
     with failing(restore):
@@ -79,10 +82,10 @@ def start(clients: Clients, config: dict, restore: Restore, run: Run) -> None:
     after = bool(restore.allocations or plan.source_dest_off or plan.target_groups
                  or plan.dns_records or plan.classic_load_balancers)  # fmt: skip
     if restore.stage != "done":
-        restore.stage = "launched" if after or config["WAIT"] != "none" else "done"
+        restore.stage = "launched" if after or config.wait != "none" else "done"
 
 
-def advance(clients: Clients, config: dict, waiting: list[Restore], run: Run) -> None:
+def advance(clients: Clients, config: RestoreConfig, waiting: list[Restore], run: Run) -> None:
     """One poll of the whole fleet: one DescribeInstances for the instances not yet
     running, one DescribeInstanceStatus for those running (100 a call); then set up what
     just started running, and check the twins of what just got where WAIT asks."""
@@ -97,7 +100,7 @@ def advance(clients: Clients, config: dict, waiting: list[Restore], run: Run) ->
                 restore.at["running"] = run.since()
                 set_up(clients, restore.planned, config, restore.ids, restore.allocations, found)
                 stages = {"none": "done", "running": "ok", "status-ok": "running"}
-                restore.stage = stages[config["WAIT"]]
+                restore.stage = stages[config.wait]
     started = [r for r in waiting if r.stage == "running"]
     if started:
         ok = statuses_ok(ec2, ids_of(started))
@@ -110,9 +113,9 @@ def advance(clients: Clients, config: dict, waiting: list[Restore], run: Run) ->
         for restore in ready:
             if restore.stage == "ok":
                 restore.stage = "checking" if drill_check(config, restore) else "done"
-    if config["DRILL"]:
+    if config.drill:
         advance_checks(clients, config, [r for r in waiting if r.stage == "checking"], run)
-    timeout = "DRILL_TIMEOUT_MINUTES" if config["DRILL"] else "WAIT_TIMEOUT_MINUTES"
+    timeout = "DRILL_TIMEOUT_MINUTES" if config.drill else "WAIT_TIMEOUT_MINUTES"
     for restore in waiting:
         if restore.stage == "done" or time.monotonic() < restore.deadline:
             continue

@@ -10,6 +10,7 @@ from ec2ami.contract import TAG_VERIFIED
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import DISABLED, ERR_DRY_RUN_OK
 from ec2ami.output import print_table, verified_summary
+from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.images import bin_time, image_tag, managed_images, paginate_bin
 from ec2ami.restore.model import one_server
 from ec2ami.restore.recorded import read_recorded
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from ec2ami.restore.model import Plan, Restore
 
 
-def describe_plan(plan: Plan, config: dict) -> list[str]:
+def describe_plan(plan: Plan, config: RestoreConfig) -> list[str]:
     """The plan in words, for --dry-run; user data is counted, never shown."""
     p, r = plan.params, plan.recorded
     volumes = ", ".join(
@@ -36,7 +37,7 @@ def describe_plan(plan: Plan, config: dict) -> list[str]:
         "a new address")  # fmt: skip
     eip = plan.elastic_ip or "none"
     if plan.eip_holder:
-        moved = "moved" if config["ALLOW_REASSOCIATION"] else "left there (ALLOW_REASSOCIATION)"
+        moved = "moved" if config.allow_reassociation else "left there (ALLOW_REASSOCIATION)"
         eip += f", now held by {plan.eip_holder}: would be {moved}"
     count = 1 + len(plan.others)
     names = f"{plan.name}" + (
@@ -55,7 +56,7 @@ def describe_plan(plan: Plan, config: dict) -> list[str]:
         f"  user data:              {shown_data}",
         f"  volumes:                {volumes or 'as the image has them'}",
         f"  tags:                   {tags}",
-        f"  wait:                   {config['WAIT']}",
+        f"  wait:                   {config.wait}",
         f"  client token:           {p['ClientToken']}",
         "  attributes (recorded: as the original ran; overridden: by a setting; default: EC2's):",
     ]
@@ -68,26 +69,26 @@ def describe_plan(plan: Plan, config: dict) -> list[str]:
     return lines
 
 
-def profile_origin(params: dict, config: dict) -> str:
+def profile_origin(params: dict, config: RestoreConfig) -> str:
     """The instance profile, and whence it came: it grants the new instance a role."""
     profile = next(iter(params.get("IamInstanceProfile", {}).values()), None)
     if not profile:
         return "none"
-    if config["IAM_INSTANCE_PROFILE"]:
+    if config.iam_instance_profile:
         return f"{profile} (IAM_INSTANCE_PROFILE)"
-    if config["ALLOWED_INSTANCE_PROFILES"] is None:
+    if config.allowed_instance_profiles is None:
         return f"{profile} (from the image's tag; ALLOWED_INSTANCE_PROFILES is None: not checked)"
     return f"{profile} (from the image's tag; in ALLOWED_INSTANCE_PROFILES)"
 
 
-def dry_run(ec2: Any, restores: list[Restore], config: dict) -> int:
+def dry_run(ec2: Any, restores: list[Restore], config: RestoreConfig) -> int:
     """Print each server's plan and let EC2 check it with DryRun=True; launch nothing.
     Exit 1 if any server could not be restored as planned."""
     for restore in restores:
-        if config["FLEET"]:
+        if config.fleet:
             print(f"== {restore.server}")
         if restore.plan:
-            with one_server(restore, config["FLEET"]):
+            with one_server(restore, config.fleet):
                 for line in describe_plan(restore.plan, config):
                     print(line)
                 check_with_ec2(ec2, restore.plan)
@@ -111,10 +112,10 @@ def check_with_ec2(ec2: Any, plan: Plan) -> None:
     print("DryRun: EC2 accepts this RunInstances request (permissions and parameters).")
 
 
-def list_backups(ec2: Any, config: dict, recycle_bin: bool = False) -> int:
+def list_backups(ec2: Any, config: RestoreConfig, recycle_bin: bool = False) -> int:
     """Print the restorable backups of SERVER (or of every server), newest first; and
     with recycle_bin the images in the Recycle Bin, which `--ami` restores."""
-    images = managed_images(ec2, config["SERVER"], config["SCHEDULE"])
+    images = managed_images(ec2, config.server, config.schedule)
     columns = ["server", "image", "created", "schedule", "state", "type", "subnet", "record",
                "verified"]  # fmt: skip
     rows: list[dict] = [{c: c.upper() for c in columns}]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ec2ami.restore.config import RestoreError
+from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import Attribute
 
 if TYPE_CHECKING:
@@ -15,26 +15,26 @@ if TYPE_CHECKING:
     from ec2ami.restore.recorded import Recorded
 
 
-def planned_interfaces(config: dict, recorded: Recorded) -> list[dict]:
+def planned_interfaces(config: RestoreConfig, recorded: Recorded) -> list[dict]:
     """The network interfaces to launch with, by device index: NETWORK_INTERFACES, else as
     recorded (with SUBNET_ID, SECURITY_GROUP_IDS and PRIVATE_IP for the primary one)."""
-    if config["NETWORK_INTERFACES"] is not None:
-        return [interface_setting(n, i) for i, n in enumerate(config["NETWORK_INTERFACES"])]
+    if config.network_interfaces is not None:
+        return [interface_setting(n, i) for i, n in enumerate(config.network_interfaces)]
     nics = [dict(n) for n in recorded.launch.get("interfaces", [])]
     if not nics:
         nics = [{"index": 0, "subnet": None, "groups": [], "ip": None}]
-    if config["DRILL"]:  # every interface in the drill's subnet and groups, on new addresses
+    if config.drill:  # every interface in the drill's subnet and groups, on new addresses
         for nic in nics:
-            nic.update(subnet=config["DRILL_SUBNET_ID"], fixed=False,
-                       groups=list(config["DRILL_SECURITY_GROUP_IDS"]),
+            nic.update(subnet=config.drill_subnet_id, fixed=False,
+                       groups=list(config.drill_security_group_ids or []),
                        secondary=[None] * len(nic.get("secondary", [])))  # fmt: skip
         return nics
     first = nics[0]
-    if config["SUBNET_ID"]:
-        first["subnet"] = config["SUBNET_ID"]
-    if config["SECURITY_GROUP_IDS"]:
-        first["groups"] = list(config["SECURITY_GROUP_IDS"])
-    address = config["PRIVATE_IP"]
+    if config.subnet_id:
+        first["subnet"] = config.subnet_id
+    if config.security_group_ids:
+        first["groups"] = list(config.security_group_ids)
+    address = config.private_ip
     if address == "same" and not first.get("ip"):
         raise RestoreError('PRIVATE_IP = "same", but the backup recorded no private address')
     for nic in nics:
@@ -113,11 +113,13 @@ def interface_spec(nic: dict, public: bool) -> dict:
     return spec
 
 
-def interface_attributes(config: dict, recorded: Recorded, nics: list[dict]) -> list[Attribute]:
+def interface_attributes(
+    config: RestoreConfig, recorded: Recorded, nics: list[dict]
+) -> list[Attribute]:
     """The per-interface attributes, for the dry run and the check after launch."""
     was = {n["index"]: n for n in recorded.launch.get("interfaces", [])}
     made = [Attribute("network interfaces", len(was) or None, len(nics),
-                      origin_of(config["NETWORK_INTERFACES"] is not None, bool(was)))]  # fmt: skip
+                      origin_of(config.network_interfaces is not None, bool(was)))]  # fmt: skip
     for nic in nics:
         old, label = was.get(nic["index"], {}), f"interface {nic['index']}"
         fields = [
@@ -142,7 +144,7 @@ def interface_attributes(config: dict, recorded: Recorded, nics: list[dict]) -> 
             made.append(Attribute(f"{label} {title}", before, planned,
                                   origin_of(overridden, before is not None)))  # fmt: skip
     first = was.get(0, {})
-    public = config["PUBLIC_IP"]
+    public = config.public_ip
     recorded_public = first.get("public_ip") if "public_ip" in first else None
     planned_public = recorded_public if public is None else public
     made.append(Attribute("public IP", recorded_public, bool(planned_public),
@@ -156,10 +158,10 @@ def origin_of(overridden: bool, recorded: bool) -> str:
 
 
 def planned_elastic_ips(
-    config: dict, launch: dict, nics: list[dict], warnings: list[str]
+    config: RestoreConfig, launch: dict, nics: list[dict], warnings: list[str]
 ) -> list[dict]:
     """The Elastic IPs to associate, each on its interface and address slot (0: primary)."""
-    setting = config["ELASTIC_IP"]
+    setting = config.elastic_ip
     if setting is None:
         return []
     if setting != "same":
@@ -180,9 +182,9 @@ def planned_elastic_ips(
     return made
 
 
-def planned_target_groups(config: dict, launch: dict) -> list[dict]:
+def planned_target_groups(config: RestoreConfig, launch: dict) -> list[dict]:
     """TARGET_GROUPS: "same" (as recorded), or a list of ARNs or {"arn", "port"}."""
-    setting = config["TARGET_GROUPS"]
+    setting = config.target_groups
     if setting == "same":
         return [dict(t) for t in launch.get("target_groups", [])]
     ports = {t["arn"]: t.get("port") for t in launch.get("target_groups", [])}
@@ -192,13 +194,13 @@ def planned_target_groups(config: dict, launch: dict) -> list[dict]:
     ]
 
 
-def planned_classic(config: dict, launch: dict) -> list[str]:
+def planned_classic(config: RestoreConfig, launch: dict) -> list[str]:
     """CLASSIC_LOAD_BALANCERS: "same" (as recorded), or a list of names."""
-    setting = config["CLASSIC_LOAD_BALANCERS"]
+    setting = config.classic_load_balancers
     return list(launch.get("classic_load_balancers", []) if setting == "same" else setting)
 
 
-def load_balancer_attributes(config: dict, launch: dict, plan: Plan) -> list[Attribute]:
+def load_balancer_attributes(config: RestoreConfig, launch: dict, plan: Plan) -> list[Attribute]:
     """One attribute per target group and Classic Load Balancer, recorded or set."""
     recorded_groups = {(t["arn"], t.get("port")) for t in launch.get("target_groups", [])}
     recorded_classic = set(launch.get("classic_load_balancers", []))
@@ -206,14 +208,14 @@ def load_balancer_attributes(config: dict, launch: dict, plan: Plan) -> list[Att
     for group in plan.target_groups:
         key = (group["arn"], group.get("port"))
         was = "registered" if key in recorded_groups else None
-        origin = origin_of(config["TARGET_GROUPS"] != "same", was is not None)
+        origin = origin_of(config.target_groups != "same", was is not None)
         made.append(Attribute(f"target group {target_label(group)}", was, "registered", origin))
     for name in plan.classic_load_balancers:
         was = "registered" if name in recorded_classic else None
-        origin = origin_of(config["CLASSIC_LOAD_BALANCERS"] != "same", bool(was))
+        origin = origin_of(config.classic_load_balancers != "same", bool(was))
         made.append(Attribute(f"Classic ELB {name}", was, "registered", origin))
     for eip in plan.elastic_ips:
-        origin = origin_of(config["ELASTIC_IP"] != "same", True)
+        origin = origin_of(config.elastic_ip != "same", True)
         where = address_slot(eip)
         made.append(Attribute(f"Elastic IP {eip['allocation']}", where, where, origin))
     return made
@@ -251,7 +253,7 @@ def other_instance(params: dict, nics: list[dict], name: str, n: int, token: str
 
 
 def in_region(
-    config: dict, image: dict, recorded: Recorded, region: str, warnings: list[str]
+    config: RestoreConfig, image: dict, recorded: Recorded, region: str, warnings: list[str]
 ) -> Recorded:
     """A copy's record for a launch in another region than the backup's.
 
@@ -260,25 +262,25 @@ def in_region(
     REGION_MAP[region], or replaced by their settings, and never used as they are. Private
     addresses are never kept.
     """
-    source, mapping = recorded.source_region, config["REGION_MAP"].get(region, {})
-    if config["PRIVATE_IP"] == "same":
+    source, mapping = recorded.source_region, config.region_map.get(region, {})
+    if config.private_ip == "same":
         raise RestoreError(
             f'PRIVATE_IP = "same": the recorded address is in {source}; set an address in '
             f"{region} or None"
         )
     launch = dict(recorded.launch)
-    if config["NETWORK_INTERFACES"] is None:
+    if config.network_interfaces is None:
         launch["interfaces"] = [
             mapped_interface(config, image, nic, mapping, source, region)
             for nic in launch.get("interfaces", [])
         ]
     launch["elastic_ips"] = mapped_list(
-        launch.get("elastic_ips", []), "allocation", mapping, config["ELASTIC_IP"] == "same",
+        launch.get("elastic_ips", []), "allocation", mapping, config.elastic_ip == "same",
         f"is in {source}, so none is associated in {region}; set ELASTIC_IP to an "
         f"allocation in {region}, or map it in REGION_MAP", "Elastic IP", warnings,
     )  # fmt: skip
     launch["target_groups"] = mapped_list(
-        launch.get("target_groups", []), "arn", mapping, config["TARGET_GROUPS"] == "same",
+        launch.get("target_groups", []), "arn", mapping, config.target_groups == "same",
         f"is in {source}: the instance is not registered in it; map it in REGION_MAP or set "
         "TARGET_GROUPS", "target group", warnings,
     )  # fmt: skip
@@ -286,7 +288,7 @@ def in_region(
                                ("host_id", "HOST_ID", "dedicated host"),
                                ("host_resource_group", None, "host resource group")):  # fmt: skip
         old = launch.get(key)
-        if old and not (setting and config[setting] is not None):
+        if old and not (setting and getattr(config, setting.lower()) is not None):
             launch[key] = mapping.get(old)
             if not launch[key]:
                 warnings.append(f"{what} {old} is in {source}: left out in {region}; map it in "
@@ -298,24 +300,24 @@ def in_region(
                         "those mapped in REGION_MAP are used")  # fmt: skip
     first = (launch.get("interfaces") or [{}])[0]
     eip = next((e["allocation"] for e in launch["elastic_ips"] if e["index"] == 0), None)
-    key = mapping.get(recorded.key_name or "", recorded.key_name)
+    key_name = mapping.get(recorded.key_name or "", recorded.key_name)
     return replace(
         recorded, subnet_id=first.get("subnet"), security_group_ids=first.get("groups", []),
-        private_ip=None, elastic_ip=eip, key_name=key, launch=launch,
+        private_ip=None, elastic_ip=eip, key_name=key_name, launch=launch,
     )  # fmt: skip
 
 
 def mapped_interface(
-    config: dict, image: dict, nic: dict, mapping: dict, source: str | None, region: str
+    config: RestoreConfig, image: dict, nic: dict, mapping: dict, source: str | None, region: str
 ) -> dict:
     """One recorded interface with its subnet and groups mapped to the region, and no
     fixed address; an interface that cannot be mapped stops the restore."""
     subnet = mapping.get(nic.get("subnet") or "")
     groups = [mapping.get(g) for g in nic.get("groups", [])]
     primary = nic["index"] == 0
-    drill = config["DRILL"]  # a drill puts every interface in its own subnet and groups
-    has_subnet = subnet or drill or (primary and config["SUBNET_ID"])
-    has_groups = all(groups) or drill or (primary and config["SECURITY_GROUP_IDS"])
+    drill = config.drill  # a drill puts every interface in its own subnet and groups
+    has_subnet = subnet or drill or (primary and config.subnet_id)
+    has_groups = all(groups) or drill or (primary and config.security_group_ids)
     if not has_subnet or not has_groups:
         was = ", ".join([nic.get("subnet") or "-", *nic.get("groups", [])])
         settings = ("SUBNET_ID and SECURITY_GROUP_IDS (or --subnet-id and "

@@ -17,7 +17,7 @@ from ec2ami.contract import (
     TAG_RESTORED_FROM,
 )
 from ec2ami.facts import BURSTABLE_RE
-from ec2ami.restore.config import RestoreError
+from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import Attribute, Plan
 from ec2ami.restore.network import (
     in_region,
@@ -39,10 +39,13 @@ if TYPE_CHECKING:
 
 
 def plan_launch(
-    config: dict, image: dict, recorded: Recorded, original_alive: bool, token: str,
+    config: RestoreConfig, image: dict, recorded: Recorded, original_alive: bool, token: str,
     region: str | None = None,
 ) -> Plan:  # fmt: skip
-    """Build RunInstances parameters from the config, falling back to what was recorded."""
+    """Build RunInstances parameters from the config, falling back to what was recorded.
+
+    Long because it assembles the plan from the parts below in RunInstances' order.
+    """
     warnings: list[str] = []
     if recorded.note:
         warnings.append(f"image {image['ImageId']}: {recorded.note}")
@@ -53,7 +56,7 @@ def plan_launch(
     launch = recorded.launch
 
     def pick(setting: str, fallback: Any) -> Any:
-        return config[setting] or fallback
+        return getattr(config, setting.lower()) or fallback
 
     instance_type = pick("INSTANCE_TYPE", recorded.instance_type)
     nics = planned_interfaces(config, recorded)
@@ -77,13 +80,13 @@ def plan_launch(
         "TagSpecifications": tag_specifications(config, image, recorded, name),
         **instance_options(chosen),
     }
-    params.update(network_params(nics, config["PUBLIC_IP"], warnings))
-    profile = config["IAM_INSTANCE_PROFILE"] or trusted_profile(config, recorded, image)
+    params.update(network_params(nics, config.public_ip, warnings))
+    profile = config.iam_instance_profile or trusted_profile(config, recorded, image)
     optional = {
         "KeyName": pick("KEY_NAME", recorded.key_name),
         "IamInstanceProfile": instance_profile(profile),
         "UserData": build_user_data(
-            recorded.platform or "linux", config["HOSTNAME"], config["USER_DATA"]
+            recorded.platform or "linux", config.hostname, config.user_data
         ),
         "BlockDeviceMappings": volume_overrides(config, image),
     }
@@ -98,22 +101,20 @@ def plan_launch(
                             and e["slot"] == 0), None)  # fmt: skip
     plan.target_groups = planned_target_groups(config, launch)
     plan.classic_load_balancers = planned_classic(config, launch)
-    plan.dns_records = list(config["DNS_RECORDS"])
+    plan.dns_records = list(config.dns_records)
     attributes += load_balancer_attributes(config, launch, plan)
-    plan.others = [
-        other_instance(params, nics, name, n, token) for n in range(2, config["COUNT"] + 1)
-    ]
+    plan.others = [other_instance(params, nics, name, n, token) for n in range(2, config.count + 1)]
     if plan.others and (plan.elastic_ips or plan.target_groups or plan.dns_records):
         warnings.append(
-            f"COUNT={config['COUNT']}: Elastic IPs, target groups and DNS records go to the "
+            f"COUNT={config.count}: Elastic IPs, target groups and DNS records go to the "
             f"first instance ({name}) only"
         )
-    if recorded.platform == "windows" and original_alive and config["DRILL"]:
+    if recorded.platform == "windows" and original_alive and config.drill:
         warnings.append(
             f"the drill instance has the computer name and SID of {recorded.instance_id}, "
             "which still runs: keep DRILL_SUBNET_ID from reaching its domain controllers"
         )
-    elif recorded.platform == "windows" and original_alive and not config["HOSTNAME"]:
+    elif recorded.platform == "windows" and original_alive and not config.hostname:
         warnings.append(
             f"original instance {recorded.instance_id} still runs: the new Windows instance has "
             "the same computer name and SID, which clash on a network or in a domain; set "
@@ -160,15 +161,17 @@ EC2_DEFAULTS = {**{name: LAUNCH_DEFAULTS[key] for name, _, key in SETTABLE},
                 "IMDS tokens": "required"}  # this tool's default: IMDSv2  # fmt: skip
 
 
-def planned_attributes(config: dict, recorded: Recorded, instance_type: str) -> list[Attribute]:
+def planned_attributes(
+    config: RestoreConfig, recorded: Recorded, instance_type: str
+) -> list[Attribute]:
     """Each settable attribute: its setting, else as recorded, else EC2's default."""
     overrides = {
-        **{METADATA_KEYS[k]: v for k, v in (config["METADATA_OPTIONS"] or {}).items()},
-        **{DNS_NAME_KEYS[k]: v for k, v in (config["PRIVATE_DNS_NAME_OPTIONS"] or {}).items()},
+        **{METADATA_KEYS[k]: v for k, v in (config.metadata_options or {}).items()},
+        **{DNS_NAME_KEYS[k]: v for k, v in (config.private_dns_name_options or {}).items()},
     }
     made = []
     for name, setting, key in SETTABLE:
-        value = config[setting] if setting else None
+        value = getattr(config, setting.lower()) if setting else None
         value = overrides.get(name) if value is None else value
         was = recorded.launch.get(key)
         if value is not None:
@@ -226,13 +229,15 @@ def instance_options(chosen: dict[str, Any]) -> dict:
     return options
 
 
-def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnings: list) -> str:
+def restored_name(
+    config: RestoreConfig, recorded: Recorded, original_alive: bool, warnings: list
+) -> str:
     """NAME, or the original's Name, with "-restored" while the original still exists; a
     drill's instance is <server>-drill-<UTC time>."""
-    if config["NAME"]:
-        return config["NAME"]
-    if config["DRILL"]:
-        return f"{recorded.server or 'restored'}-drill-{config['DRILL_STAMP']}"
+    if config.name:
+        return config.name
+    if config.drill:
+        return f"{recorded.server or 'restored'}-drill-{config.drill_stamp}"
     name = recorded.instance_tags.get("Name") or recorded.server or "restored"
     if original_alive:
         warnings.append(
@@ -243,15 +248,17 @@ def restored_name(config: dict, recorded: Recorded, original_alive: bool, warnin
     return name
 
 
-def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str) -> list[dict]:
+def tag_specifications(
+    config: RestoreConfig, image: dict, recorded: Recorded, name: str
+) -> list[dict]:
     """The original's tags, then TAGS, then Name and the restored-from tags. A drill's
     instance leaves off the tags the backup selects servers by, and is tagged TAG_DRILL."""
-    tags = {**recorded.instance_tags, **config["TAGS"], "Name": name}
-    if config["DRILL"]:
+    tags = {**recorded.instance_tags, **config.tags, "Name": name}
+    if config.drill:
         for key in recorded.select_tag_keys:
             tags.pop(key, None)
         tags[TAG_DRILL] = recorded.server or image["ImageId"]
-        tags[TAG_DRILL_RUN] = config["DRILL_RUN"]
+        tags[TAG_DRILL_RUN] = config.drill_run or ""
     tags[TAG_RESTORED_FROM] = image["ImageId"]
     if recorded.created:
         tags[TAG_RESTORED_BACKUP_TIME] = recorded.created
@@ -262,14 +269,14 @@ def tag_specifications(config: dict, image: dict, recorded: Recorded, name: str)
     return [{"ResourceType": kind, "Tags": pairs} for kind in kinds]
 
 
-def trusted_profile(config: dict, recorded: Recorded, image: dict) -> str | None:
+def trusted_profile(config: RestoreConfig, recorded: Recorded, image: dict) -> str | None:
     """The instance profile the image's tag names, if ALLOWED_INSTANCE_PROFILES allows it.
 
     The profile hands its role to the new instance, and a tag is only as trustworthy
     as whoever may tag the image: so a recorded profile outside the list stops the
     restore before launch. IAM_INSTANCE_PROFILE, set by the operator, is not checked.
     """
-    wanted, allowed = recorded.instance_profile, config["ALLOWED_INSTANCE_PROFILES"]
+    wanted, allowed = recorded.instance_profile, config.allowed_instance_profiles
     if not wanted or allowed is None:
         return wanted
     name = wanted.rsplit("/", 1)[-1]
@@ -289,19 +296,19 @@ def instance_profile(value: str | None) -> dict | None:
     return {"Arn": value} if value.startswith("arn:") else {"Name": value}
 
 
-def volume_overrides(config: dict, image: dict) -> list[dict] | None:
+def volume_overrides(config: RestoreConfig, image: dict) -> list[dict] | None:
     """Apply VOLUME_TYPE, ENCRYPTED, KMS_KEY_ID, DELETE_ON_TERMINATION and
     VOLUME_INITIALIZATION_RATE to every EBS volume (the rate: those made from a snapshot)."""
     ebs: dict[str, Any] = {}
-    if config["VOLUME_TYPE"]:
-        ebs["VolumeType"] = config["VOLUME_TYPE"]
-    if config["ENCRYPTED"] is not None or config["KMS_KEY_ID"]:
-        ebs["Encrypted"] = config["ENCRYPTED"] is not False
-    if config["KMS_KEY_ID"]:
-        ebs["KmsKeyId"] = config["KMS_KEY_ID"]
-    if config["DELETE_ON_TERMINATION"] is not None:
-        ebs["DeleteOnTermination"] = config["DELETE_ON_TERMINATION"]
-    rate = config["VOLUME_INITIALIZATION_RATE"]
+    if config.volume_type:
+        ebs["VolumeType"] = config.volume_type
+    if config.encrypted is not None or config.kms_key_id:
+        ebs["Encrypted"] = config.encrypted is not False
+    if config.kms_key_id:
+        ebs["KmsKeyId"] = config.kms_key_id
+    if config.delete_on_termination is not None:
+        ebs["DeleteOnTermination"] = config.delete_on_termination
+    rate = config.volume_initialization_rate
     if not ebs and rate is None:
         return None
     mappings = [m for m in image.get("BlockDeviceMappings", []) if "Ebs" in m]

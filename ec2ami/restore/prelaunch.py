@@ -22,7 +22,7 @@ from ec2ami.facts import (
     NOT_FOUND_CODES,
     PLACEMENT_GONE_CODES,
 )
-from ec2ami.restore.config import RestoreError
+from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import describe_launched
 from ec2ami.restore.network import target_label
 from ec2ami.restore.setup import mark_attributes
@@ -303,14 +303,14 @@ def address_holder(address: dict) -> str | None:
 
 
 def settle_elastic_ip(
-    ec2: Any, plan: Plan, config: dict, launched: list[str], allocation: str
+    ec2: Any, plan: Plan, config: RestoreConfig, launched: list[str], allocation: str
 ) -> bool:
     """Whether to associate the allocation now; warn when another instance held it when
     checked before launch."""
     holder = plan.holders.get(allocation)
     if holder and (holder in launched or holder in launched_interfaces(ec2, launched)):
         return False  # a rerun with the same client token: already done
-    if holder and not config["ALLOW_REASSOCIATION"]:
+    if holder and not config.allow_reassociation:
         warning = (
             f"Elastic IP {allocation} is held by {holder} and was not moved; "
             "set ALLOW_REASSOCIATION = True to move it"

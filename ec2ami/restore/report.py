@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.output import print_table
+from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.images import backup_time
 from ec2ami.restore.model import describe_launched, ids_of
 from ec2ami.restore.twin import EC2_CHOOSES, normal, shown
@@ -19,17 +20,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def report(ec2: Any, restores: list[Restore], config: dict, as_json: bool, run: Run) -> None:
+def report(
+    ec2: Any, restores: list[Restore], config: RestoreConfig, as_json: bool, run: Run
+) -> None:
     """Print what was launched, as tables or JSON: a single restore's instances and twin
     check, or a fleet's table with each server's timings. Log each failure last."""
     rows = {i["instance_id"]: i for i in instance_rows(ec2, ids_of(restores))}
-    if not config["FLEET"]:
+    if not config.fleet:
         [restore] = restores
         print_report(restore, [rows[i] for i in restore.ids], as_json, run)
     elif as_json:
         print(json.dumps(fleet_document(restores, rows, run), indent=2))
     else:
-        print_fleet(restores, rows, run, config["DRILL"])
+        print_fleet(restores, rows, run, config.drill)
     for restore in restores:
         if restore.error:
             log.error("%s%s", run.prefix(restore), restore.error)

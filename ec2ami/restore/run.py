@@ -13,7 +13,7 @@ from ec2ami.aws import error_text
 from ec2ami.contract import TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, IN_RECYCLE_BIN
-from ec2ami.restore.config import RestoreError
+from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.images import (
     bin_time,
     find_image,
@@ -35,10 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def restore(clients: Clients, config: dict, args: argparse.Namespace) -> int:
+def restore(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> int:
     """Find each server's backup, plan and check its launch, launch at EC2's pace, finish
     and check each twin as it comes up, and report. Exit 1 if any server failed."""
-    run = Run(config["FLEET"])
+    run = Run(config.fleet)
     try:
         restores = prepare(clients, config, args, run)
     except (ClientError, BotoCoreError) as err:
@@ -51,7 +51,7 @@ def restore(clients: Clients, config: dict, args: argparse.Namespace) -> int:
 
 
 def prepare(
-    clients: Clients, config: dict, args: argparse.Namespace, run: Run
+    clients: Clients, config: RestoreConfig, args: argparse.Namespace, run: Run
 ) -> list[Restore] | None:
     """Find each server's backup (an AMI_ID from the Recycle Bin if need be), plan its
     launch and check it; None when a dry run can plan no further. Launches nothing.
@@ -59,10 +59,10 @@ def prepare(
     The describes are made once for all servers. In a fleet a server that cannot be
     restored is marked failed and the others go on; a single restore stops instead.
     """
-    ec2, fleet = clients.ec2, config["FLEET"]
-    if config["AMI_ID"]:
+    ec2, fleet = clients.ec2, config.fleet
+    if config.ami_id:
         image = find_image(ec2, config)
-        if config["DRILL"] and image["State"] != AVAILABLE:
+        if config.drill and image["State"] != AVAILABLE:
             raise RestoreError(
                 f"image {image['ImageId']} is {image['State']}: a drill tests available "
                 "images only, and changes nothing to reach one"

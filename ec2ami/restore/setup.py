@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.facts import DNS_TTL_DEFAULT, UNAVAILABLE
+from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.model import LaunchError, describe_launched
 from ec2ami.restore.network import target_label
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def set_up(
-    clients: Clients, plan: Plan, config: dict, ids: list[str], allocations: list[dict],
+    clients: Clients, plan: Plan, config: RestoreConfig, ids: list[str], allocations: list[dict],
     instances: dict[str, dict],
 ) -> None:  # fmt: skip
     """What RunInstances cannot do, once the instances run: source/dest check, Elastic IPs
@@ -57,7 +58,7 @@ def address_slots(nic: dict) -> list[str]:
     return primary + sorted(secondary, key=ipaddress.IPv4Address)
 
 
-def associate(ec2: Any, eip: dict, instance: dict, config: dict) -> None:
+def associate(ec2: Any, eip: dict, instance: dict, config: RestoreConfig) -> None:
     """Associate an Elastic IP with its interface and address slot on the new instance."""
     nic = interface_at(instance, eip["index"])
     addresses = address_slots(nic)
@@ -67,19 +68,19 @@ def associate(ec2: Any, eip: dict, instance: dict, config: dict) -> None:
     address = addresses[eip["slot"]]
     ec2.associate_address(
         AllocationId=eip["allocation"], NetworkInterfaceId=nic["NetworkInterfaceId"],
-        PrivateIpAddress=address, AllowReassociation=config["ALLOW_REASSOCIATION"],
+        PrivateIpAddress=address, AllowReassociation=config.allow_reassociation,
     )  # fmt: skip
     log.info("associated Elastic IP %s with %s (%s)", eip["allocation"], instance["InstanceId"],
              address)  # fmt: skip
 
 
-def register(clients: Clients, plan: Plan, config: dict, instance_id: str) -> None:
+def register(clients: Clients, plan: Plan, config: RestoreConfig, instance_id: str) -> None:
     """Register the new instance in its target groups and Classic Load Balancers; skip
     (with a warning) a target group where the original is still registered and healthy."""
     original = plan.recorded.instance_id
     for group in plan.target_groups:
         target = {"Id": instance_id, **({"Port": group["port"]} if group.get("port") else {})}
-        if original and not config["ALLOW_REASSOCIATION"]:
+        if original and not config.allow_reassociation:
             held = {**target, "Id": original}
             health = clients.elbv2.describe_target_health(
                 TargetGroupArn=group["arn"], Targets=[held]
