@@ -1,6 +1,6 @@
 # make test: set up .venv from requirements-dev.txt, then lint, type-check and run every test.
 # make demo: back up a local fleet three times, lose a server and restore it (no AWS account).
-# make bench: run the call-count and wall-time benchmark against the local endpoint.
+# make bench: run every benchmark against the local endpoint; write bench/RESULTS.md.
 # make dist: build dist/ec2_to_ami.pyz and dist/ami_to_ec2.pyz, one file each for a host.
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,7 +27,7 @@ test: lint typecheck
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
-	$(PY) -m bench.backup_calls
+	$(PY) -m bench.all
 
 dist:
 	$(PYTHON) tools/make_dist.py dist

@@ -1,4 +1,4 @@
-"""Benchmarks against the local endpoint; each prints a Markdown table for the README."""
+"""Benchmarks against the local endpoint; each prints a Markdown table for bench/RESULTS.md."""
 
 from __future__ import annotations
 

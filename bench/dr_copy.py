@@ -3,7 +3,7 @@
 For each N: a fleet of N servers backed up with COPY_TO_REGIONS (KEEP=1 in both
 regions) against the local endpoint with EC2's request token buckets emulated.
 Images pend for 0.5 s; a copy pends for COPY_SECONDS, which stands in for
-EC2's copy time (see the README: on EC2 that time depends on the data). A
+EC2's copy time (see docs/dr.md: on EC2 that time depends on the data). A
 first run and a steady-state run (N creates, N copies, N deregistrations in
 each region) report wall time, the part of it after the last backup was
 verified (the copy wait), calls by region, polls of the DR region, refused

@@ -1,4 +1,5 @@
-"""What both commands show a person: tables, the drill verdict, and logging."""
+"""What both commands show a person: the command line's shared options, tables, the drill
+verdict, and logging."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from ec2ami import __version__
+from ec2ami.settings import beside
+
+
+def command_line(
+    prog: str, description: str, config: str, script: str | None
+) -> argparse.ArgumentParser:
+    """A parser with the options both commands share: --config, --version, -v and -q."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=beside(script, config), help="config file")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return parser
 
 
 def verified_summary(value: str | None) -> str:

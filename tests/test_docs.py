@@ -1,8 +1,8 @@
 """The strategy guide's diagrams: present, and rendered by mermaid's own CLI.
 
 Rendering needs @mermaid-js/mermaid-cli (npm) and Chromium (Debian's `chromium`), which
-the suite does not install; those tests are skipped without them. The README, "The
-diagrams", has the one-off commands.
+the suite does not install; those tests are skipped without them. docs/development.md,
+"The strategy guide's diagrams", has the one-off commands.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ec2ami import __version__, clock
+from ec2ami import clock
 from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
 from ec2ami.backup.config import RPO_DEFAULTS, load_config, load_other_config
 from ec2ami.backup.cost import cost_report
@@ -27,8 +27,7 @@ from ec2ami.backup.run import run_backup
 from ec2ami.backup.state import record_run
 from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
 from ec2ami.iam.backup import print_iam_policy
-from ec2ami.output import setup_logging
-from ec2ami.settings import beside
+from ec2ami.output import command_line, setup_logging
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig
@@ -104,15 +103,17 @@ def make_clients(config: BackupConfig) -> Clients:
     return connect(session, client_config, config.role_arn, "backup", config.schedule)
 
 
-def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
-    """Parse the command line; argparse exits 2 on bad usage."""
-    parser = argparse.ArgumentParser(
-        prog="ec2_to_ami.py", description="Back up EC2 instances as AMIs and prune old ones."
+def build_parser(script: str | None = None) -> argparse.ArgumentParser:
+    """The command line's options: one declaration for parsing, --help and docs/reference.md.
+
+    Long because it is one add_argument per option: a table, read down.
+    """
+    parser = command_line(
+        "ec2_to_ami.py",
+        "Back up EC2 instances as AMIs and prune old ones.",
+        "ec2_to_ami_config.py",
+        script,
     )
-    parser.add_argument(
-        "--config", default=beside(script, "ec2_to_ami_config.py"), help="config file"
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--list", action="store_true", help="list managed backups and exit")
     parser.add_argument(
@@ -149,9 +150,12 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
     )
     cron.add_argument("--show-cron", action="store_true", help="print this config's crontab entry")
     parser.add_argument("--cron-log", metavar="PATH", help="log file for --install-cron")
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="count", default=0, help="more output")
-    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 on bad usage."""
+    parser = build_parser(script)
     args = parser.parse_args(argv)
     args.cron = bool(args.install_cron or args.uninstall_cron or args.show_cron)
     if args.list and (args.dry_run or args.no_prune):

@@ -196,7 +196,11 @@ def default_pool(path: str) -> str:
 
 
 def validate_config(settings: dict[str, Any]) -> BackupConfig:
-    """Check every setting's name, type and range; return them, with defaults, as a BackupConfig."""
+    """Check every setting's name, type and range; return them, with defaults, as a BackupConfig.
+
+    Long because it reads the settings once, in the template's order, into the one
+    constructor call; each check it makes is a short function below.
+    """
     for name in settings:
         if name not in DEFAULTS:
             close = difflib.get_close_matches(name, DEFAULTS, n=1)
