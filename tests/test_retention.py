@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ec2ami.backup.plan import Image, plan_prune
+from ec2ami.backup.plan import Image, Prune, due, plan_prune
 from ec2ami.facts import AVAILABLE, FAILED, PENDING
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -87,3 +87,15 @@ def test_keep_counts_only_available_images():
     images = [image(1, PENDING, 0), image(2, AVAILABLE, 1), image(3, AVAILABLE, 2)]
     plan = plan_prune(images, keep=1, max_age_days=None, now=NOW)
     assert [(i.image_id, r) for i, r in plan] == [("ami-00000003", "beyond KEEP=1")]
+
+
+@given(images_strategy, keep_strategy, max_age_strategy)
+def test_a_server_whose_backup_failed_loses_only_its_failed_images(images, keep, max_age):
+    """The plan decides retention once; the run's one fact, verified or not, picks from it."""
+    doomed = plan_prune(images, keep, max_age, NOW)
+    planned = [Prune(i, reason, once_verified=i.state != FAILED) for i, reason in doomed]
+    unverified = {p.image.image_id for p in due(planned, verified=False)}
+    assert unverified == {i.image_id for i in images if i.state == FAILED}
+    assert {p.image.image_id for p in due(planned, verified=True)} == {
+        i.image_id for i, _ in doomed
+    }

@@ -13,12 +13,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ec2ami.aws import error_text
 from ec2ami.backup.images import prune
+from ec2ami.backup.plan import due
 from ec2ami.facts import AVAILABLE, FAILED
 
 if TYPE_CHECKING:
     from ec2ami.backup.copies import Finisher
     from ec2ami.backup.look import Outcome
-    from ec2ami.backup.plan import Image
+    from ec2ami.backup.plan import Image, Prune
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +37,22 @@ class Housekeeping:
 
     def __init__(
         self, ec2: Any, finisher: Finisher, existing: list[Image],
-        planned: dict[str, list[tuple[Image, str]]], prune: bool,
+        planned: dict[str, list[Prune]], prune: bool,
     ) -> None:  # fmt: skip
         self.ec2, self.finisher, self.existing = ec2, finisher, existing
         self.planned, self.prune = planned, prune
 
     def apply(self, out: Outcome) -> None:
-        """Carry out a server's planned prunes once its new image is verified, and finish
-        the images it keeps; a server whose image is not verified loses only failed ones."""
+        """Carry out what the plan says of a server once its new image has settled, and
+        finish the images it keeps. Retention is the plan's (plan.due); this adds only
+        the run's own image when it failed, unless the plan prunes nothing (--no-prune)."""
         images = {i.image_id: i for i in self.existing if i.server == out.name}
         if out.image:
             images[out.image.image_id] = out.image
-        doomed = self.planned.get(out.name, [])
         verified = not out.error and out.image is not None and out.image.state == AVAILABLE
-        if not verified:
-            doomed = [(image, reason) for image, reason in doomed if image.state == FAILED]
-            if out.image is not None and out.image.state == FAILED:
-                doomed.append((out.image, "state failed"))
-        if not self.prune:
-            doomed = []
+        doomed = [(p.image, p.reason) for p in due(self.planned.get(out.name, []), verified)]
+        if self.prune and out.image is not None and out.image.state == FAILED:
+            doomed.append((out.image, "state failed"))
         going = {image.image_id for image, _ in doomed}
         kept = [i for i in images.values() if i.state == AVAILABLE and i.image_id not in going]
         self.finisher.finish(kept, out)

@@ -40,13 +40,13 @@ def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
             print(f"  without instance tags {', '.join(server.dropped_tags)}: 50-tag limit")
         if server.deprecate_at:
             print(f"  deprecated, with its copies, at {stamp(server.deprecate_at)}")
-        for image, reason in server.prunes:
-            print_prune(image, reason, spec.name, "")
+        for planned in server.prunes:
+            print_prune(planned.image, planned.reason, spec.name, "")
         for region in regions:
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
             print(f"Would copy {server.name} ({spec.name}) to {region.name}{key}")
-            for image, reason in server.copy_prunes[region.name]:
-                print_prune(image, reason, spec.name, f" in {region.name}")
+            for planned in server.copy_prunes[region.name]:
+                print_prune(planned.image, planned.reason, spec.name, f" in {region.name}")
     for out in plan.failures:
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
     if plan.share_with:

@@ -85,6 +85,22 @@ def plan_prune(
     return doomed
 
 
+@dataclass(frozen=True)
+class Prune:
+    """One image retention removes: once the run's new image (or copy) is verified, or at
+    once, whatever the run makes, for an image that failed and can never be restored."""
+
+    image: Image
+    reason: str
+    once_verified: bool = True
+
+
+def due(prunes: list[Prune], verified: bool) -> list[Prune]:
+    """What of a server's planned prunes its run carries out, given the one fact the plan
+    cannot know: whether the new image (or copy) was verified."""
+    return [p for p in prunes if verified or not p.once_verified]
+
+
 @dataclass
 class ServerPlan:
     """What a run will do for one server, decided before it acts."""
@@ -93,8 +109,8 @@ class ServerPlan:
     name: str  # the new image's AMI name
     tags: list[dict[str, str]]  # set at creation on the image and its snapshots
     dropped_tags: list[str]  # instance tag keys left out by EC2's 50-tag limit
-    prunes: list[tuple[Image, str]]  # deregistered once the new image is verified
-    copy_prunes: dict[str, list[tuple[Image, str]]]  # per region, once the new copy is
+    prunes: list[Prune]  # deregistered here (see Prune for when)
+    copy_prunes: dict[str, list[Prune]]  # per region
     deprecate_at: datetime | None  # DEPRECATE_AFTER_DAYS after the run starts
 
     @property
@@ -160,9 +176,14 @@ def planned_tags(
 
 def prunes_after(
     images: list[Image], name: str, keep: int, config: BackupConfig, now: datetime, spec: ServerSpec
-) -> list[tuple[Image, str]]:
-    """What retention removes of a server's existing images once a new one is available."""
+) -> list[Prune]:
+    """What retention removes of a server's existing images once a new one is available;
+    its failed images go whether or not the new one is."""
     mine = [i for i in images if i.server == spec.name]
     assumed = Image("(new)", name, AVAILABLE, now, spec.name, config.schedule)
     doomed = plan_prune([*mine, assumed], keep, config.max_age_days, now)
-    return [(image, reason) for image, reason in doomed if image is not assumed]
+    return [
+        Prune(image, reason, once_verified=image.state != FAILED)
+        for image, reason in doomed
+        if image is not assumed
+    ]
