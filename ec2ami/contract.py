@@ -90,13 +90,6 @@ TAG_KEY_MAX = 128
 # GetLaunchTemplateData calls these on the caller's behalf (EC2 API reference).
 LAUNCH_DATA_DESCRIBES = ["ec2:DescribeInstanceCreditSpecifications", "ec2:DescribeVolumes",
                          "ec2:DescribeSpotInstanceRequests"]  # fmt: skip
-# GetLaunchTemplateData's answer -> launch record key: what DescribeInstances does not say.
-# One call per instance gives all of them (three DescribeInstanceAttribute calls would).
-LAUNCH_DATA_KEYS = {
-    "DisableApiTermination": "termination_protection",
-    "DisableApiStop": "stop_protection",
-    "InstanceInitiatedShutdownBehavior": "shutdown_behavior",
-}
 INTERFACE_DEFAULTS = {"secondary": [], "ipv6": 0, "source_dest_check": True, "description": "",
                       "delete_on_termination": True, "public_ip": False}  # fmt: skip
 SSM_OPT_IN_TAG = "ec2-to-ami-commands"  # "allow" on an instance: the policy lets commands run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -34,3 +35,24 @@ def beside(script: str | None, name: str) -> str:
 def command_of(script: str | None) -> list[str]:
     """How cron runs this same tool again: the interpreter and the script, .pyz or command."""
     return [sys.executable, os.path.abspath(script or sys.argv[0])]
+
+
+def check_choice(config: dict, name: str, kind: type) -> None:
+    """A setting that is None or a non-empty value of kind."""
+    value = config[name]
+    if value is not None and (not isinstance(value, kind) or not value):
+        raise ConfigError(f"{name} must be None or a non-empty {kind.__name__}, not {value!r}")
+
+
+def check_pattern(config: dict, name: str, pattern: re.Pattern[str], want: str) -> None:
+    """A setting that is None or matches pattern."""
+    value = config[name]
+    if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+        raise ConfigError(f"{name} must be None or {want}, not {value!r}")
+
+
+def check_enum(config: dict, name: str, choices: tuple) -> None:
+    """A setting that is one of choices."""
+    if config[name] not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {shown}, not {config[name]!r}")

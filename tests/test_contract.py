@@ -14,7 +14,6 @@ from ec2ami.backup import config as backup_config
 from ec2ami.backup.config import ServerSpec
 from ec2ami.backup.tags import backup_tags, contract_tags, instance_tags, launch_tags
 from ec2ami.contract import (
-    LAUNCH_DATA_KEYS,
     LAUNCH_TAGS_MAX,
     LAUNCH_VERSION,
     TAG_LAUNCH,
@@ -22,15 +21,9 @@ from ec2ami.contract import (
     split_value,
 )
 from ec2ami.restore.config import DEFAULTS, RestoreError, validate_config
-from ec2ami.restore.plan import SETTABLE, plan_launch
+from ec2ami.restore.plan import plan_launch
 from ec2ami.restore.recorded import Recorded, read_launch, read_recorded
 from ec2ami.restore.userdata import build_user_data
-
-
-def test_the_launch_data_recorded_is_the_launch_data_read_back():
-    """Every field the backup records from GetLaunchTemplateData is one the restore sets."""
-    settable = {key for _, _, key in SETTABLE}
-    assert set(LAUNCH_DATA_KEYS.values()) <= settable
 
 
 @given(st.text(min_size=1, max_size=2000))

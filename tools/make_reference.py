@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ec2ami.attributes import ATTRIBUTES  # noqa: E402
 from ec2ami.backup.cli import build_parser as backup_parser  # noqa: E402
 from ec2ami.restore.cli import build_parser as restore_parser  # noqa: E402
 
@@ -80,6 +81,19 @@ def reference() -> str:
         for name, default, comment in settings(ROOT / template):
             out.append(f"| `{name}` | `{cell(default)}` | {cell(comment)} |")
         out.append("")
+    out += ["## Launch attributes", "",
+            "What the backup records of each instance and the restore reproduces, one row per",
+            "declaration in `ec2ami/attributes.py`. Interfaces, addresses, Elastic IPs and load",
+            "balancers are recorded too: see [Restore](restore.md#what-a-restore-reproduces).", "",
+            "| attribute | launch record key | setting | RunInstances | default |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for a in ATTRIBUTES:
+        setting = " or ".join(
+            s for s in (a.setting, a.option and f"{a.option[0]}[{a.option[1]!r}]") if s
+        )
+        out.append(f"| {a.label} | `{a.key}` | {cell(setting) or '-'} | `{a.api}` | "
+                   f"`{a.default!r}` |")  # fmt: skip
+    out.append("")
     return "\n".join(out)
 
 

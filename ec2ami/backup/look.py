@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ec2ami.attributes import LAUNCH_DATA_KEYS, read_all
 from ec2ami.aws import chunked, error_text, paginate
 from ec2ami.backup.config import ServerSpec, name_problem, render_name, with_consistency
 from ec2ami.backup.plan import Image
 from ec2ami.contract import (
     INTERFACE_DEFAULTS,
-    LAUNCH_DATA_KEYS,
     LAUNCH_DEFAULTS,
     LAUNCH_VERSION,
     TAG_CREATED,
@@ -31,7 +31,7 @@ from ec2ami.contract import (
     TAG_SERVER,
     TOOL,
 )
-from ec2ami.facts import BURSTABLE_RE, LAUNCH_DATA_THREADS, LIVE_INSTANCE_STATES, PROTECTION_OFF
+from ec2ami.facts import LAUNCH_DATA_THREADS, LIVE_INSTANCE_STATES, PROTECTION_OFF
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
@@ -215,19 +215,16 @@ def record_launch(clients: Clients, config: BackupConfig, servers: list[Server])
 
 
 def launch_data(ec2: Any, server: Server) -> dict[str, Any]:
-    """Termination and stop protection, shutdown behaviour and (T types) CPU credits, from
-    GetLaunchTemplateData; a value that could not be read is None."""
+    """The instance's GetLaunchTemplateData: what DescribeInstances does not say (see
+    ec2ami.attributes); empty if it could not be read."""
     spec = server.spec
     try:
-        data = ec2.get_launch_template_data(InstanceId=spec.instance_id)["LaunchTemplateData"]
+        answer = ec2.get_launch_template_data(InstanceId=spec.instance_id)
     except ClientError as err:
         log.warning("%s (%s): its protections and shutdown behaviour are not recorded: %s",
                     spec.name, spec.instance_id, error_text(err))  # fmt: skip
-        data = {}
-    values = {name: data.get(key) for key, name in LAUNCH_DATA_KEYS.items()}
-    burstable = BURSTABLE_RE.match(server.instance.get("InstanceType", ""))
-    values["credits"] = data.get("CreditSpecification", {}).get("CpuCredits") if burstable else None
-    return values
+        return {}
+    return dict(answer["LaunchTemplateData"])
 
 
 def load_balancer_membership(
@@ -274,37 +271,13 @@ def launch_record(
     instance: dict, data: dict[str, Any], addresses: list[dict], balancers: dict[str, list] | None
 ) -> dict[str, Any]:
     """The instance's launch configuration as the TAG_LAUNCH document: defaults left out."""
-    placement, meta = instance.get("Placement", {}), instance.get("MetadataOptions", {})
-    dns, cpu = instance.get("PrivateDnsNameOptions", {}), instance.get("CpuOptions", {})
-    reservation = instance.get("CapacityReservationSpecification", {})
     values = {
-        "tenancy": placement.get("Tenancy"),
-        "placement_group": placement.get("GroupName") or None,
-        "partition": placement.get("PartitionNumber"),
-        "host_id": placement.get("HostId"),
-        "host_resource_group": placement.get("HostResourceGroupArn"),
-        "affinity": placement.get("Affinity"),
-        "cpu_options": {k: cpu[k] for k in ("CoreCount", "ThreadsPerCore") if k in cpu} or None,
-        "ebs_optimized": instance.get("EbsOptimized"),
-        "hibernation": instance.get("HibernationOptions", {}).get("Configured"),
-        "nitro_enclave": instance.get("EnclaveOptions", {}).get("Enabled"),
-        "capacity_reservation": reservation.get("CapacityReservationPreference"),
-        "http_tokens": meta.get("HttpTokens"),
-        "http_hop_limit": meta.get("HttpPutResponseHopLimit"),
-        "http_endpoint": meta.get("HttpEndpoint"),
-        "http_ipv6": meta.get("HttpProtocolIpv6"),
-        "metadata_tags": meta.get("InstanceMetadataTags"),
-        "hostname_type": dns.get("HostnameType"),
-        "dns_a_record": dns.get("EnableResourceNameDnsARecord"),
-        "dns_aaaa_record": dns.get("EnableResourceNameDnsAAAARecord"),
-        "monitoring": instance.get("Monitoring", {}).get("State") in ("enabled", "pending"),
-        "auto_recovery": instance.get("MaintenanceOptions", {}).get("AutoRecovery"),
-        **data,
+        **read_all(instance, data),
         "interfaces": interfaces_of(instance, addresses),
         "elastic_ips": elastic_ips_of(instance, addresses),
         **(balancers or {}),
     }
-    unknown = [k for k in LAUNCH_DATA_KEYS.values() if data.get(k) is None]
+    unknown = [key for name, key in LAUNCH_DATA_KEYS.items() if data.get(name) is None]
     if balancers is None:
         unknown += ["target_groups", "classic_load_balancers"]
     values["unknown"] = unknown

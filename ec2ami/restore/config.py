@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import ipaddress
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -18,7 +16,6 @@ from ec2ami.facts import (
     AMI_ID_RE,
     CHECK_DOCUMENTS,
     DRILL_PICKS,
-    GROUP_ID_RE,
     HOST_LABEL_RE,
     INITIALIZATION_RATES,
     REGION_RE,
@@ -27,7 +24,8 @@ from ec2ami.facts import (
     VOLUME_TYPES,
     WAIT_MODES,
 )
-from ec2ami.settings import read_settings
+from ec2ami.restore.twin_settings import check_group_ids, check_private_ip, check_twin_settings
+from ec2ami.settings import check_choice, check_enum, check_pattern, read_settings
 
 DEFAULTS: dict[str, Any] = {
     "REGION": None,
@@ -211,8 +209,8 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
     Long because it reads the settings once, in the template's order; each check it
     makes is a short function below.
     """
-    _check_choice(config, "SERVER", str)
-    _check_pattern(config, "AMI_ID", AMI_ID_RE, "an image id such as ami-0123456789abcdef0")
+    check_choice(config, "SERVER", str)
+    check_pattern(config, "AMI_ID", AMI_ID_RE, "an image id such as ami-0123456789abcdef0")
     check_servers(config["SERVERS"])
     config.setdefault("ALL", False)
     config.setdefault("DRILL", False)
@@ -222,8 +220,8 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
         raise ConfigError("set exactly one of SERVER, SERVERS and AMI_ID (or --server, --all "
                           "or --ami)")  # fmt: skip
     config["FLEET"] = config["SERVERS"] is not None or bool(config["ALL"])
-    _check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
-    _check_pattern(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
+    check_pattern(config, "REGION", REGION_RE, "a region such as eu-west-1")
+    check_pattern(config, "ROLE_ARN", ROLE_ARN_RE, "an IAM role ARN")
     check_region_map(config["REGION_MAP"])
     for name in (
         "PROFILE",
@@ -233,10 +231,10 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
         "KEY_NAME",
         "IAM_INSTANCE_PROFILE",
     ):
-        _check_choice(config, name, str)
+        check_choice(config, name, str)
     for name in ("NAME", "KMS_KEY_ID"):
-        _check_choice(config, name, str)
-    _check_pattern(config, "SUBNET_ID", SUBNET_ID_RE, "a subnet id")
+        check_choice(config, name, str)
+    check_pattern(config, "SUBNET_ID", SUBNET_ID_RE, "a subnet id")
     config["BACKUP_BEFORE"] = parse_before(config["BACKUP_BEFORE"])
     count = config["COUNT"]
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -257,8 +255,8 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
         if config[name] is not None and not isinstance(config[name], bool):
             raise ConfigError(f"{name} must be None, True or False, not {config[name]!r}")
     check_volume_settings(config)
-    _check_enum(config, "IMDSV2", (None, "required", "optional"))
-    _check_enum(config, "WAIT", WAIT_MODES)
+    check_enum(config, "IMDSV2", (None, "required", "optional"))
+    check_enum(config, "WAIT", WAIT_MODES)
     for name in ("WAIT_TIMEOUT_MINUTES", "DRILL_TIMEOUT_MINUTES"):
         minutes = config[name]
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
@@ -304,7 +302,7 @@ def check_fleet_settings(config: dict) -> None:
 
 def check_drill_settings(config: dict) -> None:
     """The DRILL_* settings; a drill needs its own subnet and security groups."""
-    _check_pattern(config, "DRILL_SUBNET_ID", SUBNET_ID_RE, "a subnet id")
+    check_pattern(config, "DRILL_SUBNET_ID", SUBNET_ID_RE, "a subnet id")
     groups = config["DRILL_SECURITY_GROUP_IDS"]
     if groups is not None:
         try:
@@ -312,9 +310,9 @@ def check_drill_settings(config: dict) -> None:
         except ConfigError as err:
             message = str(err).replace("SECURITY_GROUP_IDS", "DRILL_SECURITY_GROUP_IDS")
             raise ConfigError(message) from None
-    _check_choice(config, "DRILL_INSTANCE_TYPE", str)
-    _check_choice(config, "DRILL_LOG", str)
-    _check_enum(config, "DRILL_PICK", DRILL_PICKS)
+    check_choice(config, "DRILL_INSTANCE_TYPE", str)
+    check_choice(config, "DRILL_LOG", str)
+    check_enum(config, "DRILL_PICK", DRILL_PICKS)
     check = config["DRILL_CHECK"]
     if isinstance(check, str) and check.strip():
         config["DRILL_CHECK"] = {"linux": check, "windows": check}
@@ -329,157 +327,6 @@ def check_drill_settings(config: dict) -> None:
             "a drill needs DRILL_SUBNET_ID and DRILL_SECURITY_GROUP_IDS: an isolated subnet and "
             "security groups that keep the drill's instances away from production"
         )
-
-
-def _check_choice(config: dict, name: str, kind: type) -> None:
-    """A setting that is None or a non-empty value of kind."""
-    value = config[name]
-    if value is not None and (not isinstance(value, kind) or not value):
-        raise ConfigError(f"{name} must be None or a non-empty {kind.__name__}, not {value!r}")
-
-
-def _check_pattern(config: dict, name: str, pattern: re.Pattern, want: str) -> None:
-    """A setting that is None or matches pattern."""
-    value = config[name]
-    if value is not None and (not isinstance(value, str) or not pattern.match(value)):
-        raise ConfigError(f"{name} must be None or {want}, not {value!r}")
-
-
-def _check_enum(config: dict, name: str, choices: tuple) -> None:
-    """A setting that is one of choices."""
-    if config[name] not in choices:
-        shown = ", ".join(repr(c) for c in choices)
-        raise ConfigError(f"{name} must be one of {shown}, not {config[name]!r}")
-
-
-TENANCIES = (None, "default", "dedicated", "host")
-METADATA_CHOICES = {
-    "HttpTokens": ("required", "optional"),
-    "HttpPutResponseHopLimit": tuple(range(1, 65)),
-    "HttpEndpoint": ("enabled", "disabled"),
-    "HttpProtocolIpv6": ("enabled", "disabled"),
-    "InstanceMetadataTags": ("enabled", "disabled"),
-}
-DNS_NAME_CHOICES = {
-    "HostnameType": ("ip-name", "resource-name"),
-    "EnableResourceNameDnsARecord": (True, False),
-    "EnableResourceNameDnsAAAARecord": (True, False),
-}
-INTERFACE_KEYS = {"subnet_id", "security_group_ids", "private_ip", "secondary_private_ips",
-                  "ipv6_addresses", "source_dest_check", "description",
-                  "delete_on_termination"}  # fmt: skip
-DNS_RECORD_KEYS = {"zone_id", "name", "type", "value"}
-
-
-def check_twin_settings(config: dict) -> None:
-    """The settings that override a recorded attribute of the twin."""
-    _check_enum(config, "TENANCY", TENANCIES)
-    _check_enum(config, "SHUTDOWN_BEHAVIOR", (None, "stop", "terminate"))
-    _check_enum(config, "AUTO_RECOVERY", (None, "default", "disabled"))
-    _check_enum(config, "CREDIT_SPECIFICATION", (None, "standard", "unlimited"))
-    for name, prefix in (("PLACEMENT_GROUP", ""), ("HOST_ID", "h-")):
-        value = config[name]
-        if value not in (None, False) and not (isinstance(value, str) and value.startswith(prefix)
-                                               and len(value) > len(prefix)):  # fmt: skip
-            raise ConfigError(f"{name} must be None (as recorded), False (none) or a "
-                              f"{'host id' if prefix else 'name'}, not {value!r}")  # fmt: skip
-    cpu = config["CPU_OPTIONS"]
-    if cpu not in (None, False) and not (
-        isinstance(cpu, dict) and set(cpu) == {"CoreCount", "ThreadsPerCore"}
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in cpu.values())
-    ):  # fmt: skip
-        raise ConfigError('CPU_OPTIONS must be None, False or {"CoreCount": n, '
-                          f'"ThreadsPerCore": n}}, not {cpu!r}')  # fmt: skip
-    check_options(config, "METADATA_OPTIONS", METADATA_CHOICES)
-    check_options(config, "PRIVATE_DNS_NAME_OPTIONS", DNS_NAME_CHOICES)
-    if config["IMDSV2"] and "HttpTokens" in (config["METADATA_OPTIONS"] or {}):
-        raise ConfigError("set HttpTokens in METADATA_OPTIONS or IMDSV2, not both")
-    check_interfaces(config["NETWORK_INTERFACES"], config["COUNT"])
-    check_balancers(config)
-    check_dns_records(config["DNS_RECORDS"])
-
-
-def check_options(config: dict, name: str, choices: dict[str, tuple]) -> None:
-    """A dict of EC2 option names to allowed values, or None."""
-    value = config[name]
-    if value is None:
-        return
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name} must be None or a dict such as {{{next(iter(choices))!r}: ...}}")
-    for key, option in value.items():
-        if key not in choices:
-            raise ConfigError(f"{name}: unknown option {key!r}; known: {', '.join(choices)}")
-        if option not in choices[key] or isinstance(option, bool) != isinstance(
-            choices[key][0], bool
-        ):
-            raise ConfigError(f"{name}[{key!r}] cannot be {option!r}")
-
-
-def check_interfaces(value: Any, count: int) -> None:
-    """NETWORK_INTERFACES: None, or a list of interfaces by device index."""
-    if value is None:
-        return
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError("NETWORK_INTERFACES must be None or a non-empty list of dicts")
-    for index, entry in enumerate(value):
-        where = f"NETWORK_INTERFACES[{index}]"
-        if not isinstance(entry, dict) or not set(entry) <= INTERFACE_KEYS:
-            raise ConfigError(f"{where} must be a dict with keys among {sorted(INTERFACE_KEYS)}")
-        if not isinstance(entry.get("subnet_id"), str) or not SUBNET_ID_RE.match(
-            entry["subnet_id"]
-        ):
-            raise ConfigError(f"{where} needs a subnet_id")
-        if "security_group_ids" in entry:
-            check_group_ids(entry["security_group_ids"])
-        if entry.get("private_ip") is not None:
-            check_private_ip(entry["private_ip"], count)
-        for key in ("secondary_private_ips", "ipv6_addresses"):
-            number = entry.get(key, 0)
-            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-                raise ConfigError(f"{where}[{key!r}] must be a count >= 0")
-        for key in ("source_dest_check", "delete_on_termination"):
-            if not isinstance(entry.get(key, True), bool):
-                raise ConfigError(f"{where}[{key!r}] must be True or False")
-        if not isinstance(entry.get("description", ""), str):
-            raise ConfigError(f"{where}['description'] must be a string")
-
-
-def check_balancers(config: dict) -> None:
-    """TARGET_GROUPS and CLASSIC_LOAD_BALANCERS: "same" or a list."""
-    groups = config["TARGET_GROUPS"]
-    listed = isinstance(groups, (list, tuple)) and all(map(target_group_entry, groups))
-    if groups != "same" and not listed:
-        raise ConfigError('TARGET_GROUPS must be "same", or a list of target group ARNs or '
-                          '{"arn": ..., "port": ...}')  # fmt: skip
-    names = config["CLASSIC_LOAD_BALANCERS"]
-    if names != "same" and not (
-        isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names)
-    ):
-        raise ConfigError('CLASSIC_LOAD_BALANCERS must be "same" or a list of names')
-
-
-def target_group_entry(entry: Any) -> bool:
-    """A TARGET_GROUPS entry: an ARN, or {"arn": ARN, "port": n}."""
-    if isinstance(entry, dict):
-        port = entry.get("port")
-        good_port = port is None or (isinstance(port, int) and not isinstance(port, bool))
-        return set(entry) <= {"arn", "port"} and target_group_entry(entry.get("arn")) and good_port
-    return isinstance(entry, str) and entry.startswith("arn:") and ":targetgroup/" in entry
-
-
-def check_dns_records(records: Any) -> None:
-    """DNS_RECORDS: a list of {zone_id, name, type, value: "private" | "public"}."""
-    if not isinstance(records, (list, tuple)):
-        raise ConfigError("DNS_RECORDS must be a list of dicts")
-    for index, record in enumerate(records):
-        if not isinstance(record, dict) or set(record) != DNS_RECORD_KEYS:
-            raise ConfigError(f"DNS_RECORDS[{index}] must have exactly the keys "
-                              f"{', '.join(sorted(DNS_RECORD_KEYS))}")  # fmt: skip
-        if record["value"] not in ("private", "public") or record["type"] != "A":
-            raise ConfigError(f'DNS_RECORDS[{index}]: type must be "A" and value "private" '
-                              'or "public"')  # fmt: skip
-        if not all(isinstance(record[k], str) and record[k] for k in ("zone_id", "name")):
-            raise ConfigError(f"DNS_RECORDS[{index}]: zone_id and name must be strings")
 
 
 def parse_before(value: Any) -> datetime | None:
@@ -511,17 +358,6 @@ def check_allowed_profiles(allowed: Any) -> None:
         )
 
 
-def check_group_ids(groups: Any) -> None:
-    """SECURITY_GROUP_IDS: None or a non-empty list of sg- ids."""
-    if groups is None:
-        return
-    if not isinstance(groups, (list, tuple)) or not groups:
-        raise ConfigError(f"SECURITY_GROUP_IDS must be None or a list of sg- ids, not {groups!r}")
-    for group in groups:
-        if not isinstance(group, str) or not GROUP_ID_RE.match(group):
-            raise ConfigError(f"SECURITY_GROUP_IDS: {group!r} is not a security group id")
-
-
 def check_region_map(value: Any) -> None:
     """REGION_MAP: {region: {source id: this region's id}}, all strings."""
     if not isinstance(value, dict):
@@ -535,21 +371,6 @@ def check_region_map(value: Any) -> None:
             isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items()
         ):
             raise ConfigError(f"REGION_MAP[{region!r}] must map source ids to ids, as strings")
-
-
-def check_private_ip(value: Any, count: int) -> None:
-    """PRIVATE_IP: None, "same" or an IPv4 address; a fixed address allows COUNT=1 only."""
-    if value is None:
-        return
-    if value != "same":
-        try:
-            ipaddress.IPv4Address(value)
-        except (ValueError, TypeError):
-            raise ConfigError(
-                f'PRIVATE_IP must be None, "same" or an IPv4 address, not {value!r}'
-            ) from None
-    if count != 1:
-        raise ConfigError(f"PRIVATE_IP = {value!r} needs COUNT = 1 (one address, one instance)")
 
 
 def check_elastic_ip(value: Any) -> None:

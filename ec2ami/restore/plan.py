@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ec2ami.attributes import ATTRIBUTES, BY_LABEL, launch_arguments
 from ec2ami.contract import (
-    LAUNCH_DEFAULTS,
     MAX_TAGS,
     TAG_DRILL,
     TAG_DRILL_RUN,
@@ -16,7 +16,6 @@ from ec2ami.contract import (
     TAG_RESTORED_BACKUP_TIME,
     TAG_RESTORED_FROM,
 )
-from ec2ami.facts import BURSTABLE_RE
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import Attribute, Plan
 from ec2ami.restore.network import (
@@ -78,7 +77,7 @@ def plan_launch(
         "InstanceType": instance_type,
         "ClientToken": token,
         "TagSpecifications": tag_specifications(config, image, recorded, name),
-        **instance_options(chosen),
+        **launch_arguments(chosen),
     }
     params.update(network_params(nics, config.public_ip, warnings))
     profile = config.iam_instance_profile or trusted_profile(config, recorded, image)
@@ -123,110 +122,32 @@ def plan_launch(
     return plan
 
 
-# Each attribute a setting can override: (attribute, setting, launch record key).
-SETTABLE = [
-    ("tenancy", "TENANCY", "tenancy"),
-    ("placement group", "PLACEMENT_GROUP", "placement_group"),
-    ("partition", None, "partition"),
-    ("host", "HOST_ID", "host_id"),
-    ("host resource group", None, "host_resource_group"),
-    ("affinity", None, "affinity"),
-    ("CPU options", "CPU_OPTIONS", "cpu_options"),
-    ("CPU credits", "CREDIT_SPECIFICATION", "credits"),
-    ("EBS-optimized", "EBS_OPTIMIZED", "ebs_optimized"),
-    ("hibernation", None, "hibernation"),
-    ("Nitro Enclaves", None, "nitro_enclave"),
-    ("capacity reservation", None, "capacity_reservation"),
-    ("IMDS tokens", "IMDSV2", "http_tokens"),
-    ("IMDS hop limit", None, "http_hop_limit"),
-    ("IMDS endpoint", None, "http_endpoint"),
-    ("IMDS IPv6 endpoint", None, "http_ipv6"),
-    ("IMDS instance tags", None, "metadata_tags"),
-    ("host name type", None, "hostname_type"),
-    ("DNS A record", None, "dns_a_record"),
-    ("DNS AAAA record", None, "dns_aaaa_record"),
-    ("termination protection", "TERMINATION_PROTECTION", "termination_protection"),
-    ("stop protection", "STOP_PROTECTION", "stop_protection"),
-    ("shutdown behaviour", "SHUTDOWN_BEHAVIOR", "shutdown_behavior"),
-    ("detailed monitoring", "MONITORING", "monitoring"),
-    ("auto-recovery", "AUTO_RECOVERY", "auto_recovery"),
-]
-METADATA_KEYS = {"HttpTokens": "IMDS tokens", "HttpPutResponseHopLimit": "IMDS hop limit",
-                 "HttpEndpoint": "IMDS endpoint", "HttpProtocolIpv6": "IMDS IPv6 endpoint",
-                 "InstanceMetadataTags": "IMDS instance tags"}  # fmt: skip
-DNS_NAME_KEYS = {"HostnameType": "host name type", "EnableResourceNameDnsARecord": "DNS A record",
-                 "EnableResourceNameDnsAAAARecord": "DNS AAAA record"}  # fmt: skip
-# What EC2 gives an attribute that is neither recorded nor set.
-EC2_DEFAULTS = {**{name: LAUNCH_DEFAULTS[key] for name, _, key in SETTABLE},
-                "IMDS tokens": "required"}  # this tool's default: IMDSv2  # fmt: skip
-
-
 def planned_attributes(
     config: RestoreConfig, recorded: Recorded, instance_type: str
 ) -> list[Attribute]:
-    """Each settable attribute: its setting, else as recorded, else EC2's default."""
-    overrides = {
-        **{METADATA_KEYS[k]: v for k, v in (config.metadata_options or {}).items()},
-        **{DNS_NAME_KEYS[k]: v for k, v in (config.private_dns_name_options or {}).items()},
-    }
+    """Each launch attribute (ec2ami.attributes): its setting, else as recorded, else the
+    default."""
     made = []
-    for name, setting, key in SETTABLE:
-        value = getattr(config, setting.lower()) if setting else None
-        value = overrides.get(name) if value is None else value
-        was = recorded.launch.get(key)
+    for attribute in ATTRIBUTES:
+        value = getattr(config, attribute.setting.lower()) if attribute.setting else None
+        if value is None and attribute.option:
+            setting, key = attribute.option
+            value = (getattr(config, setting.lower()) or {}).get(key)
+        was = recorded.launch.get(attribute.key)
         if value is not None:
-            made.append(Attribute(name, was, None if value is False and key in NONE_WHEN_FALSE
-                                  else value, "overridden"))  # fmt: skip
-        elif key in recorded.launch:
-            made.append(Attribute(name, was, was, "recorded"))
+            planned = None if value is False and attribute.false_means_none else value
+            made.append(Attribute(attribute.label, was, planned, "overridden"))
+        elif attribute.key in recorded.launch:
+            made.append(Attribute(attribute.label, was, was, "recorded"))
         else:
-            made.append(Attribute(name, None, EC2_DEFAULTS[name], "default"))
+            made.append(Attribute(attribute.label, None, attribute.default, "default"))
     cpu = next(a for a in made if a.name == "CPU options")
     if cpu.origin == "recorded" and cpu.planned and instance_type != recorded.instance_type:
         cpu.planned, cpu.origin = None, "default"  # the recorded cores fit the recorded type
     credits = next(a for a in made if a.name == "CPU credits")
-    if not BURSTABLE_RE.match(instance_type):
+    if not BY_LABEL["CPU credits"].applies(instance_type):
         credits.planned = None
     return made
-
-
-NONE_WHEN_FALSE = {"placement_group", "host_id", "cpu_options"}  # False: leave it out
-
-
-def instance_options(chosen: dict[str, Any]) -> dict:
-    """RunInstances' options for the chosen attributes (those left at EC2's default are
-    sent too where EC2's own default could differ, such as for IMDS)."""
-    placement = {
-        "Tenancy": chosen["tenancy"],
-        "GroupName": chosen["placement group"],
-        "PartitionNumber": chosen["partition"],
-        "HostId": chosen["host"],
-        "HostResourceGroupArn": chosen["host resource group"],
-        "Affinity": chosen["affinity"],
-    }
-    options: dict[str, Any] = {
-        "Placement": {k: v for k, v in placement.items() if v is not None},
-        "EbsOptimized": bool(chosen["EBS-optimized"]),
-        "MetadataOptions": {k: chosen[name] for k, name in METADATA_KEYS.items()},
-        "PrivateDnsNameOptions": {k: chosen[name] for k, name in DNS_NAME_KEYS.items()},
-        "DisableApiTermination": bool(chosen["termination protection"]),
-        "DisableApiStop": bool(chosen["stop protection"]),
-        "InstanceInitiatedShutdownBehavior": chosen["shutdown behaviour"],
-        "Monitoring": {"Enabled": bool(chosen["detailed monitoring"])},
-        "MaintenanceOptions": {"AutoRecovery": chosen["auto-recovery"]},
-    }
-    if chosen["CPU options"]:
-        options["CpuOptions"] = dict(chosen["CPU options"])
-    if chosen["CPU credits"]:
-        options["CreditSpecification"] = {"CpuCredits": chosen["CPU credits"]}
-    if chosen["hibernation"]:
-        options["HibernationOptions"] = {"Configured": True}
-    if chosen["Nitro Enclaves"]:
-        options["EnclaveOptions"] = {"Enabled": True}
-    if chosen["capacity reservation"] not in (None, "open"):
-        preference = chosen["capacity reservation"]
-        options["CapacityReservationSpecification"] = {"CapacityReservationPreference": preference}
-    return options
 
 
 def restored_name(

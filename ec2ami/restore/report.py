@@ -8,11 +8,12 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ec2ami.attributes import chosen_by_ec2
 from ec2ami.output import print_table
 from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.images import backup_time
 from ec2ami.restore.model import describe_launched, ids_of
-from ec2ami.restore.twin import EC2_CHOOSES, normal, shown
+from ec2ami.restore.twin import normal, shown
 
 if TYPE_CHECKING:
     from ec2ami.restore.model import Attribute, Restore, Run
@@ -171,7 +172,7 @@ def duration(seconds: float | None) -> str:
 
 def same(attribute: Attribute) -> bool:
     """Whether a checked attribute came out as planned."""
-    if attribute.planned is None and attribute.name in EC2_CHOOSES:
+    if attribute.planned is None and chosen_by_ec2(attribute.name):
         return True
     return normal(attribute.now) == normal(attribute.planned)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ec2ami.contract import LAUNCH_DATA_KEYS
-from ec2ami.facts import BURSTABLE_RE, FILTER_VALUES_MAX, MONITORING_ON, UNAVAILABLE
+from ec2ami.attributes import ATTRIBUTES, chosen_by_ec2
+from ec2ami.facts import FILTER_VALUES_MAX, UNAVAILABLE
 from ec2ami.restore.model import LaunchError, describe_launched, failing
 from ec2ami.restore.network import address_slot, target_label
-from ec2ami.restore.plan import DNS_NAME_KEYS, METADATA_KEYS, SETTABLE
 from ec2ami.restore.setup import address_slots
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ def check_twin(clients: Clients, plan: Plan, instance: dict, held: list[dict]) -
         if attribute.origin == UNAVAILABLE or attribute.name not in now:
             continue
         attribute.now, attribute.checked = now[attribute.name], True
-        if attribute.planned is None and attribute.name in EC2_CHOOSES:
+        if attribute.planned is None and chosen_by_ec2(attribute.name):
             continue
         if normal(attribute.now) != normal(attribute.planned):
             differences.append(
@@ -62,10 +61,6 @@ def check_twin(clients: Clients, plan: Plan, instance: dict, held: list[dict]) -
                 f"{shown(attribute.recorded)})"
             )
     return differences
-
-
-EC2_CHOOSES = {"CPU options", "CPU credits", "partition", "affinity", "host",
-               "host resource group"}  # None planned: EC2 picks, nothing to compare  # fmt: skip
 
 
 def normal(value: Any) -> Any:
@@ -90,31 +85,11 @@ def read_back(clients: Clients, plan: Plan, instance: dict, held: list[dict]) ->
     """Every attribute of the new instance, by the plan's attribute names; held: the
     Elastic IPs it holds."""
     ec2, instance_id = clients.ec2, instance["InstanceId"]
-    placement, meta = instance.get("Placement", {}), instance.get("MetadataOptions", {})
-    dns, cpu = instance.get("PrivateDnsNameOptions", {}), instance.get("CpuOptions", {})
-    values: dict[str, Any] = {
-        "tenancy": placement.get("Tenancy"),
-        "placement group": placement.get("GroupName") or None,
-        "partition": placement.get("PartitionNumber"),
-        "host": placement.get("HostId"),
-        "host resource group": placement.get("HostResourceGroupArn"),
-        "affinity": placement.get("Affinity"),
-        "CPU options": {k: cpu[k] for k in ("CoreCount", "ThreadsPerCore") if k in cpu} or None,
-        "EBS-optimized": bool(instance.get("EbsOptimized")),
-        "hibernation": bool(instance.get("HibernationOptions", {}).get("Configured")),
-        "Nitro Enclaves": bool(instance.get("EnclaveOptions", {}).get("Enabled")),
-        "capacity reservation": instance.get("CapacityReservationSpecification", {}).get(
-            "CapacityReservationPreference", "open"),
-        **{name: meta.get(key) for key, name in METADATA_KEYS.items()},
-        **{name: dns.get(key) for key, name in DNS_NAME_KEYS.items()},
-        "detailed monitoring": instance.get("Monitoring", {}).get("State") in MONITORING_ON,
-        "auto-recovery": instance.get("MaintenanceOptions", {}).get("AutoRecovery"),
-    }  # fmt: skip
     data = ec2.get_launch_template_data(InstanceId=instance_id)["LaunchTemplateData"]
-    labels = {key: label for label, _, key in SETTABLE}
-    values.update({labels[field]: data.get(key) for key, field in LAUNCH_DATA_KEYS.items()})
-    if BURSTABLE_RE.match(instance.get("InstanceType", "")):
-        values["CPU credits"] = data.get("CreditSpecification", {}).get("CpuCredits")
+    instance_type = instance.get("InstanceType", "")
+    values = {
+        a.label: a.read(instance, data) for a in ATTRIBUTES if a.applies(instance_type)
+    }  # fmt: skip
     values.update(interfaces_now(instance))
     values.update(addresses_now(plan, instance, held))
     values.update(balancers_now(clients, plan, instance_id))
