@@ -63,11 +63,11 @@ ELASTIC_IP = "same"
 ALLOW_REASSOCIATION = False
 
 # OS host name. Linux: cloud-init user data. Windows: EC2Launch v2 user data
-# (needs EC2Launch v2 on the image; see the README). None: as the image has it.
+# (needs EC2Launch v2 on the image; see docs/restore.md). None: as the image has it.
 HOSTNAME = None
 
 # Extra user data: text, or "@path" to read a file. Without HOSTNAME it is
-# passed unchanged; with HOSTNAME it is combined as the README describes.
+# passed unchanged; with HOSTNAME it is combined as docs/restore.md describes.
 # It may hold secrets: it is never printed or logged.
 USER_DATA = None
 
@@ -79,7 +79,7 @@ NAME = None
 TAGS = {}
 
 # --- The twin: every attribute below is None for "as the original ran" ---
-# The backup recorded each of these (README, "What a restore reproduces"); a restore
+# The backup recorded each of these (docs/restore.md, "What a restore reproduces"); a restore
 # reproduces it, reads the new instance back, prints a before/after table and warns
 # about any difference. A backup made before launch records knew only the subnet,
 # security groups, private IP, one Elastic IP and IMDS tokens: the rest is EC2's
@@ -155,7 +155,7 @@ VOLUME_INITIALIZATION_RATE = None
 WAIT = "status-ok"
 WAIT_TIMEOUT_MINUTES = 30
 
-# --- Restore drills: ami_to_ec2.py --drill (README, "Restore drills") ---
+# --- Restore drills: ami_to_ec2.py --drill (docs/restore.md, "Restore drills") ---
 # A drill restores each chosen server (--server, --all or SERVERS) into an isolated
 # subnet, waits for status-ok, runs DRILL_CHECK, then terminates it, always. It tags
 # the image ec2-to-ami:verified (ok or failed, with the seconds taken) and never takes
@@ -179,10 +179,10 @@ DRILL_TIMEOUT_MINUTES = 15
 # older restore points are tested too.
 DRILL_PICK = "newest"
 # Append one JSON line per server and drill to this file: the result, the backup's age
-# and the seconds to each step (README, "Reading the drill log"). None: no log.
+# and the seconds to each step (docs/restore.md, "Reading the drill log"). None: no log.
 DRILL_LOG = None
 
-# --- Disaster recovery (README, "Disaster recovery") ---
+# --- Disaster recovery (docs/dr.md) ---
 # Restoring a copy in another region (REGION or --region): the recorded subnet,
 # security groups and Elastic IP belong to the source region. Set SUBNET_ID and
 # SECURITY_GROUP_IDS, or map the recorded ids here, per destination region:

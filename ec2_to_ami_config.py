@@ -96,7 +96,7 @@ WAIT_TIMEOUT_MINUTES = 120
 # Also append log lines to this file. None: stderr only.
 LOG_FILE = None
 
-# --- Disaster recovery (README, "Disaster recovery"; IAM: --print-iam-policy) ---
+# --- Disaster recovery (docs/dr.md; IAM: --print-iam-policy) ---
 # Copy each new backup to these regions, keeping "keep" copies per server there
 # (None: the server's keep), encrypted with "kms_key_id" if given. Needs WAIT = True.
 # Example: {"us-west-2": {"keep": 7, "kms_key_id": "alias/dr-backups"}}
@@ -114,7 +114,7 @@ DEREGISTRATION_PROTECTION = False
 # Example: "arn:aws:iam::210987654321:role/ec2-to-ami-backup"
 ROLE_ARN = None
 
-# --- Monitoring (README, "Monitoring") ---------------------------------------------------
+# --- Monitoring (docs/monitoring.md) -----------------------------------------------------
 # --check reports a server whose newest available backup is older than this many
 # hours. None: 26 for SCHEDULE "daily", 192 for "weekly"; other schedules must set it.
 RPO_HOURS = None
@@ -126,7 +126,7 @@ METRICS_NAMESPACE = None
 # $XDG_STATE_HOME/ec2-to-ami/<config name>-<hash>.json (~/.local/state/...).
 STATE_FILE = None
 
-# --- Cost (README, "What the backups cost") ------------------------------------------------
+# --- Cost (docs/cost.md) ------------------------------------------------------------------
 # --cost prices the blocks the kept snapshots store at these USD per GiB-month: EBS
 # snapshots in the standard tier and in the archive tier, us-east-1 list prices
 # (https://aws.amazon.com/ebs/pricing/). Set your region's prices.

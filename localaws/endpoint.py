@@ -110,6 +110,10 @@ Patches (each has a test in tests/test_endpoint.py):
   P27 RunInstances completes a block device mapping for a device the image maps with the
      image's snapshot and size, so a mapping may change only, say, the volume type or
      the initialization rate, as on EC2 (moto refuses it: MissingParameter).
+  P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
+     and SourceImageRegion (CreateImage: the image the instance was launched from;
+     CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
+     CreationDate. moto reports neither source field (EC2 API reference, Image).
 
 SSM (moto's SendCommand succeeds without running anything, and moto has no
 DescribeInstanceInformation):
@@ -340,6 +344,7 @@ def _create_image(self, instance_id, name, description, tag_specifications):
         t for s in tag_specifications if s["ResourceType"] == "snapshot" for t in s["Tags"]
     ]
     ami = _original_create_image(self, instance_id, name, description, image_specs)
+    ami.source_image_id, ami.source_image_region = instance.image_id, self.region_name  # P28
     image_volumes(self, ami, instance)
     for snapshot in image_snapshots(ami):
         for tag in snapshot_tags:
@@ -434,6 +439,7 @@ def _copy_image(self) -> ActionResult:
                 "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {ami.id}"
             )
     copy = backend.copy_image(source_id, source_region, name, self._get_param("Description"))
+    copy.source_image_id, copy.source_image_region = source_id, source_region  # P28
     from moto.ec2.models import ec2_backends
 
     source = ec2_backends[backend.account_id][source_region].amis[source_id]
@@ -663,6 +669,24 @@ def write_blocks(volume_id: str, blocks: Iterable[int]) -> None:
         if not 0 <= index < volume.size * BLOCKS_PER_GIB:
             raise ValueError(f"block {index} is outside {volume_id} ({volume.size} GiB)")
         contents[index] = next(_writes)
+
+
+def age_image(image_id: str, seconds: float) -> None:
+    """Make an image `seconds` older, as time would: its CreationDate, and the created tag the
+    backup wrote (each image in its region; a test does not wait for days to pass)."""
+    for backend in _backends():
+        ami = backend.amis.get(image_id)
+        if ami is None:
+            continue
+        ami.creation_date -= timedelta(seconds=seconds)
+        tags = backend.tags.get(image_id, {})
+        if "ec2-to-ami:created" in tags:
+            when = datetime.fromisoformat(tags["ec2-to-ami:created"].replace("Z", "+00:00"))
+            tags["ec2-to-ami:created"] = (when - timedelta(seconds=seconds)).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+        return
+    raise KeyError(image_id)
 
 
 def age_instance(instance_id: str, seconds: float) -> None:

@@ -755,3 +755,20 @@ def test_h4_key_pairs_share_one_key_but_keep_their_own_names_and_ids(ec2, endpoi
     assert first["KeyMaterial"].startswith("-----BEGIN RSA PRIVATE KEY-----")
     listed = ec2.describe_key_pairs(KeyNames=["a", "b"])["KeyPairs"]
     assert sorted(k["KeyName"] for k in listed) == ["a", "b"]
+
+
+def test_p28_images_report_the_source_facts_ec2_records(ec2, endpoint):
+    """SourceInstanceId (CreateImage), SourceImageId and SourceImageRegion (both), and
+    CreationDate: what no user can set, and what ownership is built on."""
+    instance = an_instance(ec2)
+    made = image_of(ec2, instance)
+    finish_pending()
+    image = ec2.describe_images(ImageIds=[made])["Images"][0]
+    assert image["SourceInstanceId"] == instance
+    assert (image["SourceImageId"], image["SourceImageRegion"]) == (LINUX_AMI, REGION)
+    assert image["CreationDate"] and image["OwnerId"] == "123456789012"
+    dr = regional(endpoint, "ec2", "us-west-2")
+    copy = dr.copy_image(SourceImageId=made, SourceRegion=REGION, Name="img-c")["ImageId"]
+    copied = dr.describe_images(ImageIds=[copy])["Images"][0]
+    assert (copied["SourceImageId"], copied["SourceImageRegion"]) == (made, REGION)
+    assert "SourceInstanceId" not in copied

@@ -23,6 +23,7 @@ from ec2ami.backup.cli import parse_args, run_lock
 from ec2ami.backup.config import validate_config
 from ec2ami.backup.state import age_metrics
 from ec2ami.errors import EXIT_LOCKED
+from localaws.endpoint import age_image
 from localaws.fleet import launch
 from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
 
@@ -31,10 +32,12 @@ LIVE = {"Name": "instance-state-name", "Values": ["pending", "running", "stoppin
 
 
 def set_created(ec2: Any, image_id: str, hours_ago: float) -> None:
-    """Make a backup look taken hours ago: the created tag is what the tool reads."""
-    when = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
-    tag = {"Key": "ec2-to-ami:created", "Value": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    ec2.create_tags(Resources=[image_id], Tags=[tag])
+    """Make a backup taken hours ago, as time would: its CreationDate and its created tag."""
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    made = datetime.fromisoformat(image["CreationDate"].replace("Z", "+00:00"))
+    age_image(
+        image_id, (made - (datetime.now(timezone.utc) - timedelta(hours=hours_ago))).total_seconds()
+    )
 
 
 def state_file(state_home: Path) -> Path:

@@ -16,9 +16,8 @@ from ec2ami.aws import error_text
 from ec2ami.backup.dr import copy_all
 from ec2ami.backup.housekeeping import Housekeeping, HousekeepingThread
 from ec2ami.backup.images import follow_up, revoke_sharing
-from ec2ami.backup.look import parse_time
 from ec2ami.backup.tags import stamp
-from ec2ami.contract import TAG_CREATED, TAG_SHARED_WITH
+from ec2ami.contract import TAG_SHARED_WITH
 from ec2ami.facts import AVAILABLE, DEPRECATE_LEAD, KEY_MANAGER_AWS
 
 if TYPE_CHECKING:
@@ -124,11 +123,11 @@ class Finisher:
                 )
 
     def deprecate(self, image: Image) -> None:
-        """EnableImageDeprecation DEPRECATE_AFTER_DAYS after the backup was taken."""
-        taken = parse_time(image.tags.get(TAG_CREATED, ""))
-        taken = image.created if taken.year == 1 else taken
+        """EnableImageDeprecation DEPRECATE_AFTER_DAYS after the image was made (its
+        CreationDate: no tag can move it)."""
         when = max(
-            taken + timedelta(days=self.days or 0), datetime.now(timezone.utc) + DEPRECATE_LEAD
+            image.created + timedelta(days=self.days or 0),
+            datetime.now(timezone.utc) + DEPRECATE_LEAD,
         )
         self.ec2.enable_image_deprecation(ImageId=image.image_id, DeprecateAt=when)
         image.deprecation_time = stamp(when)

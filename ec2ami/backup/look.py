@@ -351,7 +351,7 @@ def to_image(raw: dict) -> Image:
         image_id=raw["ImageId"],
         name=raw.get("Name", ""),
         state=raw["State"],
-        created=parse_time(tags.get(TAG_CREATED) or raw.get("CreationDate", "")),
+        created=parse_time(raw.get("CreationDate", "")),
         server=tags.get(TAG_SERVER, ""),
         schedule=tags.get(TAG_SCHEDULE, ""),
         instance_id=tags.get(TAG_INSTANCE_ID, ""),
@@ -365,15 +365,26 @@ def to_image(raw: dict) -> Image:
         deprecation_time=raw.get("DeprecationTime"),
         pool=tags.get(TAG_POOL, ""),
         protection=raw.get("DeregistrationProtection") or PROTECTION_OFF,
+        claimed=tag_time(tags.get(TAG_CREATED)),
+        source_instance_id=raw.get("SourceInstanceId", ""),
+        source_image_id=raw.get("SourceImageId", ""),
+        source_image_region=raw.get("SourceImageRegion", ""),
+        owner_id=raw.get("OwnerId", ""),
     )
 
 
 def parse_time(text: str) -> datetime:
-    """Parse EC2's ISO 8601 time; an unreadable one sorts as oldest."""
+    """Parse EC2's ISO 8601 time; an unreadable one (or one without a zone) sorts as oldest."""
+    return tag_time(text) or datetime.min.replace(tzinfo=timezone.utc)
+
+
+def tag_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time with its zone, as this tool writes them; None if it is anything else."""
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = datetime.fromisoformat((text or "").replace("Z", "+00:00"))
     except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def managed_images(ec2: Any, schedule: str | None) -> list[Image]:

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class Image:
-    """A managed image as DescribeImages reports it.
+    """A managed image as DescribeImages reports it: what its tags claim, and the facts
+    EC2 records that no user can set.
 
-    `created` is when the backup was taken (its created tag, the run's start), not
-    CreationDate: a copy's CreationDate is the time of the copy.
+    `created` is CreationDate, which orders and ages backups (a copy's is the time of the
+    copy); `claimed` is what the created tag says, only ever checked against it.
     """
 
     image_id: str
@@ -42,6 +43,11 @@ class Image:
     deprecation_time: str | None = None
     pool: str = ""  # "" for an image made before pools were recorded
     protection: str = PROTECTION_OFF  # DeregistrationProtection
+    claimed: datetime | None = None  # the created tag; None if missing or unreadable
+    source_instance_id: str = ""  # EC2's SourceInstanceId: CreateImage's instance
+    source_image_id: str = ""  # EC2's SourceImageId: a copy's source
+    source_image_region: str = ""  # EC2's SourceImageRegion
+    owner_id: str = ""
 
     @property
     def protected(self) -> bool:
