@@ -38,6 +38,18 @@ SCHEDULE = "daily"
 # configs that each back up a server of the same name never prune each other.
 POOL = None
 
+# A pool counts and prunes only images that EC2 says were made from the server's own
+# instance (SourceInstanceId), whatever their tags say: anyone who may tag an image can
+# write these tags. Backups of an instance the server used to be, other than the one a
+# restore launched it from, are kept and named until adopted here.
+# Example: {"web01": ["i-0123456789abcdef0"]}
+ADOPT_INSTANCES = {}
+
+# Images that EC2 made before this time and that carry no SourceInstanceId are trusted
+# by their tags, as before ownership was checked. None: no image is. CreationDate is
+# EC2's, so no image made later can use this. Example: "2026-12-01T00:00Z"
+TRUST_TAGS_BEFORE = None
+
 # Newest available backups kept per server (>= 1). Pending images never count
 # and are never deleted.
 KEEP = 7

@@ -110,6 +110,13 @@ Patches (each has a test in tests/test_endpoint.py):
   P27 RunInstances completes a block device mapping for a device the image maps with the
      image's snapshot and size, so a mapping may change only, say, the volume type or
      the initialization rate, as on EC2 (moto refuses it: MissingParameter).
+  P29 CreationDate, which EC2 reports to the second, is at least a second after the
+     previous image of the same instance (for a copy: of the same source instance). On
+     EC2 a server's backups are hours apart; the suite runs them milliseconds apart, as
+     tests/conftest.py's RunClock steps the tool's own clock. Ownership orders by it.
+  P30 CopySnapshot's snapshot reports VolumeId vol-ffffffff, as EC2's do ("snapshots
+     created by CopySnapshot have an arbitrary volume ID"); moto keeps the source's
+     volume, which would tie a copy to a volume it was never taken from.
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -307,6 +314,7 @@ _original_block_device_mappings = Ami.block_device_mappings
 _original_ami_filter_value = Ami.get_filter_value
 _original_describe_images = AmisResponse.describe_images
 _original_delete_snapshot = EBSBackend.delete_snapshot
+_original_copy_snapshot = EBSBackend.copy_snapshot
 _original_method_names = moto.core.responses.method_names_from_class
 _original_moto_modules = moto.backends.list_of_moto_modules
 _original_rsa_key_pair = moto.ec2.models.key_pairs.random_rsa_key_pair
@@ -345,6 +353,8 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     ]
     ami = _original_create_image(self, instance_id, name, description, image_specs)
     ami.source_image_id, ami.source_image_region = instance.image_id, self.region_name  # P28
+    ami.harness_lineage = instance_id
+    space_out(self, ami)
     image_volumes(self, ami, instance)
     for snapshot in image_snapshots(ami):
         for tag in snapshot_tags:
@@ -355,6 +365,17 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     ami.harness_ready_at = time.monotonic() + SETTINGS.pending_seconds
     ami.harness_final = "failed" if instance_id in SETTINGS.fail_images_of else "available"
     return ami
+
+
+def space_out(backend: Any, ami: Any) -> None:
+    """P29: a second after the previous image of the same lineage, at the least."""
+    earlier = [
+        other.creation_date
+        for other in list(backend.amis.values())
+        if other is not ami and getattr(other, "harness_lineage", None) == ami.harness_lineage
+    ]
+    if earlier and ami.creation_date < max(earlier) + timedelta(seconds=1):
+        ami.creation_date = max(earlier) + timedelta(seconds=1)
 
 
 def _backends() -> list[Any]:
@@ -443,6 +464,8 @@ def _copy_image(self) -> ActionResult:
     from moto.ec2.models import ec2_backends
 
     source = ec2_backends[backend.account_id][source_region].amis[source_id]
+    copy.harness_lineage = getattr(source, "harness_lineage", source_id)
+    space_out(backend, copy)
     if self._get_bool_param("CopyImageTags", False):
         for tag in source.get_tags():
             copy.add_tag(tag["key"], tag["value"])
@@ -727,6 +750,14 @@ def image_volumes(backend: Any, ami: Any, instance: Instance) -> None:
             snapshot = backend.create_snapshot(volume.id, description, ami.owner_id, ami.id)
             ami.harness_more.append((device, snapshot))
         _frozen(snapshot, volume, volume.id, volume.id, getattr(volume, "harness_blocks", {}))
+
+
+def _copy_snapshot(self, *args: Any, **kwargs: Any) -> Any:
+    """CopySnapshot, whose snapshot EC2 reports with VolumeId vol-ffffffff (P30)."""
+    made = _original_copy_snapshot(self, *args, **kwargs)
+    source = made.volume
+    _frozen(made, source, COPIED_VOLUME_ID, made.harness_lineage or made.id, made.harness_blocks)
+    return made
 
 
 def copy_volumes(backend: Any, copied: Any, source: Any) -> None:
@@ -1377,6 +1408,7 @@ def apply_patches() -> None:
     AmisResponse.disable_image = _disable_image
     AmisResponse.enable_image = _enable_image
     ElasticBlockStore.describe_snapshots = _describe_snapshots
+    EBSBackend.copy_snapshot = _copy_snapshot
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
     Snapshot.storage_tier = "standard"
     Snapshot.full_snapshot_size_in_bytes = None

@@ -260,7 +260,8 @@ def test_list_prints_managed_backups_per_server(ec2, fleet, tmp_path):
     result = run("ec2_to_ami.py", config, "--list")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    header = ["SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE", "VERIFIED"]
+    header = ["SERVER", "REGION", "POOL", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE",
+              "VERIFIED"]  # fmt: skip
     assert lines[0].split() == header
     assert [line.split()[:2] for line in lines[1:]] == [
         ["app01", REGION],

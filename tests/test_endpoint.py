@@ -772,3 +772,11 @@ def test_p28_images_report_the_source_facts_ec2_records(ec2, endpoint):
     copied = dr.describe_images(ImageIds=[copy])["Images"][0]
     assert (copied["SourceImageId"], copied["SourceImageRegion"]) == (made, REGION)
     assert "SourceInstanceId" not in copied
+
+
+def test_p30_a_copied_snapshot_reports_ec2s_arbitrary_volume(ec2):
+    image = ec2.describe_images(ImageIds=[image_of(ec2, an_instance(ec2))])["Images"][0]
+    source = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    copied = ec2.copy_snapshot(SourceSnapshotId=source, SourceRegion=REGION)["SnapshotId"]
+    [snapshot] = ec2.describe_snapshots(SnapshotIds=[copied])["Snapshots"]
+    assert snapshot["VolumeId"] == "vol-ffffffff"

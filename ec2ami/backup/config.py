@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "DEPRECATE_AFTER_DAYS": None,
     "ROLE_ARN": None,
     "POOL": None,
+    "ADOPT_INSTANCES": {},
+    "TRUST_TAGS_BEFORE": None,
     "DEREGISTRATION_PROTECTION": False,
     "RPO_HOURS": None,
     "METRICS_NAMESPACE": None,
@@ -136,6 +138,8 @@ class BackupConfig:
     defaults: ServerDefaults  # KEEP, CONSISTENCY, NO_REBOOT, PRE_SCRIPT, POST_SCRIPT
     schedule: str
     pool: str
+    adopt_instances: Mapping[str, tuple[str, ...]]  # server -> its earlier instances
+    trust_tags_before: datetime | None  # images EC2 made before this: trusted by their tags
     max_age_days: float | None
     name_format: str
     tags: Mapping[str, str]
@@ -263,6 +267,8 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         defaults=defaults,
         schedule=settings["SCHEDULE"],
         pool=settings["POOL"],
+        adopt_instances=check_adopted(settings["ADOPT_INSTANCES"]),
+        trust_tags_before=check_trust_before(settings["TRUST_TAGS_BEFORE"]),
         max_age_days=settings["MAX_AGE_DAYS"],
         name_format=settings["NAME_FORMAT"],
         tags=MappingProxyType(dict(settings["TAGS"])),
@@ -286,6 +292,38 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         snapshot_price_gb_month=settings["SNAPSHOT_PRICE_GB_MONTH"],
         archive_price_gb_month=settings["ARCHIVE_PRICE_GB_MONTH"],
     )
+
+
+def check_adopted(adopted: Any) -> Mapping[str, tuple[str, ...]]:
+    """ADOPT_INSTANCES: {server name: [instance ids]}, the instances a server replaced."""
+    if not isinstance(adopted, dict) or not all(
+        isinstance(name, str) and isinstance(ids, (list, tuple)) for name, ids in adopted.items()
+    ):
+        raise ConfigError(
+            "ADOPT_INSTANCES must be a dict of server name -> list of instance ids, such as "
+            '{"web01": ["i-0123456789abcdef0"]}'
+        )
+    for name, ids in adopted.items():
+        for instance_id in ids:
+            if not isinstance(instance_id, str) or not INSTANCE_ID_RE.match(instance_id):
+                raise ConfigError(f"ADOPT_INSTANCES[{name!r}]: {instance_id!r} is no instance id")
+    return MappingProxyType({name: tuple(ids) for name, ids in adopted.items()})
+
+
+def check_trust_before(value: Any) -> datetime | None:
+    """TRUST_TAGS_BEFORE: None, or an ISO 8601 time with its zone."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if not isinstance(value, str) or when is None or when.tzinfo is None:
+        raise ConfigError(
+            f"TRUST_TAGS_BEFORE must be None or a time with its zone, such as "
+            f'"2026-12-01T00:00Z", not {value!r}'
+        )
+    return when
 
 
 def check_consistency_settings(settings: dict) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ec2ami.aws import Clients
     from ec2ami.backup.config import BackupConfig
     from ec2ami.backup.dr import Region
+    from ec2ami.backup.journal import Journal
     from ec2ami.backup.look import Outcome
     from ec2ami.backup.plan import BackupPlan, Image
 
@@ -40,7 +41,8 @@ class Replication:
     """
 
     def __init__(self, clients: Clients, regions: list[Region], config: BackupConfig,
-                 existing: dict[str, list[Image]], plan: BackupPlan) -> None:  # fmt: skip
+                 existing: dict[str, list[Image]], plan: BackupPlan,
+                 journal: Journal) -> None:  # fmt: skip
         self.copies: list[Outcome] = []
         self.errors: list[str] = []
         self.lanes: list[tuple[queue.Queue, threading.Thread, HousekeepingThread]] = []
@@ -49,7 +51,9 @@ class Replication:
             created: queue.Queue = queue.Queue()
             finisher = Finisher(clients, region.name, plan)
             planned = {p.spec.name: p.copy_prunes[region.name] for p in plan.servers}
-            care = Housekeeping(region.ec2, finisher, existing[region.name], planned, plan.prune)
+            care = Housekeeping(
+                region.ec2, finisher, existing[region.name], planned, plan.prune, journal
+            )
             worker = HousekeepingThread(care)
             args = (region, clients.region, inbox, created, self.copies)
             threading.Thread(target=copy_all, args=args, daemon=True).start()

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from ec2ami.aws import chunked, error_text, paginate
-from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.dr import destination_regions, marked_copies
 from ec2ami.backup.look import managed_images
+from ec2ami.backup.ownership import is_copy
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, DISABLED
 from ec2ami.output import print_table
@@ -88,12 +89,12 @@ def cost_report(clients: Clients, config: BackupConfig, only: list[str], as_json
     exit 1 if any volume could not be measured."""
     rows: list[CostRow] = []
     places = [(clients.region, clients.ec2, managed_images(clients.ec2, None))]
-    places += [(r.name, r.ec2, copies_in(r, config, clients.region, None))
+    places += [(r.name, r.ec2, marked_copies(r, clients.region))
                for r in destination_regions(clients, config)]  # fmt: skip
     for region, ec2, images in places:
         kept = [i for i in images if i.state in COSTED_STATES and (not only or i.server in only)]
         if region == clients.region:
-            kept = [i for i in kept if not i.source_region]
+            kept = [i for i in kept if not is_copy(i, region)]
         rows += region_costs(clients.client("ebs", region), ec2, region, kept)
     named = {s.name for s in config.servers if not only or s.name in only}
     rows += [CostRow(name, config.schedule, clients.region) for name in

@@ -14,7 +14,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ec2ami.aws import error_text
 from ec2ami.backup.images import ALL_CREATED, description
 from ec2ami.backup.look import Outcome, managed_images
-from ec2ami.backup.pools import in_pool
 from ec2ami.contract import TAG_SHARED_WITH, TAG_SOURCE_IMAGE, TAG_SOURCE_REGION, TOOL
 
 if TYPE_CHECKING:
@@ -43,19 +42,14 @@ def destination_regions(clients: Clients, config: BackupConfig) -> list[Region]:
     ]
 
 
-def copies_in(
-    region: Region, config: BackupConfig, source_region: str, instance_of: dict[str, str] | None
-) -> list[Image]:
-    """The copies this tool made in a region of this source region's backups (in this pool).
-
-    With instance_of None (listing), every schedule's and pool's copies.
-    """
-    if instance_of is None:
-        images = managed_images(region.ec2, None)
-    else:
-        images = [i for i in managed_images(region.ec2, config.schedule)
-                  if in_pool(i, config.pool, instance_of)]  # fmt: skip
-    return [i for i in images if i.source_region == source_region]
+def marked_copies(region: Region, source_region: str) -> list[Image]:
+    """Every marked image in a region that EC2 says was copied from source_region, of any
+    schedule or pool, for --list and --cost (which count, and delete nothing)."""
+    return [
+        i
+        for i in managed_images(region.ec2, None)
+        if i.source_image_region == source_region and not i.source_instance_id
+    ]
 
 
 def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:

@@ -18,6 +18,7 @@ from ec2ami.facts import AVAILABLE, FAILED
 
 if TYPE_CHECKING:
     from ec2ami.backup.copies import Finisher
+    from ec2ami.backup.journal import Journal
     from ec2ami.backup.look import Outcome
     from ec2ami.backup.plan import Image, Prune
 
@@ -37,10 +38,10 @@ class Housekeeping:
 
     def __init__(
         self, ec2: Any, finisher: Finisher, existing: list[Image],
-        planned: dict[str, list[Prune]], prune: bool,
+        planned: dict[str, list[Prune]], prune: bool, journal: Journal,
     ) -> None:  # fmt: skip
         self.ec2, self.finisher, self.existing = ec2, finisher, existing
-        self.planned, self.prune = planned, prune
+        self.planned, self.prune, self.journal = planned, prune, journal
 
     def apply(self, out: Outcome) -> None:
         """Carry out what the plan says of a server once its new image has settled, and
@@ -56,7 +57,7 @@ class Housekeeping:
         going = {image.image_id for image, _ in doomed}
         kept = [i for i in images.values() if i.state == AVAILABLE and i.image_id not in going]
         self.finisher.finish(kept, out)
-        prune(self.ec2, doomed, out)
+        prune(self.ec2, doomed, out, self.journal, self.finisher.protect)
 
 
 class HousekeepingThread:

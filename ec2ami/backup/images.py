@@ -31,6 +31,7 @@ from ec2ami.facts import (
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig, ServerSpec
+    from ec2ami.backup.journal import Journal
     from ec2ami.backup.look import Outcome
     from ec2ami.backup.plan import Image, ServerPlan
 
@@ -224,12 +225,14 @@ def settle_image(out: Outcome, image: Image | None) -> bool:
     return True
 
 
-def deregister(ec2: Any, image: Image, out: Outcome) -> None:
-    """Deregister one image and delete its snapshots, so none is orphaned.
+def deregister(ec2: Any, image: Image, out: Outcome) -> set[str]:
+    """Deregister one image and delete its snapshots, so none is orphaned; return those
+    deleted (or kept for another image that uses them).
 
     An image that is already gone counts as deregistered; its snapshots are
     still deleted here, or by the sweep at the end of the run.
     """
+    settled: set[str] = set()
     if image.protected:  # DEREGISTRATION_PROTECTION (or someone) set it: retention lifts it
         ec2.disable_image_deregistration_protection(ImageId=image.image_id)
         log.info("%s: disabled the deregistration protection of %s", out.name, image.image_id)
@@ -246,9 +249,11 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
     for snapshot_id in image.snapshot_ids:
         code = results.get(snapshot_id)
         if code == SNAPSHOT_DELETED:
+            settled.add(snapshot_id)
             continue
         if code == SNAPSHOT_SKIPPED:
             out.warn(f"snapshot {snapshot_id} of {image.image_id} kept: in use")
+            settled.add(snapshot_id)
             continue
         if code == SNAPSHOT_NO_PERMISSION:  # a DeleteSnapshot would be refused too
             out.warn(
@@ -259,21 +264,25 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> None:
             continue
         try:
             delete_snapshot(ec2, snapshot_id, image.image_id, out)
+            settled.add(snapshot_id)
         except (ClientError, BotoCoreError) as err:
             out.warn(
                 f"image {image.image_id} is deregistered, but its snapshot {snapshot_id} stays: "
                 f"{error_text(err)}; the sweep at the end of the run (or the next run) retries"
             )
+    return settled
 
 
-def protection_hold(image: Image) -> str | None:
-    """Why retention must keep an image it would prune, or None: a deregistration
-    protection with a cooldown, which someone chose outside this tool (it protects
-    without), stays until they lift it and the cooldown passes."""
+def protection_hold(image: Image, ours: bool) -> str | None:
+    """Why retention must keep an image it would prune, or None. This tool lifts only the
+    protection it sets (DEREGISTRATION_PROTECTION, without a cooldown: ours); one that
+    someone else chose stays until they lift it and any cooldown passes."""
     if image.protection == "enabled-with-cooldown":
         return "has deregistration protection with a cooldown, set outside this tool"
     if image.protection.startswith("disabled-until"):
         return f"is in its deregistration protection's cooldown ({image.protection})"
+    if image.protected and not ours:
+        return "is protected from deregistration, which this config does not set"
     return None
 
 
@@ -290,15 +299,20 @@ def delete_snapshot(ec2: Any, snapshot_id: str, image_id: str, out: Outcome) -> 
         out.warn(f"snapshot {snapshot_id} of {image_id} kept: in use")
 
 
-def prune(ec2: Any, doomed: list[tuple[Image, str]], out: Outcome) -> None:
-    """Deregister the planned images of one server; an error fails that server."""
+def prune(
+    ec2: Any, doomed: list[tuple[Image, str]], out: Outcome, journal: Journal, protect: bool
+) -> None:
+    """Deregister the planned images of one server, each written in the journal first (see
+    ec2ami.backup.journal); an error fails that server."""
+    region = str(ec2.meta.region_name)
     for image, reason in doomed:
         try:
-            held = protection_hold(image)
+            held = protection_hold(image, protect)
             if held:
                 out.warn(f"{image.image_id} is due for pruning but kept: it {held}")
                 continue
-            deregister(ec2, image, out)
+            journal.record(region, image.image_id, image.snapshot_ids)
+            journal.strike(region, deregister(ec2, image, out))
         except (ClientError, BotoCoreError) as err:
             out.fail(f"could not deregister {image.image_id}: {error_text(err)}")
             return

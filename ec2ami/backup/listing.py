@@ -6,12 +6,14 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ec2ami import clock
 from ec2ami.aws import paginate
 from ec2ami.backup.config import CONSISTENCY_WORDS
-from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.dr import destination_regions, marked_copies
 from ec2ami.backup.images import protection_hold
-from ec2ami.backup.look import managed_images
-from ec2ami.backup.sweep import find_orphans, sweep_places
+from ec2ami.backup.look import discover, managed_images
+from ec2ami.backup.ownership import find_holdings, is_copy, owners_of
+from ec2ami.backup.sweep import Evidence, find_orphans, region_of, sweep_places
 from ec2ami.backup.tags import stamp
 from ec2ami.contract import TAG_VERIFIED
 from ec2ami.errors import EXIT_OK
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from ec2ami.aws import Clients
     from ec2ami.backup.config import BackupConfig
     from ec2ami.backup.dr import Region
+    from ec2ami.backup.look import Server
+    from ec2ami.backup.ownership import Holdings
     from ec2ami.backup.plan import BackupPlan, Image
 
 log = logging.getLogger(__name__)
@@ -41,12 +45,14 @@ def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
         if server.deprecate_at:
             print(f"  deprecated, with its copies, at {stamp(server.deprecate_at)}")
         for planned in server.prunes:
-            print_prune(planned.image, planned.reason, spec.name, "")
+            print_prune(planned.image, planned.reason, spec.name, "", plan.protect)
         for region in regions:
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
             print(f"Would copy {server.name} ({spec.name}) to {region.name}{key}")
             for planned in server.copy_prunes[region.name]:
-                print_prune(planned.image, planned.reason, spec.name, f" in {region.name}")
+                print_prune(
+                    planned.image, planned.reason, spec.name, f" in {region.name}", plan.protect
+                )
     for out in plan.failures:
         print(f"Would fail {out.name} ({out.instance_id}): {out.error}")
     if plan.share_with:
@@ -56,10 +62,10 @@ def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
         print("Would protect each new image and copy from deregistration (without cooldown)")
 
 
-def print_prune(image: Image, reason: str, server: str, where: str) -> None:
+def print_prune(image: Image, reason: str, server: str, where: str, protect: bool) -> None:
     """One planned deregistration, as prune() will carry it out."""
     what = f"{image.image_id} ({image.name}) of {server}{where}: {reason}"
-    held = protection_hold(image)
+    held = protection_hold(image, protect)
     if held:
         print(f"Would keep {what}, since it {held}")
     elif image.protected:
@@ -72,13 +78,19 @@ def print_sweep_plan(
     clients: Clients,
     regions: list[Region],
     config: BackupConfig,
-    instance_of: dict[str, str],
+    held: Holdings,
+    servers: list[Server],
     now: datetime,
 ) -> None:
-    """Print the orphaned snapshots the sweep would delete, in each region."""
+    """Print the orphaned snapshots the sweep would delete (and keep), in each region."""
     for ec2, source_region, where in sweep_places(clients, regions):
-        for snapshot_id in find_orphans(ec2, config, instance_of, now, source_region):
+        evidence = Evidence.of(config, held, servers, source_region, region_of(ec2))
+        orphans, untied = find_orphans(ec2, config, evidence, now)
+        for snapshot_id in orphans:
             print(f"Would delete orphaned snapshot {snapshot_id}{where}")
+        for snapshot_id in untied:
+            print(f"Would keep snapshot {snapshot_id}{where}: it claims this pool, but no "
+                  "fact ties it to it")  # fmt: skip
 
 
 def list_backups(
@@ -86,27 +98,47 @@ def list_backups(
 ) -> int:
     """Print a table of managed backups per server and region, newest first; with
     recycle_bin also the images each region's Recycle Bin holds."""
-    found = [(clients.region, i) for i in managed_images(clients.ec2, None) if not i.source_region]
-    for region in destination_regions(clients, config):
-        found += [(region.name, i) for i in copies_in(region, config, clients.region, None)]
-    found = [(r, i) for r, i in found if not only or i.server in only]
+    ec2, home = clients.ec2, clients.region
+    regions = destination_regions(clients, config)
+    every = managed_images(ec2, None)
+    servers, failures = discover(ec2, config, only, clock.utc_now())
+    owners = owners_of(config, servers, every, {o.name: o.instance_id for o in failures})
+    ours = [i for i in every if i.schedule == config.schedule]
+    held = find_holdings(ec2, config.schedule, home, owners, ours, regions)
+    apart = {image.image_id for _, image, _ in held.impostors}
+    found = [(home, i) for i in every if not is_copy(i, home)]
+    for region in regions:
+        found += [(region.name, i) for i in marked_copies(region, home)]
+    found = [(r, i) for r, i in found if (not only or i.server in only) and i.image_id not in apart]
     found.sort(
         key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())
     )
     images = [i for _, i in found]
-    rows = [("SERVER", "REGION", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE", "VERIFIED")]
+    rows = [("SERVER", "REGION", "POOL", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE",
+             "VERIFIED")]  # fmt: skip
     for where, i in found:
         created = i.created.strftime("%Y-%m-%d %H:%M:%S")
         verified = verified_summary(i.tags.get(TAG_VERIFIED))
-        rows.append((i.server, where, i.image_id, i.name, created, i.state, i.schedule, verified))
+        rows.append((i.server, where, i.pool or "-", i.image_id, i.name, created, i.state,
+                     i.schedule, verified))  # fmt: skip
     print_table(rows)
     if not images:
         print("(no managed backups)")
+    print_impostors(held.impostors)
     if recycle_bin:
-        regions = [(clients.region, clients.ec2)]
-        regions += [(r.name, r.ec2) for r in destination_regions(clients, config)]
-        print_recycle_bins(regions)
+        print_recycle_bins([(home, ec2)] + [(r.name, r.ec2) for r in regions])
     return EXIT_OK
+
+
+def print_impostors(impostors: list[tuple[str, Image, str]]) -> None:
+    """The images that claim to be this pool's backups and are not: kept, never counted."""
+    if not impostors:
+        return
+    print()
+    print("Not this pool's backups, though their tags say so (kept, never counted or pruned):")
+    rows = [("REGION", "IMAGE", "NAME", "CLAIMS", "WHY")]
+    rows += [(r, i.image_id, i.name, i.server, why) for r, i, why in impostors]
+    print_table(rows)
 
 
 def print_recycle_bins(regions: list[tuple[str, Any]]) -> None:

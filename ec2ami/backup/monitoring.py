@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ec2ami import clock
-from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.dr import destination_regions
 from ec2ami.backup.look import check_requested, describe_instances, discover, managed_images
-from ec2ami.backup.pools import in_pool
+from ec2ami.backup.ownership import find_holdings, owners_of
 from ec2ami.backup.state import LastRun, age_metrics, put_metrics
 from ec2ami.backup.tags import stamp
 from ec2ami.contract import TAG_DRILL
@@ -39,22 +39,23 @@ def run_check(
     ec2 = clients.ec2
     servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
-    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
-    instance_of.update({o.name: o.instance_id for o in failures})
-    listed = [i for i in managed_images(ec2, config.schedule) if not i.source_region]
-    natives = [i for i in listed if in_pool(i, config.pool, instance_of)]
+    listed = managed_images(ec2, config.schedule)
+    gone = {o.name: o.instance_id for o in failures}
+    owners = owners_of(config, servers, listed, gone)
+    regions = destination_regions(clients, config)
+    held = find_holdings(ec2, config.schedule, clients.region, owners, listed, regions)
     named = [(s.spec.name, s.spec.instance_id, "") for s in servers]
     named += [(o.name, o.instance_id, o.error or "") for o in failures]
-    rows = [freshness(n, i, clients.region, natives, rpo, now, why) for n, i, why in named]
-    for region in destination_regions(clients, config):
-        copies = copies_in(region, config, clients.region, instance_of)
+    rows = [freshness(n, i, clients.region, held.natives, rpo, now, why) for n, i, why in named]
+    for region in regions:
+        copies = held.copies[region.name]
         rows += [freshness(n, i, region.name, copies, rpo, now, why) for n, i, why in named]
     coverage = Coverage.of(describe_instances(ec2, LIVE_FILTER), config, others, clients.region)
     last = LastRun.read(config.state_file, rpo, now)
     if config.metrics_namespace:
         ages = {r.server: r.age_hours for r in rows if r.region == clients.region}
         put_metrics(clients, config, age_metrics(config, ages, now))
-    return print_check(rows, coverage, last, clients.region, config, args)
+    return print_check(rows, coverage, last, clients.region, config, args, held.impostors)
 
 
 LIVE_FILTER = [{"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}]
@@ -154,7 +155,7 @@ def covers(config: BackupConfig, instance_id: str, tags: dict[str, str]) -> bool
 
 def print_check(
     rows: list[Freshness], coverage: Coverage, last: LastRun, home: str, config: BackupConfig,
-    args: argparse.Namespace,
+    args: argparse.Namespace, impostors: list[tuple[str, Image, str]],
 ) -> int:  # fmt: skip
     """Print the summary line first (for Nagios and mail subjects), then the tables;
     -q prints nothing when all is well. Return 0 all fresh, 1 otherwise."""
@@ -173,6 +174,11 @@ def print_check(
     ]
     if last.problem:
         problems.append(last.problem)
+    problems += [
+        f"{image.image_id} ({image.name}) in {region} claims to be a backup of {image.server} "
+        f"in this pool, but is not: {why}"
+        for region, image, why in impostors
+    ]
     summary = (
         f"PROBLEM: {'; '.join(problems)}"
         if problems

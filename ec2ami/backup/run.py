@@ -17,15 +17,23 @@ from ec2ami.aws import error_text
 from ec2ami.backup.config import SSM_MODES
 from ec2ami.backup.consistency import back_up, check_post_scripts, ssm_offline
 from ec2ami.backup.copies import Finisher, Replication
-from ec2ami.backup.dr import copies_in, destination_regions
+from ec2ami.backup.dr import destination_regions
 from ec2ami.backup.housekeeping import Housekeeping, HousekeepingThread, guarded
 from ec2ami.backup.images import ALL_CREATED, follow_up
+from ec2ami.backup.journal import Journal
 from ec2ami.backup.listing import print_plan, print_sweep_plan
-from ec2ami.backup.look import Outcome, check_requested, discover, managed_images, record_launch
+from ec2ami.backup.look import (
+    Outcome,
+    Server,
+    check_requested,
+    discover,
+    managed_images,
+    record_launch,
+)
+from ec2ami.backup.ownership import Holdings, find_holdings, owners_of
 from ec2ami.backup.plan import plan_backup
-from ec2ami.backup.pools import in_pool, split_pool_clashes
 from ec2ami.backup.state import record_run
-from ec2ami.backup.sweep import sweep_places, sweep_snapshots
+from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import PENDING
 
@@ -48,11 +56,11 @@ def run_backup(
     check_requested(args.server, servers, failures)
     record_launch(clients, config, servers)
     listed = managed_images(ec2, config.schedule)
-    servers = split_pool_clashes(ec2, servers, failures, listed, config.pool)
-    instance_of = {s.spec.name: s.spec.instance_id for s in servers}
-    natives = [i for i in listed if not i.source_region and in_pool(i, config.pool, instance_of)]
     regions = destination_regions(clients, config)
-    copies = {r.name: copies_in(r, config, clients.region, instance_of) for r in regions}
+    owners = owners_of(config, servers, listed)
+    held = find_holdings(ec2, config.schedule, clients.region, owners, listed, regions)
+    held.warn()
+    natives, copies = held.natives, held.copies
     plan = plan_backup(
         config,
         servers,
@@ -67,7 +75,7 @@ def run_backup(
     if args.dry_run:
         print_plan(plan, regions)
         if plan.prune:
-            print_sweep_plan(clients, regions, config, instance_of, started)
+            print_sweep_plan(clients, regions, config, held, servers, started)
         return EXIT_FAILED if failures else EXIT_OK
     outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=plan.run_id) for p in plan.servers]
     created: queue.Queue[Outcome] = queue.Queue()
@@ -75,8 +83,9 @@ def run_backup(
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     planned = {p.spec.name: p.prunes for p in plan.servers}
     finisher = Finisher(clients, None, plan)
-    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune))
-    replication = Replication(clients, regions, config, copies, plan)
+    journal = Journal.beside(config.state_file)
+    source = HousekeepingThread(Housekeeping(ec2, finisher, natives, planned, plan.prune, journal))
+    replication = Replication(clients, regions, config, copies, plan, journal)
 
     def settled(out: Outcome) -> None:
         replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
@@ -86,7 +95,7 @@ def run_backup(
     source.finish()
     copied = replication.finish()
     if plan.prune:
-        sweep_all(clients, regions, config, instance_of, started)
+        sweep_all(clients, regions, config, held, servers, started)
     code = report(outcomes + failures, copied, replication.errors)
     record_run(clients, config, started, code, outcomes + failures, copied, natives)
     return code
@@ -96,13 +105,15 @@ def sweep_all(
     clients: Clients,
     regions: list[Region],
     config: BackupConfig,
-    instance_of: dict[str, str],
+    held: Holdings,
+    servers: list[Server],
     started: datetime,
 ) -> None:
     """Sweep orphaned snapshots of this pool in REGION and in each COPY_TO_REGIONS region."""
     for ec2, source_region, where in sweep_places(clients, regions):
         try:
-            sweep_snapshots(ec2, config, instance_of, started, source_region, where)
+            evidence = Evidence.of(config, held, servers, source_region, region_of(ec2))
+            sweep_snapshots(ec2, config, evidence, started, where)
         except (ClientError, BotoCoreError) as err:
             log.warning("sweep%s: could not look for orphans: %s", where, error_text(err))
 
