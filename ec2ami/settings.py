@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -56,3 +57,17 @@ def check_enum(config: dict, name: str, choices: tuple) -> None:
     if config[name] not in choices:
         shown = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{name} must be one of {shown}, not {config[name]!r}")
+
+
+# Where run locks live: a fixed place, the same for cron, a login shell and systemd
+# (TMPDIR differs between them, and PrivateTmp= gives a unit its own /tmp and /var/tmp).
+# /run/lock is world-writable with the sticky bit on Debian and other systemd hosts.
+LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
+
+
+def lock_path(config_path: str, suffix: str = "lock") -> str:
+    """The lock file of a config, by its real path, in the first LOCK_DIRS that exists."""
+    real = os.path.realpath(config_path)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
+    folder = next((d for d in LOCK_DIRS if os.path.isdir(d)), LOCK_DIRS[-1])
+    return os.path.join(folder, f"ec2_to_ami-{digest}.{suffix}")

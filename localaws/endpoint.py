@@ -110,10 +110,10 @@ Patches (each has a test in tests/test_endpoint.py):
   P27 RunInstances completes a block device mapping for a device the image maps with the
      image's snapshot and size, so a mapping may change only, say, the volume type or
      the initialization rate, as on EC2 (moto refuses it: MissingParameter).
-  P29 CreationDate, which EC2 reports to the second, is at least a second after the
-     previous image of the same instance (for a copy: of the same source instance). On
-     EC2 a server's backups are hours apart; the suite runs them milliseconds apart, as
-     tests/conftest.py's RunClock steps the tool's own clock. Ownership orders by it.
+  P29 CreationDate carries its milliseconds (EC2 writes .000Z: whole seconds). On EC2 a
+     server's backups are hours apart; the suite runs them milliseconds apart, as
+     tests/conftest.py's RunClock steps the tool's own clock. Retention orders by
+     (CreationDate, image id), so the finer clock changes nothing that EC2 would order.
   P30 CopySnapshot's snapshot reports VolumeId vol-ffffffff, as EC2's do ("snapshots
      created by CopySnapshot have an arbitrary volume ID"); moto keeps the source's
      volume, which would tie a copy to a volume it was never taken from.
@@ -229,6 +229,7 @@ from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressB
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceState
+from moto.ec2.responses._base_response import EC2BaseResponse
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
@@ -353,8 +354,6 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     ]
     ami = _original_create_image(self, instance_id, name, description, image_specs)
     ami.source_image_id, ami.source_image_region = instance.image_id, self.region_name  # P28
-    ami.harness_lineage = instance_id
-    space_out(self, ami)
     image_volumes(self, ami, instance)
     for snapshot in image_snapshots(ami):
         for tag in snapshot_tags:
@@ -367,15 +366,9 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     return ami
 
 
-def space_out(backend: Any, ami: Any) -> None:
-    """P29: a second after the previous image of the same lineage, at the least."""
-    earlier = [
-        other.creation_date
-        for other in list(backend.amis.values())
-        if other is not ami and getattr(other, "harness_lineage", None) == ami.harness_lineage
-    ]
-    if earlier and ami.creation_date < max(earlier) + timedelta(seconds=1):
-        ami.creation_date = max(earlier) + timedelta(seconds=1)
+def _creation_date(when: datetime) -> str:
+    """CreationDate with its milliseconds (P29)."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def _backends() -> list[Any]:
@@ -464,8 +457,6 @@ def _copy_image(self) -> ActionResult:
     from moto.ec2.models import ec2_backends
 
     source = ec2_backends[backend.account_id][source_region].amis[source_id]
-    copy.harness_lineage = getattr(source, "harness_lineage", source_id)
-    space_out(backend, copy)
     if self._get_bool_param("CopyImageTags", False):
         for tag in source.get_tags():
             copy.add_tag(tag["key"], tag["value"])
@@ -1408,6 +1399,7 @@ def apply_patches() -> None:
     AmisResponse.disable_image = _disable_image
     AmisResponse.enable_image = _enable_image
     ElasticBlockStore.describe_snapshots = _describe_snapshots
+    EC2BaseResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER["Image.CreationDate"] = _creation_date
     EBSBackend.copy_snapshot = _copy_snapshot
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
     Snapshot.storage_tier = "standard"

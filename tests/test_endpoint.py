@@ -780,3 +780,11 @@ def test_p30_a_copied_snapshot_reports_ec2s_arbitrary_volume(ec2):
     copied = ec2.copy_snapshot(SourceSnapshotId=source, SourceRegion=REGION)["SnapshotId"]
     [snapshot] = ec2.describe_snapshots(SnapshotIds=[copied])["Snapshots"]
     assert snapshot["VolumeId"] == "vol-ffffffff"
+
+
+def test_p29_creation_dates_keep_their_milliseconds(ec2):
+    instance = an_instance(ec2)
+    first, second = image_of(ec2, instance, name="img-a"), image_of(ec2, instance, name="img-b")
+    dates = {i["ImageId"]: i["CreationDate"] for i in ec2.describe_images(
+        ImageIds=[first, second])["Images"]}  # fmt: skip
+    assert dates[first] < dates[second] and dates[first].endswith("Z")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pwd
 import shutil
@@ -20,6 +19,7 @@ import pytest
 
 from ec2ami import clock
 from ec2ami.backup.cli import main, run_lock
+from ec2ami.settings import lock_path
 from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import (
     CLOCK,
@@ -31,6 +31,7 @@ from tests.conftest import (
     managed,
     orphaned_managed_snapshots,
     run,
+    run_process,
     script_command,
     tags_of,
     wait_for,
@@ -310,6 +311,19 @@ def test_one_config_reached_through_a_link_is_one_lock(ec2, fleet, tmp_path):
     assert managed(ec2) == []
 
 
+def test_the_lock_holds_whatever_tmpdir_a_run_has(ec2, fleet, tmp_path):
+    """cron, a login shell and a systemd unit with PrivateTmp each see another TMPDIR: one
+    config is still one lock."""
+    config = backup_config(tmp_path, fleet)
+    other = tmp_path / "other-tmp"
+    other.mkdir()
+    with run_lock(str(config)) as locked:
+        assert locked
+        result = run_process("ec2_to_ami.py", config, TMPDIR=str(other))
+    assert result.returncode == 3 and "nothing done" in result.stderr
+    assert managed(ec2) == []
+
+
 def test_list_reads_while_a_run_holds_the_lock(ec2, fleet, tmp_path):
     config = backup_config(tmp_path, fleet)
     assert run("ec2_to_ami.py", config).returncode == 0
@@ -368,8 +382,7 @@ def readable_config(fleet):
     folder.chmod(0o755)
     path = backup_config(folder, fleet)
     path.chmod(0o644)
-    digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
-    lock = Path(tempfile.gettempdir()) / f"ec2_to_ami-{digest}.lock"
+    lock = Path(lock_path(str(path)))
     yield str(path), lock
     shutil.rmtree(folder)
     lock.unlink(missing_ok=True)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -28,6 +26,7 @@ from ec2ami.backup.state import record_run
 from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
 from ec2ami.iam.backup import print_iam_policy
 from ec2ami.output import command_line, setup_logging
+from ec2ami.settings import lock_path
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig
@@ -192,13 +191,11 @@ def run_lock(config_path: str) -> Iterator[bool]:
     """Hold an exclusive lock per config file, whoever runs it; yield False if another run does.
 
     The lock file is named for the config's real path, so one config reached through a
-    link is one lock. It is opened read-only (flock needs no more) and created
-    world-writable, so a run as another user than the first can take it too.
+    link is one lock, in a directory that does not depend on the environment (TMPDIR,
+    PrivateTmp). It is opened read-only (flock needs no more) and created world-writable,
+    so a run as another user than the first can take it too.
     """
-    real = os.path.realpath(config_path)
-    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.lock")
-    fd = open_lock_file(path)
+    fd = open_lock_file(lock_path(config_path))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

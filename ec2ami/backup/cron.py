@@ -5,16 +5,14 @@ nothing else in the crontab is touched.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import re
 import shlex
 import subprocess
-import tempfile
 
 from ec2ami.errors import EXIT_FAILED, EXIT_OK, ConfigError
-from ec2ami.settings import command_of
+from ec2ami.settings import command_of, lock_path
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +43,7 @@ def cron_marker(config_path: str) -> str:
 def cron_entry(schedule: str, config_path: str, log_path: str, script: str | None) -> str:
     """The crontab line: flock, absolute paths, -q, output appended to a log, the marker."""
     config = os.path.abspath(config_path)
-    digest = hashlib.sha256(config.encode()).hexdigest()[:16]
-    lock = os.path.join(tempfile.gettempdir(), f"ec2_to_ami-{digest}.cron.lock")
-    words = ["flock", "-n", lock, *command_of(script), "--config", config]
+    words = ["flock", "-n", lock_path(config, "cron.lock"), *command_of(script), "--config", config]
     command = " ".join(shlex.quote(w) for w in words) + " -q"
     command += f" >> {shlex.quote(os.path.abspath(log_path))} 2>&1"
     return f"{' '.join(schedule.split())} {command} {cron_marker(config)}".replace("%", "\\%")

@@ -76,7 +76,9 @@ def run_backup(
         print_plan(plan, regions)
         if plan.prune:
             print_sweep_plan(clients, regions, config, held, servers, started)
-        return EXIT_FAILED if failures else EXIT_OK
+        if not plan.servers and not failures:
+            log.error("%s", NOTHING_SELECTED)
+        return EXIT_FAILED if failures or not plan.servers else EXIT_OK
     outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=plan.run_id) for p in plan.servers]
     created: queue.Queue[Outcome] = queue.Queue()
     creator_args = (clients, plan.servers, outcomes, config, now, created)
@@ -154,6 +156,12 @@ def create_all(
         created.put(ALL_CREATED)
 
 
+NOTHING_SELECTED = (
+    "the config selects no server: SERVERS is empty or --server matched none, and "
+    "SELECT_TAGS matches no live instance; nothing was backed up"
+)
+
+
 def report(
     outcomes: list[Outcome], copies: Sequence[Outcome] = (), errors: Sequence[str] = ()
 ) -> int:
@@ -176,6 +184,9 @@ def report(
         log.error("%s", error)
     failed = [o for o in outcomes if o.error]
     failed_copies = [c for c in copies if c.error]
+    if not outcomes:  # exit 0 means every selected server is backed up: none is no backup
+        log.error("%s", NOTHING_SELECTED)
+        errors = [*errors, NOTHING_SELECTED]
     level = logging.ERROR if failed or failed_copies or errors else logging.INFO
     log.log(
         level,
