@@ -18,10 +18,16 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+from botocore.parsers import ResponseParserError
 
 from ec2ami.contract import TOOL
 from ec2ami.errors import ConfigError
 from ec2ami.facts import FILTER_VALUES_MAX, SESSION_NAME_BAD_CHARS
+
+# Whatever botocore raises for a failed call: the service's error (ClientError), the
+# client's (BotoCoreError: no connection, retries exhausted, ...), and an answer it cannot
+# parse (ResponseParserError: an HTML page from a proxy), which is neither.
+AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
 # EC2's request token buckets for the calls a run makes per server or per instance:
 # (bucket, size, refill per second), from "Request throttling for the Amazon EC2 API"
@@ -146,7 +152,7 @@ def assume_role(
 
     try:
         metadata = fetch()
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         raise RoleError(f"could not assume ROLE_ARN {role_arn}: {error_text(err)}") from None
     credentials = RefreshableCredentials.create_from_metadata(metadata, fetch, "sts-assume-role")
     core = botocore.session.Session()

@@ -1518,9 +1518,17 @@ ERROR_XML = (
 THROTTLED = Fault("", "RequestLimitExceeded", 503, message="Request limit exceeded.")
 
 
+# inject(action, HTML_PAGE, status=200): a proxy answers with its own HTML page, which
+# botocore cannot parse (ResponseParserError, neither ClientError nor BotoCoreError).
+HTML_PAGE = "HTML"
+
+
 def error_response(environ: dict, fault: Fault, start_response: Callable) -> list[bytes]:
     """The error document the service's protocol uses: EC2's XML, or JSON (SSM)."""
     headers = []
+    if fault.code == HTML_PAGE:  # a proxy's page, not the service's document
+        start_response(f"{fault.status} Proxy", [("Content-Type", "text/html")])
+        return [b"<!DOCTYPE html><html><body><h1>Bad gateway<br></h1>&nbsp;retry</body></html>"]
     if environ.get("HTTP_X_AMZ_TARGET"):
         body = json.dumps({"__type": fault.code, "message": fault.message})
         kind = "application/x-amz-json-1.1"

@@ -108,6 +108,15 @@ LONG_NAME = {"name": "w" * 120, "instance_id": GOOD_ID}
         ({"SERVERS": CLASHING_NAMES}, "servers 'web:01' and 'web*01' the same AMI name"),
         ({"SERVERS": [LONG_NAME], "NAME_FORMAT": "{server}-{schedule}-{time}"}, "not 3-128"),
         ({"POOL": "prod pool"}, "POOL must be 1-64 letters"),
+        # Accepted, then failing a later run (issue 25, section 5).
+        ({"NAME_FORMAT": "{server}-{time:%H%M}"}, "gives runs a day apart the same name"),
+        ({"NAME_FORMAT": "{server}-{time:%M}"}, "gives runs an hour apart the same name"),
+        ({"NAME_FORMAT": "{server}-{time:%m%d-%H%M}"}, "gives runs a year apart the same name"),
+        ({"SERVERS": [{**SERVER, "name": "web01\nFAILED"}]}, "contains a control character"),
+        ({"SERVERS": [{**SERVER, "name": "w" * 257}]}, "a server name has at most 256"),
+        ({"STATE_FILE": "/tmp"}, "STATE_FILE /tmp is a directory"),
+        ({"ADOPT_INSTANCES": {"web01": ["i-1"]}}, "ADOPT_INSTANCES['web01']: 'i-1' is no instance"),
+        ({"TRUST_TAGS_BEFORE": "2026-12-01"}, "TRUST_TAGS_BEFORE must be None or a time with"),
     ],
 )
 def test_bad_setting_is_named(settings, message):

@@ -9,7 +9,7 @@ from typing import Any
 
 from localaws.endpoint import BLOCKS_PER_GIB, resize_volume, write_blocks
 from localaws.fleet import launch
-from tests.conftest import backup_config, managed, run, tags_of
+from tests.conftest import backup_config, managed, run, tags_of, write_config
 
 DR = "us-west-2"
 BLOCK_GIB = 1 / 2048  # a 512 KiB block, in GiB
@@ -139,10 +139,12 @@ def test_cost_of_servers_without_backups_is_zero_and_the_table_says_what_it_coun
     result = run("ec2_to_ami.py", config, "--cost")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SERVER", "SCHEDULE", "REGION", "BACKUPS", "VOLUMES", "SIZE",
-                                "GiB", "STORED", "GiB", "ARCHIVED", "GiB", "USD/MONTH"]  # fmt: skip
-    assert [line.split()[:4] for line in lines[1:3]] == [
-        ["app01", "daily", "us-east-1", "0"], ["web01", "daily", "us-east-1", "0"]
+    assert lines[0].split() == ["SERVER", "SCHEDULE", "REGION", "POOL", "BACKUPS", "VOLUMES",
+                                "SIZE", "GiB", "STORED", "GiB", "ARCHIVED", "GiB",
+                                "USD/MONTH"]  # fmt: skip
+    assert [line.split()[:5] for line in lines[1:3]] == [
+        ["app01", "daily", "us-east-1", "backup", "0"],
+        ["web01", "daily", "us-east-1", "backup", "0"],
     ]  # fmt: skip
     assert lines[3].split() == ["TOTAL", "0", "0", "0.00", "0.00", "0.00"]
     assert "An estimate" in result.stdout and "SNAPSHOT_PRICE_GB_MONTH" in result.stdout
@@ -174,3 +176,13 @@ def test_a_volume_that_cannot_be_measured_fails_the_report_naming_it_but_not_the
     app = row(report, "app01")
     assert (app["stored_blocks"], app["errors"]) == (320, [])
     assert app["usd_per_month"] == round(320 * BLOCK_GIB * 0.06, 2)
+
+
+def test_two_pools_servers_of_one_name_are_two_rows(ec2, fleet, tmp_path):
+    for name, instance in (("prod.py", "web01"), ("staging.py", "app01")):
+        entry = {"name": "web01", "instance_id": fleet.instances[instance]}
+        config = write_config(tmp_path / name, SERVERS=[entry])
+        assert run("ec2_to_ami.py", config).returncode == 0
+    document = json.loads(run("ec2_to_ami.py", config, "--cost", "--json").stdout)
+    pools = sorted(r["pool"] for r in document["rows"] if r["server"] == "web01" and r["backups"])
+    assert pools == ["prod", "staging"]

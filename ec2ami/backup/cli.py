@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from ec2ami import clock
-from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
+from ec2ami.aws import AWS_ERRORS, Clients, RoleError, base_session, connect, error_text
 from ec2ami.backup.config import RPO_DEFAULTS, load_config, load_other_config
 from ec2ami.backup.cost import cost_report
 from ec2ami.backup.cron import CronError, check_cron_schedule, manage_cron
@@ -82,14 +80,14 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
             started = clock.utc_now()  # to the microsecond: the sweep leaves what this run makes
             try:
                 return run_backup(clients, config, args, started)
-            except (ClientError, BotoCoreError):
+            except AWS_ERRORS:
                 if not args.dry_run:
                     record_run(clients, config, started, EXIT_FAILED)
                 raise
     except LockError as err:
         log.error("%s; nothing done", err)
         return EXIT_FAILED
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
         return EXIT_FAILED
 

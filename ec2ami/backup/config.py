@@ -9,20 +9,17 @@ import hashlib
 import math
 import os
 import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from ec2ami.backup.naming import check_name_format, server_name_problem
 from ec2ami.contract import LAUNCH_TAGS_MAX, MAX_TAGS, TAG_KEY_MAX, TAG_PREFIX, TAG_VALUE_MAX
 from ec2ami.errors import ConfigError
 from ec2ami.facts import (
     ACCOUNT_RE,
-    AMI_NAME_BAD_CHARS,
-    AMI_NAME_CHARS,
-    AMI_NAME_RE,
     COPY_OPTIONS,
     INSTANCE_ID_RE,
     POOL_BAD_CHARS,
@@ -76,7 +73,6 @@ SSM_MODES = ("vss", "scripts")
 CONSISTENCY_WORDS = {"crash": "no reboot", "reboot": "with reboot", "vss": "VSS through SSM",
                      "scripts": "pre/post scripts through SSM"}  # fmt: skip
 PLATFORMS = ("windows", "linux")
-NAME_FIELDS = {"server", "schedule", "time", "instance_id"}
 # Contract tags a single image can carry, counting continuation tags generously.
 CONTRACT_TAGS_MAX = 22 + LAUNCH_TAGS_MAX
 # The largest value each numeric setting takes: beyond these, a setting is a typo.
@@ -216,6 +212,8 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     _check_optional_str(settings, "PROFILE")
     _check_optional_str(settings, "LOG_FILE")
     _check_optional_str(settings, "STATE_FILE")
+    if settings["STATE_FILE"] and os.path.isdir(settings["STATE_FILE"]):
+        raise ConfigError(f"STATE_FILE {settings['STATE_FILE']} is a directory; name a file")
     _check_number(settings, "RPO_HOURS", allow_none=True)
     _check_number(settings, "SNAPSHOT_PRICE_GB_MONTH", allow_none=False)
     _check_number(settings, "ARCHIVE_PRICE_GB_MONTH", allow_none=False)
@@ -458,6 +456,9 @@ def _server_spec(entry: dict, where: str, defaults: ServerDefaults, tags: dict) 
     name, instance_id = entry.get("name"), entry.get("instance_id")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    problem = server_name_problem(name)
+    if problem:
+        raise ConfigError(f"{where}: 'name' {problem}")
     if not isinstance(instance_id, str) or not INSTANCE_ID_RE.match(instance_id):
         raise ConfigError(
             f"{where} ({name}): 'instance_id' {instance_id!r} is not an instance id "
@@ -520,67 +521,3 @@ def _check_unique(specs: list[ServerSpec]) -> None:
             if value in seen:
                 raise ConfigError(f"SERVERS: {attribute} {value!r} appears twice")
             seen.add(value)
-
-
-def check_name_format(fmt: Any, schedule: str, specs: list[ServerSpec]) -> None:
-    """NAME_FORMAT names each server's backups apart, at least a minute apart, validly."""
-    if not isinstance(fmt, str):
-        raise ConfigError(f"NAME_FORMAT must be a string, not {fmt!r}")
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None}
-    except ValueError as err:
-        raise ConfigError(f"NAME_FORMAT is not a valid format string: {err}") from None
-    if "time" not in fields:
-        raise ConfigError("NAME_FORMAT must contain {time}, so each backup has its own name")
-    if not fields & {"server", "instance_id"}:
-        raise ConfigError(
-            "NAME_FORMAT must contain {server} or {instance_id}, so each server's names differ"
-        )
-    unknown = fields - NAME_FIELDS
-    if unknown:
-        raise ConfigError(f"NAME_FORMAT: unknown field {{{sorted(unknown)[0]}}}")
-    sample = ServerSpec("server", "i-0123456789abcdef0", 1)
-    when = datetime(2026, 1, 2, 3, 4, 5)
-    try:
-        first = render_name(fmt, sample, schedule, when)
-        later = render_name(fmt, sample, schedule, when + timedelta(minutes=1))
-    except (ValueError, KeyError, IndexError) as err:
-        raise ConfigError(f"NAME_FORMAT does not render: {err}") from None
-    if first == later:
-        raise ConfigError(
-            f"NAME_FORMAT gives runs a minute apart the same name ({first!r}): "
-            "its {time} needs at least minutes, e.g. {time:%Y%m%d-%H%M}"
-        )
-    check_server_names(fmt, schedule, specs or [sample], when)
-
-
-def check_server_names(fmt: str, schedule: str, specs: list[ServerSpec], when: datetime) -> None:
-    """Each listed server's AMI name is valid, and no two servers share one."""
-    seen: dict[str, str] = {}
-    for spec in specs:
-        problem = name_problem(fmt, spec, schedule, when)
-        if problem:
-            raise ConfigError(f"NAME_FORMAT: {problem}")
-        name = render_name(fmt, spec, schedule, when)
-        if name in seen:
-            raise ConfigError(
-                f"NAME_FORMAT gives servers {seen[name]!r} and {spec.name!r} the same AMI "
-                f"name {name!r} (EC2 allows only {AMI_NAME_CHARS}); rename one"
-            )
-        seen[name] = spec.name
-
-
-def name_problem(fmt: str, spec: ServerSpec, schedule: str, when: datetime) -> str | None:
-    """Why the AMI name for a server is not one EC2 takes, or None."""
-    name = render_name(fmt, spec, schedule, when)
-    if AMI_NAME_RE.match(name):
-        return None
-    return f"the AMI name for {spec.name!r} would be {name!r} ({len(name)} characters), not 3-128"
-
-
-def render_name(fmt: str, server: ServerSpec, schedule: str, when: datetime) -> str:
-    """Render an AMI name, replacing characters EC2 does not allow with '-'."""
-    name = fmt.format(
-        server=server.name, schedule=schedule, time=when, instance_id=server.instance_id
-    )
-    return AMI_NAME_BAD_CHARS.sub("-", name)

@@ -8,10 +8,10 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from ec2ami import polling
-from ec2ami.aws import chunked, error_text, paginate
+from ec2ami.aws import AWS_ERRORS, chunked, error_text, paginate
 from ec2ami.backup.images import create_backup, description
 from ec2ami.backup.look import to_image
 from ec2ami.backup.tags import identity_tags
@@ -69,7 +69,7 @@ def ssm_offline(ssm: Any, servers: list[Server]) -> dict[str, str]:
             ):  # fmt: skip
                 if info.get("PingStatus") == SSM_ONLINE:
                     online.add(info["InstanceId"])
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         return {i: f"could not ask SSM about the instance: {error_text(err)}" for i in ids}
     return {
         s.spec.instance_id: (

@@ -10,9 +10,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.dr import copy_all
 from ec2ami.backup.housekeeping import Housekeeping, HousekeepingThread
 from ec2ami.backup.images import follow_up, revoke_sharing
@@ -120,7 +118,7 @@ class Finisher:
                     image.protection = "enabled-without-cooldown"
                 if image.shared_with != self.accounts:
                     self.share(image, out, where)
-            except (ClientError, BotoCoreError) as err:
+            except AWS_ERRORS as err:
                 out.fail_late(
                     f"could not deprecate, protect or share {image.image_id}{where}: "
                     f"{error_text(err)}"

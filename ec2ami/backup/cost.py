@@ -48,17 +48,19 @@ class Kept:
     """One snapshot of a kept backup, in its volume's lineage."""
 
     snapshot_id: str
-    schedule: str
+    row: tuple[str, str, str]  # (server, pool, schedule): the row it counts in
     archived_bytes: int | None  # None: in the standard tier
 
 
 @dataclass
 class CostRow:
-    """What one server's backups of one schedule hold in one region, and cost a month."""
+    """What one server's backups of one pool and schedule hold in one region, and cost a
+    month: two configs' web01 are two rows."""
 
     server: str
     schedule: str
     region: str
+    pool: str = ""
     backups: int = 0
     volumes: int = 0
     size_gib: int = 0  # the newest backup's volumes, in full
@@ -97,7 +99,7 @@ def cost_report(clients: Clients, config: BackupConfig, only: list[str], as_json
             kept = [i for i in kept if not is_copy(i, region)]
         rows += region_costs(clients.client("ebs", region), ec2, region, kept)
     named = {s.name for s in config.servers if not only or s.name in only}
-    rows += [CostRow(name, config.schedule, clients.region) for name in
+    rows += [CostRow(name, config.schedule, clients.region, config.pool) for name in
              sorted(named - {r.server for r in rows if r.region == clients.region})]  # fmt: skip
     rows.sort(key=lambda r: (r.server, r.region != clients.region, r.region, r.schedule))
     (print_cost_json if as_json else print_cost)(rows, config)
@@ -107,18 +109,18 @@ def cost_report(clients: Clients, config: BackupConfig, only: list[str], as_json
 def region_costs(ebs: Any, ec2: Any, region: str, images: list[Image]) -> list[CostRow]:
     """The cost rows of one region's kept backups: each volume's lineage measured once."""
     facts = snapshot_facts(ec2, [s for i in images for s in i.devices.values()])
-    rows: dict[tuple[str, str], CostRow] = {}
+    rows: dict[tuple[str, str, str], CostRow] = {}
     lineages: dict[tuple[str, str, str], list[Kept]] = {}
     for image in sorted(images, key=lambda i: i.created):
-        row = rows.setdefault((image.server, image.schedule),
-                              CostRow(image.server, image.schedule, region))  # fmt: skip
+        key = (image.server, image.pool, image.schedule)
+        row = rows.setdefault(key, CostRow(image.server, image.schedule, region, image.pool))
         row.backups += 1
         row.volumes = max(row.volumes, len(image.devices))
         row.size_gib = 0  # the newest backup's, as images come oldest first
         for device, snapshot_id in image.devices.items():
             size, archived = facts.get(snapshot_id, (0, None))
             row.size_gib += size
-            kept = Kept(snapshot_id, image.schedule, archived)
+            kept = Kept(snapshot_id, key, archived)
             lineages.setdefault((image.server, image.instance_id, device), []).append(kept)
     standard = {key: [k for k in chain if k.archived_bytes is None]
                 for key, chain in lineages.items()}  # fmt: skip
@@ -128,13 +130,13 @@ def region_costs(ebs: Any, ec2: Any, region: str, images: list[Image]) -> list[C
     for key, chain in lineages.items():
         (server, _, device), (added, error) = key, measured[key]
         for kept, blocks in zip(standard[key], added, strict=False):
-            rows[(server, kept.schedule)].stored_blocks += blocks
+            rows[kept.row].stored_blocks += blocks
         for kept in chain:
-            rows[(server, kept.schedule)].archived_bytes += kept.archived_bytes or 0
+            rows[kept.row].archived_bytes += kept.archived_bytes or 0
         if error:
             log.error("%s in %s: %s: %s", server, region, device, error)
-            for schedule in {k.schedule for k in chain}:
-                rows[(server, schedule)].errors.append(f"{device}: {error}")
+            for counted in {k.row for k in chain}:
+                rows[counted].errors.append(f"{device}: {error}")
     return list(rows.values())
 
 
@@ -196,16 +198,16 @@ def direct_pages(ebs: Any, operation: str, key: str, **kwargs: Any) -> Iterator[
 
 def print_cost(rows: list[CostRow], config: BackupConfig) -> None:
     """The cost table, a total line, and what the figures are."""
-    table = [("SERVER", "SCHEDULE", "REGION", "BACKUPS", "VOLUMES", "SIZE GiB", "STORED GiB",
-              "ARCHIVED GiB", "USD/MONTH")]  # fmt: skip
+    table = [("SERVER", "SCHEDULE", "REGION", "POOL", "BACKUPS", "VOLUMES", "SIZE GiB",
+              "STORED GiB", "ARCHIVED GiB", "USD/MONTH")]  # fmt: skip
     for row in rows:
         stored = row.stored_blocks * BLOCK_BYTES / GIB
         money = "?" if row.errors else f"{row.monthly(config):.2f}"
-        table.append((row.server, row.schedule, row.region, str(row.backups), str(row.volumes),
-                      str(row.size_gib), "?" if row.errors else f"{stored:.2f}",
+        table.append((row.server, row.schedule, row.region, row.pool or "-", str(row.backups),
+                      str(row.volumes), str(row.size_gib), "?" if row.errors else f"{stored:.2f}",
                       f"{row.archived_bytes / GIB:.2f}", money))  # fmt: skip
     total = cost_total(rows, config)
-    table.append(("TOTAL", "", "", str(total["backups"]), "", str(total["size_gib"]),
+    table.append(("TOTAL", "", "", "", str(total["backups"]), "", str(total["size_gib"]),
                   f"{total['stored_gib']:.2f}", f"{total['archived_gib']:.2f}",
                   f"{total['usd_per_month']:.2f}"))  # fmt: skip
     print_table(table)
@@ -240,6 +242,7 @@ def print_cost_json(rows: list[CostRow], config: BackupConfig) -> None:
                 "server": r.server,
                 "schedule": r.schedule,
                 "region": r.region,
+                "pool": r.pool,
                 "backups": r.backups,
                 "volumes": r.volumes,
                 "size_gib": r.size_gib,

@@ -9,9 +9,7 @@ import queue
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.images import ALL_CREATED, description
 from ec2ami.backup.look import Outcome, managed_images
 from ec2ami.contract import TAG_SHARED_WITH, TAG_SOURCE_IMAGE, TAG_SOURCE_REGION, TOOL
@@ -91,7 +89,7 @@ def copy_backup(region: Region, source_region: str, out: Outcome) -> Outcome:
     try:
         copy.made(region.ec2.copy_image(**params)["ImageId"])
         log.info("%s: copying %s to %s as %s", out.name, image.image_id, region.name, copy.image_id)
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         copy.fail(f"copy of {image.image_id} failed: {error_text(err)}")
     return copy
 

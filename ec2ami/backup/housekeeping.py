@@ -9,9 +9,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.images import prune
 from ec2ami.backup.plan import due
 from ec2ami.facts import AVAILABLE, FAILED
@@ -29,7 +27,7 @@ def guarded(out: Outcome, what: str, func: Any, *args: Any) -> None:
     """Run one server's step; an AWS error fails that server only."""
     try:
         func(*args)
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         out.fail(f"{what}: {error_text(err)}")
 
 

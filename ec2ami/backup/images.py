@@ -9,10 +9,10 @@ import queue
 import time
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from ec2ami import polling
-from ec2ami.aws import error_text, paginate
+from ec2ami.aws import AWS_ERRORS, error_text, paginate
 from ec2ami.backup.look import to_image
 from ec2ami.contract import TAG_MANAGED, TAG_RUN, TOOL
 from ec2ami.facts import (
@@ -182,7 +182,7 @@ def poll_once(ec2: Any, waiting: dict[str, Outcome], settle: Any) -> None:
     """One DescribeImages for all waiting images; settle those that are done."""
     try:
         images = describe_run_images(ec2, sorted({o.run_id for o in waiting.values()}))
-    except (ClientError, BotoCoreError) as err:  # the next poll, or the timeout, decides
+    except AWS_ERRORS as err:  # the next poll, or the timeout, decides
         log.warning("could not poll %d new image(s): %s", len(waiting), error_text(err))
         return
     for image_id in list(waiting):
@@ -265,7 +265,7 @@ def deregister(ec2: Any, image: Image, out: Outcome) -> set[str]:
         try:
             delete_snapshot(ec2, snapshot_id, image.image_id, out)
             settled.add(snapshot_id)
-        except (ClientError, BotoCoreError) as err:
+        except AWS_ERRORS as err:
             out.warn(
                 f"image {image.image_id} is deregistered, but its snapshot {snapshot_id} stays: "
                 f"{error_text(err)}; the sweep at the end of the run (or the next run) retries"
@@ -313,7 +313,7 @@ def prune(
                 continue
             journal.record(region, image.image_id, image.snapshot_ids)
             journal.strike(region, deregister(ec2, image, out))
-        except (ClientError, BotoCoreError) as err:
+        except AWS_ERRORS as err:
             out.fail(f"could not deregister {image.image_id}: {error_text(err)}")
             return
         out.pruned_image(image.image_id)

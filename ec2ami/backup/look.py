@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from ec2ami.attributes import LAUNCH_DATA_KEYS, read_all
-from ec2ami.aws import chunked, error_text, paginate
-from ec2ami.backup.config import ServerSpec, name_problem, render_name, with_consistency
+from ec2ami.aws import AWS_ERRORS, chunked, error_text, paginate
+from ec2ami.backup.config import ServerSpec, with_consistency
+from ec2ami.backup.naming import name_problem, render_name
 from ec2ami.backup.plan import Image
 from ec2ami.contract import (
     INTERFACE_DEFAULTS,
@@ -257,7 +258,7 @@ def load_balancer_membership(
                 if member.get("InstanceId") in found:
                     name = balancer["LoadBalancerName"]
                     found[member["InstanceId"]]["classic_load_balancers"].append(name)
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         log.warning(
             "load balancer membership is not recorded (a restore will say so): %s; allow "
             "the Describe calls in --print-iam-policy, or set RECORD_LOAD_BALANCERS = False",
@@ -380,8 +381,10 @@ def parse_time(text: str) -> datetime:
 
 def tag_time(text: str | None) -> datetime | None:
     """An ISO 8601 time with its zone, as this tool writes them; None if it is anything else."""
+    if not isinstance(text, str):
+        return None
     try:
-        when = datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
     return when if when.tzinfo is not None else None

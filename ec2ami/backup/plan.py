@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from ec2ami.backup.config import render_name
+from ec2ami.backup.naming import render_name
 from ec2ami.backup.tags import VSS_TAG_ROOM, backup_tags, contract_tags, instance_tags, launch_tags
 from ec2ami.contract import MAX_TAGS, TAG_SHARED_WITH, TAG_SOURCE_REGION
 from ec2ami.facts import AVAILABLE, DISABLED, FAILED, PROTECTION_OFF
@@ -184,8 +184,12 @@ def prunes_after(
     images: list[Image], name: str, keep: int, config: BackupConfig, now: datetime, spec: ServerSpec
 ) -> list[Prune]:
     """What retention removes of a server's existing images once a new one is available;
-    its failed images go whether or not the new one is."""
+    its failed images go whether or not the new one is. Without WAIT, the new image is not
+    seen through: retention keeps KEEP of the images there are, and prunes at once."""
     mine = [i for i in images if i.server == spec.name]
+    if not config.wait:  # this run never sees its image verified: keep KEEP of the others
+        doomed = plan_prune(mine, keep, config.max_age_days, now)
+        return [Prune(image, reason, once_verified=False) for image, reason in doomed]
     assumed = Image("(new)", name, AVAILABLE, now, spec.name, config.schedule)
     doomed = plan_prune([*mine, assumed], keep, config.max_age_days, now)
     return [

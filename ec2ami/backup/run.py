@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from ec2ami import clock
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.config import SSM_MODES
 from ec2ami.backup.consistency import back_up, check_post_scripts, ssm_offline
 from ec2ami.backup.copies import Finisher, Replication
@@ -116,7 +114,7 @@ def sweep_all(
         try:
             evidence = Evidence.of(config, held, servers, source_region, region_of(ec2))
             sweep_snapshots(ec2, config, evidence, started, where)
-        except (ClientError, BotoCoreError) as err:
+        except AWS_ERRORS as err:
             log.warning("sweep%s: could not look for orphans: %s", where, error_text(err))
 
 

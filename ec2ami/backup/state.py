@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from ec2ami import clock
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.look import parse_time
 from ec2ami.backup.tags import stamp
 from ec2ami.errors import EXIT_OK
@@ -77,6 +75,8 @@ def record_run(
         "servers_failed": sum(1 for o in outcomes if o.error),
         "images_pruned": sum(len(o.pruned) for o in [*outcomes, *copies]),
     }
+    if code != EXIT_OK and not outcomes:  # stopped before it knew its servers: all failed
+        counts["servers_failed"] = max(1, len(config.servers))
     if config.state_file:
         record = {
             "version": 1,
@@ -89,7 +89,7 @@ def record_run(
             "run_seconds": round(seconds, 1),
         }
         write_state(config.state_file, record)
-    if config.metrics_namespace and outcomes:
+    if config.metrics_namespace:
         ages: dict[str, float | None] = {o.name: None for o in outcomes}
         for image in natives:  # the previous backups: a failed server's age is the newest's
             if image.state == AVAILABLE and image.server in ages:
@@ -158,7 +158,7 @@ def put_metrics(clients: Clients, config: BackupConfig, data: list[dict]) -> Non
                 Namespace=config.metrics_namespace,
                 MetricData=data[start : start + METRICS_PER_CALL],
             )
-        except (ClientError, BotoCoreError) as err:
+        except AWS_ERRORS as err:
             log.warning(
                 "could not put metrics in %s: %s", config.metrics_namespace, error_text(err)
             )

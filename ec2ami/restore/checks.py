@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TOOL
 from ec2ami.facts import CHECK_DOCUMENTS, SSM_IDS_MAX, SSM_ONLINE, SSM_RUNNING, SSM_SUCCESS
 from ec2ami.restore.config import RestoreConfig
@@ -33,7 +31,7 @@ def advance_checks(
     unsent = [r for r in checking if "command_id" not in r.check]
     try:
         online = ssm_online(ssm, [r.ids[0] for r in unsent]) if unsent else set()
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         for restore in unsent:
             restore.fail(f"could not ask SSM about {restore.ids[0]}: {error_text(err)}")
         return
@@ -53,7 +51,7 @@ def advance_checks(
                     Parameters={"commands": [command], "executionTimeout": [str(seconds)]},
                     TimeoutSeconds=max(30, seconds), Comment=f"{TOOL} drill",
                 )["Command"]["CommandId"]  # fmt: skip
-            except (ClientError, BotoCoreError) as err:
+            except AWS_ERRORS as err:
                 for restore in batch:
                     restore.fail(f"DRILL_CHECK could not be sent: {error_text(err)}")
                 continue
@@ -89,7 +87,7 @@ def read_checks(ssm: Any, sent: list[Restore], run: Run) -> None:
                 CommandId=command_id, Details=True
             )
             invocations = {i["InstanceId"]: i for p in pages for i in p["CommandInvocations"]}
-        except (ClientError, BotoCoreError) as err:
+        except AWS_ERRORS as err:
             for restore in group:
                 restore.fail(f"could not read DRILL_CHECK's result: {error_text(err)}")
             continue

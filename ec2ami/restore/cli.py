@@ -9,9 +9,7 @@ import getpass
 import logging
 import re
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import Clients, RoleError, base_session, connect, error_text
+from ec2ami.aws import AWS_ERRORS, Clients, RoleError, base_session, connect, error_text
 from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from ec2ami.iam.restore import print_iam_policy
 from ec2ami.output import command_line, setup_logging
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     except RestoreError as err:
         log.error("%s; nothing launched", err)
         return EXIT_FAILED
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
         return EXIT_FAILED
 

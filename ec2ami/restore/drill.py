@@ -15,9 +15,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TAG_DRILL, TAG_DRILL_RUN, TAG_VERIFIED, TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import FILTER_VALUES_MAX
@@ -54,7 +52,7 @@ def drill(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> 
         terminate(ec2, [i["InstanceId"] for i in leftovers], "left by an earlier drill")
     try:
         restores = prepare(clients, config, args, run)
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
     if restores is None or args.dry_run:
         return EXIT_OK if restores is None else dry_run(ec2, restores, config)
@@ -120,7 +118,7 @@ def launched_by(ec2: Any, run: Run) -> list[str]:
     try:
         pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
         return [i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]]
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         log.error("could not look for this drill's instances: %s", error_text(err))
         return []
 
@@ -133,7 +131,7 @@ def terminate(ec2: Any, ids: list[str], why: str) -> None:
         try:
             ec2.terminate_instances(InstanceIds=batch)
             log.info("terminated %s: %s", ", ".join(batch), why)
-        except (ClientError, BotoCoreError) as err:
+        except AWS_ERRORS as err:
             log.error("could not terminate %s (%s): %s; the next drill will", ", ".join(batch),
                       why, error_text(err))  # fmt: skip
 
@@ -166,7 +164,7 @@ def record_drill(
             try:
                 clients.ec2.create_tags(Resources=[restore.image["ImageId"]],
                                         Tags=[{"Key": TAG_VERIFIED, "Value": value}])  # fmt: skip
-            except (ClientError, BotoCoreError) as err:
+            except AWS_ERRORS as err:
                 restore.problems.append(f"could not tag {restore.image['ImageId']} "
                                         f"{TAG_VERIFIED}: {error_text(err)}")  # fmt: skip
         entry = restore_document(restore, [], run)

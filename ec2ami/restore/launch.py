@@ -8,10 +8,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from ec2ami import polling
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.facts import DISABLED, PENDING, RUNNING, SSM_NEEDS, STATUS_IDS_MAX, STATUS_OK
 from ec2ami.restore.checks import advance_checks, drill_check
 from ec2ami.restore.config import RestoreConfig
@@ -67,7 +65,7 @@ def start(clients: Clients, config: RestoreConfig, restore: Restore, run: Run) -
         for params in [plan.params, *plan.others]:
             response = ec2.run_instances(**params)
             restore.ids += [i["InstanceId"] for i in response["Instances"]]
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         if not restore.ids:
             restore.fail(f"AWS error: {error_text(err)}")
             return

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TOOL
 from ec2ami.facts import FILTER_VALUES_MAX
 from ec2ami.restore.config import RestoreError
@@ -29,7 +27,7 @@ def one_server(restore: Restore, fleet: bool) -> Iterator[None]:
     on. A single restore raises it, as before any launch."""
     try:
         yield
-    except (RestoreError, ClientError, BotoCoreError) as err:
+    except (RestoreError, *AWS_ERRORS) as err:
         if not fleet:
             raise
         text = str(err) if isinstance(err, RestoreError) else f"AWS error: {error_text(err)}"
@@ -140,7 +138,7 @@ def failing(restore: Restore) -> Iterator[None]:
     """A failure after launch is this server's alone: record it, and the others go on."""
     try:
         yield
-    except (ClientError, BotoCoreError, LaunchError) as err:
+    except (*AWS_ERRORS, LaunchError) as err:
         restore.fail(str(err) if isinstance(err, LaunchError) else error_text(err))
 
 

@@ -7,9 +7,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ec2ami.aws import error_text
+from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, IN_RECYCLE_BIN
@@ -41,7 +39,7 @@ def restore(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -
     run = Run(config.fleet)
     try:
         restores = prepare(clients, config, args, run)
-    except (ClientError, BotoCoreError) as err:
+    except AWS_ERRORS as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
     if restores is None or args.dry_run:
         return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config)

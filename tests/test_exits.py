@@ -1,0 +1,96 @@
+"""Exit codes that mean what they say: 0 only when every selected server has its backup, 1
+for whatever AWS (or a proxy in front of it) answers, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+
+from localaws.endpoint import HTML_PAGE, finish_pending
+from localaws.fleet import launch
+from tests.conftest import REGION, backup_config, managed, run, write_config
+
+
+def state_of(state_home: Path) -> dict:
+    [path] = (state_home / "ec2-to-ami").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_a_run_that_selects_no_server_fails(ec2, fleet, tmp_path, state_home):
+    config = write_config(tmp_path / "tagged.py", SELECT_TAGS={"Backup": "nobody-has-this"})
+    for args in ([], ["-q"], ["--dry-run"]):
+        result = run("ec2_to_ami.py", config, *args)
+        assert result.returncode == 1, args
+        assert "the config selects no server" in result.stderr
+    assert state_of(state_home)["exit_code"] == 1
+    assert managed(ec2) == []
+
+
+def test_an_html_page_from_a_proxy_is_an_aws_error_recorded_with_its_metrics(
+    ec2, fleet, tmp_path, endpoint, state_home
+):
+    """botocore cannot parse it (ResponseParserError, neither ClientError nor BotoCoreError):
+    exit 1 and a message, the run recorded, ServersFailed and RunSeconds put."""
+    config = backup_config(tmp_path, fleet, METRICS_NAMESPACE="EC2Backup")
+    endpoint.inject("GetLaunchTemplateData", HTML_PAGE, status=200, times=100)
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "ResponseParserError" in result.stderr
+    assert state_of(state_home)["exit_code"] == 1
+    cw = boto3.client("cloudwatch", region_name=REGION, endpoint_url=endpoint.url)
+    names = {m["MetricName"] for m in cw.list_metrics(Namespace="EC2Backup")["Metrics"]}
+    assert {"ServersFailed", "RunSeconds"} <= names
+
+
+def test_an_html_page_during_the_sweep_leaves_the_backups_done(ec2, fleet, tmp_path, endpoint):
+    config = backup_config(tmp_path, fleet)
+    endpoint.inject("DescribeSnapshots", HTML_PAGE, status=502, times=100)
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 0, result.stderr
+    assert "sweep: could not look for orphans" in result.stderr
+    assert "Traceback" not in result.stderr and len(managed(ec2)) == 3
+
+
+def test_a_state_file_that_is_not_a_run_record_is_a_check_problem_naming_it(
+    ec2, fleet, tmp_path, state_home
+):
+    config = backup_config(tmp_path, fleet)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    [path] = (state_home / "ec2-to-ami").glob("*.json")
+    for corrupt in ("{not json", "[]", '{"finished": 7, "exit_code": 0}', "\udcff"):
+        path.write_text(corrupt, errors="surrogateescape")
+        result = run("ec2_to_ami.py", config, "--check")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, corrupt
+        assert str(path) in result.stdout or "the last run" in result.stdout, corrupt
+
+
+def test_a_name_tag_with_a_control_character_fails_only_that_server(ec2, fleet, tmp_path):
+    launch(ec2, fleet, "bad", tags=[{"Key": "Backup", "Value": "yes"}])
+    [instance] = [
+        i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+        if {"Key": "Name", "Value": "bad"} in i.get("Tags", [])
+    ]  # fmt: skip
+    ec2.create_tags(
+        Resources=[instance["InstanceId"]],
+        Tags=[{"Key": "Name", "Value": "bad\n2026-12-07 INFO web01: backed up"}],
+    )
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet))
+    assert result.returncode == 1
+    assert "contains a control character" in result.stderr
+    assert "\nINFO web01: backed up" not in result.stderr  # no forged log line
+    assert {t["Value"] for i in managed(ec2) for t in i["Tags"]
+            if t["Key"] == "ec2-to-ami:server"} == {"web01", "app01", "win01"}  # fmt: skip
+
+
+def test_without_wait_retention_still_keeps_keep(ec2, fleet, tmp_path):
+    """WAIT = False never sees its own image verified, so it prunes the others down to KEEP
+    at once, and the dry run says exactly that."""
+    config = backup_config(tmp_path, fleet, KEEP=1, WAIT=False)
+    for _ in range(4):
+        assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 0
+        finish_pending()
+    dry = run("ec2_to_ami.py", config, "--server", "web01", "--dry-run").stdout
+    assert dry.count("Would deregister") == 1
+    assert len(managed(ec2, "web01")) == 2  # KEEP, and the last run's own image
