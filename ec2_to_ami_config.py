@@ -122,6 +122,10 @@ DEPRECATE_AFTER_DAYS = None
 # the protection just before it deregisters. Guards against accidents, not against
 # whoever holds the backup role.
 DEREGISTRATION_PROTECTION = False
+# The roles that may write this tool's tags (the backup's, the restore's and the drill's,
+# and whoever opts resources in): --print-iam-policy --guard prints the deny policy, an SCP
+# or permission boundary, that keeps everyone else from writing them (docs/iam.md).
+TAG_WRITERS = []
 # Assume this role before any AWS call, to back up a fleet in another account.
 # Example: "arn:aws:iam::210987654321:role/ec2-to-ami-backup"
 ROLE_ARN = None

@@ -94,3 +94,13 @@ def test_without_wait_retention_still_keeps_keep(ec2, fleet, tmp_path):
     dry = run("ec2_to_ami.py", config, "--server", "web01", "--dry-run").stdout
     assert dry.count("Would deregister") == 1
     assert len(managed(ec2, "web01")) == 2  # KEEP, and the last run's own image
+
+
+def test_a_renamed_server_s_backups_do_not_become_invisible(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    ec2.create_tags(Resources=[fleet.instances["win01"]], Tags=[{"Key": "Name", "Value": "w2"}])
+    result = run("ec2_to_ami.py", config, "--check")
+    assert "1 backup(s) of win01" in result.stdout and "selects no server of that name" in (
+        result.stdout
+    )

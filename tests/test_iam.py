@@ -616,3 +616,30 @@ def test_the_condition_check_catches_a_policy_without_the_marker():
     [statement] = statements_with(document, "ec2:DeregisterImage")
     del statement["Condition"]  # moto would still allow every call: only this check bites
     assert unmarked(document, "ec2:DeregisterImage") == ["DeleteOnlyMarkedImagesAndSnapshots"]
+
+
+BACKUP_ROLE = "arn:aws:iam::123456789012:role/ec2-backup"
+RESTORE_ROLE = "arn:aws:iam::123456789012:role/ec2-restore"
+
+
+def test_the_tag_guard_denies_the_tools_tags_to_everyone_but_its_roles(fleet, tmp_path):
+    config = backup_config(tmp_path, fleet, TAG_WRITERS=[BACKUP_ROLE, RESTORE_ROLE])
+    result = run("ec2_to_ami.py", config, "--print-iam-policy", "--guard")
+    assert result.returncode == 0, result.stderr
+    [deny] = json.loads(result.stdout)["Statement"]
+    assert deny["Effect"] == "Deny"
+    assert set(deny["Action"]) == {"ec2:CreateTags", "ec2:DeleteTags"}  # tag-on-create too
+    condition = deny["Condition"]
+    assert set(condition["ForAnyValue:StringLike"]["aws:TagKeys"]) == {
+        "ec2-to-ami:*", "ec2-to-ami-commands", "ec2-to-ami-restore"
+    }  # fmt: skip
+    assert condition["ArnNotLike"]["aws:PrincipalArn"] == [BACKUP_ROLE, RESTORE_ROLE]
+    findings = analyze_policy_string(result.stdout).findings
+    assert not [f for f in findings if parliament_config.get(f.issue, {}).get("severity")
+                in ("HIGH", "CRITICAL")]  # fmt: skip
+
+
+def test_the_tag_guard_needs_its_writers_named(fleet, tmp_path):
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet), "--print-iam-policy", "--guard")
+    assert result.returncode == 2 and "TAG_WRITERS" in result.stderr
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet), "--guard").returncode == 2

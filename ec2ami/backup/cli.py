@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         if args.cron:
             return manage_cron(args, script)
         if args.print_iam_policy:
-            return print_iam_policy(config)
+            return print_iam_policy(config, guard=args.guard)
         if args.server and not config.select_tags:
             names = {s.name for s in config.servers}
             unknown = [n for n in args.server if n not in names]
@@ -131,6 +131,12 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         help="print the least-privilege IAM policy this config needs (no AWS call)",
     )
     parser.add_argument(
+        "--guard",
+        action="store_true",
+        help="with --print-iam-policy: the deny policy (an SCP or permission boundary) that "
+        "keeps everyone but TAG_WRITERS from writing this tool's tags",
+    )
+    parser.add_argument(
         "--also-config",
         nargs="+",
         action="extend",
@@ -163,6 +169,8 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
         args.list or args.check or args.cost or args.dry_run or args.no_prune
     ):
         parser.error("--print-iam-policy goes only with --config")
+    if args.guard and not args.print_iam_policy:
+        parser.error("--guard goes with --print-iam-policy")
     if args.check and (args.list or args.dry_run or args.no_prune):
         parser.error("--check does not go with --list, --dry-run or --no-prune")
     if args.cost and (args.list or args.check or args.dry_run or args.no_prune):

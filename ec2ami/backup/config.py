@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "ROLE_ARN": None,
     "POOL": None,
     "ADOPT_INSTANCES": {},
+    "TAG_WRITERS": [],
     "TRUST_TAGS_BEFORE": None,
     "DEREGISTRATION_PROTECTION": False,
     "RPO_HOURS": None,
@@ -136,6 +137,7 @@ class BackupConfig:
     pool: str
     adopt_instances: Mapping[str, tuple[str, ...]]  # server -> its earlier instances
     trust_tags_before: datetime | None  # images EC2 made before this: trusted by their tags
+    tag_writers: tuple[str, ...]  # the roles the tag guard lets write the tool's tags
     max_age_days: float | None
     name_format: str
     tags: Mapping[str, str]
@@ -267,6 +269,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         pool=settings["POOL"],
         adopt_instances=check_adopted(settings["ADOPT_INSTANCES"]),
         trust_tags_before=check_trust_before(settings["TRUST_TAGS_BEFORE"]),
+        tag_writers=check_tag_writers(settings["TAG_WRITERS"]),
         max_age_days=settings["MAX_AGE_DAYS"],
         name_format=settings["NAME_FORMAT"],
         tags=MappingProxyType(dict(settings["TAGS"])),
@@ -306,6 +309,15 @@ def check_adopted(adopted: Any) -> Mapping[str, tuple[str, ...]]:
             if not isinstance(instance_id, str) or not INSTANCE_ID_RE.match(instance_id):
                 raise ConfigError(f"ADOPT_INSTANCES[{name!r}]: {instance_id!r} is no instance id")
     return MappingProxyType({name: tuple(ids) for name, ids in adopted.items()})
+
+
+def check_tag_writers(writers: Any) -> tuple[str, ...]:
+    """TAG_WRITERS: IAM role ARNs."""
+    if not isinstance(writers, (list, tuple)) or not all(
+        isinstance(w, str) and ROLE_ARN_RE.match(w) for w in writers
+    ):
+        raise ConfigError(f"TAG_WRITERS must be a list of IAM role ARNs, not {writers!r}")
+    return tuple(writers)
 
 
 def check_trust_before(value: Any) -> datetime | None:

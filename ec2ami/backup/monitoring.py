@@ -51,6 +51,8 @@ def run_check(
         copies = held.copies[region.name]
         rows += [freshness(n, i, region.name, copies, rpo, now, why) for n, i, why in named]
     coverage = Coverage.of(describe_instances(ec2, LIVE_FILTER), config, others, clients.region)
+    if not args.server:
+        coverage.notes += left_behind(listed, config, {n for n, _, _ in named}, now)
     last = LastRun.read(config.state_file, rpo, now)
     if config.metrics_namespace:
         ages = {r.server: r.age_hours for r in rows if r.region == clients.region}
@@ -59,6 +61,28 @@ def run_check(
 
 
 LIVE_FILTER = [{"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}]
+
+
+def left_behind(
+    listed: list[Image], config: BackupConfig, named: set[str], now: datetime
+) -> list[str]:
+    """Servers of this pool that the config no longer selects (renamed, or their instance
+    gone), whose backups stay, never pruned: one note each, with their age."""
+    gone: dict[str, list[Image]] = {}
+    for image in listed:
+        if image.pool == config.pool and image.server and image.server not in named:
+            gone.setdefault(image.server, []).append(image)
+    notes = []
+    for server, images in sorted(gone.items()):
+        hours = (now - max(i.created for i in images)).total_seconds() / 3600
+        notes.append(
+            f"{len(images)} backup(s) of {server} (newest {hours:.1f} h old) stay in pool "
+            f"{config.pool}, but this config selects no server of that name now: they are "
+            "never pruned; rename the server back, or deregister them when no longer needed"
+        )
+    return notes
+
+
 FRESH, STALE, MISSING, FAILING = "fresh", "stale", "missing", "failing"
 
 

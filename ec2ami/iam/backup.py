@@ -13,12 +13,14 @@ from ec2ami.backup.config import SSM_MODES
 from ec2ami.backup.cost import DIRECT_ACTIONS
 from ec2ami.contract import (
     LAUNCH_DATA_DESCRIBES,
+    RESTORE_OPT_IN_TAG,
     SSM_OPT_IN_TAG,
     TAG_MANAGED,
+    TAG_PREFIX,
     TAG_SHARED_WITH,
     TOOL,
 )
-from ec2ami.errors import EXIT_OK
+from ec2ami.errors import EXIT_OK, ConfigError
 from ec2ami.facts import DOC_POWERSHELL, DOC_SHELL, DOC_VSS
 from ec2ami.iam import allow
 
@@ -26,10 +28,44 @@ if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig, ServerSpec
 
 
-def print_iam_policy(config: BackupConfig) -> int:
-    """--print-iam-policy: the policy this config's runs need, as JSON; no AWS call."""
-    print(json.dumps(iam_policy(config), indent=2))
+def print_iam_policy(config: BackupConfig, guard: bool = False) -> int:
+    """--print-iam-policy: the policy this config's runs need (with guard: the tag guard),
+    as JSON; no AWS call."""
+    print(json.dumps(guard_policy(config) if guard else iam_policy(config), indent=2))
     return EXIT_OK
+
+
+# The tags that decide what the tool's roles may do: its contract (the marker guards every
+# destructive statement) and the opt-in tags its policies honour on instances, Elastic
+# IPs and load balancers.
+GUARDED_TAG_KEYS = [f"{TAG_PREFIX}*", SSM_OPT_IN_TAG, RESTORE_OPT_IN_TAG]
+
+
+def guard_policy(config: BackupConfig) -> dict:
+    """The tag guard: deny writing or removing the tool's tags to every principal but
+    TAG_WRITERS (and ROLE_ARN). A tag written at creation needs ec2:CreateTags too, so
+    this covers tag-on-create. Attach it as an SCP, or as a permission boundary."""
+    writers = sorted({*config.tag_writers, *([config.role_arn] if config.role_arn else [])})
+    if not writers:
+        raise ConfigError(
+            "TAG_WRITERS: --guard needs the role ARNs that may write this tool's tags (the "
+            "backup's, the restore's and the drill's)"
+        )
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "OnlyTheToolsRolesWriteItsTags",
+                "Effect": "Deny",
+                "Action": ["ec2:CreateTags", "ec2:DeleteTags"],
+                "Resource": "*",
+                "Condition": {
+                    "ForAnyValue:StringLike": {"aws:TagKeys": GUARDED_TAG_KEYS},
+                    "ArnNotLike": {"aws:PrincipalArn": writers},
+                },
+            }
+        ],
+    }
 
 
 def iam_policy(config: BackupConfig) -> dict:
