@@ -197,3 +197,41 @@ def test_images_from_before_ownership_are_trusted_only_before_trust_tags_before(
     trusting = backup_config(tmp_path, fleet, KEEP=1, TRUST_TAGS_BEFORE=f"{later:%Y-%m-%dT%H:%MZ}")
     assert run("ec2_to_ami.py", trusting, "--server", "web01").returncode == 0
     assert old not in {i["ImageId"] for i in managed(ec2, "web01")}
+
+
+PARTNER = "210987654321"
+
+
+def launch_permitted(ec2: Any, image_id: str) -> set[str]:
+    attribute = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+    return {p["UserId"] for p in attribute["LaunchPermissions"] if "UserId" in p}
+
+
+def test_a_share_cut_short_is_taken_back_when_the_account_is_removed(
+    ec2, fleet, tmp_path, endpoint
+):
+    """The image is granted and its snapshots are not when the run stops: the tag, written
+    before the grants, still names the account, so a config without it takes access back."""
+    config = backup_config(tmp_path, fleet, KEEP=3, SHARE_WITH_ACCOUNTS=[PARTNER])
+    endpoint.inject("ModifySnapshotAttribute", "InternalError", status=500, times=100)
+    assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 1
+    [image] = managed(ec2, "web01")
+    assert launch_permitted(ec2, image["ImageId"]) == {PARTNER}
+    endpoint.faults.clear()
+    unshared = backup_config(tmp_path, fleet, KEEP=3)
+    assert run("ec2_to_ami.py", unshared, "--server", "web01").returncode == 0
+    assert all(not launch_permitted(ec2, i["ImageId"]) for i in managed(ec2, "web01"))
+
+
+def test_a_share_cut_short_is_finished_by_the_next_run(ec2, fleet, tmp_path, endpoint):
+    config = backup_config(tmp_path, fleet, KEEP=3, SHARE_WITH_ACCOUNTS=[PARTNER])
+    endpoint.inject("ModifySnapshotAttribute", "InternalError", status=500, times=100)
+    assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 1
+    endpoint.faults.clear()
+    assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 0
+    for image in managed(ec2, "web01"):
+        snapshot = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        volume = ec2.describe_snapshot_attribute(SnapshotId=snapshot,
+                                                 Attribute="createVolumePermission")  # fmt: skip
+        assert {p["UserId"] for p in volume["CreateVolumePermissions"]} == {PARTNER}
+        assert not tags_of(image)["ec2-to-ami:shared-with"].endswith(";pending")

@@ -14,6 +14,7 @@ from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.dr import copy_all
 from ec2ami.backup.housekeeping import Housekeeping, HousekeepingThread
 from ec2ami.backup.images import follow_up, revoke_sharing
+from ec2ami.backup.plan import SHARE_PENDING
 from ec2ami.backup.tags import stamp
 from ec2ami.contract import TAG_SHARED_WITH
 from ec2ami.facts import AVAILABLE, DEPRECATE_LEAD, KEY_MANAGER_AWS
@@ -116,7 +117,7 @@ class Finisher:
                         ImageId=image.image_id, WithCooldown=False
                     )  # without: retention may disable it and deregister at once
                     image.protection = "enabled-without-cooldown"
-                if image.shared_with != self.accounts:
+                if image.shared_with != self.accounts or image.share_pending:
                     self.share(image, out, where)
             except AWS_ERRORS as err:
                 out.fail_late(
@@ -136,8 +137,15 @@ class Finisher:
         log.info("%s: %s deprecates at %s", image.server, image.image_id, stamp(when))
 
     def share(self, image: Image, out: Outcome, where: str) -> None:
-        """Grant and revoke launch and create-volume permissions to match SHARE_WITH_ACCOUNTS."""
+        """Grant and revoke launch and create-volume permissions to match SHARE_WITH_ACCOUNTS.
+
+        The tag is written first, naming every account that may hold access once the grants
+        are made (pending), then confirmed: a run killed in between leaves a tag that still
+        names each account it granted, and the next run grants and revokes again.
+        """
         add, remove = self.accounts - image.shared_with, image.shared_with - self.accounts
+        if image.share_pending:
+            add = set(self.accounts)  # granting again what is granted already changes nothing
         if add and image.encrypted and self.aws_managed_key(image):
             out.warn(
                 f"{image.image_id}{where} is encrypted with the AWS-managed KMS key (aws/ebs), "
@@ -146,6 +154,8 @@ class Finisher:
                 "those accounts use it"
             )
             add = set()
+        if add or remove:
+            self.tag_shared(image, image.shared_with | add, pending=True)
         if add:
             grant = [{"UserId": account} for account in sorted(add)]
             self.ec2.modify_image_attribute(ImageId=image.image_id, LaunchPermission={"Add": grant})
@@ -158,11 +168,7 @@ class Finisher:
             revoke_sharing(self.ec2, image, remove)
         if add or remove:
             shared = sorted((image.shared_with | add) - remove)
-            value = f"{image.image_id}:{','.join(shared)}"
-            self.ec2.create_tags(
-                Resources=[image.image_id], Tags=[{"Key": TAG_SHARED_WITH, "Value": value}]
-            )
-            image.tags[TAG_SHARED_WITH] = value
+            self.tag_shared(image, set(shared), pending=False)
             log.info(
                 "%s: %s%s shared with %s",
                 out.name,
@@ -170,6 +176,14 @@ class Finisher:
                 where,
                 ", ".join(shared) or "no account",
             )
+
+    def tag_shared(self, image: Image, accounts: set[str], pending: bool) -> None:
+        """Write TAG_SHARED_WITH: the accounts, and whether the grants are yet to be made."""
+        value = f"{image.image_id}:{','.join(sorted(accounts))}{SHARE_PENDING if pending else ''}"
+        self.ec2.create_tags(
+            Resources=[image.image_id], Tags=[{"Key": TAG_SHARED_WITH, "Value": value}]
+        )
+        image.tags[TAG_SHARED_WITH] = value
 
     def aws_managed_key(self, image: Image) -> bool:
         """Whether a snapshot of the image is encrypted with an AWS-managed KMS key."""

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from ec2ami.backup.look import Outcome, Server
 
 
+SHARE_PENDING = ";pending"  # on TAG_SHARED_WITH: granted or revoked, not yet confirmed
+
+
 @dataclass
 class Image:
     """A managed image as DescribeImages reports it: what its tags claim, and the facts
@@ -61,9 +64,17 @@ class Image:
 
     @property
     def shared_with(self) -> set[str]:
-        """The accounts the tool shared this very image with."""
+        """The accounts the tool shared this very image with, or (share_pending) may have:
+        the tag is written before a grant, and confirmed after it."""
         image_id, _, accounts = self.tags.get(TAG_SHARED_WITH, "").partition(":")
+        accounts = accounts.removesuffix(SHARE_PENDING)
         return set(accounts.split(",")) - {""} if image_id == self.image_id else set()
+
+    @property
+    def share_pending(self) -> bool:
+        """Whether a change of sharing was begun and not confirmed (a run died in it)."""
+        value = self.tags.get(TAG_SHARED_WITH, "")
+        return value.startswith(f"{self.image_id}:") and value.endswith(SHARE_PENDING)
 
 
 def plan_prune(
