@@ -45,6 +45,11 @@ POOL = None
 # Example: {"web01": ["i-0123456789abcdef0"]}
 ADOPT_INSTANCES = {}
 
+# Keep (and name) an image retention would remove while something still uses it: an
+# instance launched from it, or a launch template (an Auto Scaling group's too); one call
+# of DescribeImageReferences per 10 images pruned. False: KEEP alone decides.
+CHECK_IMAGE_REFERENCES = True
+
 # Images that EC2 made before this time and that carry no SourceInstanceId are trusted
 # by their tags, as before ownership was checked. None: no image is. CreationDate is
 # EC2's, so no image made later can use this. Example: "2026-12-01T00:00Z"

@@ -90,6 +90,10 @@ TAG_KEY_MAX = 128
 # GetLaunchTemplateData calls these on the caller's behalf (EC2 API reference).
 LAUNCH_DATA_DESCRIBES = ["ec2:DescribeInstanceCreditSpecifications", "ec2:DescribeVolumes",
                          "ec2:DescribeSpotInstanceRequests"]  # fmt: skip
+# DescribeImageReferences looks in launch templates under its caller's policy (as AWS's
+# managed AmazonEC2ImageReferencesAccessPolicy, of August 2025, grants), and in instances
+# (ec2:DescribeInstances, which the backup has anyway).
+IMAGE_REFERENCES_DESCRIBES = ["ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions"]
 INTERFACE_DEFAULTS = {"secondary": [], "ipv6": 0, "source_dest_check": True, "description": "",
                       "delete_on_termination": True, "public_ip": False}  # fmt: skip
 SSM_OPT_IN_TAG = "ec2-to-ami-commands"  # "allow" on an instance: the policy lets commands run

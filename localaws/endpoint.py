@@ -59,7 +59,9 @@ Patches (each has a test in tests/test_endpoint.py):
      `recycle_bin_days` is set: a deregistered image and a deleted snapshot go to
      the bin for that long; ListImagesInRecycleBin and ListSnapshotsInRecycleBin
      list them (without tags, as EC2 does), and RestoreImageFromRecycleBin and
-     RestoreSnapshotFromRecycleBin bring them back (moto has no Recycle Bin).
+     RestoreSnapshotFromRecycleBin bring them back (moto has no Recycle Bin). With
+     `recycle_bin_images_only`, only the rule for images exists: a deleted snapshot is
+     gone, as in an account whose rule covers AMIs alone.
   P12 Encrypted volumes: CreateImage of an instance listed in
      `encrypt_images_of` gives an image whose snapshot is encrypted with the
      listed key (None: the region's aws/ebs key), and DescribeImages reports
@@ -117,6 +119,12 @@ Patches (each has a test in tests/test_endpoint.py):
   P30 CopySnapshot's snapshot reports VolumeId vol-ffffffff, as EC2's do ("snapshots
      created by CopySnapshot have an arbitrary volume ID"); moto keeps the source's
      volume, which would tie a copy to a volume it was never taken from.
+  P31 DescribeImageReferences (moto has none): the instances not terminated that were
+     launched from each image, the launch template versions that name it, and the SSM
+     parameters whose value it is, at most 10 image ids a call, as EC2 allows.
+  P32 RegisterImage uses the snapshots its BlockDeviceMappings name, under their devices
+     (moto makes up a snapshot of its own), so an image registered by hand from a backup's
+     snapshots shares them, as on EC2; it records no SourceInstanceId.
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -297,6 +305,7 @@ class Settings:
         self.encrypt_images_of: dict[str, str | None] = {}
         self.deregister_snapshot_code = "success"
         self.recycle_bin_days: float | None = None  # P19: None, no retention rule
+        self.recycle_bin_images_only = False  # P19: a rule for images, none for snapshots
 
     def reset(self) -> None:
         self.__init__()
@@ -435,6 +444,21 @@ def _block_device_mappings(self) -> list[dict[str, Any]]:
                "Encrypted": bool(snapshot.encrypted)}  # fmt: skip
         mapping.append({"DeviceName": device, "Ebs": ebs})
     return mapping
+
+
+def _register_image(self) -> ActionResult:
+    """RegisterImage from the snapshots its BlockDeviceMappings name (P32)."""
+    self.error_on_dryrun()
+    backend = self.ec2_backend
+    ami = backend.register_image(self._get_param("Name"), self._get_param("Description", ""))
+    mappings = [m for m in self._get_param("BlockDeviceMappings", []) if m.get("Ebs")]
+    snapshots = [(m["DeviceName"], backend.get_snapshot(m["Ebs"]["SnapshotId"]))
+                 for m in mappings if m["Ebs"].get("SnapshotId")]  # fmt: skip
+    if snapshots:
+        ami.ebs_snapshot = snapshots[0][1]
+        ami.root_device_name = self._get_param("RootDeviceName") or snapshots[0][0]
+        ami.harness_more = snapshots[1:]
+    return ActionResult({"ImageId": ami.id})
 
 
 def _copy_image(self) -> ActionResult:
@@ -591,6 +615,32 @@ def _list_images_in_recycle_bin(self) -> ActionResult:
     return ActionResult({"Images": found})
 
 
+def _describe_image_references(self) -> ActionResult:
+    """DescribeImageReferences for instances, launch templates and SSM parameters (P31)."""
+    from moto.ssm.models import ssm_backends
+
+    backend, ids = self.ec2_backend, self._get_param("ImageIds", [])
+    if not 1 <= len(ids) <= 10:
+        raise EC2ClientError("InvalidParameterValue", "ImageIds takes 1 to 10 image ids")
+    arn = f"arn:aws:ec2:{backend.region_name}:{backend.account_id}"
+    found = [
+        {"ImageId": i.image_id, "ResourceType": "ec2:Instance", "Arn": f"{arn}:instance/{i.id}"}
+        for i in backend.all_instances()
+        if i.image_id in ids and i.state != "terminated"
+    ]
+    for template in list(backend.launch_templates.values()):
+        for image_id in {v.image_id for v in template.versions} & set(ids):
+            found.append({"ImageId": image_id, "ResourceType": "ec2:LaunchTemplate",
+                          "Arn": f"{arn}:launch-template/{template.id}"})  # fmt: skip
+    ssm = ssm_backends[backend.account_id][backend.region_name]
+    for name, versions in list(ssm._parameters.items()):
+        if versions and versions[-1].value in ids:
+            found.append({"ImageId": versions[-1].value, "ResourceType": "ssm:Parameter",
+                          "Arn": f"arn:aws:ssm:{backend.region_name}:{backend.account_id}:"
+                                 f"parameter{name}"})  # fmt: skip
+    return ActionResult({"ImageReferences": found})
+
+
 def _restore_image_from_recycle_bin(self) -> ActionResult:
     """RestoreImageFromRecycleBin: the image is back, available (P19)."""
     backend, image_id = self.ec2_backend, self._get_param("ImageId")
@@ -630,7 +680,7 @@ def _restore_snapshot_from_recycle_bin(self) -> ActionResult:
 def _delete_snapshot_to_bin(self: Any, snapshot_id: str) -> Any:
     """DeleteSnapshot, into the Recycle Bin when a rule keeps snapshots (P19)."""
     snapshot = _original_delete_snapshot(self, snapshot_id)
-    if SETTINGS.recycle_bin_days is not None:
+    if SETTINGS.recycle_bin_days is not None and not SETTINGS.recycle_bin_images_only:
         recycle_bin(self)[1][snapshot_id] = (snapshot, datetime.now(timezone.utc))
     return snapshot
 
@@ -1393,6 +1443,8 @@ def apply_patches() -> None:
     Ami.deregistration_protection = "disabled"
     AmisResponse.list_images_in_recycle_bin = _list_images_in_recycle_bin
     AmisResponse.restore_image_from_recycle_bin = _restore_image_from_recycle_bin
+    AmisResponse.describe_image_references = _describe_image_references
+    AmisResponse.register_image = _register_image
     ElasticBlockStore.list_snapshots_in_recycle_bin = _list_snapshots_in_recycle_bin
     ElasticBlockStore.restore_snapshot_from_recycle_bin = _restore_snapshot_from_recycle_bin
     EBSBackend.delete_snapshot = _delete_snapshot_to_bin

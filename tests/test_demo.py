@@ -38,8 +38,8 @@ def test_demo_restores_a_matching_server_and_stops_its_endpoint():
     held = len(set(range(6000)) | set(random.Random(2).sample(range(16384), 327))) + 327
     stored = f"{held / 2048:.2f}"
     cost = out[out.index("=== What the kept") :].splitlines()
-    assert [line.split()[:7] for line in cost if line.startswith(("web01", "win01"))] == [
-        [name, "daily", "us-east-1", "2", "1", "8", stored] for name in ("web01", "win01")
+    assert [line.split()[:8] for line in cost if line.startswith(("web01", "win01"))] == [
+        [name, "daily", "us-east-1", "daily", "2", "1", "8", stored] for name in ("web01", "win01")
     ]
     pid = int(re.search(r"Stopped the local endpoint \(pid (\d+)\)", out).group(1))
     try:

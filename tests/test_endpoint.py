@@ -788,3 +788,42 @@ def test_p29_creation_dates_keep_their_milliseconds(ec2):
     dates = {i["ImageId"]: i["CreationDate"] for i in ec2.describe_images(
         ImageIds=[first, second])["Images"]}  # fmt: skip
     assert dates[first] < dates[second] and dates[first].endswith("Z")
+
+
+def test_p31_image_references_name_instances_templates_and_parameters(ec2, endpoint):
+    image = image_of(ec2, an_instance(ec2))
+    finish_pending()
+    ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
+    ec2.create_launch_template(LaunchTemplateName="base", LaunchTemplateData={"ImageId": image})
+    regional(endpoint, "ssm", REGION).put_parameter(Name="/golden/web", Value=image, Type="String")
+    answer = ec2.describe_image_references(
+        ImageIds=[image], ResourceTypes=[{"ResourceType": t} for t in
+                                         ("ec2:Instance", "ec2:LaunchTemplate", "ssm:Parameter")]
+    )["ImageReferences"]  # fmt: skip
+    assert {r["ResourceType"] for r in answer} == {"ec2:Instance", "ec2:LaunchTemplate",
+                                                   "ssm:Parameter"}  # fmt: skip
+    with pytest.raises(ClientError):
+        ec2.describe_image_references(ImageIds=[image] * 11, IncludeAllResourceTypes=True)
+
+
+def test_p19_a_rule_for_images_only_bins_no_snapshot(ec2):
+    SETTINGS.recycle_bin_days, SETTINGS.recycle_bin_images_only = 7, True
+    image = ec2.describe_images(ImageIds=[image_of(ec2, an_instance(ec2))])["Images"][0]
+    finish_pending()
+    snapshot = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    ec2.deregister_image(ImageId=image["ImageId"])
+    ec2.delete_snapshot(SnapshotId=snapshot)
+    assert [i["ImageId"] for i in ec2.list_images_in_recycle_bin()["Images"]] == [image["ImageId"]]
+    assert ec2.list_snapshots_in_recycle_bin()["Snapshots"] == []
+
+
+def test_p32_register_image_uses_the_snapshots_it_is_given(ec2):
+    made = ec2.describe_images(ImageIds=[image_of(ec2, an_instance(ec2))])["Images"][0]
+    finish_pending()
+    registered = ec2.register_image(
+        Name="by-hand", RootDeviceName="/dev/sda1", BlockDeviceMappings=made["BlockDeviceMappings"]
+    )["ImageId"]
+    image = ec2.describe_images(ImageIds=[registered])["Images"][0]
+    snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
+    assert snapshots == [m["Ebs"]["SnapshotId"] for m in made["BlockDeviceMappings"]]
+    assert "SourceInstanceId" not in image

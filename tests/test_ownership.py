@@ -11,6 +11,7 @@ from ec2ami import clock
 from localaws.endpoint import SETTINGS, finish_pending
 from localaws.fleet import launch
 from tests.conftest import (
+    REGION,
     all_snapshots,
     backup_config,
     managed,
@@ -135,7 +136,9 @@ def test_the_sweep_deletes_only_snapshots_facts_tie_to_the_pool(ec2, fleet, tmp_
 
 
 def test_snapshots_of_an_image_in_the_recycle_bin_are_in_use(ec2, fleet, tmp_path):
-    SETTINGS.recycle_bin_days = 7
+    """With a Recycle Bin rule for images only, a deleted snapshot would be gone for good,
+    and the binned image could never be restored."""
+    SETTINGS.recycle_bin_days, SETTINGS.recycle_bin_images_only = 7, True
     config = backup_config(tmp_path, fleet, KEEP=3)
     for _ in range(2):
         assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 0
@@ -235,3 +238,22 @@ def test_a_share_cut_short_is_finished_by_the_next_run(ec2, fleet, tmp_path, end
                                                  Attribute="createVolumePermission")  # fmt: skip
         assert {p["UserId"] for p in volume["CreateVolumePermissions"]} == {PARTNER}
         assert not tags_of(image)["ec2-to-ami:shared-with"].endswith(";pending")
+
+
+def test_an_image_still_used_by_a_launch_template_is_kept_and_named(ec2, fleet, tmp_path):
+    config = backup_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 0
+    [base] = managed(ec2, "web01")
+    template = ec2.create_launch_template(
+        LaunchTemplateName="web-fleet", LaunchTemplateData={"ImageId": base["ImageId"]}
+    )
+    dry = run("ec2_to_ami.py", config, "--server", "web01", "--dry-run")
+    assert f"Would keep {base['ImageId']}" in dry.stdout and "ec2:LaunchTemplate" in dry.stdout
+    result = run("ec2_to_ami.py", config, "--server", "web01")
+    assert result.returncode == 0
+    assert f"{base['ImageId']} in {REGION} is due for pruning but kept" in result.stderr
+    assert template["LaunchTemplate"]["LaunchTemplateId"] in result.stderr
+    assert base["ImageId"] in {i["ImageId"] for i in managed(ec2, "web01")}
+    ignoring = backup_config(tmp_path, fleet, KEEP=1, CHECK_IMAGE_REFERENCES=False)
+    assert run("ec2_to_ami.py", ignoring, "--server", "web01").returncode == 0
+    assert base["ImageId"] not in {i["ImageId"] for i in managed(ec2, "web01")}

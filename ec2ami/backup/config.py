@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "POOL": None,
     "ADOPT_INSTANCES": {},
     "TAG_WRITERS": [],
+    "CHECK_IMAGE_REFERENCES": True,
     "TRUST_TAGS_BEFORE": None,
     "DEREGISTRATION_PROTECTION": False,
     "RPO_HOURS": None,
@@ -138,6 +139,7 @@ class BackupConfig:
     adopt_instances: Mapping[str, tuple[str, ...]]  # server -> its earlier instances
     trust_tags_before: datetime | None  # images EC2 made before this: trusted by their tags
     tag_writers: tuple[str, ...]  # the roles the tag guard lets write the tool's tags
+    check_image_references: bool  # keep an image a template, instance or parameter uses
     max_age_days: float | None
     name_format: str
     tags: Mapping[str, str]
@@ -233,7 +235,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     _check_number(settings, "WAIT_TIMEOUT_MINUTES", allow_none=False)
     _check_number(settings, "MAX_AGE_DAYS", allow_none=True)
     for name in ("NO_REBOOT", "COPY_INSTANCE_TAGS", "RECORD_LOAD_BALANCERS", "WAIT",
-                 "DEREGISTRATION_PROTECTION"):  # fmt: skip
+                 "DEREGISTRATION_PROTECTION", "CHECK_IMAGE_REFERENCES"):  # fmt: skip
         _check_bool(settings[name], name)
     check_consistency_settings(settings)
     check_dr_settings(settings)
@@ -270,6 +272,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         adopt_instances=check_adopted(settings["ADOPT_INSTANCES"]),
         trust_tags_before=check_trust_before(settings["TRUST_TAGS_BEFORE"]),
         tag_writers=check_tag_writers(settings["TAG_WRITERS"]),
+        check_image_references=settings["CHECK_IMAGE_REFERENCES"],
         max_age_days=settings["MAX_AGE_DAYS"],
         name_format=settings["NAME_FORMAT"],
         tags=MappingProxyType(dict(settings["TAGS"])),

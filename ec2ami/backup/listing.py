@@ -46,6 +46,9 @@ def print_plan(plan: BackupPlan, regions: list[Region]) -> None:
             print(f"  deprecated, with its copies, at {stamp(server.deprecate_at)}")
         for planned in server.prunes:
             print_prune(planned.image, planned.reason, spec.name, "", plan.protect)
+        for where, image, why in server.held:
+            print(f"Would keep {image.image_id} ({image.name}) of {spec.name} in {where}, due "
+                  f"for pruning: still used by {why}")  # fmt: skip
         for region in regions:
             key = f", encrypted with {region.kms_key_id}" if region.kms_key_id else ""
             print(f"Would copy {server.name} ({spec.name}) to {region.name}{key}")

@@ -407,3 +407,21 @@ def check_requested(only: list[str], servers: list[Server], failures: list[Outco
     for name in only or []:
         if name not in known:
             failures.append(Outcome(name, "-", error="no such server in SERVERS or SELECT_TAGS"))
+
+
+# DescribeImageReferences: at most 10 image ids a call (EC2 API reference). What it looks
+# in: instances and launch templates (Auto Scaling groups' too). Not SSM parameters: that
+# would need ssm:GetParameters on every parameter, secrets included, for the backup role.
+REFERENCES_IDS_MAX = 10
+REFERENCE_TYPES = ("ec2:Instance", "ec2:LaunchTemplate")
+
+
+def image_references(ec2: Any, image_ids: list[str]) -> dict[str, str]:
+    """What still uses each of these images, by image id: one call per 10 images."""
+    used: dict[str, list[str]] = {}
+    kinds = [{"ResourceType": kind} for kind in REFERENCE_TYPES]
+    for batch in chunked(sorted(set(image_ids)), REFERENCES_IDS_MAX):
+        for ref in paginate(ec2, "describe_image_references", "ImageReferences",
+                            ImageIds=batch, ResourceTypes=kinds):  # fmt: skip
+            used.setdefault(ref["ImageId"], []).append(f"{ref['ResourceType']} {ref['Arn']}")
+    return {image_id: ", ".join(sorted(users)) for image_id, users in used.items()}

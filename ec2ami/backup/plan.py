@@ -4,6 +4,7 @@ and remove. No AWS call here, so the dry run prints exactly what the run does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -129,6 +130,8 @@ class ServerPlan:
     prunes: list[Prune]  # deregistered here (see Prune for when)
     copy_prunes: dict[str, list[Prune]]  # per region
     deprecate_at: datetime | None  # DEPRECATE_AFTER_DAYS after the run starts
+    # Images retention would remove, kept: (region, image, why), e.g. still referenced.
+    held: list[tuple[str, Image, str]] = field(default_factory=list)
 
     @property
     def spec(self) -> ServerSpec:
@@ -175,6 +178,20 @@ def plan_backup(
     return BackupPlan(
         plans, failures, prune, run_id, accounts, days, config.deregistration_protection
     )
+
+
+def keep_referenced(
+    plan: BackupPlan, home: str, referenced: Mapping[str, Mapping[str, str]]
+) -> BackupPlan:
+    """The plan without the prunes of images something still uses (region -> image id ->
+    what): a launch template, an instance, an SSM parameter. Each is held, and reported."""
+    for server in plan.servers:
+        for region, prunes in [(home, server.prunes), *server.copy_prunes.items()]:
+            users = referenced.get(region, {})
+            server.held += [(region, p.image, users[p.image.image_id])
+                            for p in prunes if p.image.image_id in users]  # fmt: skip
+            prunes[:] = [p for p in prunes if p.image.image_id not in users]
+    return plan
 
 
 def planned_tags(

@@ -25,11 +25,12 @@ from ec2ami.backup.look import (
     Server,
     check_requested,
     discover,
+    image_references,
     managed_images,
     record_launch,
 )
 from ec2ami.backup.ownership import Holdings, find_holdings, owners_of
-from ec2ami.backup.plan import plan_backup
+from ec2ami.backup.plan import keep_referenced, plan_backup
 from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ec2ami.aws import Clients
     from ec2ami.backup.config import BackupConfig
     from ec2ami.backup.dr import Region
-    from ec2ami.backup.plan import ServerPlan
+    from ec2ami.backup.plan import BackupPlan, ServerPlan
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,10 @@ def run_backup(
     held = find_holdings(ec2, config.schedule, clients.region, owners, listed, regions)
     held.warn()
     natives, copies = held.natives, held.copies
-    plan = plan_backup(
-        config,
-        servers,
-        failures,
-        natives,
-        regions,
-        copies,
-        now,
-        not args.no_prune,
-        clock.new_run_id(),
-    )
+    run_id, prune = clock.new_run_id(), not args.no_prune
+    plan = plan_backup(config, servers, failures, natives, regions, copies, now, prune, run_id)
+    if config.check_image_references:
+        plan = keep_referenced(plan, clients.region, references(clients, regions, plan))
     if args.dry_run:
         print_plan(plan, regions)
         if plan.prune:
@@ -77,7 +71,7 @@ def run_backup(
         if not plan.servers and not failures:
             log.error("%s", NOTHING_SELECTED)
         return EXIT_FAILED if failures or not plan.servers else EXIT_OK
-    outcomes = [Outcome(p.spec.name, p.spec.instance_id, run_id=plan.run_id) for p in plan.servers]
+    outcomes = outcomes_of(plan)
     created: queue.Queue[Outcome] = queue.Queue()
     creator_args = (clients, plan.servers, outcomes, config, now, created)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
@@ -99,6 +93,29 @@ def run_backup(
     code = report(outcomes + failures, copied, replication.errors)
     record_run(clients, config, started, code, outcomes + failures, copied, natives)
     return code
+
+
+def outcomes_of(plan: BackupPlan) -> list[Outcome]:
+    """One outcome per planned server, already warning of the images the plan holds back."""
+    outcomes = []
+    for planned in plan.servers:
+        out = Outcome(planned.spec.name, planned.spec.instance_id, run_id=plan.run_id)
+        for region, image, why in planned.held:
+            out.warn(f"{image.image_id} in {region} is due for pruning but kept: still used by "
+                     f"{why}")  # fmt: skip
+        outcomes.append(out)
+    return outcomes
+
+
+def references(clients: Clients, regions: list[Region], plan: BackupPlan) -> dict:
+    """What still uses each image the plan would prune, per region: the ones in use stay."""
+    doomed = {clients.region: [p.image.image_id for s in plan.servers for p in s.prunes]}
+    for region in regions:
+        doomed[region.name] = [
+            p.image.image_id for s in plan.servers for p in s.copy_prunes[region.name]
+        ]
+    ec2 = {clients.region: clients.ec2, **{r.name: r.ec2 for r in regions}}
+    return {where: image_references(ec2[where], ids) for where, ids in doomed.items() if ids}
 
 
 def sweep_all(

@@ -12,6 +12,7 @@ from ec2ami.aws import base_session
 from ec2ami.backup.config import SSM_MODES
 from ec2ami.backup.cost import DIRECT_ACTIONS
 from ec2ami.contract import (
+    IMAGE_REFERENCES_DESCRIBES,
     LAUNCH_DATA_DESCRIBES,
     RESTORE_OPT_IN_TAG,
     SSM_OPT_IN_TAG,
@@ -78,6 +79,8 @@ def iam_policy(config: BackupConfig) -> dict:
     marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
     describe = ["ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeImages",
                 "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin"]  # fmt: skip
+    if config.check_image_references:  # what DescribeImageReferences looks in, for the caller
+        describe += ["ec2:DescribeImageReferences", *IMAGE_REFERENCES_DESCRIBES]
     statements = [
         allow("Describe", describe, "*"),
         *instance_statements(config, home, account, "ec2:CreateImage", "aws:ResourceTag"),
