@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,13 @@ from localaws.endpoint import LINUX_AMI, Endpoint
 from localaws.fleet import REGION, build_network
 
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def budget(count: int) -> int:
+    """The calls a backup run of count servers may make: per server CreateImage,
+    DeregisterImage and GetLaunchTemplateData; one DescribeImageReferences per 10 images
+    pruned (CHECK_IMAGE_REFERENCES); and 14 for the run."""
+    return 3 * count + math.ceil(count / 10) + 14
 
 
 def launch_servers(endpoint: Endpoint, count: int) -> list[dict]:

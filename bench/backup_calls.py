@@ -19,7 +19,7 @@ from pathlib import Path
 
 import boto3
 
-from bench import print_table
+from bench import budget, print_table
 from localaws.endpoint import LINUX_AMI, SETTINGS, Endpoint
 from localaws.fleet import ROOT, aws_env, build_network, write_config
 
@@ -66,7 +66,7 @@ def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
     for label in ("first", "steady"):
         wall, calls, code = timed_run(endpoint, config)
         total = sum(calls.values())
-        cells = [str(count), label, f"{wall:.1f}", str(total), str(3 * count + 14)]
+        cells = [str(count), label, f"{wall:.1f}", str(total), str(budget(count))]
         cells += [str(calls.get(column, 0)) for column in COLUMNS] + [str(code)]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
@@ -75,7 +75,7 @@ def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     counts = [int(a) for a in argv] or [10, 100]
     os.environ.update(aws_env("http://unused"))
-    header = ["N", "run", "wall s", "calls", "budget 3N+14", *COLUMNS, "exit"]
+    header = ["N", "run", "wall s", "calls", "budget 3N+⌈N/10⌉+14", *COLUMNS, "exit"]
     print_table(header, counts, bench)
     return 0
 

@@ -19,6 +19,9 @@ TAG_CREATED = "ec2-to-ami:created"  # run start, ISO 8601 UTC
 # The retention pool: POOL, which defaults to the config file's name, so two configs
 # that back up a server of the same name never count (or prune) each other's images.
 TAG_POOL = "ec2-to-ami:pool"
+# "<KEEP>@<config id>": which config keeps how many of this instance's backups in the pool;
+# two configs that differ would cut each other's backups to the smaller KEEP.
+TAG_KEEP = "ec2-to-ami:keep"
 TAG_RUN = "ec2-to-ami:run"  # this run's own id: only its images are adopted or polled
 # The source instance's launch configuration, for the restore.
 TAG_INSTANCE_TYPE = "ec2-to-ami:instance-type"

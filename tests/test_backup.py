@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from bench import budget
 from ec2ami.contract import joined_value
 from localaws.endpoint import SETTINGS, finish_pending
 from tests.conftest import (
@@ -319,7 +320,7 @@ def test_steady_state_run_stays_within_the_call_budget(ec2, iam, tmp_path, endpo
     assert run("ec2_to_ami.py", config).returncode == 0
     calls = endpoint.count(ok=True) - before
     assert endpoint.count("DeregisterImage", ok=True) == servers
-    assert calls <= 3 * servers + 14
+    assert calls <= budget(servers)  # 3N + one DescribeImageReferences per 10 pruned + 14
 
 
 def test_credentials_come_only_from_the_standard_chain(ec2, fleet, tmp_path):

@@ -39,13 +39,13 @@ LONG_NAME = {"name": "w" * 120, "instance_id": GOOD_ID}
         ({"TAGS": {"aws:x": "1"}}, "TAGS: tag key 'aws:x' uses a reserved prefix"),
         ({"TAGS": {"k": "v" * 257}}, "TAGS['k'] must be a string of at most 256"),
         ({"TAGS": ["a"]}, "TAGS must be a dict"),
-        ({"TAGS": {f"k{n}": "v" for n in range(23)}}, "TAGS: 23 tags; at most 22 fit"),
+        ({"TAGS": {f"k{n}": "v" for n in range(22)}}, "TAGS: 22 tags; at most 21 fit"),
         (
             {
                 "TAGS": {f"k{n}": "v" for n in range(14)},
-                "SERVERS": [{**SERVER, "tags": {f"s{n}": "v" for n in range(9)}}],
+                "SERVERS": [{**SERVER, "tags": {f"s{n}": "v" for n in range(8)}}],
             },
-            "TAGS plus SERVERS[0]['tags']: 23 tags",
+            "TAGS plus SERVERS[0]['tags']: 22 tags",
         ),
         ({"NAME_FORMAT": "{server}-backup"}, "NAME_FORMAT must contain {time}"),
         ({"NAME_FORMAT": "{server}-{host}-{time}"}, "NAME_FORMAT: unknown field {host}"),

@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from bench import budget
 from ec2ami import clock
 from ec2ami.backup.cli import main, run_lock
 from ec2ami.settings import lock_path
@@ -42,6 +43,7 @@ from tests.conftest import (
 def one_server(tmp_path, fleet, name: str, server: str, instance: str, **settings):
     """A config file called name that backs up one instance as server."""
     entry = {"name": server, "instance_id": fleet.instances[instance]}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return write_config(tmp_path / name, SERVERS=[entry], **{"KEEP": 2, **settings})
 
 
@@ -264,7 +266,7 @@ def test_a_steady_run_with_the_sweep_stays_within_the_call_budget(ec2, fleet, tm
     assert run("ec2_to_ami.py", config).returncode == 0
     before = endpoint.count(ok=True)
     assert run("ec2_to_ami.py", config).returncode == 0
-    assert endpoint.count(ok=True) - before <= 3 * 3 + 14
+    assert endpoint.count(ok=True) - before <= budget(3)
     assert endpoint.count("DescribeSnapshots") == 2  # one sweep per run
 
 
@@ -492,3 +494,34 @@ def test_a_deregistration_without_delete_permission_names_the_permission(
     # The run tried no DeleteSnapshot of its own: only the sweep did, once per snapshot.
     assert endpoint.count("DeleteSnapshot") == 3
     assert "sweep: could not delete orphaned snapshot(s)" in result.stderr
+
+
+def test_two_copies_of_one_config_with_different_keep_are_an_error(ec2, fleet, tmp_path):
+    """Two hosts' (here: two files') configs for one instance in one pool, KEEP 5 and 1:
+    the second would cut the first's backups to one. It fails that server instead."""
+    first = one_server(tmp_path / "a", fleet, "daily.py", "web01", "web01", KEEP=5, POOL="daily")
+    second = one_server(tmp_path / "b", fleet, "daily.py", "web01", "web01", KEEP=1, POOL="daily")
+    for _ in range(3):
+        assert run("ec2_to_ami.py", first).returncode == 0
+    result = run("ec2_to_ami.py", second)
+    assert result.returncode == 1
+    assert "another config keeps this instance's backups in pool 'daily' with KEEP=5" in (
+        result.stderr
+    )
+    assert len(managed(ec2, "web01")) == 3
+
+
+def test_another_hosts_backups_of_a_gone_server_are_never_pruned_here(ec2, fleet, tmp_path):
+    """Host B's daily.py backed up its web01, now terminated; host A's daily.py (the same
+    default pool) has a web01 of its own and KEEP=1. B's backups are kept."""
+    host_b = one_server(tmp_path / "b", fleet, "daily.py", "web01", "app01", KEEP=2)
+    for _ in range(2):
+        assert run("ec2_to_ami.py", host_b).returncode == 0
+    theirs = {i["ImageId"] for i in managed(ec2, "web01")}
+    ec2.terminate_instances(InstanceIds=[fleet.instances["app01"]])
+    host_a = one_server(tmp_path / "a", fleet, "daily.py", "web01", "web01", KEEP=1)
+    for _ in range(2):
+        result = run("ec2_to_ami.py", host_a)
+        assert result.returncode == 0
+    assert theirs <= {i["ImageId"] for i in managed(ec2, "web01")}
+    assert all(f"image {image_id}" in result.stderr for image_id in theirs)

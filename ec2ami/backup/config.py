@@ -9,6 +9,7 @@ import hashlib
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -76,7 +77,7 @@ CONSISTENCY_WORDS = {"crash": "no reboot", "reboot": "with reboot", "vss": "VSS 
                      "scripts": "pre/post scripts through SSM"}  # fmt: skip
 PLATFORMS = ("windows", "linux")
 # Contract tags a single image can carry, counting continuation tags generously.
-CONTRACT_TAGS_MAX = 22 + LAUNCH_TAGS_MAX
+CONTRACT_TAGS_MAX = 23 + LAUNCH_TAGS_MAX
 # The largest value each numeric setting takes: beyond these, a setting is a typo.
 NUMBER_LIMITS = {
     "KEEP": 1000,
@@ -160,6 +161,13 @@ class BackupConfig:
     rpo_hours: float | None  # RPO_HOURS, else the schedule's (RPO_DEFAULTS); None: neither
     metrics_namespace: str | None
     state_file: str | None  # None only for a config checked without a file (tests)
+
+    @property
+    def config_id(self) -> str:
+        """This config on this host, in TAG_KEEP: its STATE_FILE is per file and user."""
+        where = f"{socket.gethostname()}:{self.state_file or self.pool}"
+        return hashlib.sha256(where.encode()).hexdigest()[:12]
+
     snapshot_price_gb_month: float
     archive_price_gb_month: float
 

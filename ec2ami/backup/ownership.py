@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.aws import chunked, paginate
-from ec2ami.backup.look import managed_images
-from ec2ami.contract import TAG_RESTORED_FROM
+from ec2ami.backup.look import Outcome, managed_images
+from ec2ami.contract import TAG_KEEP, TAG_RESTORED_FROM
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig
@@ -209,3 +209,31 @@ def visible_images(ec2: Any, image_ids: list[str]) -> set[str]:
                               IncludeDisabled=True):  # fmt: skip
             seen.add(image["ImageId"])
     return seen
+
+
+def split_keep_conflicts(
+    config: BackupConfig, servers: list[Server], natives: list[Image], failures: list[Outcome]
+) -> list[Server]:
+    """Fail each server whose own backups another config keeps with another KEEP: two
+    copies of one config (two hosts, two files) would cut each other's to the smaller."""
+    clean = []
+    for server in servers:
+        spec = server.spec
+        others = {
+            tag for image in natives if image.server == spec.name
+            for tag in [image.tags.get(TAG_KEEP, "")]
+            if "@" in tag and tag.split("@")[1] != config.config_id
+            and tag.split("@")[0] != str(spec.keep)
+        }  # fmt: skip
+        if not others:
+            clean.append(server)
+            continue
+        kept = ", ".join(
+            f"KEEP={t.split('@')[0]} (config {t.split('@')[1]})" for t in sorted(others)
+        )
+        failures.append(Outcome(spec.name, spec.instance_id, error=(
+            f"another config keeps this instance's backups in pool {config.pool!r} with "
+            f"{kept}, this one with KEEP={spec.keep} (config {config.config_id}): each would "
+            "cut the other's to the smaller; give them different POOL settings"
+        )))  # fmt: skip
+    return clean

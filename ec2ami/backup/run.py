@@ -29,7 +29,7 @@ from ec2ami.backup.look import (
     managed_images,
     record_launch,
 )
-from ec2ami.backup.ownership import Holdings, find_holdings, owners_of
+from ec2ami.backup.ownership import Holdings, find_holdings, owners_of, split_keep_conflicts
 from ec2ami.backup.plan import keep_referenced, plan_backup
 from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
@@ -59,6 +59,7 @@ def run_backup(
     owners = owners_of(config, servers, listed)
     held = find_holdings(ec2, config.schedule, clients.region, owners, listed, regions)
     held.warn()
+    servers = split_keep_conflicts(config, servers, held.natives, failures)
     natives, copies = held.natives, held.copies
     run_id, prune = clock.new_run_id(), not args.no_prune
     plan = plan_backup(config, servers, failures, natives, regions, copies, now, prune, run_id)

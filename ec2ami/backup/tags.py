@@ -19,6 +19,7 @@ from ec2ami.contract import (
     TAG_INSTANCE_PROFILE,
     TAG_INSTANCE_TAG_KEYS,
     TAG_INSTANCE_TYPE,
+    TAG_KEEP,
     TAG_KEY_NAME,
     TAG_LAUNCH,
     TAG_MANAGED,
@@ -55,6 +56,7 @@ def identity_tags(
         (TAG_INSTANCE_ID, server.instance_id),
         (TAG_CREATED, stamp(created)),
         (TAG_RUN, run_id),
+        (TAG_KEEP, f"{server.keep}@{config.config_id}"),
     ]
 
 
