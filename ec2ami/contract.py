@@ -103,6 +103,10 @@ SSM_OPT_IN_TAG = "ec2-to-ami-commands"  # "allow" on an instance: the policy let
 # Tags the restore puts on the new instance.
 TAG_RESTORED_FROM = "ec2-to-ami:restored-from"  # source image id
 TAG_RESTORED_BACKUP_TIME = "ec2-to-ami:restored-backup-time"  # the backup's created time
+# The server and pool a restore brought back: how a later restore of the same server knows
+# that one already runs (and how a backup knows the instance it replaced, by the image).
+TAG_RESTORED_SERVER = "ec2-to-ami:restored-server"
+TAG_RESTORED_POOL = "ec2-to-ami:restored-pool"
 # "allow" on an Elastic IP, target group or Classic Load Balancer: a restore may use it
 RESTORE_OPT_IN_TAG = "ec2-to-ami-restore"
 

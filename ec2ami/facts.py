@@ -78,7 +78,8 @@ HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidH
 STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
 INSTANCE_TYPES_MAX = 100  # DescribeInstanceTypes: names per call
 DESCRIBED = {"subnets": "Subnets", "security_groups": "SecurityGroups", "key_pairs": "KeyPairs",
-             "network_interfaces": "NetworkInterfaces", "addresses": "Addresses"}  # fmt: skip
+             "network_interfaces": "NetworkInterfaces", "addresses": "Addresses",
+             "instances": "Reservations"}  # fmt: skip
 DNS_TTL_DEFAULT = 300  # for a DNS_RECORDS record that does not exist yet
 UNAVAILABLE = "not reproducible"  # an attribute a warning said cannot be reproduced
 MONITORING_ON = ("enabled", "pending")

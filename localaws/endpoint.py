@@ -125,6 +125,7 @@ Patches (each has a test in tests/test_endpoint.py):
   P32 RegisterImage uses the snapshots its BlockDeviceMappings name, under their devices
      (moto makes up a snapshot of its own), so an image registered by hand from a backup's
      snapshots shares them, as on EC2; it records no SourceInstanceId.
+  P33 DescribeInstances takes EC2's `client-token` filter (moto answers HTTP 500).
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -1399,8 +1400,16 @@ def _iam_aws_request(self: IAMRequestBase) -> Any:
     return _moto_create_aws_request(self)
 
 
+def _client_token_filter() -> None:
+    """DescribeInstances by the idempotency token an instance was launched with (P33)."""
+    from moto.ec2 import utils
+
+    utils.filter_dict_attribute_mapping["client-token"] = "client_token"
+
+
 def apply_patches() -> None:
     """Patch moto's EC2 backend in this process (idempotent)."""
+    _client_token_filter()
     IAMRequestBase.__init__ = _iam_request_init
     IAMRequestBase._create_aws_request = _iam_aws_request
     AmiBackend.create_image = _create_image

@@ -827,3 +827,10 @@ def test_p32_register_image_uses_the_snapshots_it_is_given(ec2):
     snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
     assert snapshots == [m["Ebs"]["SnapshotId"] for m in made["BlockDeviceMappings"]]
     assert "SourceInstanceId" not in image
+
+
+def test_p33_instances_are_found_by_the_client_token_they_were_launched_with(ec2):
+    launched = ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, ClientToken="tok-1")
+    filters = [{"Name": "client-token", "Values": ["tok-1"]}]
+    [reservation] = ec2.describe_instances(Filters=filters)["Reservations"]
+    assert reservation["Instances"][0]["InstanceId"] == launched["Instances"][0]["InstanceId"]

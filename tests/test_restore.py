@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 
@@ -215,6 +216,19 @@ def test_same_private_ip_comes_back_after_terminate(ec2, backed_up, tmp_path):
     assert result.returncode == 0, result.stderr
     [new_id] = launched_ids(result)
     assert instance(ec2, new_id)["PrivateIpAddress"] == original["PrivateIpAddress"]
+
+
+def test_a_rerun_with_the_token_finishes_a_same_address_restore(ec2, backed_up, tmp_path):
+    """The address is held by the very instance this token launched: not a conflict."""
+    original = instance(ec2, backed_up.instances["app01"])
+    ec2.terminate_instances(InstanceIds=[original["InstanceId"]])
+    first = restore(tmp_path, SERVER="app01", PRIVATE_IP="same", WAIT="running")
+    assert first.returncode == 0, first.stderr
+    token = re.search(r"client token: (\S+)", first.stdout).group(1)
+    again = restore(tmp_path, "--client-token", token, SERVER="app01", PRIVATE_IP="same",
+                    WAIT="running")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert launched_ids(again) == launched_ids(first)
 
 
 def test_same_private_ip_still_in_use_fails_before_launch(ec2, backed_up, tmp_path):
@@ -447,8 +461,8 @@ def test_a_recorded_instance_profile_must_be_allowed(ec2, backed_up, tmp_path, e
     assert result.returncode == 0, result.stderr  # allowed by name
     [new_id] = launched_ids(result)
     assert instance(ec2, new_id)["IamInstanceProfile"]["Arn"] == backed_up.profile_arn
-    chosen = restore(tmp_path, "--dry-run", SERVER="app01", ALLOWED_INSTANCE_PROFILES=[],
-                     IAM_INSTANCE_PROFILE="app-profile")  # fmt: skip
+    chosen = restore(tmp_path, "--dry-run", "--replace", SERVER="app01",  # app01 runs now
+                     ALLOWED_INSTANCE_PROFILES=[], IAM_INSTANCE_PROFILE="app-profile")  # fmt: skip
     assert chosen.returncode == 0 and "app-profile (IAM_INSTANCE_PROFILE)" in chosen.stdout
 
 
@@ -520,3 +534,42 @@ def test_an_initialization_rate_outside_ebs_range_is_a_config_error(tmp_path, en
         result.stderr
     )
     assert endpoint.count() == 0
+
+
+def live_of(ec2, server: str) -> list[str]:
+    """The live instances a restore launched for a server (drills aside)."""
+    filters = [{"Name": "tag:ec2-to-ami:restored-server", "Values": [server]},
+               {"Name": "instance-state-name", "Values": ["pending", "running"]}]  # fmt: skip
+    reservations = ec2.describe_instances(Filters=filters)["Reservations"]
+    return [i["InstanceId"] for r in reservations for i in r["Instances"]]
+
+
+def test_a_repeated_restore_never_launches_a_second_server(ec2, backed_up, tmp_path, endpoint):
+    ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
+    first = restore(tmp_path, SERVER="web01")
+    assert first.returncode == 0, first.stderr
+    [earlier] = live_of(ec2, "web01")
+    for args in ([], ["--dry-run"]):
+        again = restore(tmp_path, *args, SERVER="web01")
+        assert again.returncode == 1
+        assert f"web01 was restored already and that instance still runs: {earlier}" in (
+            again.stderr
+        )
+        assert "--replace" in again.stderr and "Traceback" not in again.stderr
+    assert live_of(ec2, "web01") == [earlier]
+    token = re.search(r"client token: (\S+)", first.stdout).group(1)
+    rerun = restore(tmp_path, "--client-token", token, SERVER="web01")
+    assert rerun.returncode == 0, rerun.stderr  # the same token: the same instance
+    assert live_of(ec2, "web01") == [earlier]
+    replaced = restore(tmp_path, "--replace", SERVER="web01")
+    assert replaced.returncode == 0 and len(live_of(ec2, "web01")) == 2
+
+
+def test_a_fleet_rerun_skips_the_servers_already_restored(ec2, backed_up, tmp_path):
+    ec2.terminate_instances(InstanceIds=list(backed_up.instances.values()))
+    assert restore(tmp_path, "--server", "web01", SERVER=None).returncode == 0
+    result = restore(tmp_path, "--server", "web01", "--server", "app01", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["already_restored"] == ["web01"]
+    assert len(live_of(ec2, "web01")) == 1 and len(live_of(ec2, "app01")) == 1

@@ -307,6 +307,25 @@ def test_beside_a_live_original_target_groups_wait_and_windows_warns_of_its_name
     assert tags_of(instance(ec2, new_id))["Name"] == "win01-restored"
 
 
+def test_beside_a_live_original_no_production_facing_change_is_made(
+    ec2, clients, kitchen, tmp_path
+):
+    """The Classic ELB and DNS follow the rule the Elastic IP and target group follow: while
+    the original lives, the copy takes none of its production traffic, and says so."""
+    route53 = clients["route53"]
+    zone = route53.create_hosted_zone(Name="corp.internal", CallerReference="t")["HostedZone"]["Id"]
+    records = [{"zone_id": zone, "name": "db.corp.internal", "type": "A", "value": "private"}]
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="linux01",
+                                                DNS_RECORDS=records))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    new_id = restored_id(result)
+    assert balancer_view(clients, new_id) == ([], 0)
+    assert "Classic Load Balancer kitchen: the original" in result.stderr
+    assert "DNS records: db.corp.internal stay with the original" in result.stderr
+    listed = route53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    assert not [r for r in listed if r["Name"] == "db.corp.internal."]
+
+
 def test_dns_records_point_at_the_new_address_with_their_ttl(ec2, clients, kitchen, tmp_path):
     route53 = clients["route53"]
     zone = route53.create_hosted_zone(Name="corp.internal", CallerReference="t")["HostedZone"]["Id"]

@@ -101,6 +101,11 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         help="print the least-privilege IAM policy this config needs (no AWS call)",
     )
     parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
+    parser.add_argument(
+        "--replace", action="store_true",
+        help="launch a new instance although an earlier restore's still runs (stop that one "
+        "yourself)",
+    )  # fmt: skip
     return parser
 
 

@@ -14,8 +14,19 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from ec2ami import polling
-from ec2ami.aws import error_text
-from ec2ami.contract import TAG_MANAGED, TAG_POOL, TAG_SCHEDULE, TAG_SERVER, TOOL, joined_value
+from ec2ami.aws import chunked, error_text, paginate
+from ec2ami.contract import (
+    TAG_DRILL,
+    TAG_MANAGED,
+    TAG_POOL,
+    TAG_RESTORED_FROM,
+    TAG_RESTORED_POOL,
+    TAG_RESTORED_SERVER,
+    TAG_SCHEDULE,
+    TAG_SERVER,
+    TOOL,
+    joined_value,
+)
 from ec2ami.facts import (
     AVAILABLE,
     BIN_RESTORE_SECONDS,
@@ -23,6 +34,7 @@ from ec2ami.facts import (
     FILTER_VALUES_MAX,
     GONE_STATES,
     IN_RECYCLE_BIN,
+    LIVE_INSTANCE_STATES,
     NOT_FOUND_CODES,
 )
 from ec2ami.restore.config import RestoreConfig, RestoreError
@@ -251,3 +263,34 @@ def paginate_bin(ec2: Any, **kwargs: Any) -> Iterator[dict]:
 def bin_time(value: Any) -> str:
     """A Recycle Bin time, to the minute."""
     return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else str(value or "-")
+
+
+def restored_earlier(ec2: Any, restores: list[Restore]) -> dict[str, list[dict]]:
+    """The live instances an earlier restore (not a drill) launched for each server, in its
+    pool: one DescribeInstances for them all, by the tags a restore sets at launch (and, for
+    an instance an older version restored, by the image it came from)."""
+    images = {r.image["ImageId"]: r for r in restores if r.image}
+    servers = {r.server: r for r in restores if r.image}
+    live = {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}
+    found: dict[str, list[dict]] = {}
+    for key, values, of in ((TAG_RESTORED_SERVER, sorted(servers), servers),
+                            (TAG_RESTORED_FROM, sorted(images), images)):  # fmt: skip
+        for batch in chunked(values):
+            filters = [{"Name": f"tag:{key}", "Values": batch}, live]
+            for reservation in paginate(ec2, "describe_instances", "Reservations",
+                                        Filters=filters):  # fmt: skip
+                for instance in reservation["Instances"]:
+                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    restore = of.get(tags.get(key, ""))
+                    if restore is None or TAG_DRILL in tags or not same_pool(restore, tags):
+                        continue
+                    listed = found.setdefault(restore.server, [])
+                    if instance["InstanceId"] not in {i["InstanceId"] for i in listed}:
+                        listed.append(instance)
+    return found
+
+
+def same_pool(restore: Restore, tags: dict[str, str]) -> bool:
+    """Whether an instance a restore tagged came from the pool this restore picks from."""
+    pool = image_tag(restore.image or {}, TAG_POOL)
+    return tags.get(TAG_RESTORED_POOL, pool) == pool

@@ -73,6 +73,7 @@ class Plan:
     classic_load_balancers: list[str] = field(default_factory=list)
     dns_records: list[dict] = field(default_factory=list)
     holders: dict[str, str | None] = field(default_factory=dict)  # allocation -> holder
+    original_alive: bool = False  # the recorded instance still exists: production is it
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Restore:
     problems: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)  # a drill's DRILL_CHECK: command, status
+    already: list[str] = field(default_factory=list)  # an earlier restore's live instances
 
     @property
     def planned(self) -> Plan:

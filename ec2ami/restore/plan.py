@@ -15,6 +15,8 @@ from ec2ami.contract import (
     TAG_INSTANCE_PROFILE,
     TAG_RESTORED_BACKUP_TIME,
     TAG_RESTORED_FROM,
+    TAG_RESTORED_POOL,
+    TAG_RESTORED_SERVER,
 )
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import Attribute, Plan
@@ -94,6 +96,7 @@ def plan_launch(
     if len(nics) > 1:  # EC2 gives a public IP at launch to a lone interface only
         mark_attributes(attributes, ["public IP"])
     plan = Plan(image, recorded, params, None, name, warnings, attributes=attributes)
+    plan.original_alive = original_alive
     plan.source_dest_off = [n["index"] for n in nics if n.get("source_dest_check") is False]
     plan.elastic_ips = planned_elastic_ips(config, launch, nics, warnings)
     plan.elastic_ip = next((e["allocation"] for e in plan.elastic_ips if e["index"] == 0
@@ -181,6 +184,10 @@ def tag_specifications(
         tags[TAG_DRILL] = recorded.server or image["ImageId"]
         tags[TAG_DRILL_RUN] = config.drill_run or ""
     tags[TAG_RESTORED_FROM] = image["ImageId"]
+    if recorded.server:
+        tags[TAG_RESTORED_SERVER] = recorded.server
+    if recorded.pool:
+        tags[TAG_RESTORED_POOL] = recorded.pool
     if recorded.created:
         tags[TAG_RESTORED_BACKUP_TIME] = recorded.created
     if len(tags) > MAX_TAGS:

@@ -47,6 +47,7 @@ class Facts:
         self.types: dict[str, dict] = {}
         self.in_use: dict[str, list[dict]] = {}  # private address -> interfaces holding it
         self.addresses: dict[str, dict] = {}  # allocation id -> its DescribeAddresses entry
+        self.own: set[str] = set()  # instances this run's client tokens launched already
         self._asked: dict[tuple, Any] = {}
 
     def once(self, key: tuple, ask: Any, *args: Any, **kwargs: Any) -> Any:
@@ -75,6 +76,10 @@ def gather_facts(clients: Clients, plans: list[Plan]) -> Facts:
     for eni in filtered(ec2, "network_interfaces", "addresses.private-ip-address", fixed):
         for address in eni.get("PrivateIpAddresses", []):
             facts.in_use.setdefault(address["PrivateIpAddress"], []).append(eni)
+    if facts.in_use:  # a rerun with the token: its own instance holds the address already
+        tokens = sorted({p["ClientToken"] for plan in plans for p in [plan.params, *plan.others]})
+        for reservation in filtered(ec2, "instances", "client-token", tokens):
+            facts.own |= {i["InstanceId"] for i in reservation.get("Instances", [])}
     allocations = sorted({e["allocation"] for p in plans for e in p.elastic_ips})
     found = filtered(ec2, "addresses", "allocation-id", allocations)
     facts.addresses = {a["AllocationId"]: a for a in found}
@@ -294,6 +299,8 @@ def check_address_free(address: str, subnet: dict, facts: Facts) -> None:
     for eni in facts.in_use.get(address, []):
         if eni.get("SubnetId") == subnet["SubnetId"]:
             holder = eni.get("Attachment", {}).get("InstanceId") or eni["NetworkInterfaceId"]
+            if holder in facts.own:
+                continue  # launched by this very restore's token: its setup is finished now
             raise RestoreError(f"private IP {address} is in use by {holder}; set PRIVATE_IP = None")
 
 

@@ -20,6 +20,7 @@ from ec2ami.contract import (
     TAG_KEY_NAME,
     TAG_LAUNCH,
     TAG_PLATFORM,
+    TAG_POOL,
     TAG_PRIVATE_IP,
     TAG_SCHEDULE,
     TAG_SECURITY_GROUPS,
@@ -37,6 +38,7 @@ class Recorded:
 
     server: str | None = None
     schedule: str | None = None
+    pool: str | None = None
     instance_id: str | None = None
     created: str | None = None
     instance_type: str | None = None
@@ -70,6 +72,7 @@ def read_recorded(image: dict) -> Recorded:
     recorded = Recorded(
         server=value(TAG_SERVER),
         schedule=value(TAG_SCHEDULE),
+        pool=value(TAG_POOL),
         instance_id=value(TAG_INSTANCE_ID),
         created=value(TAG_CREATED) or image.get("CreationDate"),
         instance_type=value(TAG_INSTANCE_TYPE),

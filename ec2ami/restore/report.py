@@ -76,6 +76,7 @@ def restore_document(restore: Restore, rows: list[dict], run: Run) -> dict[str, 
         "differences": restore.differences,
         "warnings": plan.warnings if plan else [],
         **({"check": restore.check} if restore.check else {}),
+        **({"already_restored": restore.already} if restore.already else {}),
         "error": restore.error,
     }
 
@@ -88,6 +89,7 @@ def fleet_document(restores: list[Restore], rows: dict[str, dict], run: Run) -> 
         "client_token": run.token,
         "servers": [restore_document(r, [rows[i] for i in r.ids], run) for r in restores],
         "failed": [r.server for r in restores if r.error],
+        "already_restored": [r.server for r in restores if r.already],
     }
 
 
@@ -140,13 +142,16 @@ def print_fleet(restores: list[Restore], rows: dict[str, dict], run: Run, drill:
     for restore in restores:
         image = restore.image or {}
         first = rows.get(restore.ids[0], {}) if restore.ids else {}
+        if restore.already:
+            first = {"instance_id": restore.already[0], "state": "running before"}
         age = (run.utc - backup_time(image)).total_seconds() if image else None
         checked = [a for a in restore.plan.attributes if a.checked] if restore.plan else []
         twin = f"{len(restore.differences)} diff" if checked else "-"
         row = {"server": restore.server, "image": image.get("ImageId", "-"),
                "backup age": duration(age), "instance": first.get("instance_id", "-"),
                "state": first.get("state", "-"), "twin": twin,
-               "result": "FAILED" if restore.error else "ok"}  # fmt: skip
+               "result": "FAILED" if restore.error else
+               "already restored" if restore.already else "ok"}  # fmt: skip
         row.update({label: f"{restore.at[key]:.1f}" if key in restore.at else "-"
                     for key, label in TIMINGS})  # fmt: skip
         table.append(row)
@@ -154,7 +159,9 @@ def print_fleet(restores: list[Restore], rows: dict[str, dict], run: Run, drill:
     failed = [r.server for r in restores if r.error]
     done = "verified by a drill (and terminated)" if drill else "restored"
     summary = f"{len(restores) - len(failed)} of {len(restores)} servers {done} in "
-    print(summary + f"{run.since():.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    already = [r.server for r in restores if r.already]
+    print(summary + f"{run.since():.1f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; already restored before: {', '.join(already)}" if already else ""))  # fmt: skip
     if not drill:
         print(f"client token: {run.token} (rerun with --client-token to retry safely)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TOOL
@@ -18,6 +18,7 @@ from ec2ami.restore.images import (
     live_originals,
     pick_images,
     restore_from_recycle_bin,
+    restored_earlier,
 )
 from ec2ami.restore.launch import run_restores
 from ec2ami.restore.listing import dry_run
@@ -80,9 +81,11 @@ def prepare(
     else:
         restores = pick_images(ec2, config)
     token = run.token = run.token or args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
+    if not config.drill:
+        guard_against_doubles(ec2, config, restores, token, args.replace)
     alive = live_originals(ec2, [read_recorded(r.image) for r in restores if r.image])
     for r in restores:
-        if r.image:
+        if r.image and not r.already:
             with one_server(r, fleet):
                 recorded = read_recorded(r.image)
                 r.plan = plan_launch(
@@ -98,3 +101,32 @@ def prepare(
                 log.warning("%s%s", f"{r.server}: " if fleet else "", warning)
         r.at["image_resolved"] = run.since()
     return restores
+
+
+def guard_against_doubles(
+    ec2: Any, config: RestoreConfig, restores: list[Restore], token: str, replace: bool
+) -> None:
+    """Never a second production server by accident: where an earlier restore's instance of
+    a server still runs, a single restore stops before launch and a fleet leaves that server
+    as it is (reported as already restored). The instance this run's client token launched
+    is not another: a rerun with the token finishes it. --replace launches another anyway."""
+    earlier = restored_earlier(ec2, restores)
+    for restore in restores:
+        mine = server_token(token, restore.server) if config.fleet else token
+        others = [i for i in earlier.get(restore.server, []) if i.get("ClientToken") != mine]
+        if not others:
+            continue
+        running = ", ".join(f"{i['InstanceId']} ({i['State']['Name']})" for i in others)
+        if replace:
+            log.warning("%s: an earlier restore's %s still runs; --replace launches another",
+                        restore.server, running)  # fmt: skip
+            continue
+        message = (
+            f"{restore.server} was restored already and that instance still runs: {running}. "
+            "Terminate it first, or launch another on purpose with --replace"
+        )
+        if not config.fleet:
+            raise RestoreError(message)
+        log.warning("%s", message)
+        restore.already = [i["InstanceId"] for i in others]
+        restore.stage = "done"

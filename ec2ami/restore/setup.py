@@ -37,7 +37,11 @@ def set_up(
     for eip in allocations:
         associate(ec2, eip, first, config)
     register(clients, plan, config, ids[0])
-    if plan.dns_records:  # after the Elastic IP: the public address may be new
+    if plan.dns_records and plan.original_alive and not config.allow_reassociation:
+        names = ", ".join(r["name"] for r in plan.dns_records)
+        hold_back(plan, "DNS records", f"{names} stay with the original "
+                  f"{plan.recorded.instance_id}, which still exists")  # fmt: skip
+    elif plan.dns_records:  # after the Elastic IP: the public address may be new
         point_dns(clients, plan.dns_records, describe_launched(ec2, ids[:1])[0])
 
 
@@ -86,22 +90,33 @@ def register(clients: Clients, plan: Plan, config: RestoreConfig, instance_id: s
                 TargetGroupArn=group["arn"], Targets=[held]
             ).get("TargetHealthDescriptions", [])
             if any(h.get("TargetHealth", {}).get("State") == "healthy" for h in health):
-                warning = (
-                    f"target group {target_label(group)}: the original {original} is still "
-                    "registered and healthy, so the new instance was not registered; set "
-                    "ALLOW_REASSOCIATION = True to register it too"
-                )
-                plan.warnings.append(warning)
-                log.warning("%s", warning)
-                mark_attributes(plan.attributes, [f"target group {target_label(group)}"])
+                hold_back(plan, f"target group {target_label(group)}", f"the original "
+                          f"{original} is still registered and healthy, so the new instance "
+                          "was not registered")  # fmt: skip
                 continue
         clients.elbv2.register_targets(TargetGroupArn=group["arn"], Targets=[target])
         log.info("registered %s in target group %s", instance_id, target_label(group))
     for name in plan.classic_load_balancers:
+        if original and plan.original_alive and not config.allow_reassociation:
+            health = clients.elb.describe_instance_health(
+                LoadBalancerName=name, Instances=[{"InstanceId": original}]
+            ).get("InstanceStates", [])
+            if any(h.get("State") == "InService" for h in health):
+                why = f"the original {original} is still in service there, so the new instance "
+                hold_back(plan, f"Classic Load Balancer {name}", why + "was not registered")
+                continue
         clients.elb.register_instances_with_load_balancer(
             LoadBalancerName=name, Instances=[{"InstanceId": instance_id}]
         )
         log.info("registered %s with Classic Load Balancer %s", instance_id, name)
+
+
+def hold_back(plan: Plan, what: str, why: str) -> None:
+    """A production-facing change left undone beside the live original: warned, unchecked."""
+    warning = f"{what}: {why}; set ALLOW_REASSOCIATION = True to make it too"
+    plan.warnings.append(warning)
+    log.warning("%s", warning)
+    mark_attributes(plan.attributes, [what])
 
 
 def mark_attributes(attributes: list[Attribute], names: list[str]) -> None:
