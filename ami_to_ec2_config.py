@@ -172,8 +172,9 @@ DRILL_INSTANCE_TYPE = None
 # recorded profile. None: status-ok is the check.
 DRILL_CHECK = None
 # Each drill instance lives at most this long after its launch: status-ok and the
-# check must both pass within it. A drill terminates instances a killed drill left
-# behind once they are twice this old.
+# check must both pass within it. Each is tagged with a deadline (twice this after its
+# drill began); a later drill ends instances a killed drill left behind only past
+# their own deadline, so drills with other timeouts never end each other's.
 DRILL_TIMEOUT_MINUTES = 15
 # "newest": each server's newest backup. "random": any available one it keeps, so the
 # older restore points are tested too.
@@ -181,6 +182,10 @@ DRILL_PICK = "newest"
 # Append one JSON line per server and drill to this file: the result, the backup's age
 # and the seconds to each step (docs/restore.md, "Reading the drill log"). None: no log.
 DRILL_LOG = None
+# False: a drill leaves out the recorded placement group, partition, dedicated host,
+# host resource group and affinity, and uses no capacity reservation, so it never
+# takes production's slots. True: it launches with them, as the twin would.
+DRILL_PLACEMENT = False
 
 # --- Disaster recovery (docs/dr.md) ---
 # Restoring a copy in another region (REGION or --region): the recorded subnet,

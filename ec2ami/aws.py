@@ -42,6 +42,8 @@ PACED_CALLS = {
     "ModifyNetworkInterfaceAttribute": ("mutating", 50, 5.0),
     "EnableImage": ("mutating", 50, 5.0),
     "TerminateInstances": ("mutating", 50, 5.0),
+    "DeleteVolume": ("mutating", 50, 5.0),  # a drill's debris
+    "DeleteNetworkInterface": ("mutating", 50, 5.0),
     "DeregisterImage": ("delete", 100, 5.0),
     "DeleteSnapshot": ("delete", 100, 5.0),
     "CreateTags": ("tags", 100, 10.0),

@@ -40,6 +40,9 @@ TAG_SELECT_TAG_KEYS = "ec2-to-ami:select-tag-keys"
 # On a drill instance (ami_to_ec2.py --drill): the server it tests. No backup selects it.
 TAG_DRILL = "ec2-to-ami:drill"
 TAG_DRILL_RUN = "ec2-to-ami:drill-run"  # and the drill run that launched it
+# The UTC time ("%Y-%m-%dT%H:%M:%SZ") after which its drill is surely over: a later drill
+# ends it (and deletes its detached volumes and interfaces) only once this has passed.
+TAG_DRILL_DEADLINE = "ec2-to-ami:drill-deadline"
 # On an image a drill restored: "<UTC time> ok|failed status-ok=<s>s check=<s>s".
 TAG_VERIFIED = "ec2-to-ami:verified"
 # Set on a copy in another region (with all of the source's tags, by CopyImageTags).

@@ -22,9 +22,9 @@ Patches (each has a test in tests/test_endpoint.py):
   P8 A new instance is "pending" for `instance_pending_seconds`, then
      "running"; AssociateAddress on a pending instance fails with
      IncorrectInstanceState, as on EC2 (moto: running at once).
-  P9 Terminating an instance disassociates its Elastic IP and deletes its
-     primary network interface, freeing its private IP, as on EC2 (moto keeps
-     both attached to the terminated instance).
+  P9 Terminating an instance disassociates the Elastic IPs of all its interfaces,
+     as on EC2 (moto keeps them associated with the terminated instance); which
+     interfaces go with it is P34.
 
   P10 CopyImage runs in the destination region from the source region's
      image: the copy is "pending" for `copy_pending_seconds`, then "available",
@@ -126,6 +126,21 @@ Patches (each has a test in tests/test_endpoint.py):
      (moto makes up a snapshot of its own), so an image registered by hand from a backup's
      snapshots shares them, as on EC2; it records no SourceInstanceId.
   P33 DescribeInstances takes EC2's `client-token` filter (moto answers HTTP 500).
+  P34 What termination deletes follows DeleteOnTermination, as on EC2: an interface that
+     a launch created without saying is deleted with its instance (unconfirmed for the
+     NetworkInterfaces form: the tool always says); one launched with it false, or
+     attached later, survives detached and "available" (moto: kept attached). CreateImage
+     records each attached volume's DeleteOnTermination in the image's mapping (moto: a
+     made-up root with false; an AWS image maps its root true), AttachVolume's default is
+     false, and RunInstances from an image the harness made launches a volume for every
+     device the image maps, each with the image's setting unless the request says
+     otherwise (moto: an 8 GiB root alone, or only the devices the request names).
+  P35 Public IPs at launch, as on EC2: a subnet with MapPublicIpOnLaunch gives one to a
+     lone interface unless AssociatePublicIpAddress says false, and none when several
+     interfaces are launched; AssociatePublicIpAddress with several interfaces is refused
+     with InvalidParameterCombination (EC2 API reference,
+     InstanceNetworkInterfaceSpecification: "You cannot specify more than one network
+     interface in the request"). moto maps one to the primary interface regardless.
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -442,9 +457,16 @@ def _block_device_mappings(self) -> list[dict[str, Any]]:
     mapping = []
     for device, snapshot in [(root["DeviceName"], self.ebs_snapshot), *more_volumes(self)]:
         ebs = {**root["Ebs"], "SnapshotId": snapshot.id, "VolumeSize": snapshot.volume_size,
-               "Encrypted": bool(snapshot.encrypted)}  # fmt: skip
+               "Encrypted": bool(snapshot.encrypted),
+               "DeleteOnTermination": deletes_on_termination(self, device)}  # fmt: skip
         mapping.append({"DeviceName": device, "Ebs": ebs})
     return mapping
+
+
+def deletes_on_termination(ami: Any, device: str) -> bool:
+    """A device's DeleteOnTermination in the image: as the volume was attached when it was
+    imaged (P34); else true, as AWS's public images map their root volume."""
+    return bool(getattr(ami, "harness_delete", {}).get(device, True))
 
 
 def _register_image(self) -> ActionResult:
@@ -783,7 +805,9 @@ def image_volumes(backend: Any, ami: Any, instance: Instance) -> None:
     """Snapshot every EBS volume of the instance into the image, not only a made-up root
     (P25), each with what the volume holds now (P24)."""
     ami.harness_more = []
+    ami.harness_delete = {}  # P34: each device's DeleteOnTermination, as attached
     for device, mapping in sorted(instance.block_device_mapping.items()):
+        ami.harness_delete[device] = bool(mapping.delete_on_termination)
         volume = backend.get_volume(mapping.volume_id)
         if device == instance.root_device_name:
             snapshot = ami.ebs_snapshot
@@ -984,7 +1008,18 @@ def _run_instances(self) -> ActionResult:
     group = self._get_param("Placement.GroupName")
     if group and group not in placement_groups(self.ec2_backend):
         raise _unknown_group(group)
+    specs = self._get_param("NetworkInterfaces", [])
+    if len(specs) > 1 and any("AssociatePublicIpAddress" in n for n in specs):
+        raise EC2ClientError(  # P35
+            "InvalidParameterCombination",
+            "The associatePublicIPAddress parameter cannot be specified when launching with "
+            "multiple network interfaces.",
+        )
     result = _original_run_instances(self)
+    if len(specs) > 1:  # P35: EC2 maps no public IP on launch to several interfaces
+        for instance in result.result.instances:
+            for nic in instance.nics.values():
+                nic.public_ip_auto_assign, nic.public_ip = False, None
     keep_launch_attributes(self, result.result.instances)
     protect = self._get_bool_param("DisableApiTermination", False)
     for instance in result.result.instances:
@@ -1000,16 +1035,22 @@ _original_parse_block_device_mapping = InstanceResponse._parse_block_device_mapp
 
 def _parse_block_device_mapping(self) -> list[dict[str, Any]]:
     """RunInstances' block device mappings, each completed from the image's mapping of the
-    same device (its snapshot and size), as EC2 does (P27; moto wants them in every one)."""
+    same device (its snapshot, size and DeleteOnTermination), as EC2 does (P27; moto wants
+    them in every one); an image the harness made launches a volume for every device it
+    maps, each deleted on termination as the image says (P34; moto: an 8 GiB root only)."""
     image = self.ec2_backend.amis.get(self._get_param("ImageId"))
     given = self._get_param("BlockDeviceMappings", [])
-    if image is None or not given:
+    made_here = image is not None and hasattr(image, "harness_more")
+    if image is None or not (given or made_here):
         return _original_parse_block_device_mapping(self)
     own = {m["DeviceName"]: m["Ebs"] for m in image.block_device_mappings}
-    completed = []
+    named = {m.get("DeviceName") for m in given}
+    keys = ("SnapshotId", "VolumeSize", "DeleteOnTermination")
+    completed = [{"DeviceName": d, "Ebs": {k: own[d][k] for k in keys}}
+                 for d in own if made_here and d not in named]  # fmt: skip
     for mapping in given:
         if "Ebs" in mapping and mapping.get("DeviceName") in own:
-            inherited = {k: own[mapping["DeviceName"]][k] for k in ("SnapshotId", "VolumeSize")}
+            inherited = {k: own[mapping["DeviceName"]][k] for k in keys}
             mapping = {**mapping, "Ebs": {**inherited, **mapping["Ebs"]}}
         completed.append(mapping)
     original = self._get_param
@@ -1061,14 +1102,19 @@ def _address_private_ip(self: Any) -> str | None:
 
 
 def _terminate(self) -> InstanceState:
-    """Terminate, releasing the Elastic IP and the primary network interface (P9)."""
+    """Terminate, releasing the Elastic IPs of every interface (P9); an interface whose
+    attachment does not say DeleteOnTermination survives, detached and "available", as on
+    EC2 (P34; moto leaves it attached to the terminated instance)."""
     nics = {nic.id for nic in self.nics.values()}
     for address in self.ec2_backend.addresses:
         if address.instance is self or (address.eni is not None and address.eni.id in nics):
             self.ec2_backend.disassociate_address(address=address.public_ip)
-    for nic in list(self.nics.values()):
-        nic.delete_on_termination = True
-    return _original_terminate(self)
+    surviving = [nic for nic in self.nics.values() if not nic.delete_on_termination]
+    state = _original_terminate(self)
+    for nic in surviving:
+        self.detach_eni(nic)
+        nic.status = "available"
+    return state
 
 
 # --- P20, P21, P22: launch attributes, placement groups, CPU credits ---------------------

@@ -143,16 +143,17 @@ COPY = Recorded(server="web01", instance_type="t3.small", subnet_id="subnet-1",
 def test_a_copy_restored_in_its_source_region_uses_what_was_recorded():
     plan = plan_launch(validate_config({**DEFAULTS, "SERVER": "web01"}),
                        {"ImageId": "ami-1"}, COPY, False, "t", "us-east-1")  # fmt: skip
-    assert plan.params["SubnetId"] == "subnet-1" and plan.elastic_ip == "eipalloc-1"
+    [nic] = plan.params["NetworkInterfaces"]
+    assert nic["SubnetId"] == "subnet-1" and plan.elastic_ip == "eipalloc-1"
 
 
 def test_a_copy_in_another_region_never_uses_the_source_regions_ids():
     region_map = {"us-west-2": {"subnet-1": "subnet-9", "sg-1": "sg-8", "sg-2": "sg-9"}}
     config = validate_config({**DEFAULTS, "SERVER": "web01", "REGION_MAP": region_map})
     plan = plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-west-2")
-    assert plan.params["SubnetId"] == "subnet-9"
-    assert plan.params["SecurityGroupIds"] == ["sg-8", "sg-9"]
-    assert plan.elastic_ip is None and "PrivateIpAddress" not in plan.params
+    [nic] = plan.params["NetworkInterfaces"]
+    assert nic["SubnetId"] == "subnet-9" and nic["Groups"] == ["sg-8", "sg-9"]
+    assert plan.elastic_ip is None and "PrivateIpAddress" not in nic
     assert any("Elastic IP eipalloc-1 is in us-east-1" in w for w in plan.warnings)
 
 

@@ -10,13 +10,16 @@ import re
 import shlex
 import signal
 import subprocess
+from datetime import timedelta
 
 import pytest
 
+from ec2ami import clock
 from ec2ami.restore.cli import parse_args
 from localaws.endpoint import SETTINGS, age_instance
 from localaws.fleet import ROOT, drill_network
 from tests.conftest import (
+    CLOCK,
     backup_config,
     managed,
     run,
@@ -167,8 +170,13 @@ def live_drill_instances(ec2) -> list[str]:
             if i["State"]["Name"] in ("pending", "running")]  # fmt: skip
 
 
+def later(monkeypatch, minutes: float) -> None:
+    """The tool's clock, minutes from now: a later drill, without waiting for it."""
+    monkeypatch.setattr(clock, "utc_now", lambda: CLOCK() + timedelta(minutes=minutes))
+
+
 def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up(
-    ec2, endpoint, drilled, tmp_path
+    ec2, endpoint, drilled, tmp_path, monkeypatch
 ):
     SETTINGS.instance_pending_seconds = 120  # the drill waits; it is killed meanwhile
     config = drill_config(tmp_path, drilled, DRILL_TIMEOUT_MINUTES=5)
@@ -189,12 +197,12 @@ def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up
     # Nor does --check count one as an instance left without backups.
     checked = run("ec2_to_ami.py", backup_config(tmp_path, drilled), "--check", "--json")
     assert json.loads(checked.stdout)["uncovered"] == []
-    # Younger than DRILL_TIMEOUT_MINUTES x 2, they may belong to a drill still running.
+    # Before their deadline (DRILL_TIMEOUT_MINUTES x 2 after their drill began), they may
+    # belong to a drill still running.
     SETTINGS.instance_pending_seconds = 0.2
     assert run("ami_to_ec2.py", config, "--drill", "--server", "web01").returncode == 0
     assert sorted(live_drill_instances(ec2)) == sorted(left)
-    for instance_id in left:
-        age_instance(instance_id, 11 * 60)
+    later(monkeypatch, 11)
     result = run("ami_to_ec2.py", config, "--drill", "--server", "web01")
     assert result.returncode == 0, result.stderr
     assert live_drill_instances(ec2) == []
@@ -256,7 +264,7 @@ def test_a_drill_dry_run_shows_the_isolated_plans_and_the_leftovers_and_changes_
         SubnetId=drilled.drill_subnet, TagSpecifications=[{"ResourceType": "instance", "Tags": [
             {"Key": "ec2-to-ami:drill", "Value": "web01"}]}],
     )["Instances"][0]["InstanceId"]  # fmt: skip
-    age_instance(left, 3600)
+    age_instance(left, 25 * 3600)  # made before drills wrote deadlines: a day old
     before = len(endpoint.calls)
     result = run("ami_to_ec2.py", drill_config(tmp_path, drilled), "--drill", "--all", "--dry-run")
     assert result.returncode == 0, result.stderr

@@ -308,6 +308,21 @@ def test_restore_from_the_recycle_bin_under_the_restore_policy(
     assert {"ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"} <= used
 
 
+def leave_drill_debris(ec2, subnet: str, image: dict) -> tuple[str, str]:
+    """A detached volume and interface that an earlier drill left: the drill deletes them."""
+    zone = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["AvailabilityZone"]
+    tags = [{"Key": "ec2-to-ami:drill", "Value": "web01"},
+            {"Key": "ec2-to-ami:restored-from", "Value": image["ImageId"]}]  # fmt: skip
+    volume = ec2.create_volume(
+        AvailabilityZone=zone, SnapshotId=image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"],
+        TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
+    )["VolumeId"]  # fmt: skip
+    interface = ec2.create_network_interface(
+        SubnetId=subnet, TagSpecifications=[{"ResourceType": "network-interface", "Tags": tags}]
+    )["NetworkInterface"]["NetworkInterfaceId"]
+    return volume, interface
+
+
 def test_a_drill_does_its_whole_job_under_the_drill_policy(
     ec2, fleet, tmp_path, endpoint, user_env
 ):
@@ -320,12 +335,18 @@ def test_a_drill_does_its_whole_job_under_the_drill_policy(
     )  # fmt: skip
     document = generated("ami_to_ec2.py", config, "--drill")
     env = user_env("drill-bot", document)
+    debris = leave_drill_debris(ec2, subnet, managed(ec2, "web01")[0])
     used = actions_used(endpoint, env, "ami_to_ec2.py", config, [["--drill", "--all"]])
+    assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [debris[0]]}])[
+        "Volumes"]  # fmt: skip
+    assert not ec2.describe_network_interfaces(
+        Filters=[{"Name": "network-interface-id", "Values": [debris[1]]}]
+    )["NetworkInterfaces"]
     # PassRole is checked inside RunInstances; placement and source/dest check only for a
     # twin that has them.
     rare = {"iam:PassRole", "ec2:DescribePlacementGroups", "ec2:DescribeHosts",
             "ec2:ModifyNetworkInterfaceAttribute"}  # fmt: skip
-    assert used == actions_of(document) - rare - ON_OUR_BEHALF
+    assert used - {"ec2:DescribeVolumes"} == actions_of(document) - rare - ON_OUR_BEHALF
     verified = [t for i in managed(ec2) for t in i.get("Tags", [])
                 if t["Key"] == "ec2-to-ami:verified"]  # fmt: skip
     assert len(verified) == 3

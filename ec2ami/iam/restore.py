@@ -53,6 +53,7 @@ def iam_policy(config: RestoreConfig) -> dict:
         "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
     ]  # fmt: skip
     if config.drill:
+        describe += ["ec2:DescribeNetworkInterfaces"]  # and DescribeVolumes, above
         sid, network = "LaunchOnlyIntoTheDrillSubnet", [
             arn + f"subnet/{config.drill_subnet_id}",
             *(arn + f"security-group/{g}" for g in config.drill_security_group_ids or []),
@@ -78,7 +79,7 @@ def iam_policy(config: RestoreConfig) -> dict:
               {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
     ]  # fmt: skip
     if config.drill:
-        statements += drill_statements(config, region, launched[0], image)
+        statements += drill_statements(config, region, launched, image)
     else:
         statements += production_statements(config, region, account, launched, image)
     if config.kms_key_id:
@@ -125,13 +126,21 @@ def production_statements(
     return statements
 
 
-def drill_statements(config: RestoreConfig, region: str, instance: str, image: str) -> list[dict]:
+def drill_statements(
+    config: RestoreConfig, region: str, launched: list[str], image: str
+) -> list[dict]:
     """A drill's own calls: terminate its instances (tagged TAG_DRILL, which the drill
-    can set only at launch), tag images that carry the marker with TAG_VERIFIED only,
-    and run DRILL_CHECK's documents on its instances only."""
+    can set only at launch), delete the detached interfaces of drills in DRILL_SUBNET_ID
+    (ec2:Subnet, which EC2 records) and drill volumes, tag images that carry the marker
+    with TAG_VERIFIED only, and run DRILL_CHECK's documents on its instances only."""
+    instance, volume, interface = launched
+    drilled = {"Null": {f"aws:ResourceTag/{TAG_DRILL}": "false"}}
+    subnet = launched[0].split("instance/")[0] + f"subnet/{config.drill_subnet_id}"
     statements = [
-        allow("TerminateOnlyDrillInstances", "ec2:TerminateInstances", instance,
-              {"Null": {f"aws:ResourceTag/{TAG_DRILL}": "false"}}),
+        allow("TerminateOnlyDrillInstances", "ec2:TerminateInstances", instance, drilled),
+        allow("DeleteOnlyDrillInterfacesInTheDrillSubnet", "ec2:DeleteNetworkInterface",
+              interface, {**drilled, "ArnEquals": {"ec2:Subnet": subnet}}),
+        allow("DeleteOnlyDrillVolumes", "ec2:DeleteVolume", volume, drilled),
         allow("RecordTheResultOnMarkedImagesOnly", "ec2:CreateTags", image, {
             "StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL},
             "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_VERIFIED]},

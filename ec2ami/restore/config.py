@@ -85,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "DRILL_TIMEOUT_MINUTES": 15,
     "DRILL_PICK": "newest",
     "DRILL_LOG": None,
+    "DRILL_PLACEMENT": False,
 }
 
 
@@ -154,11 +155,13 @@ class RestoreConfig:
     drill_timeout_minutes: float
     drill_pick: str
     drill_log: str | None
+    drill_placement: bool
     all: bool = False
     drill: bool = False
     fleet: bool = False
     drill_stamp: str | None = None
     drill_run: str | None = None
+    drill_deadline: str | None = None
 
 
 class RestoreError(Exception):
@@ -196,6 +199,11 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
         config["COUNT"] = args.count
     if args.region is not None:
         config["REGION"] = args.region
+    if args.subnet_id is not None and args.drill:
+        raise ConfigError(
+            "--subnet-id does not apply to a drill: a drill launches in DRILL_SUBNET_ID; set "
+            "that in the config"
+        )
     if args.subnet_id is not None:
         config["SUBNET_ID"] = args.subnet_id
     if args.security_group_ids is not None:
@@ -246,9 +254,9 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
     check_hostname(config["HOSTNAME"])
     config["USER_DATA"] = read_user_data(config["USER_DATA"])
     check_tags(config["TAGS"])
-    if not isinstance(config["ALLOW_REASSOCIATION"], bool):
-        raise ConfigError(f"ALLOW_REASSOCIATION must be True or False, not "
-                          f"{config['ALLOW_REASSOCIATION']!r}")  # fmt: skip
+    for name in ("ALLOW_REASSOCIATION", "DRILL_PLACEMENT"):
+        if not isinstance(config[name], bool):
+            raise ConfigError(f"{name} must be True or False, not {config[name]!r}")
     check_twin_settings(config)
     for name in ("ENCRYPTED", "DELETE_ON_TERMINATION", "TERMINATION_PROTECTION", "STOP_PROTECTION",
                  "MONITORING", "EBS_OPTIMIZED", "PUBLIC_IP"):  # fmt: skip

@@ -12,16 +12,22 @@ import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.aws import AWS_ERRORS, error_text
-from ec2ami.contract import TAG_DRILL, TAG_DRILL_RUN, TAG_VERIFIED, TOOL
+from ec2ami.contract import TAG_DRILL_RUN, TAG_VERIFIED, TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
-from ec2ami.facts import FILTER_VALUES_MAX
 from ec2ami.restore.checks import drill_check
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.launch import run_restores
+from ec2ami.restore.leftovers import (
+    drill_deadline,
+    find_leftovers,
+    log_leftovers,
+    remove_leftovers,
+    show_leftovers,
+    terminate,
+)
 from ec2ami.restore.listing import dry_run
 from ec2ami.restore.model import Run, ids_of
 from ec2ami.restore.report import report, restore_document
@@ -38,18 +44,22 @@ def drill(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> 
     """Restore each server into DRILL_SUBNET_ID, wait for status-ok, run DRILL_CHECK, and
     terminate its instance whatever happens (pass, fail, Ctrl-C, SIGTERM, an exception).
     Tag each image verified (ok or failed), append to DRILL_LOG, report. First, terminate
-    what a drill killed by SIGKILL left behind. Exit 1 if any server failed."""
+    what earlier drills left behind (ec2ami.restore.leftovers). Exit 1 if any server
+    failed."""
     run = Run(config.fleet)
     run.token = args.client_token or f"{TOOL}-{uuid.uuid4().hex}"
     config = drill_config(config, run)
     ec2 = clients.ec2
-    leftovers = drill_leftovers(ec2, config, run)
+    try:
+        leftovers = find_leftovers(ec2, config, run)
+    except AWS_ERRORS as err:
+        raise RestoreError(f"AWS error looking for what earlier drills left: "
+                           f"{error_text(err)}") from None  # fmt: skip
     if args.dry_run:
-        for instance in leftovers:
-            print(f"Would terminate {instance['InstanceId']}, left by an earlier drill "
-                  f"(launched {instance['LaunchTime']:%Y-%m-%d %H:%M} UTC)")  # fmt: skip
-    elif leftovers:
-        terminate(ec2, [i["InstanceId"] for i in leftovers], "left by an earlier drill")
+        show_leftovers(leftovers)
+    else:
+        remove_leftovers(ec2, leftovers)
+        log_leftovers(config, leftovers, run)
     try:
         restores = prepare(clients, config, args, run)
     except AWS_ERRORS as err:
@@ -77,8 +87,9 @@ def drill(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> 
 def drill_config(config: RestoreConfig, run: Run) -> RestoreConfig:
     """The config a drill restores with: in DRILL_SUBNET_ID with DRILL_SECURITY_GROUP_IDS on
     new addresses, with no public IP, Elastic IP, load balancer or DNS record, removable
-    (termination protection off), and waited on until status-ok within
-    DRILL_TIMEOUT_MINUTES of its launch."""
+    (termination protection off, every volume and interface deleted with it), tagged
+    with its deadline, and waited on until status-ok within DRILL_TIMEOUT_MINUTES of its
+    launch. Production's placement is left out in plan.planned_attributes."""
     return replace(
         config,
         instance_type=config.drill_instance_type or config.instance_type,
@@ -87,24 +98,9 @@ def drill_config(config: RestoreConfig, run: Run) -> RestoreConfig:
         classic_load_balancers=[], dns_records=[], name=None, count=1,
         termination_protection=False, wait="status-ok",
         wait_timeout_minutes=config.drill_timeout_minutes,
-        drill_stamp=f"{run.utc:%Y%m%dT%H%M%SZ}", drill_run=run.token,
+        delete_on_termination=True, drill_stamp=f"{run.utc:%Y%m%dT%H%M%SZ}",
+        drill_run=run.token, drill_deadline=drill_deadline(config, run),
     )  # fmt: skip
-
-
-def drill_leftovers(ec2: Any, config: RestoreConfig, run: Run) -> list[dict]:
-    """Drill instances a killed drill left behind: tagged TAG_DRILL, in DRILL_SUBNET_ID, not
-    terminated, launched more than DRILL_TIMEOUT_MINUTES x 2 ago. A drill that still runs
-    is younger: each of its instances lives DRILL_TIMEOUT_MINUTES at most."""
-    filters = [
-        {"Name": "tag-key", "Values": [TAG_DRILL]},
-        {"Name": "subnet-id", "Values": [config.drill_subnet_id]},
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-    ]
-    cutoff = run.utc - timedelta(minutes=2 * config.drill_timeout_minutes)
-    found = []
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-        found += [i for r in page.get("Reservations", []) for i in r["Instances"]]
-    return [i for i in found if i["LaunchTime"] < cutoff]
 
 
 def launched_by(ec2: Any, run: Run) -> list[str]:
@@ -121,19 +117,6 @@ def launched_by(ec2: Any, run: Run) -> list[str]:
     except AWS_ERRORS as err:
         log.error("could not look for this drill's instances: %s", error_text(err))
         return []
-
-
-def terminate(ec2: Any, ids: list[str], why: str) -> None:
-    """Terminate instances, FILTER_VALUES_MAX a call; a failure is logged with the ids (the
-    next drill terminates them), and does not stop the rest."""
-    for start in range(0, len(ids), FILTER_VALUES_MAX):
-        batch = ids[start : start + FILTER_VALUES_MAX]
-        try:
-            ec2.terminate_instances(InstanceIds=batch)
-            log.info("terminated %s: %s", ", ".join(batch), why)
-        except AWS_ERRORS as err:
-            log.error("could not terminate %s (%s): %s; the next drill will", ", ".join(batch),
-                      why, error_text(err))  # fmt: skip
 
 
 @contextlib.contextmanager

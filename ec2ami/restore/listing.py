@@ -58,7 +58,8 @@ def describe_plan(plan: Plan, config: RestoreConfig) -> list[str]:
         f"  tags:                   {tags}",
         f"  wait:                   {config.wait}",
         f"  client token:           {p['ClientToken']}",
-        "  attributes (recorded: as the original ran; overridden: by a setting; default: EC2's):",
+        "  attributes (recorded: as the original ran; overridden: by a setting; default: EC2's; "
+        "drill: production's, left out of a drill):",
     ]
     width = max(len(a.name) for a in plan.attributes)
     for a in plan.attributes:

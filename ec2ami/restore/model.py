@@ -9,9 +9,9 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ec2ami import clock
 from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TOOL
 from ec2ami.facts import FILTER_VALUES_MAX
@@ -48,7 +48,7 @@ class Attribute:
     name: str
     recorded: Any  # None: not recorded
     planned: Any
-    origin: str  # "recorded", "overridden" (a setting) or "default" (EC2's)
+    origin: str  # "recorded", "overridden" (a setting), "default" (EC2's) or "drill" (left out)
     now: Any = None  # read back from the new instance after launch
     checked: bool = False
 
@@ -74,6 +74,8 @@ class Plan:
     dns_records: list[dict] = field(default_factory=list)
     holders: dict[str, str | None] = field(default_factory=dict)  # allocation -> holder
     original_alive: bool = False  # the recorded instance still exists: production is it
+    # The settings that place the launch, for errors: DRILL_* in a drill.
+    network_settings: tuple[str, str] = ("SUBNET_ID", "SECURITY_GROUP_IDS (or NETWORK_INTERFACES)")
 
 
 @dataclass
@@ -119,7 +121,7 @@ class Run:
     restores a fleet (log lines then name their server)."""
 
     def __init__(self, fleet: bool = False) -> None:
-        self.start, self.utc = time.monotonic(), datetime.now(timezone.utc)
+        self.start, self.utc = time.monotonic(), clock.utc_now()
         self.fleet, self.token = fleet, ""
 
     def since(self) -> float:

@@ -23,9 +23,9 @@ def planned_interfaces(config: RestoreConfig, recorded: Recorded) -> list[dict]:
     nics = [dict(n) for n in recorded.launch.get("interfaces", [])]
     if not nics:
         nics = [{"index": 0, "subnet": None, "groups": [], "ip": None}]
-    if config.drill:  # every interface in the drill's subnet and groups, on new addresses
-        for nic in nics:
-            nic.update(subnet=config.drill_subnet_id, fixed=False,
+    if config.drill:  # every interface in the drill's subnet and groups, on new addresses,
+        for nic in nics:  # and deleted with its instance
+            nic.update(subnet=config.drill_subnet_id, fixed=False, delete_on_termination=True,
                        groups=list(config.drill_security_group_ids or []),
                        secondary=[None] * len(nic.get("secondary", [])))  # fmt: skip
         return nics
@@ -62,19 +62,10 @@ def interface_setting(entry: dict, index: int) -> dict:
 
 
 def network_params(nics: list[dict], public: Any, warnings: list[str]) -> dict:
-    """SubnetId and friends for one plain interface; else the NetworkInterfaces form."""
-    first = nics[0]
-    wants_public = first.get("public_ip", False) if public is None else public
-    plain = len(nics) == 1 and not any(
-        first.get(k) for k in ("secondary", "ipv6", "description")
-    ) and first.get("delete_on_termination", True) and not wants_public  # fmt: skip
-    if plain:
-        params: dict[str, Any] = {"SubnetId": first["subnet"]}
-        if first.get("groups"):
-            params["SecurityGroupIds"] = list(first["groups"])
-        if first.get("fixed") and first.get("ip"):
-            params["PrivateIpAddress"] = first["ip"]
-        return params
+    """RunInstances' NetworkInterfaces. A lone interface always says whether it gets a
+    public IP: without AssociatePublicIpAddress, a subnet that maps public IPs on launch
+    gives one to an instance whose original (or drill) has none."""
+    wants_public = nics[0].get("public_ip", False) if public is None else public
     if wants_public and len(nics) > 1:
         warnings.append(
             "the original had a public IP assigned at launch, which EC2 gives only to an "
@@ -82,7 +73,10 @@ def network_params(nics: list[dict], public: Any, warnings: list[str]) -> dict:
             "Elastic IP"
         )
         wants_public = False
-    return {"NetworkInterfaces": [interface_spec(n, wants_public) for n in nics]}
+    specs = [interface_spec(n, wants_public) for n in nics]
+    if len(specs) == 1:  # EC2 takes the flag only when one interface is launched
+        specs[0]["AssociatePublicIpAddress"] = bool(wants_public)
+    return {"NetworkInterfaces": specs}
 
 
 def interface_spec(nic: dict, public: bool) -> dict:
@@ -247,8 +241,8 @@ def other_instance(params: dict, nics: list[dict], name: str, n: int, token: str
         loose = [{**nic, "fixed": False} for nic in nics]
         other["NetworkInterfaces"] = [interface_spec(nic, False) for nic in loose]
         for spec, was in zip(other["NetworkInterfaces"], params["NetworkInterfaces"], strict=True):
-            if was.get("AssociatePublicIpAddress"):
-                spec["AssociatePublicIpAddress"] = True
+            if "AssociatePublicIpAddress" in was:
+                spec["AssociatePublicIpAddress"] = was["AssociatePublicIpAddress"]
     return other
 
 

@@ -11,6 +11,7 @@ from ec2ami.attributes import ATTRIBUTES, BY_LABEL, launch_arguments
 from ec2ami.contract import (
     MAX_TAGS,
     TAG_DRILL,
+    TAG_DRILL_DEADLINE,
     TAG_DRILL_RUN,
     TAG_INSTANCE_PROFILE,
     TAG_RESTORED_BACKUP_TIME,
@@ -97,6 +98,9 @@ def plan_launch(
         mark_attributes(attributes, ["public IP"])
     plan = Plan(image, recorded, params, None, name, warnings, attributes=attributes)
     plan.original_alive = original_alive
+    if config.drill:
+        plan.network_settings = ("DRILL_SUBNET_ID", "DRILL_SECURITY_GROUP_IDS")
+        warnings += drill_isolation(config, recorded)
     plan.source_dest_off = [n["index"] for n in nics if n.get("source_dest_check") is False]
     plan.elastic_ips = planned_elastic_ips(config, launch, nics, warnings)
     plan.elastic_ip = next((e["allocation"] for e in plan.elastic_ips if e["index"] == 0
@@ -125,6 +129,34 @@ def plan_launch(
     return plan
 
 
+# What a drill leaves out unless DRILL_PLACEMENT: production's placement group, partition,
+# dedicated host and reserved capacity are production's. "none": no capacity reservation.
+DRILL_LEAVES = {
+    "placement group": None,
+    "partition": None,
+    "host": None,
+    "host resource group": None,
+    "affinity": None,
+    "capacity reservation": "none",
+}
+
+
+def drill_isolation(config: RestoreConfig, recorded: Recorded) -> list[str]:
+    """Warnings for a drill network that is production's: the subnet or a security group
+    the original ran in."""
+    nics = recorded.launch.get("interfaces", [])
+    warnings = []
+    if config.drill_subnet_id in {n.get("subnet") for n in nics}:
+        warnings.append(f"DRILL_SUBNET_ID {config.drill_subnet_id} is the subnet the original "
+                        "ran in: the drill is not isolated from production")  # fmt: skip
+    shared = sorted(set(config.drill_security_group_ids or [])
+                    & {g for n in nics for g in n.get("groups", [])})  # fmt: skip
+    if shared:
+        warnings.append(f"DRILL_SECURITY_GROUP_IDS {', '.join(shared)}: the original ran in "
+                        "them, so production's rules reach the drill")  # fmt: skip
+    return warnings
+
+
 def planned_attributes(
     config: RestoreConfig, recorded: Recorded, instance_type: str
 ) -> list[Attribute]:
@@ -150,6 +182,9 @@ def planned_attributes(
     credits = next(a for a in made if a.name == "CPU credits")
     if not BY_LABEL["CPU credits"].applies(instance_type):
         credits.planned = None
+    if config.drill and not config.drill_placement:
+        for left in (a for a in made if a.name in DRILL_LEAVES):
+            left.planned, left.origin = DRILL_LEAVES[left.name], "drill"
     return made
 
 
@@ -183,6 +218,7 @@ def tag_specifications(
             tags.pop(key, None)
         tags[TAG_DRILL] = recorded.server or image["ImageId"]
         tags[TAG_DRILL_RUN] = config.drill_run or ""
+        tags[TAG_DRILL_DEADLINE] = config.drill_deadline or ""
     tags[TAG_RESTORED_FROM] = image["ImageId"]
     if recorded.server:
         tags[TAG_RESTORED_SERVER] = recorded.server

@@ -147,10 +147,11 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
     params = plan.params
     nics = launch_interfaces(params)
     missing = sorted({n["SubnetId"] for n in nics} - set(facts.subnets))
+    subnet_setting = plan.network_settings[0]
     if missing:
         raise RestoreError(f"subnet{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                           "does not exist")  # fmt: skip
-    check_groups(nics, facts)
+                           f"does not exist; set {subnet_setting}")  # fmt: skip
+    check_groups(nics, facts, plan.network_settings)
     if params.get("KeyName") and params["KeyName"] not in facts.key_pairs:
         raise RestoreError(f"key pair {params['KeyName']} does not exist")
     check_architecture(plan, facts)
@@ -170,12 +171,14 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
     plan.eip_holder = plan.holders.get(plan.elastic_ip or "")
 
 
-def check_groups(nics: list[dict], facts: Facts) -> None:
-    """Every security group exists, in its interface's subnet's VPC."""
+def check_groups(nics: list[dict], facts: Facts, settings: tuple[str, str]) -> None:
+    """Every security group exists, in its interface's subnet's VPC; an error names the
+    settings that place the launch (SUBNET_ID and SECURITY_GROUP_IDS, or DRILL_*)."""
     wanted = sorted({g for n in nics for g in n.get("Groups", [])})
     missing = [g for g in wanted if g not in facts.groups]
     if missing:
-        raise RestoreError(f"security group(s) {', '.join(missing)} does not exist")
+        raise RestoreError(f"security group(s) {', '.join(missing)} does not exist; set "
+                           f"{settings[1]}")  # fmt: skip
     for nic in nics:
         subnet = facts.subnets[nic["SubnetId"]]
         for group in nic.get("Groups", []):
@@ -183,8 +186,8 @@ def check_groups(nics: list[dict], facts: Facts) -> None:
             if vpc != subnet["VpcId"]:
                 raise RestoreError(
                     f"security group {group} is in {vpc}, but subnet "
-                    f"{subnet['SubnetId']} is in {subnet['VpcId']}; set SUBNET_ID and "
-                    "SECURITY_GROUP_IDS (or NETWORK_INTERFACES)"
+                    f"{subnet['SubnetId']} is in {subnet['VpcId']}; set {settings[0]} and "
+                    f"{settings[1]} to a subnet and groups of one VPC"
                 )
 
 
