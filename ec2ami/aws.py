@@ -58,6 +58,15 @@ DIRECT_PACED_CALLS = {
     "ListSnapshotBlocks": ("list-blocks", 20, 20.0),
     "ListChangedBlocks": ("changed-blocks", 20, 20.0),
 }
+# EC2 answers a launch it has no capacity for with a server error (HTTP 500: "Error codes
+# for the Amazon EC2 API", server error codes), which botocore's standard retries take for
+# a passing fault and retry up to max_attempts times, backing off: one server's capacity
+# error held up a fleet's next launch by a minute. Capacity does not come back in
+# seconds, so these are not retried; the server fails at once and the fleet goes on.
+CAPACITY_ERRORS = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity", "InsufficientCapacityOnHost",
+})  # fmt: skip
 # Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
 PACER_SLACK = 2
 DEFAULT_MAX_ATTEMPTS = 10
@@ -88,6 +97,8 @@ class Clients:
                 )
                 if service in ("ec2", "ebs"):
                     pace(made, service)
+                if service == "ec2":
+                    made.meta.events.register_first("needs-retry.ec2", no_capacity_retries)
                 self._made[key] = made
             return self._made[key]
 
@@ -188,6 +199,17 @@ class Pacer:
             self.stamp = now
             delay = max(0.0, -self.tokens / self.rate)
         time.sleep(delay)
+
+
+def no_capacity_retries(response: Any = None, **_: Any) -> None:
+    """Keep botocore's retries off a capacity error (CAPACITY_ERRORS): called before its
+    retry handler, it shows the answer as the client error it is (HTTP 400 instead of
+    500), which botocore does not retry; the error raised keeps its code and message."""
+    if not response:
+        return
+    http, parsed = response
+    if isinstance(parsed, dict) and parsed.get("Error", {}).get("Code") in CAPACITY_ERRORS:
+        http.status_code = 400
 
 
 def pace(client: Any, service: str = "ec2") -> None:

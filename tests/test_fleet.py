@@ -46,6 +46,9 @@ def test_all_restores_every_server_and_one_failure_stops_no_other(ec2, endpoint,
     made = Counter(c.action for c in endpoint.calls[before:] if c.status < 400)
     assert result.returncode == 1
     assert "db01: AWS error: InsufficientInstanceCapacity" in result.stderr
+    assert "EC2 has no m5.large capacity there now: set INSTANCE_TYPE" in result.stderr
+    # A capacity error is not retried: the rest of the fleet never waits on it.
+    assert endpoint.count("RunInstances", ImageId=db_image) == 1
     new = restored(ec2)
     assert sorted(new) == ["app01", "cache01", "web01", "win01"]
     for name, instance in new.items():  # each from its own backup, with its own configuration

@@ -8,8 +8,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from ec2ami import polling
-from ec2ami.aws import AWS_ERRORS, error_text
+from ec2ami.aws import AWS_ERRORS, CAPACITY_ERRORS, error_text
 from ec2ami.facts import DISABLED, PENDING, RUNNING, SSM_NEEDS, STATUS_IDS_MAX, STATUS_OK
 from ec2ami.restore.checks import advance_checks, drill_check
 from ec2ami.restore.config import RestoreConfig
@@ -67,7 +69,7 @@ def start(clients: Clients, config: RestoreConfig, restore: Restore, run: Run) -
             restore.ids += [i["InstanceId"] for i in response["Instances"]]
     except AWS_ERRORS as err:
         if not restore.ids:
-            restore.fail(f"AWS error: {error_text(err)}")
+            restore.fail(f"AWS error: {error_text(err)}{capacity_hint(err, plan.params)}")
             return
         restore.problems.append(f"launching the rest failed: {error_text(err)}")
     restore.at["run_instances_accepted"] = run.since()
@@ -81,6 +83,16 @@ def start(clients: Clients, config: RestoreConfig, restore: Restore, run: Run) -
                  or plan.dns_records or plan.classic_load_balancers)  # fmt: skip
     if restore.stage != "done":
         restore.stage = "launched" if after or config.wait != "none" else "done"
+
+
+def capacity_hint(err: Exception, params: dict) -> str:
+    """What to do when EC2 has no capacity for the launch (not retried: aws.CAPACITY_ERRORS)."""
+    if not isinstance(err, ClientError) or err.response["Error"].get("Code") not in CAPACITY_ERRORS:
+        return ""
+    return (
+        f"; EC2 has no {params['InstanceType']} capacity there now: set INSTANCE_TYPE to "
+        "another type, or SUBNET_ID to a subnet in another zone, or try again later"
+    )
 
 
 def advance(clients: Clients, config: RestoreConfig, waiting: list[Restore], run: Run) -> None:
