@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import logging
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -179,3 +180,11 @@ def test_a_launch_record_too_long_for_its_tags_keeps_the_secondary_ips_by_count(
     assert (note, completeness) == (None, "full")
     assert [len(n["secondary"]) for n in launch["interfaces"]] == [40, 40, 40, 40]
     assert [n["description"] for n in launch["interfaces"]] == [f"interface {i}" for i in range(4)]
+
+
+def test_count_with_a_host_name_gives_each_instance_its_own_as_its_name():
+    config = validate_config({**DEFAULTS, "SERVER": "web01", "COUNT": 3, "HOSTNAME": "web"})
+    plan = plan_launch(config, {"ImageId": "ami-1"}, COPY, False, "t", "us-east-1")
+    names = [re.findall(r"^hostname: (\S+)$", p["UserData"], re.M)
+             for p in [plan.params, *plan.others]]  # fmt: skip
+    assert names == [["web"], ["web-2"], ["web-3"]]

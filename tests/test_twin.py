@@ -466,3 +466,32 @@ def test_list_says_how_complete_each_backups_launch_record_is(ec2, kitchen, tmp_
     assert result.returncode == 0, result.stderr
     record = {line.split()[0]: line.split()[-2] for line in result.stdout.splitlines()[1:]}
     assert record == {"linux01": "full", "win01": "basic"}
+
+
+def test_a_subnet_in_another_zone_for_a_two_interface_server_is_refused_before_launch(
+    ec2, kitchen, tmp_path, endpoint
+):
+    retire(ec2, kitchen.instances["linux01"])
+    [home] = ec2.describe_subnets(SubnetIds=[kitchen.subnet_id])["Subnets"]
+    zone = next(z for z in ("a", "b") if f"{REGION}{z}" != home["AvailabilityZone"])
+    other = ec2.create_subnet(VpcId=kitchen.vpc_id, CidrBlock="10.20.7.0/24",
+                              AvailabilityZone=f"{REGION}{zone}")["Subnet"]  # fmt: skip
+    config = write_config(tmp_path / "r.py", SERVER="linux01", SUBNET_ID=other["SubnetId"])
+    result = run("ami_to_ec2.py", config)
+    assert result.returncode == 1
+    assert "interfaces would be in different Availability Zones" in result.stderr
+    assert "set NETWORK_INTERFACES" in result.stderr and "nothing launched" in result.stderr
+    assert endpoint.count("RunInstances") == 2  # the kitchen's own two
+
+
+def test_an_instance_type_that_cannot_take_the_recorded_cpu_settings_says_so(
+    ec2, kitchen, tmp_path
+):
+    for server, new_type, attribute in (("linux01", "m5.large", "CPU credits 'unlimited'"),
+                                        ("win01", "m5.2xlarge", "CPU options")):  # fmt: skip
+        config = write_config(tmp_path / "r.py", SERVER=server, INSTANCE_TYPE=new_type)
+        result = run("ami_to_ec2.py", config, "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert f"{attribute}" in result.stderr and f"do not fit INSTANCE_TYPE {new_type}" in (
+            result.stderr
+        )

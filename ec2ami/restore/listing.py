@@ -29,10 +29,9 @@ def describe_plan(plan: Plan, config: RestoreConfig) -> list[str]:
     tags = ", ".join(f"{t['Key']}={t['Value']}" for t in p["TagSpecifications"][0]["Tags"])
     user_data = p.get("UserData")
     shown_data = f"{len(user_data)} bytes (not shown)" if user_data else "none"
-    first = (p.get("NetworkInterfaces") or [{}])[0]
-    subnet = p.get("SubnetId") or first.get("SubnetId")
-    groups = p.get("SecurityGroupIds") or first.get("Groups") or []
-    address = p.get("PrivateIpAddress") or first.get("PrivateIpAddress") or next(
+    first = p["NetworkInterfaces"][0]
+    subnet, groups = first["SubnetId"], first.get("Groups") or []
+    address = first.get("PrivateIpAddress") or next(
         (a["PrivateIpAddress"] for a in first.get("PrivateIpAddresses", []) if a["Primary"]),
         "a new address")  # fmt: skip
     eip = plan.elastic_ip or "none"

@@ -72,6 +72,7 @@ def plan_launch(
         )
     name = restored_name(config, recorded, original_alive, warnings)
     attributes = planned_attributes(config, recorded, instance_type)
+    warnings += left_for_type(attributes, instance_type)
     chosen = {a.name: a.planned for a in attributes}
     params: dict[str, Any] = {
         "ImageId": image["ImageId"],
@@ -84,12 +85,11 @@ def plan_launch(
     }
     params.update(network_params(nics, config.public_ip, warnings))
     profile = config.iam_instance_profile or trusted_profile(config, recorded, image)
+    platform = recorded.platform or "linux"
     optional = {
         "KeyName": pick("KEY_NAME", recorded.key_name),
         "IamInstanceProfile": instance_profile(profile),
-        "UserData": build_user_data(
-            recorded.platform or "linux", config.hostname, config.user_data
-        ),
+        "UserData": build_user_data(platform, config.hostname, config.user_data),
         "BlockDeviceMappings": volume_overrides(config, image),
     }
     params.update({k: v for k, v in optional.items() if v})
@@ -110,6 +110,10 @@ def plan_launch(
     plan.dns_records = list(config.dns_records)
     attributes += load_balancer_attributes(config, launch, plan)
     plan.others = [other_instance(params, nics, name, n, token) for n in range(2, config.count + 1)]
+    for n, other in enumerate(plan.others, start=2):  # each its own host name, as its Name
+        if config.hostname:
+            host = f"{config.hostname}-{n}"
+            other["UserData"] = build_user_data(platform, host, config.user_data)
     if plan.others and (plan.elastic_ips or plan.target_groups or plan.dns_records):
         warnings.append(
             f"COUNT={config.count}: Elastic IPs, target groups and DNS records go to the "
@@ -186,6 +190,17 @@ def planned_attributes(
         for left in (a for a in made if a.name in DRILL_LEAVES):
             left.planned, left.origin = DRILL_LEAVES[left.name], "drill"
     return made
+
+
+def left_for_type(attributes: list[Attribute], instance_type: str) -> list[str]:
+    """A warning for each recorded attribute that the instance type chosen cannot take."""
+    return [
+        f"{a.name} {a.recorded!r} as recorded are left out: they do not fit INSTANCE_TYPE "
+        f"{instance_type}" + ("" if a.name == "CPU credits" else "; set CPU_OPTIONS")
+        for a in attributes
+        if a.name in ("CPU credits", "CPU options") and a.recorded and a.planned is None
+        and a.origin != "overridden"
+    ]  # fmt: skip
 
 
 def restored_name(

@@ -116,11 +116,8 @@ def instance_types(ec2: Any, names: list[str]) -> dict[str, dict]:
 
 
 def launch_interfaces(params: dict) -> list[dict]:
-    """RunInstances' network interfaces, in the NetworkInterfaces form either way."""
-    return params.get("NetworkInterfaces") or [
-        {"SubnetId": params["SubnetId"], "Groups": params.get("SecurityGroupIds", []),
-         "PrivateIpAddress": params.get("PrivateIpAddress")}
-    ]  # fmt: skip
+    """RunInstances' network interfaces (network.network_params always sends them)."""
+    return list(params["NetworkInterfaces"])
 
 
 def fixed_addresses(nic: dict) -> list[str]:
@@ -151,6 +148,7 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
     if missing:
         raise RestoreError(f"subnet{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                            f"does not exist; set {subnet_setting}")  # fmt: skip
+    check_one_zone(nics, facts, subnet_setting)
     check_groups(nics, facts, plan.network_settings)
     if params.get("KeyName") and params["KeyName"] not in facts.key_pairs:
         raise RestoreError(f"key pair {params['KeyName']} does not exist")
@@ -169,6 +167,19 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
                                "ELASTIC_IP = None to restore without it")  # fmt: skip
         plan.holders[eip["allocation"]] = address_holder(address)
     plan.eip_holder = plan.holders.get(plan.elastic_ip or "")
+
+
+def check_one_zone(nics: list[dict], facts: Facts, subnet_setting: str) -> None:
+    """Every interface in one Availability Zone, as EC2 requires: a SUBNET_ID in another
+    zone moves only the primary interface, and EC2 would refuse the launch."""
+    zones = {n["DeviceIndex"]: facts.subnets[n["SubnetId"]].get("AvailabilityZone") for n in nics}
+    if len(set(zones.values())) > 1:
+        where = ", ".join(f"interface {i} in {z}" for i, z in sorted(zones.items()))
+        raise RestoreError(
+            f"the interfaces would be in different Availability Zones ({where}), which EC2 "
+            f"refuses: {subnet_setting} moves the primary interface only; set "
+            "NETWORK_INTERFACES to place every interface in the new zone"
+        )
 
 
 def check_groups(nics: list[dict], facts: Facts, settings: tuple[str, str]) -> None:
