@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -22,6 +23,7 @@ from ec2ami.contract import (
     split_value,
 )
 from ec2ami.restore.config import DEFAULTS, RestoreError, validate_config
+from ec2ami.restore.network import planned_elastic_ips
 from ec2ami.restore.plan import plan_launch
 from ec2ami.restore.recorded import Recorded, read_launch, read_recorded
 from ec2ami.restore.userdata import build_user_data
@@ -188,3 +190,43 @@ def test_count_with_a_host_name_gives_each_instance_its_own_as_its_name():
     names = [re.findall(r"^hostname: (\S+)$", p["UserData"], re.M)
              for p in [plan.params, *plan.others]]  # fmt: skip
     assert names == [["web"], ["web-2"], ["web-3"]]
+
+
+def test_a_record_that_gives_way_keeps_each_elastic_ips_exact_secondary_address():
+    nics = [{"index": i, "subnet": "subnet-0123456789abcdef0", "groups": ["sg-0123456789abcdef0"],
+             "ip": f"10.0.{i}.4", "secondary": [f"10.0.{i}.{n}" for n in range(10, 50)],
+             "description": f"interface {i}"} for i in range(4)]  # fmt: skip
+    eip = {"allocation": "eipalloc-0123456789abcdef0", "index": 1, "ip": "10.0.1.25"}
+    record = {"v": LAUNCH_VERSION, "interfaces": nics, "elastic_ips": [eip]}
+    tags = dict(launch_tags(ServerSpec("db01", "i-0123456789abcdef0", 7), record))
+    launch = read_launch(joined_value(tags, TAG_LAUNCH), Recorded())[0]
+    assert launch["interfaces"][1]["secondary"] == nics[1]["secondary"]  # kept exact
+    assert launch["interfaces"][0]["secondary"] == [None] * 40  # the others by count
+    config = validate_config({**DEFAULTS, "SERVER": "db01", "ELASTIC_IP": "same"})
+    warnings: list[str] = []
+    [planned] = planned_elastic_ips(config, launch, launch["interfaces"], warnings)
+    assert (planned["index"], planned["slot"], warnings) == (1, 1 + 15, [])
+    # An older record, by count only: the Elastic IP still goes on a secondary address.
+    counted = {**launch, "interfaces": [{**n, "secondary": [None] * 40}
+                                        for n in launch["interfaces"]]}  # fmt: skip
+    [planned] = planned_elastic_ips(config, counted, counted["interfaces"], warnings)
+    assert (planned["index"], planned["slot"]) == (1, 1)
+    assert "sat on secondary address 10.0.1.25" in warnings[0]
+
+
+def test_the_tags_a_backup_selects_by_come_first_and_a_restore_without_them_warns():
+    own = [{"Key": f"team-{n:02}", "Value": "x"} for n in range(60)]
+    instance = {"Tags": [*own, {"Key": "zz-backup", "Value": "yes"}, {"Key": "Name", "Value": "a"}]}
+    copied = instance_tags(instance, {"zz-backup": "yes"})
+    tags, dropped = backup_tags([("ec2-to-ami:managed-by", "ec2-to-ami")], {}, copied)
+    kept = {t["Key"] for t in tags}
+    assert {"Name", "zz-backup"} <= kept and dropped and "zz-backup" not in dropped
+    recorded = Recorded(server="a", instance_type="t3.small", subnet_id="subnet-1",
+                        select_tag_keys=["zz-backup"])  # fmt: skip
+    config = validate_config({**DEFAULTS, "SERVER": "a"})
+    plan = plan_launch(config, {"ImageId": "ami-1"}, recorded, False, "t", "us-east-1")
+    assert any("no zz-backup tag, which the backup that made this image selects" in w
+               for w in plan.warnings)  # fmt: skip
+    tagged = replace(recorded, instance_tags={"zz-backup": "yes"})
+    plan = plan_launch(config, {"ImageId": "ami-1"}, tagged, False, "t", "us-east-1")
+    assert not any("selects servers by" in w for w in plan.warnings)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 
 from localaws.endpoint import HTML_PAGE, finish_pending
 from localaws.fleet import launch
@@ -104,3 +105,24 @@ def test_a_renamed_server_s_backups_do_not_become_invisible(ec2, fleet, tmp_path
     assert "1 backup(s) of win01" in result.stdout and "selects no server of that name" in (
         result.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("action", "launched"), [("DescribeImages", False), ("DescribeInstanceStatus", True)]
+)
+def test_an_html_page_during_a_restore_is_exit_1_saying_what_was_launched(
+    ec2, fleet, tmp_path, endpoint, action, launched
+):
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    finish_pending()
+    endpoint.inject(action, HTML_PAGE, status=502, times=100)
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="web01"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "ResponseParserError" in result.stderr
+    new = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+        {"Name": "tag-key", "Values": ["ec2-to-ami:restored-from"]}])["Reservations"]
+        for i in r["Instances"]]  # fmt: skip
+    if launched:
+        assert len(new) == 1 and new[0] in result.stdout + result.stderr
+    else:
+        assert new == [] and "nothing launched" in result.stderr

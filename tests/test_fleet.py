@@ -100,6 +100,20 @@ def test_a_fleet_launches_at_the_run_instances_bucket_pace_with_nothing_throttle
     assert endpoint.count("RunInstances", ok=False) == 0  # paced, never refused
 
 
+def test_all_names_a_server_whose_backups_are_all_disabled_and_fails_it(ec2, lost, tmp_path):
+    [image] = managed(ec2, "cache01")
+    ec2.disable_image(ImageId=image["ImageId"])
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", WAIT="running"), "--all")
+    assert result.returncode == 1
+    assert f"cache01: server 'cache01' has only disabled backups ({image['ImageId']})" in (
+        result.stderr
+    )
+    assert "name it with --ami" in result.stderr
+    assert sorted(restored(ec2)) == ["app01", "db01", "web01", "win01"]
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("cache01"))
+    assert row[-1] == "FAILED"
+
+
 def test_a_missing_server_fails_alone(ec2, lost, tmp_path):
     config = write_config(tmp_path / "r.py", WAIT="running")
     result = run("ami_to_ec2.py", config, "--server", "web01", "--server", "nosuch")

@@ -471,7 +471,7 @@ def test_a_disabled_backup_is_named_and_restored_only_when_asked(ec2, backed_up,
     ec2.disable_image(ImageId=image["ImageId"])
     result = restore(tmp_path, SERVER="web01")
     assert result.returncode == 1 and "nothing launched" in result.stderr
-    assert f"newer backups of web01 are disabled: {image['ImageId']}" in result.stderr
+    assert f"server 'web01' has only disabled backups ({image['ImageId']})" in result.stderr
     shown = restore(tmp_path, "--dry-run", AMI_ID=image["ImageId"])
     assert shown.returncode == 0 and f"Would enable {image['ImageId']} first" in shown.stdout
     assert managed(ec2, "web01")[0]["State"] == "disabled"  # the dry run changed nothing

@@ -202,7 +202,7 @@ def planned_tags(
     spec = server.spec
     fixed = contract_tags(spec, config, now, run_id, server.instance, server.eip)
     fixed += launch_tags(spec, server.launch)
-    copied = instance_tags(server.instance) if config.copy_instance_tags else []
+    copied = instance_tags(server.instance, config.select_tags) if config.copy_instance_tags else []
     room = 2 * bool(config.copy_to_regions) + bool(config.share_with_accounts)
     room += VSS_TAG_ROOM if spec.consistency == "vss" else 0
     return backup_tags(fixed, {**config.tags, **spec.tags}, copied, limit=MAX_TAGS - room)

@@ -39,6 +39,8 @@ from ec2ami.contract import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ec2ami.backup.config import BackupConfig, ServerSpec
 
 log = logging.getLogger(__name__)
@@ -109,10 +111,14 @@ def launch_tags(spec: ServerSpec, record: dict | None) -> list[tuple[str, str]]:
 
 
 def without_secondary_addresses(record: dict) -> dict:
-    """The record with each interface's secondary private IPs as a count."""
+    """The record with each interface's secondary private IPs as a count, except where an
+    Elastic IP sits on one: that interface keeps its exact addresses, so the restore puts
+    each Elastic IP back on its own address."""
+    elastic = {(e["index"], e["ip"]) for e in record.get("elastic_ips", [])}
     nics = [
         {**{k: v for k, v in n.items() if k != "secondary"}, "secondary_count": len(n["secondary"])}
-        if n.get("secondary") else n
+        if n.get("secondary") and not {(n["index"], ip) for ip in n["secondary"]} & elastic
+        else n
         for n in record.get("interfaces", [])
     ]  # fmt: skip
     return {**record, "interfaces": nics}
@@ -131,14 +137,17 @@ def stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def instance_tags(instance: dict) -> list[tuple[str, str]]:
-    """The instance's own tags worth copying, Name first, then by key."""
+def instance_tags(instance: dict, select_keys: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The instance's own tags worth copying: Name, then the tags the backup selects
+    servers by (SELECT_TAGS), then by key. When EC2's 50 tags cannot hold them all, the
+    last give way, so a restored server is always selected by the next backup."""
     own = [
         (t["Key"], t["Value"])
         for t in instance.get("Tags", [])
         if not t["Key"].lower().startswith(("aws:", TAG_PREFIX))
     ]
-    return sorted(own, key=lambda kv: (kv[0] != "Name", kv[0]))
+    first = set(select_keys)
+    return sorted(own, key=lambda kv: (kv[0] != "Name", kv[0] not in first, kv[0]))
 
 
 def backup_tags(

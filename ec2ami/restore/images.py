@@ -113,16 +113,16 @@ def find_image(ec2: Any, config: RestoreConfig) -> dict:
 
 def pick_images(ec2: Any, config: RestoreConfig) -> list[Restore]:
     """Each server's backup to restore, from one DescribeImages for them all: SERVER,
-    SERVERS, or (--all) every server with an available backup here."""
+    SERVERS, or (--all) every server with a backup here."""
     names = [config.server] if config.server else config.servers
     images = managed_images(ec2, names, config.schedule, config.pool)
     by_server: dict[str, list[dict]] = {}
     for image in images:
         by_server.setdefault(read_recorded(image).server or "", []).append(image)
-    if names is None:
-        names = sorted(s for s, found in by_server.items() if s and usable(found, config))
-        if not names:
+    if names is None:  # every server with a backup: one with none usable fails, saying why
+        if not any(s and usable(found, config) for s, found in by_server.items()):
             raise RestoreError(no_backup_message(ec2, config, "any server"))
+        names = sorted(s for s in by_server if s)
     restores = []
     for name in names:
         restore = Restore(name)
@@ -154,7 +154,7 @@ def pick_image(ec2: Any, config: RestoreConfig, server: str, images: list[dict])
         and (before is None or backup_time(i) <= before)
         and (not found or backup_time(i) > backup_time(found[0]))
     ]
-    if newer:
+    if newer and found:
         log.warning(
             "newer backups of %s are disabled: %s; to restore one, name it with --ami "
             "(the restore enables it first)", server, ", ".join(newer),
@@ -162,6 +162,9 @@ def pick_image(ec2: Any, config: RestoreConfig, server: str, images: list[dict])
     if not found:
         what = f"server {server!r}"
         raise RestoreError(
+            f"server {server!r} has only disabled backups ({', '.join(newer)}); to "
+            "restore one, name it with --ami (the restore enables it first)"
+            if newer else
             no_backup_message(ec2, config, what) if not config.fleet
             else f"no available backup of {what}{backup_scope(config)}"
         )  # fmt: skip

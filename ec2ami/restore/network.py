@@ -161,11 +161,19 @@ def planned_elastic_ips(
     if setting != "same":
         return [{"allocation": setting, "index": 0, "slot": 0}]
     by_index = {n["index"]: n for n in launch.get("interfaces", [])}
-    made = []
+    made: list[dict] = []
     for eip in launch.get("elastic_ips", []):
         nic = by_index.get(eip["index"], {})
         addresses = [nic.get("ip"), *nic.get("secondary", [])]
         slot = addresses.index(eip["ip"]) if eip["ip"] in addresses else 0
+        if eip["ip"] not in addresses and nic.get("secondary"):  # by count only: a secondary
+            taken = {e["slot"] for e in made if e["index"] == eip["index"]}
+            slot = next((k for k in range(1, len(addresses)) if k not in taken), 0)
+            warnings.append(
+                f"Elastic IP {eip['allocation']} sat on secondary address {eip['ip']}, which "
+                f"the backup recorded by count only: it goes on secondary IP {slot} of "
+                f"interface {eip['index']}"
+            )
         if eip["index"] >= len(nics) or slot > len(nics[eip["index"]].get("secondary", [])):
             warnings.append(
                 f"Elastic IP {eip['allocation']} was on interface {eip['index']} ({eip['ip']}), "

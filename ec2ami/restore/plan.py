@@ -101,6 +101,8 @@ def plan_launch(
     if config.drill:
         plan.network_settings = ("DRILL_SUBNET_ID", "DRILL_SECURITY_GROUP_IDS")
         warnings += drill_isolation(config, recorded)
+    else:
+        warnings += unselected(recorded, params)
     plan.source_dest_off = [n["index"] for n in nics if n.get("source_dest_check") is False]
     plan.elastic_ips = planned_elastic_ips(config, launch, nics, warnings)
     plan.elastic_ip = next((e["allocation"] for e in plan.elastic_ips if e["index"] == 0
@@ -143,6 +145,18 @@ DRILL_LEAVES = {
     "affinity": None,
     "capacity reservation": "none",
 }
+
+
+def unselected(recorded: Recorded, params: dict) -> list[str]:
+    """A warning when the new instance lacks a tag the backup that made the image selects
+    servers by (TAG_SELECT_TAG_KEYS): the next backup would not select it."""
+    tags = {t["Key"] for t in params["TagSpecifications"][0]["Tags"]}
+    missing = [k for k in recorded.select_tag_keys if k not in tags]
+    if not missing:
+        return []
+    return [f"the new instance has no {', '.join(missing)} tag, which the backup that made "
+            "this image selects servers by: the next backup will not select it; add it to "
+            "TAGS"]  # fmt: skip
 
 
 def drill_isolation(config: RestoreConfig, recorded: Recorded) -> list[str]:
