@@ -141,6 +141,9 @@ Patches (each has a test in tests/test_endpoint.py):
      with InvalidParameterCombination (EC2 API reference,
      InstanceNetworkInterfaceSpecification: "You cannot specify more than one network
      interface in the request"). moto maps one to the primary interface regardless.
+  P36 No capacity: RunInstances of an instance type, or into an Availability Zone, listed
+     in `no_capacity` fails with InsufficientInstanceCapacity and HTTP 500, as EC2's
+     server errors do (moto always has capacity).
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -322,6 +325,7 @@ class Settings:
         self.deregister_snapshot_code = "success"
         self.recycle_bin_days: float | None = None  # P19: None, no retention rule
         self.recycle_bin_images_only = False  # P19: a rule for images, none for snapshots
+        self.no_capacity: set[str | None] = set()  # P36: instance types and zones
 
     def reset(self) -> None:
         self.__init__()
@@ -1625,6 +1629,24 @@ ERROR_XML = (
 THROTTLED = Fault("", "RequestLimitExceeded", 503, message="Request limit exceeded.")
 
 
+def capacity_fault(action: str, params: dict[str, str]) -> Fault | None:
+    """P36: RunInstances of a type, or in a zone, listed in SETTINGS.no_capacity fails with
+    InsufficientInstanceCapacity, a server error (HTTP 500), as EC2 answers it ("Error
+    codes for the Amazon EC2 API", server error codes), for as long as it is listed."""
+    if action != "RunInstances" or not SETTINGS.no_capacity:
+        return None
+    subnet = params.get("SubnetId") or params.get("NetworkInterface.1.SubnetId")
+    zone = params.get("Placement.AvailabilityZone")
+    for backend in _backends() if subnet and not zone else []:
+        found = [z for zones in backend.subnets.values() for i, z in zones.items() if i == subnet]
+        zone = zone or (found[0].availability_zone if found else None)
+    if not {params.get("InstanceType"), zone} & SETTINGS.no_capacity:
+        return None
+    return Fault(action, "InsufficientInstanceCapacity", 500, message=(
+        f"We currently do not have sufficient {params.get('InstanceType')} capacity in the "
+        f"Availability Zone you requested ({zone})."))  # fmt: skip
+
+
 # inject(action, HTML_PAGE, status=200): a proxy answers with its own HTML page, which
 # botocore cannot parse (ResponseParserError, neither ClientError nor BotoCoreError).
 HTML_PAGE = "HTML"
@@ -1740,6 +1762,7 @@ class Endpoint:
             advance()
             where = {**params, "Region": call.region}  # a fault may match on Region
             fault = self._take_fault(action, where) if action else None
+            fault = fault or capacity_fault(action, params)
             buckets = self.buckets
             if (
                 action

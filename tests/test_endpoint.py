@@ -834,3 +834,60 @@ def test_p33_instances_are_found_by_the_client_token_they_were_launched_with(ec2
     filters = [{"Name": "client-token", "Values": ["tok-1"]}]
     [reservation] = ec2.describe_instances(Filters=filters)["Reservations"]
     assert reservation["Instances"][0]["InstanceId"] == launched["Instances"][0]["InstanceId"]
+
+
+def test_p34_termination_deletes_what_says_delete_on_termination_and_nothing_else(ec2, fleet):
+    nic = {"SubnetId": fleet.subnet_id}
+    two = [{**nic, "DeviceIndex": 0, "DeleteOnTermination": True},
+           {**nic, "DeviceIndex": 1, "DeleteOnTermination": False}]  # fmt: skip
+    instance = ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1,
+                                 NetworkInterfaces=two)["Instances"][0]  # fmt: skip
+    zone = instance["Placement"]["AvailabilityZone"]
+    data = ec2.create_volume(AvailabilityZone=zone, Size=5)["VolumeId"]
+    ec2.attach_volume(VolumeId=data, InstanceId=instance["InstanceId"], Device="/dev/sdf")
+    image = image_of(ec2, instance["InstanceId"])
+    mapped = ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"]
+    assert {m["DeviceName"]: m["Ebs"]["DeleteOnTermination"] for m in mapped}["/dev/sdf"] is False
+    twin = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    described = ec2.describe_instances(InstanceIds=[twin])["Reservations"][0]["Instances"][0]
+    assert len(described["BlockDeviceMappings"]) == len(mapped)  # every device of the image
+    ec2.terminate_instances(InstanceIds=[instance["InstanceId"], twin])
+    back = next(n for n in instance["NetworkInterfaces"] if n["Attachment"]["DeviceIndex"] == 1)
+    [left] = ec2.describe_network_interfaces(NetworkInterfaceIds=[back["NetworkInterfaceId"]])[
+        "NetworkInterfaces"]  # fmt: skip
+    assert left["Status"] == "available" and "Attachment" not in left
+    volumes = {v["VolumeId"]: v["State"] for v in ec2.describe_volumes()["Volumes"]}
+    assert volumes[data] == "available"  # attached later: kept
+    assert len([v for v in volumes.values() if v == "available"]) == 2  # and the twin's copy
+
+
+def test_p35_a_subnet_that_maps_public_ips_gives_one_to_a_lone_interface_only(ec2, fleet):
+    ec2.modify_subnet_attribute(SubnetId=fleet.subnet_id, MapPublicIpOnLaunch={"Value": True})
+    nic = {"DeviceIndex": 0, "SubnetId": fleet.subnet_id}
+
+    def public(**kwargs) -> str | None:
+        made = ec2.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, **kwargs)
+        return made["Instances"][0].get("PublicIpAddress")
+
+    assert public(SubnetId=fleet.subnet_id)
+    assert public(NetworkInterfaces=[{**nic, "AssociatePublicIpAddress": False}]) is None
+    assert public(NetworkInterfaces=[nic, {**nic, "DeviceIndex": 1}]) is None
+    with pytest.raises(ClientError, match="InvalidParameterCombination"):
+        public(NetworkInterfaces=[{**nic, "AssociatePublicIpAddress": False},
+                                  {**nic, "DeviceIndex": 1}])  # fmt: skip
+
+
+def test_p36_no_capacity_for_a_type_or_zone_is_a_server_error(ec2, fleet, endpoint):
+    once = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint.url,
+                        config=Config(retries={"total_max_attempts": 1}))  # fmt: skip
+    zone = ec2.describe_subnets(SubnetIds=[fleet.subnet_id])["Subnets"][0]["AvailabilityZone"]
+    for lacking in ("m5.large", zone):
+        SETTINGS.no_capacity = {lacking}
+        with pytest.raises(ClientError) as refused:
+            once.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, InstanceType="m5.large",
+                               SubnetId=fleet.subnet_id)  # fmt: skip
+        assert refused.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    SETTINGS.no_capacity = {"m5.large"}
+    assert once.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                              SubnetId=fleet.subnet_id)["Instances"]  # fmt: skip
