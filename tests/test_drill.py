@@ -55,6 +55,15 @@ def drill_instances(ec2) -> list[dict]:
             for i in r["Instances"]]  # fmt: skip
 
 
+def nothing_left(ec2) -> bool:
+    """No drill instance runs, and no drill volume or network interface exists."""
+    tagged = [{"Name": "tag-key", "Values": ["ec2-to-ami:drill"]}]
+    volumes = ec2.describe_volumes(Filters=tagged)["Volumes"]
+    interfaces = ec2.describe_network_interfaces(Filters=tagged)["NetworkInterfaces"]
+    running = [i for i in drill_instances(ec2) if i["State"]["Name"] != "terminated"]
+    return not (volumes or interfaces or running)
+
+
 def verified(ec2, server: str) -> str:
     return tags_of(managed(ec2, server)[0]).get("ec2-to-ami:verified", "")
 
@@ -124,6 +133,7 @@ def test_a_failed_check_tags_the_image_failed_and_exits_1(ec2, drilled, tmp_path
     assert verified(ec2, "win01").split()[1] == "ok"
     assert "ec2-to-ami:verified" not in tags_of(managed(ec2, "app01")[0])
     assert all(i["State"]["Name"] == "terminated" for i in drill_instances(ec2))
+    assert nothing_left(ec2)
     assert "FAILED" in result.stdout
 
 
@@ -206,6 +216,7 @@ def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up
     result = run("ami_to_ec2.py", config, "--drill", "--server", "web01")
     assert result.returncode == 0, result.stderr
     assert live_drill_instances(ec2) == []
+    assert nothing_left(ec2)
     assert "left by an earlier drill" in result.stderr
 
 
