@@ -358,11 +358,20 @@ def test_a_drill_reaches_nothing_in_production_and_removes_only_drill_instances(
                   "elasticloadbalancing:RegisterTargets", "route53:ChangeResourceRecordSets",
                   "ec2:DeregisterImage", "ec2:CreateImage"}  # fmt: skip
     assert not actions_of(document) & production
-    [launch] = statements_with(document, "ec2:RunInstances")
+    launches = {s["Sid"]: s for s in statements_with(document, "ec2:RunInstances")}
+    launch = launches["LaunchOnlyIntoTheDrillSubnet"]
+    subnet = "arn:aws:ec2:eu-west-1:*:subnet/subnet-0d1e2f3a4b5c6d7e8"
     subnets = [r for r in launch["Resource"] if ":subnet/" in r]
     groups = [r for r in launch["Resource"] if ":security-group/" in r]
-    assert subnets == ["arn:aws:ec2:eu-west-1:*:subnet/subnet-0d1e2f3a4b5c6d7e8"]
+    assert subnets == [subnet]
     assert groups == ["arn:aws:ec2:eu-west-1:*:security-group/sg-0a1b2c3d4e5f60718"]
+    assert not [r for r in launch["Resource"] if ":placement-group/" in r]
+    assert launches["LaunchOnlyMarkedImages"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/ec2-to-ami:managed-by": "ec2-to-ami"}
+    }
+    assert launches["InterfacesOnlyInTheDrillSubnet"]["Condition"] == {
+        "ArnEquals": {"ec2:Subnet": subnet}
+    }
     [terminate] = statements_with(document, "ec2:TerminateInstances")
     assert terminate["Condition"] == {"Null": {"aws:ResourceTag/ec2-to-ami:drill": "false"}}
     tagging = {s["Sid"]: s for s in statements_with(document, "ec2:CreateTags")}

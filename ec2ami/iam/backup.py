@@ -111,7 +111,7 @@ def iam_policy(config: BackupConfig) -> dict:
         protect = "ec2:EnableImageDeregistrationProtection"
         statements.append(allow("ProtectOnlyMarkedImages", protect, images, marked))
     statements += ssm_statements(config, home, account)
-    statements += dr_statements(config, images, snapshots, marked)
+    statements += dr_statements(config, images, snapshots, marked, account)
     if config.metrics_namespace:
         statements.append(allow(
             "PutMetricsOnlyInTheConfigsNamespace", "cloudwatch:PutMetricData", "*",
@@ -172,15 +172,21 @@ def ssm_statements(config: BackupConfig, region: str, account: str) -> list[dict
 
 
 def dr_statements(
-    config: BackupConfig, images: list[str], snapshots: list[str], marked: dict
+    config: BackupConfig, images: list[str], snapshots: list[str], marked: dict, account: str
 ) -> list[dict]:
-    """Copies, sharing and deprecation, only as far as the config uses them."""
+    """Copies, sharing and deprecation, only as far as the config uses them.
+
+    CopyImage is authorized on the source image and on the copy's images and snapshots
+    in each destination region (the snapshots since October 2024). It has no
+    aws:ResourceTag key (Service Authorization Reference): the source is limited to this
+    account's images by ec2:Owner when ROLE_ARN names the account, else by nothing IAM
+    can check (the tool copies only images it made)."""
     made = []
     if config.copy_to_regions:
+        own = {"StringEquals": {"ec2:Owner": account}} if account != "*" else None
         made += [
-            allow("CopyIntoTheConfigsRegions", "ec2:CopyImage", images[1:]),
-            allow("CopyOnlyMarkedBackups", "ec2:CopyImage", images[:1] + snapshots[:1],
-                      marked),
+            allow("CopyIntoTheConfigsRegions", "ec2:CopyImage", images[1:] + snapshots),
+            allow("CopyOnlyThisAccountsImages", "ec2:CopyImage", images[:1], own),
             allow("TagCopiesAtCreationOnly", "ec2:CreateTags", images[1:] + snapshots[1:],
                       {"StringEquals": {"ec2:CreateAction": "CopyImage"}}),
         ]  # fmt: skip
@@ -190,7 +196,8 @@ def dr_statements(
             allow("ShareOnlyMarkedImages", "ec2:ModifyImageAttribute", images, marked),
             allow("ShareSnapshotsOnlyWithTheConfigsAccounts", "ec2:ModifySnapshotAttribute",
                       snapshots,
-                      {**marked, "ForAllValues:StringEquals": {"ec2:Add/userId": accounts}}),
+                      {**marked, "ForAllValues:StringEquals": {"ec2:Add/userId": accounts},
+                       "Null": {"ec2:Add/group": "true"}}),  # never "all": public
             allow("RecordWhomAnImageIsSharedWith", "ec2:CreateTags", images, {
                 **marked, "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_SHARED_WITH]}}),
             allow("FindWhichKeyEncryptsAnImageBeforeSharingIt", "kms:DescribeKey", "*"),

@@ -63,13 +63,36 @@ def iam_policy(config: RestoreConfig) -> dict:
                      "ec2:ListImagesInRecycleBin", "ec2:ListSnapshotsInRecycleBin"]  # fmt: skip
         subnet = f"subnet/{config.subnet_id}" if config.subnet_id else "subnet/*"
         sid, network = "LaunchInTheConfigsRegion", [arn + subnet, arn + "security-group/*"]
+    # A twin's recorded placement group and host resource group are resources of
+    # RunInstances (a dedicated host is not: Service Authorization Reference).
+    placement = [arn + "placement-group/*", f"arn:aws:resource-groups:{region}:{account}:group/*"]
+    if config.drill and not config.drill_placement:
+        placement = []  # a drill leaves production's placement out
+    if config.drill:  # only marked images, and interfaces only in the drill's subnet
+        launch = [
+            allow(sid, "ec2:RunInstances", [*launched[:2], *network, arn + "key-pair/*",
+                                            *placement]),
+            allow("LaunchOnlyMarkedImages", "ec2:RunInstances", image,
+                  {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}),
+            allow("InterfacesOnlyInTheDrillSubnet", "ec2:RunInstances", launched[2],
+                  {"ArnEquals": {"ec2:Subnet": network[0]}}),
+        ]  # fmt: skip
+    else:
+        launch = [
+            allow(
+                sid,
+                "ec2:RunInstances",
+                [image, *launched, *network, arn + "key-pair/*", *placement],
+            )
+        ]
     statements = [
         allow("Describe", describe, "*"),
-        allow(sid, "ec2:RunInstances", [image, *launched, *network, arn + "key-pair/*"]),
+        *launch,
         allow("TagAtLaunchOnly", "ec2:CreateTags", launched,
               {"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
-        allow("ReadBackTheNewInstance",
-              ["ec2:GetLaunchTemplateData", "ec2:DescribeInstanceAttribute"], launched[0]),
+        allow("ReadBackOnlyRestoredInstances",  # both return user data: only the tool's
+              ["ec2:GetLaunchTemplateData", "ec2:DescribeInstanceAttribute"], launched[0],
+              {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
         allow("SourceDestCheckOnlyOnRestoredInterfaces", "ec2:ModifyNetworkInterfaceAttribute",
               launched[2], {"Null": {f"aws:ResourceTag/{TAG_RESTORED_FROM}": "false"}}),
         allow("CheckTheInstanceProfileExists", "iam:GetInstanceProfile",
@@ -118,11 +141,18 @@ def production_statements(
     statements += balancer_statements(config, region, account)
     if config.dns_records:
         zones = sorted({r["zone_id"].rsplit("/", 1)[-1] for r in config.dns_records})
-        statements.append(allow(
-            "PointOnlyTheConfigsDnsRecords",
-            ["route53:ListResourceRecordSets", "route53:ChangeResourceRecordSets"],
-            [f"arn:aws:route53:::hostedzone/{z}" for z in zones],
-        ))  # fmt: skip
+        hosted = [f"arn:aws:route53:::hostedzone/{z}" for z in zones]
+        names = sorted({r["name"].rstrip(".").lower() for r in config.dns_records})
+        types = sorted({r["type"] for r in config.dns_records})
+        statements += [
+            allow("ReadTheConfigsZones", "route53:ListResourceRecordSets", hosted),
+            allow("UpsertOnlyTheConfigsDnsRecords", "route53:ChangeResourceRecordSets", hosted, {
+                "ForAllValues:StringEquals": {
+                    "route53:ChangeResourceRecordSetsNormalizedRecordNames": names,
+                    "route53:ChangeResourceRecordSetsRecordTypes": types,
+                    "route53:ChangeResourceRecordSetsActions": ["UPSERT"],
+                }}),
+        ]  # fmt: skip
     return statements
 
 
