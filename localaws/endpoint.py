@@ -144,6 +144,11 @@ Patches (each has a test in tests/test_endpoint.py):
   P36 No capacity: RunInstances of an instance type, or into an Availability Zone, listed
      in `no_capacity` fails with InsufficientInstanceCapacity and HTTP 500, as EC2's
      server errors do (moto always has capacity).
+  P37 GetImageBlockPublicAccessState and GetSnapshotBlockPublicAccessState (moto has
+     neither) answer `block_public_access`: both blocked ("block-new-sharing") unless a
+     test unblocks one. AWS's defaults differ (AMIs blocked for accounts made since
+     October 2023, snapshots unblocked); the suite's account is set as docs/dr.md tells
+     operators to set theirs, and tests of an unblocked account say so.
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -326,6 +331,7 @@ class Settings:
         self.recycle_bin_days: float | None = None  # P19: None, no retention rule
         self.recycle_bin_images_only = False  # P19: a rule for images, none for snapshots
         self.no_capacity: set[str | None] = set()  # P36: instance types and zones
+        self.block_public_access = {"image": "block-new-sharing", "snapshot": "block-new-sharing"}
 
     def reset(self) -> None:
         self.__init__()
@@ -666,6 +672,16 @@ def _describe_image_references(self) -> ActionResult:
                           "Arn": f"arn:aws:ssm:{backend.region_name}:{backend.account_id}:"
                                  f"parameter{name}"})  # fmt: skip
     return ActionResult({"ImageReferences": found})
+
+
+def _image_block_public_access(self) -> ActionResult:
+    """GetImageBlockPublicAccessState (P37)."""
+    return ActionResult({"ImageBlockPublicAccessState": SETTINGS.block_public_access["image"]})
+
+
+def _snapshot_block_public_access(self) -> ActionResult:
+    """GetSnapshotBlockPublicAccessState (P37)."""
+    return ActionResult({"State": SETTINGS.block_public_access["snapshot"]})
 
 
 def _restore_image_from_recycle_bin(self) -> ActionResult:
@@ -1504,6 +1520,8 @@ def apply_patches() -> None:
     AmisResponse.restore_image_from_recycle_bin = _restore_image_from_recycle_bin
     AmisResponse.describe_image_references = _describe_image_references
     AmisResponse.register_image = _register_image
+    AmisResponse.get_image_block_public_access_state = _image_block_public_access
+    ElasticBlockStore.get_snapshot_block_public_access_state = _snapshot_block_public_access
     ElasticBlockStore.list_snapshots_in_recycle_bin = _list_snapshots_in_recycle_bin
     ElasticBlockStore.restore_snapshot_from_recycle_bin = _restore_snapshot_from_recycle_bin
     EBSBackend.delete_snapshot = _delete_snapshot_to_bin

@@ -307,6 +307,23 @@ def test_an_account_taken_off_the_list_loses_access_to_kept_images(ec2, fleet, t
     assert volume_permissions(ec2, image) == {PARTNER}
 
 
+def test_no_backup_is_shared_while_block_public_access_is_off_and_the_next_run_shares(
+    ec2, fleet, tmp_path
+):
+    SETTINGS.block_public_access["snapshot"] = "unblocked"  # AWS's default for snapshots
+    config = backup_config(tmp_path, fleet, SHARE_WITH_ACCOUNTS=[PARTNER])
+    result = run("ec2_to_ami.py", config, "--server", "web01")
+    assert result.returncode == 1
+    [image] = managed(ec2, "web01")
+    assert f"{image['ImageId']} not shared with {PARTNER}: block public access is off for " \
+        "snapshots" in result.stderr  # fmt: skip
+    assert launch_permissions(ec2, image["ImageId"]) == set()
+    assert volume_permissions(ec2, image) == set()
+    SETTINGS.block_public_access["snapshot"] = "block-all-sharing"
+    assert run("ec2_to_ami.py", config, "--server", "web01").returncode == 0
+    assert launch_permissions(ec2, image["ImageId"]) == {PARTNER}
+
+
 def test_an_image_under_the_aws_managed_key_is_not_shared_and_says_why(
     ec2, dr, fleet, tmp_path, endpoint
 ):

@@ -891,3 +891,11 @@ def test_p36_no_capacity_for_a_type_or_zone_is_a_server_error(ec2, fleet, endpoi
     SETTINGS.no_capacity = {"m5.large"}
     assert once.run_instances(ImageId=LINUX_AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
                               SubnetId=fleet.subnet_id)["Instances"]  # fmt: skip
+
+
+def test_p37_block_public_access_states_answer_the_settings(ec2):
+    assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == (
+        "block-new-sharing"
+    )
+    SETTINGS.block_public_access["snapshot"] = "unblocked"
+    assert ec2.get_snapshot_block_public_access_state()["State"] == "unblocked"

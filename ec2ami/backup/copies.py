@@ -104,6 +104,7 @@ class Finisher:
         self.days = plan.deprecate_after_days
         self.protect = plan.protect
         self.key_managers: dict[str, str] = {}
+        self.unblocked: list[str] | None = None  # what block public access leaves open
 
     def finish(self, images: list[Image], out: Outcome) -> None:
         """Deprecate and share each image that needs it; a failure is reported, not fatal."""
@@ -154,6 +155,14 @@ class Finisher:
                 "those accounts use it"
             )
             add = set()
+        if add and self.public_access_open():
+            out.fail_late(
+                f"{image.image_id}{where} not shared with {', '.join(sorted(add))}: block "
+                f"public access is off for {' and '.join(self.public_access_open())} here, "
+                "so one grant of the group all would make a backup public; turn it on "
+                "(docs/dr.md, Sharing) and the next run shares"
+            )
+            add = set()
         if add or remove:
             self.tag_shared(image, image.shared_with | add, pending=True)
         if add:
@@ -176,6 +185,21 @@ class Finisher:
                 where,
                 ", ".join(shared) or "no account",
             )
+
+    def public_access_open(self) -> list[str]:
+        """What block public access leaves open in this region ("AMIs", "snapshots"),
+        asked once: IAM cannot keep ModifyImageAttribute from making an image public, and
+        the account setting can (GetImageBlockPublicAccessState, "block-new-sharing";
+        GetSnapshotBlockPublicAccessState, "block-all-sharing" or "block-new-sharing")."""
+        if self.unblocked is None:
+            image = self.ec2.get_image_block_public_access_state()
+            snapshot = self.ec2.get_snapshot_block_public_access_state()
+            self.unblocked = [what for what, blocked in (
+                ("AMIs", image.get("ImageBlockPublicAccessState") == "block-new-sharing"),
+                ("snapshots", snapshot.get("State") in ("block-all-sharing",
+                                                         "block-new-sharing")),
+            ) if not blocked]  # fmt: skip
+        return self.unblocked
 
     def tag_shared(self, image: Image, accounts: set[str], pending: bool) -> None:
         """Write TAG_SHARED_WITH: the accounts, and whether the grants are yet to be made."""

@@ -201,6 +201,9 @@ def dr_statements(
             allow("RecordWhomAnImageIsSharedWith", "ec2:CreateTags", images, {
                 **marked, "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_SHARED_WITH]}}),
             allow("FindWhichKeyEncryptsAnImageBeforeSharingIt", "kms:DescribeKey", "*"),
+            allow("CheckBlockPublicAccessBeforeSharing",  # account settings: no resource
+                  ["ec2:GetImageBlockPublicAccessState",
+                   "ec2:GetSnapshotBlockPublicAccessState"], "*"),
         ]  # fmt: skip
     if any(s.consistency == "vss" for s in config.servers) or (
         config.select_tags and config.defaults.consistency == "vss"
