@@ -30,6 +30,7 @@ from localaws.fleet import (
     add_elastic_ip,
     aws_env,
     build_network,
+    drill_network,
     launch,
     write_config,
 )
@@ -298,3 +299,28 @@ def linux_servers(ec2: Any, iam: Any, count: int) -> list[dict]:
         {"name": f"srv{n:02d}", "instance_id": i["InstanceId"]}
         for n, i in enumerate(reservation["Instances"])
     ]
+
+
+# --- Drills -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drilled(ec2, fleet, tmp_path):
+    """The fleet backed up once (win01 by SELECT_TAGS Backup=yes), and a drill network."""
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    fleet.drill_subnet, fleet.drill_group = drill_network(ec2, fleet)
+    SETTINGS.instance_pending_seconds = 0.2
+    return fleet
+
+
+def drill_config(tmp_path, fleet, **settings):
+    return write_config(
+        tmp_path / "drill.py", DRILL_SUBNET_ID=fleet.drill_subnet,
+        DRILL_SECURITY_GROUP_IDS=[fleet.drill_group], DRILL_LOG=str(tmp_path / "drill.log"),
+        **settings,
+    )  # fmt: skip
+
+
+def later(monkeypatch, minutes: float) -> None:
+    """The tool's clock, minutes from now: a later drill, without waiting for it."""
+    monkeypatch.setattr(clock, "utc_now", lambda: CLOCK() + timedelta(minutes=minutes))

@@ -10,17 +10,14 @@ import re
 import shlex
 import signal
 import subprocess
-from datetime import timedelta
 
-import pytest
-
-from ec2ami import clock
 from ec2ami.restore.cli import parse_args
 from localaws.endpoint import SETTINGS, age_instance
-from localaws.fleet import ROOT, drill_network
+from localaws.fleet import ROOT
 from tests.conftest import (
-    CLOCK,
     backup_config,
+    drill_config,
+    later,
     managed,
     run,
     script_command,
@@ -30,23 +27,6 @@ from tests.conftest import (
 )
 
 CHECKS = {"linux": "systemctl is-active nginx", "windows": "Get-Service W3SVC"}
-
-
-@pytest.fixture
-def drilled(ec2, fleet, tmp_path):
-    """The fleet backed up once (win01 by SELECT_TAGS Backup=yes), and a drill network."""
-    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
-    fleet.drill_subnet, fleet.drill_group = drill_network(ec2, fleet)
-    SETTINGS.instance_pending_seconds = 0.2
-    return fleet
-
-
-def drill_config(tmp_path, fleet, **settings):
-    return write_config(
-        tmp_path / "drill.py", DRILL_SUBNET_ID=fleet.drill_subnet,
-        DRILL_SECURITY_GROUP_IDS=[fleet.drill_group], DRILL_LOG=str(tmp_path / "drill.log"),
-        **settings,
-    )  # fmt: skip
 
 
 def drill_instances(ec2) -> list[dict]:
@@ -178,11 +158,6 @@ def start_drill(endpoint, config, *args) -> subprocess.Popen:
 def live_drill_instances(ec2) -> list[str]:
     return [i["InstanceId"] for i in drill_instances(ec2)
             if i["State"]["Name"] in ("pending", "running")]  # fmt: skip
-
-
-def later(monkeypatch, minutes: float) -> None:
-    """The tool's clock, minutes from now: a later drill, without waiting for it."""
-    monkeypatch.setattr(clock, "utc_now", lambda: CLOCK() + timedelta(minutes=minutes))
 
 
 def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up(

@@ -10,12 +10,11 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 
-from ec2ami import clock
 from ec2ami.contract import TAG_DRILL, TAG_DRILL_DEADLINE, TAG_DRILL_RUN, TAG_RESTORED_FROM
 from ec2ami.restore.leftovers import DEADLINE_FORMAT
 from localaws.endpoint import SETTINGS, _backends, age_instance
 from localaws.fleet import REGION, build_network, drill_network, kitchen_sink
-from tests.conftest import CLOCK, managed, run, write_config
+from tests.conftest import drill_config, later, managed, run, write_config
 
 
 @pytest.fixture
@@ -38,14 +37,6 @@ def kitchen(ec2, iam, endpoint, tmp_path):
     ec2.modify_subnet_attribute(SubnetId=fleet.drill_subnet, MapPublicIpOnLaunch={"Value": True})
     SETTINGS.instance_pending_seconds = 0.1
     return fleet
-
-
-def drill_config(tmp_path, fleet, **settings):
-    return write_config(
-        tmp_path / "drill.py", DRILL_SUBNET_ID=fleet.drill_subnet,
-        DRILL_SECURITY_GROUP_IDS=[fleet.drill_group], DRILL_LOG=str(tmp_path / "drill.log"),
-        **settings,
-    )  # fmt: skip
 
 
 def drill_tagged(ec2, kind: str) -> list[dict]:
@@ -107,11 +98,6 @@ def test_drill_placement_keeps_production_placement_when_asked(ec2, kitchen, tmp
     assert "kitchen-pg" in kept.stdout
 
 
-def later(monkeypatch, minutes: float) -> None:
-    """The tool's clock, minutes from now: a later drill, without waiting for it."""
-    monkeypatch.setattr(clock, "utc_now", lambda: CLOCK() + timedelta(minutes=minutes))
-
-
 def other_drills_instance(ec2, fleet, image_id: str, minutes_left: float) -> str:
     """A live instance of another drill config's run, tagged as a drill tags it."""
     deadline = datetime.now(timezone.utc) + timedelta(minutes=minutes_left)
@@ -127,16 +113,6 @@ def other_drills_instance(ec2, fleet, image_id: str, minutes_left: float) -> str
             {"Key": k, "Value": v} for k, v in tags.items()]}
             for kind in ("instance", "volume", "network-interface")],
     )["Instances"][0]["InstanceId"]  # fmt: skip
-
-
-@pytest.fixture
-def drilled(ec2, fleet, tmp_path):
-    from tests.conftest import backup_config
-
-    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
-    fleet.drill_subnet, fleet.drill_group = drill_network(ec2, fleet)
-    SETTINGS.instance_pending_seconds = 0.1
-    return fleet
 
 
 def test_a_short_drill_never_ends_a_longer_drills_live_instance(
