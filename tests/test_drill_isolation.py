@@ -194,10 +194,13 @@ def test_a_drill_network_that_is_productions_is_named_in_warnings_and_errors(
     assert drill_tagged(ec2, "instances") == []
 
 
-def test_a_drill_refuses_subnet_id_before_any_aws_call(endpoint, drilled, tmp_path):
+def test_a_drill_refuses_production_network_flags_before_any_aws_call(endpoint, drilled, tmp_path):
     before = len(endpoint.calls)
     result = run("ami_to_ec2.py", drill_config(tmp_path, drilled), "--drill", "--server", "web01",
                  "--subnet-id", drilled.subnet_id)  # fmt: skip
     assert result.returncode == 2
     assert "--subnet-id does not apply to a drill" in result.stderr
+    result = run("ami_to_ec2.py", drill_config(tmp_path, drilled), "--drill", "--all",
+                 "--security-group-ids", drilled.group_ids[0])  # fmt: skip
+    assert result.returncode == 2 and "DRILL_SECURITY_GROUP_IDS" in result.stderr
     assert len(endpoint.calls) == before

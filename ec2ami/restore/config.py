@@ -199,11 +199,12 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
         config["COUNT"] = args.count
     if args.region is not None:
         config["REGION"] = args.region
-    if args.subnet_id is not None and args.drill:
-        raise ConfigError(
-            "--subnet-id does not apply to a drill: a drill launches in DRILL_SUBNET_ID; set "
-            "that in the config"
-        )
+    for flag, value, setting in (("--subnet-id", args.subnet_id, "DRILL_SUBNET_ID"),
+                                 ("--security-group-ids", args.security_group_ids,
+                                  "DRILL_SECURITY_GROUP_IDS")):  # fmt: skip
+        if value is not None and args.drill:
+            raise ConfigError(f"{flag} does not apply to a drill: a drill launches with "
+                              f"{setting}; set that in the config")  # fmt: skip
     if args.subnet_id is not None:
         config["SUBNET_ID"] = args.subnet_id
     if args.security_group_ids is not None:
