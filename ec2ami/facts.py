@@ -98,3 +98,9 @@ CHECK_DOCUMENTS = {"linux": "AWS-RunShellScript", "windows": "AWS-RunPowerShellS
 WAIT_MODES = ("none", "running", "status-ok")
 RESTORABLE_ROLE_PATH = "/ec2-to-ami-restorable/"  # the roles the restore policy lets it pass
 BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show as available
+
+# A created tag may follow CreationDate by this much, no more: the tag is the run's start,
+# taken on the host before CreateImage, and SigV4 refuses a request whose time is more
+# than 5 minutes off (AWS General Reference, "Signature Version 4 signing"), so a correct
+# host clock gives a tag before CreationDate. The rest is margin.
+CLOCK_SKEW = timedelta(minutes=10)

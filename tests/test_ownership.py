@@ -18,6 +18,7 @@ from tests.conftest import (
     orphaned_managed_snapshots,
     run,
     tags_of,
+    write_config,
 )
 
 CREATED = "ec2-to-ami:created"
@@ -257,3 +258,26 @@ def test_an_image_still_used_by_a_launch_template_is_kept_and_named(ec2, fleet, 
     ignoring = backup_config(tmp_path, fleet, KEEP=1, CHECK_IMAGE_REFERENCES=False)
     assert run("ec2_to_ami.py", ignoring, "--server", "web01").returncode == 0
     assert base["ImageId"] not in {i["ImageId"] for i in managed(ec2, "web01")}
+
+
+def test_a_restore_never_picks_a_look_alike_that_ec2_contradicts(ec2, fleet, tmp_path):
+    """The forged images claim to be web01's newest backup; EC2 says otherwise (made from
+    the insider's instance, or dated before its created tag), so the restore takes the
+    real one, and names each forgery."""
+    web = fleet.instances["web01"]
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet), "--server", "web01").returncode == 0
+    finish_pending()
+    [real] = managed(ec2, "web01")
+    insider = launch(ec2, fleet, "insider01")
+    forged = [
+        forge(ec2, real, insider, "f-future", **{CREATED: "2099-01-01T00:00:00Z"}),
+        forge(ec2, real, insider, "f-named", **{CREATED: "2098-01-01T00:00:00Z",
+                                                "ec2-to-ami:instance-id": web}),
+        forge(ec2, real, web, "f-dated", **{CREATED: "2097-01-01T00:00:00Z"}),
+    ]  # fmt: skip
+    finish_pending()
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="web01"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"from {real['ImageId']} (server web01" in result.stdout
+    for image_id in forged:
+        assert f"image {image_id} carries the backup tags of server 'web01'" in result.stderr

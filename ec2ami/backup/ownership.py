@@ -24,12 +24,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.aws import chunked, paginate
 from ec2ami.backup.look import Outcome, managed_images
 from ec2ami.contract import TAG_KEEP, TAG_RESTORED_FROM
+from ec2ami.facts import CLOCK_SKEW
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig
@@ -38,12 +39,6 @@ if TYPE_CHECKING:
     from ec2ami.backup.plan import Image
 
 log = logging.getLogger(__name__)
-
-# A created tag may follow CreationDate by this much, no more: the tag is the run's start,
-# taken on the host before CreateImage, and SigV4 refuses a request whose time is more
-# than 5 minutes off (AWS General Reference, "Signature Version 4 signing"), so a correct
-# host clock gives a tag before CreationDate. The rest is margin.
-CLOCK_SKEW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)

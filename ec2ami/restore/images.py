@@ -17,6 +17,7 @@ from ec2ami import polling
 from ec2ami.aws import chunked, error_text, paginate
 from ec2ami.contract import (
     TAG_DRILL,
+    TAG_INSTANCE_ID,
     TAG_MANAGED,
     TAG_POOL,
     TAG_RESTORED_FROM,
@@ -24,12 +25,14 @@ from ec2ami.contract import (
     TAG_RESTORED_SERVER,
     TAG_SCHEDULE,
     TAG_SERVER,
+    TAG_SOURCE_IMAGE,
     TOOL,
     joined_value,
 )
 from ec2ami.facts import (
     AVAILABLE,
     BIN_RESTORE_SECONDS,
+    CLOCK_SKEW,
     DISABLED,
     FILTER_VALUES_MAX,
     GONE_STATES,
@@ -83,13 +86,40 @@ def managed_images(
     return sorted(images, key=lambda i: (backup_time(i), i["ImageId"]), reverse=True)
 
 
+def look_alike(image: dict) -> str | None:
+    """Why an image that wears a backup's tags is not the backup they describe, by what
+    EC2 records and no tag can change; None if nothing contradicts them. A created tag
+    after CreationDate (a copy's CreationDate is later still); a native image made from
+    another instance than its tag names (SourceInstanceId); a copy of another image than
+    its tag names (SourceImageId). EC2 reports neither source for images made before it
+    began to: absent is no contradiction."""
+    tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+    made = parse_time(image.get("CreationDate"))
+    claimed = parse_time(read_recorded(image).created)
+    if claimed and made and claimed > made + CLOCK_SKEW:
+        return f"its created tag is after EC2's CreationDate ({image['CreationDate']})"
+    if tags.get(TAG_SOURCE_IMAGE):
+        source = image.get("SourceImageId")
+        if source and source != tags[TAG_SOURCE_IMAGE]:
+            return f"EC2 says it was copied from {source}"
+    elif image.get("SourceInstanceId") and image["SourceInstanceId"] != tags.get(TAG_INSTANCE_ID):
+        return f"EC2 says it was made from {image['SourceInstanceId']}"
+    return None
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time with a zone, or None."""
+    try:
+        when = datetime.fromisoformat((text or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else None
+
+
 def backup_time(image: dict) -> datetime:
     """When the backup was taken: its created tag (a copy's CreationDate is the copy's)."""
-    text = read_recorded(image).created or image.get("CreationDate") or ""
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
+    when = parse_time(read_recorded(image).created or image.get("CreationDate"))
+    return when or datetime.min.replace(tzinfo=timezone.utc)
 
 
 def find_image(ec2: Any, config: RestoreConfig) -> dict:
@@ -118,6 +148,12 @@ def pick_images(ec2: Any, config: RestoreConfig) -> list[Restore]:
     images = managed_images(ec2, names, config.schedule, config.pool)
     by_server: dict[str, list[dict]] = {}
     for image in images:
+        why = look_alike(image)
+        if why:
+            log.warning("image %s carries the backup tags of server %r, but %s: it is not "
+                        "restored; name it with --ami to restore it anyway", image["ImageId"],
+                        read_recorded(image).server, why)  # fmt: skip
+            continue
         by_server.setdefault(read_recorded(image).server or "", []).append(image)
     if names is None:  # every server with a backup: one with none usable fails, saying why
         if not any(s and usable(found, config) for s, found in by_server.items()):
