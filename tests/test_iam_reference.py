@@ -80,10 +80,8 @@ def keys_for(action: str, kind: str) -> set[str]:
     own = set(declared_types(action)[kind]["condition_keys"])
     if own:
         return own
-    service = action.split(":")[0]
-    info = privilege(action)
-    return {k for r in info["service_resources"] if r["resource"] == kind
-            for k in r["condition_keys"]} if service else set()  # fmt: skip
+    resources = privilege(action)["service_resources"]
+    return {k for r in resources if r["resource"] == kind for k in r["condition_keys"]}
 
 
 def findings(name: str, named_by_the_tool: dict[str, set[str]]) -> list[str]:

@@ -142,6 +142,8 @@ def production_statements(
     if config.dns_records:
         zones = sorted({r["zone_id"].rsplit("/", 1)[-1] for r in config.dns_records})
         hosted = [f"arn:aws:route53:::hostedzone/{z}" for z in zones]
+        # Route 53 compares names normalized: lowercase, without the trailing dot (Route 53
+        # developer guide, "Using IAM policy conditions for fine-grained access control").
         names = sorted({r["name"].rstrip(".").lower() for r in config.dns_records})
         types = sorted({r["type"] for r in config.dns_records})
         statements += [

@@ -306,8 +306,9 @@ def bin_time(value: Any) -> str:
 
 def restored_earlier(ec2: Any, restores: list[Restore]) -> dict[str, list[dict]]:
     """The live instances an earlier restore (not a drill) launched for each server, in its
-    pool: one DescribeInstances for them all, by the tags a restore sets at launch (and, for
-    an instance an older version restored, by the image it came from)."""
+    pool: two DescribeInstances for them all (FILTER_VALUES_MAX servers a call), one by the
+    server tag a restore sets at launch, one by the image, for an instance an older
+    version restored without it."""
     images = {r.image["ImageId"]: r for r in restores if r.image}
     servers = {r.server: r for r in restores if r.image}
     live = {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}

@@ -73,14 +73,14 @@ def network_params(nics: list[dict], public: Any, warnings: list[str]) -> dict:
             "Elastic IP"
         )
         wants_public = False
-    specs = [interface_spec(n, wants_public) for n in nics]
+    specs = [interface_spec(n) for n in nics]
     if len(specs) == 1:  # EC2 takes the flag only when one interface is launched
         specs[0]["AssociatePublicIpAddress"] = bool(wants_public)
     return {"NetworkInterfaces": specs}
 
 
-def interface_spec(nic: dict, public: bool) -> dict:
-    """One NetworkInterfaces entry of RunInstances."""
+def interface_spec(nic: dict) -> dict:
+    """One NetworkInterfaces entry of RunInstances (network_params adds the public IP flag)."""
     spec: dict[str, Any] = {
         "DeviceIndex": nic["index"],
         "SubnetId": nic["subnet"],
@@ -102,8 +102,6 @@ def interface_spec(nic: dict, public: bool) -> dict:
         spec["SecondaryPrivateIpAddressCount"] = len(secondary)
     if nic.get("ipv6"):
         spec["Ipv6AddressCount"] = nic["ipv6"]
-    if public and nic["index"] == 0:
-        spec["AssociatePublicIpAddress"] = True
     return spec
 
 
@@ -247,7 +245,7 @@ def other_instance(params: dict, nics: list[dict], name: str, n: int, token: str
     ]  # fmt: skip
     if "NetworkInterfaces" in params:
         loose = [{**nic, "fixed": False} for nic in nics]
-        other["NetworkInterfaces"] = [interface_spec(nic, False) for nic in loose]
+        other["NetworkInterfaces"] = [interface_spec(nic) for nic in loose]
         for spec, was in zip(other["NetworkInterfaces"], params["NetworkInterfaces"], strict=True):
             if "AssociatePublicIpAddress" in was:
                 spec["AssociatePublicIpAddress"] = was["AssociatePublicIpAddress"]
