@@ -74,7 +74,11 @@ ERR_TARGET_GROUP_NOT_FOUND = "TargetGroupNotFound"
 ERR_LOAD_BALANCER_NOT_FOUND = "LoadBalancerNotFound"  # Classic ELB
 PLACEMENT_GONE_CODES = {"InvalidPlacementGroup.Unknown", "InvalidPlacementGroupName.NotFound"}
 HOST_USABLE_STATES = {"available"}
-HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidHostID.Malformed"}
+HOST_GONE_CODES = {"InvalidHostID.NotFound", "InvalidHostId.NotFound", "InvalidHostID.Malformed",
+                   "InvalidHostId.Malformed"}  # fmt: skip
+# User data: at most 16 KB in raw form, before base64 (EC2 User Guide, "Run commands when
+# you launch an EC2 instance with user data input": "User data is limited to 16 KB").
+USER_DATA_MAX = 16 * 1024
 STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
 INSTANCE_TYPES_MAX = 100  # DescribeInstanceTypes: names per call
 DESCRIBED = {"subnets": "Subnets", "security_groups": "SecurityGroups", "key_pairs": "KeyPairs",

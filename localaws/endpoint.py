@@ -149,6 +149,16 @@ Patches (each has a test in tests/test_endpoint.py):
      test unblocks one. AWS's defaults differ (AMIs blocked for accounts made since
      October 2023, snapshots unblocked); the suite's account is set as docs/dr.md tells
      operators to set theirs, and tests of an unblocked account say so.
+  P38 RunInstances refuses what EC2 refuses for the instance type and the request
+     (localaws/launch_rules.py, each rule with its source): CPU options on a type without
+     ValidCores or outside them, more interfaces or addresses than the type takes,
+     EbsOptimized, hibernation or Nitro Enclaves on a type without them, interfaces in
+     different zones or VPCs, a partition number without a partition group, affinity
+     without host tenancy, user data over 16 KB, and AssociatePublicIpAddress off eth0 or
+     with several interfaces (moto launches anything).
+  P39 An image's boot mode is the one EC2 gives it: CreateImage's comes from the image the
+     instance was launched from, CopyImage's from its source, and the public images are
+     legacy-bios, as those AMIs are (moto: "uefi" for every image, which no T2 boots).
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -236,12 +246,14 @@ PUBLIC_AMIS = [
      "root_device_name": "/dev/sda1", "image_type": "machine", "platform": None,
      "description": "Canonical, Ubuntu, 14.04 LTS, amd64 trusty image build on 2017-07-27",
      "architecture": "x86_64", "virtualization_type": "hvm", "hypervisor": "xen",
+     "boot_mode": "legacy-bios",
      "name": "ubuntu/images/hvm-ssd/ubuntu-trusty-14.04-amd64-server-20170727"},
     {"ami_id": "ami-03cf127a", "state": "available", "public": True, "owner_id": "801119661308",
      "image_location": "amazon/getting-started", "sriov": "simple", "root_device_type": "ebs",
      "root_device_name": "/dev/sda1", "image_type": "machine", "platform": "windows",
      "description": "Microsoft Windows Server 2016 Nano Locale English AMI provided by Amazon",
      "architecture": "x86_64", "virtualization_type": "hvm", "hypervisor": "xen",
+     "boot_mode": "legacy-bios",
      "name": "Windows_Server-2016-English-Nano-Base-2017.10.13"},
 ]  # fmt: skip
 with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as _handle:
@@ -274,6 +286,8 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import make_server
+
+from localaws import launch_rules
 
 os.unlink(_handle.name)  # moto read it on import
 
@@ -389,6 +403,8 @@ def _create_image(self, instance_id, name, description, tag_specifications):
     ]
     ami = _original_create_image(self, instance_id, name, description, image_specs)
     ami.source_image_id, ami.source_image_region = instance.image_id, self.region_name  # P28
+    launched_from = self.amis.get(instance.image_id)  # P39: the boot mode it was launched with
+    ami.boot_mode = launched_from.boot_mode if launched_from else None
     image_volumes(self, ami, instance)
     for snapshot in image_snapshots(ami):
         for tag in snapshot_tags:
@@ -514,6 +530,7 @@ def _copy_image(self) -> ActionResult:
     from moto.ec2.models import ec2_backends
 
     source = ec2_backends[backend.account_id][source_region].amis[source_id]
+    copy.boot_mode = source.boot_mode  # P39
     if self._get_bool_param("CopyImageTags", False):
         for tag in source.get_tags():
             copy.add_tag(tag["key"], tag["value"])
@@ -1029,12 +1046,10 @@ def _run_instances(self) -> ActionResult:
     if group and group not in placement_groups(self.ec2_backend):
         raise _unknown_group(group)
     specs = self._get_param("NetworkInterfaces", [])
-    if len(specs) > 1 and any("AssociatePublicIpAddress" in n for n in specs):
-        raise EC2ClientError(  # P35
-            "InvalidParameterCombination",
-            "The associatePublicIPAddress parameter cannot be specified when launching with "
-            "multiple network interfaces.",
-        )
+    request = {name: self._get_param(name) for name in launch_rules.ASKED}
+    error = launch_rules.refused(request, self.ec2_backend, placement_groups(self.ec2_backend))
+    if error is not None:  # P38 (and P35's flag with several interfaces)
+        raise error
     result = _original_run_instances(self)
     if len(specs) > 1:  # P35: EC2 maps no public IP on launch to several interfaces
         for instance in result.result.instances:

@@ -99,8 +99,9 @@ def kitchen_sink(
     """An instance with every attribute a restore reproduces set away from EC2's default:
     Linux has two interfaces (secondary IPs, source/dest check off), Elastic IPs on its
     primary and a secondary address, a partition placement group, unlimited CPU credits,
-    hibernation and every protection; Windows has dedicated tenancy, CPU options, Nitro
-    Enclaves, a public IP from launch and an Elastic IP on a secondary address. Both are
+    hibernation and every protection, on a T2 (no CPU options, no EBS optimization);
+    Windows has dedicated tenancy, CPU options, EBS optimization, Nitro Enclaves, a public
+    IP from launch and an Elastic IP on a secondary address. Both are
     in a target group (on a port of their own) and a Classic Load Balancer."""
     if "kitchen-pg" not in [
         g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]
@@ -124,7 +125,6 @@ def kitchen_sink(
     common = {
         "KeyName": fleet.key_name,
         "IamInstanceProfile": {"Arn": fleet.profile_arn},
-        "EbsOptimized": True,
         "Monitoring": {"Enabled": True},
         "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 2,
                             "HttpEndpoint": "enabled", "HttpProtocolIpv6": "enabled",
@@ -144,7 +144,7 @@ def kitchen_sink(
                "Description": f"{name} front", "DeleteOnTermination": True}  # fmt: skip
     if windows:
         params = {
-            **common, "ImageId": WINDOWS_AMI, "InstanceType": "m5.xlarge",
+            **common, "ImageId": WINDOWS_AMI, "InstanceType": "m5.xlarge", "EbsOptimized": True,
             "Placement": {"Tenancy": "dedicated"},
             "CpuOptions": {"CoreCount": 2, "ThreadsPerCore": 1},
             "EnclaveOptions": {"Enabled": True},

@@ -528,7 +528,7 @@ def test_p20_launch_attributes_round_trip_and_default_as_on_ec2(ec2, fleet):
     ec2.create_placement_group(GroupName="spread", Strategy="partition", PartitionCount=3)
     asked = {
         "Placement": {"Tenancy": "dedicated", "GroupName": "spread", "PartitionNumber": 2},
-        "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 1},
+        "CpuOptions": {"CoreCount": 2, "ThreadsPerCore": 1},
         "PrivateDnsNameOptions": {"HostnameType": "resource-name",
                                   "EnableResourceNameDnsARecord": True,
                                   "EnableResourceNameDnsAAAARecord": False},

@@ -21,6 +21,7 @@ from ec2ami.facts import (
     REGION_RE,
     ROLE_ARN_RE,
     SUBNET_ID_RE,
+    USER_DATA_MAX,
     VOLUME_TYPES,
     WAIT_MODES,
 )
@@ -405,13 +406,17 @@ def read_user_data(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(f'USER_DATA must be None, text or "@path", not {type(value).__name__}')
-    if not value.startswith("@"):
-        return value
-    try:
-        with open(value[1:], encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as err:
-        raise ConfigError(f"USER_DATA: cannot read {value[1:]}: {err.strerror}") from None
+    text = value
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise ConfigError(f"USER_DATA: cannot read {value[1:]}: {err.strerror}") from None
+    size = len(text.encode())
+    if size > USER_DATA_MAX:
+        raise ConfigError(f"USER_DATA is {size} bytes; EC2 takes at most {USER_DATA_MAX} (16 KB)")
+    return text
 
 
 def check_tags(tags: Any) -> None:

@@ -4,6 +4,7 @@ RunInstances parameters of each instance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from ec2ami.contract import (
     TAG_RESTORED_POOL,
     TAG_RESTORED_SERVER,
 )
+from ec2ami.facts import USER_DATA_MAX
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.model import Attribute, Plan
 from ec2ami.restore.network import (
@@ -116,6 +118,8 @@ def plan_launch(
         if config.hostname:
             host = f"{config.hostname}-{n}"
             other["UserData"] = build_user_data(platform, host, config.user_data)
+    for launch in [params, *plan.others]:
+        check_user_data_size(launch, config)
     if plan.others and (plan.elastic_ips or plan.target_groups or plan.dns_records):
         warnings.append(
             f"COUNT={config.count}: Elastic IPs, target groups and DNS records go to the "
@@ -194,25 +198,36 @@ def planned_attributes(
             made.append(Attribute(attribute.label, was, was, "recorded"))
         else:
             made.append(Attribute(attribute.label, None, attribute.default, "default"))
-    cpu = next(a for a in made if a.name == "CPU options")
-    if cpu.origin == "recorded" and cpu.planned and instance_type != recorded.instance_type:
-        cpu.planned, cpu.origin = None, "default"  # the recorded cores fit the recorded type
     credits = next(a for a in made if a.name == "CPU credits")
     if not BY_LABEL["CPU credits"].applies(instance_type):
         credits.planned = None
     if config.drill and not config.drill_placement:
         for left in (a for a in made if a.name in DRILL_LEAVES):
             left.planned, left.origin = DRILL_LEAVES[left.name], "drill"
+    by_name = {a.name: a for a in made}
+    for name, (holder, holds) in DEPENDS_ON.items():
+        if by_name[name].planned is not None and not holds(by_name[holder].planned):
+            by_name[name].planned, by_name[name].origin = None, by_name[holder].origin
     return made
 
 
+# Placement that means something only with another: EC2 takes a partition number only
+# with its (partition) placement group, and host affinity only with host tenancy (API
+# Reference, Placement). Left out with it, whatever left that out.
+DEPENDS_ON: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "partition": ("placement group", lambda group: group is not None),
+    "affinity": ("tenancy", lambda tenancy: tenancy == "host"),
+}
+
+
 def left_for_type(attributes: list[Attribute], instance_type: str) -> list[str]:
-    """A warning for each recorded attribute that the instance type chosen cannot take."""
+    """A warning when recorded CPU credits are left out: the type chosen is no T type.
+    What else depends on the type is fitted before launch (ec2ami.restore.fit)."""
     return [
         f"{a.name} {a.recorded!r} as recorded are left out: they do not fit INSTANCE_TYPE "
-        f"{instance_type}" + ("" if a.name == "CPU credits" else "; set CPU_OPTIONS")
+        f"{instance_type}"
         for a in attributes
-        if a.name in ("CPU credits", "CPU options") and a.recorded and a.planned is None
+        if a.name == "CPU credits" and a.recorded and a.planned is None
         and a.origin != "overridden"
     ]  # fmt: skip
 
@@ -260,6 +275,16 @@ def tag_specifications(
     pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
     kinds = ("instance", "volume", "network-interface")
     return [{"ResourceType": kind, "Tags": pairs} for kind in kinds]
+
+
+def check_user_data_size(params: dict, config: RestoreConfig) -> None:
+    """EC2 takes at most USER_DATA_MAX bytes of user data (before base64): HOSTNAME wraps
+    USER_DATA in a script of its own, so the final size is what counts."""
+    size = len((params.get("UserData") or "").encode())
+    if size > USER_DATA_MAX:
+        with_host = " with HOSTNAME's script" if config.hostname else ""
+        raise RestoreError(f"the user data is {size} bytes{with_host}; EC2 takes at most "
+                           f"{USER_DATA_MAX} (16 KB): shorten USER_DATA")  # fmt: skip
 
 
 def trusted_profile(config: RestoreConfig, recorded: Recorded, image: dict) -> str | None:

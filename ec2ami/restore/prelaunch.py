@@ -23,6 +23,7 @@ from ec2ami.facts import (
     PLACEMENT_GONE_CODES,
 )
 from ec2ami.restore.config import RestoreConfig, RestoreError
+from ec2ami.restore.fit import fit_to_type
 from ec2ami.restore.model import describe_launched
 from ec2ami.restore.network import target_label
 from ec2ami.restore.setup import mark_attributes
@@ -71,7 +72,9 @@ def gather_facts(clients: Clients, plans: list[Plan]) -> Facts:
     facts.groups = {g["GroupId"]: g for g in found}
     keys = sorted({p.params["KeyName"] for p in plans if p.params.get("KeyName")})
     facts.key_pairs = {k["KeyName"] for k in filtered(ec2, "key_pairs", "key-name", keys)}
-    facts.types = instance_types(ec2, sorted({p.params["InstanceType"] for p in plans}))
+    launched = {p.params["InstanceType"] for p in plans}  # and the recorded: its defaults
+    recorded = {p.recorded.instance_type for p in plans if p.recorded.instance_type}
+    facts.types = instance_types(ec2, sorted(launched | recorded))
     fixed = sorted({a for n in nics for a in fixed_addresses(n)})
     for eni in filtered(ec2, "network_interfaces", "addresses.private-ip-address", fixed):
         for address in eni.get("PrivateIpAddresses", []):
@@ -153,6 +156,7 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
     if params.get("KeyName") and params["KeyName"] not in facts.key_pairs:
         raise RestoreError(f"key pair {params['KeyName']} does not exist")
     check_architecture(plan, facts)
+    fit_to_type(plan, facts.types)
     for nic in nics:
         for fixed in fixed_addresses(nic):
             check_address_free(fixed, facts.subnets[nic["SubnetId"]], facts)

@@ -49,7 +49,7 @@ def check_twin(clients: Clients, plan: Plan, instance: dict, held: list[dict]) -
     now = read_back(clients, plan, instance, held)
     differences = []
     for attribute in plan.attributes:
-        if attribute.origin == UNAVAILABLE or attribute.name not in now:
+        if attribute.origin.startswith(UNAVAILABLE) or attribute.name not in now:
             continue
         attribute.now, attribute.checked = now[attribute.name], True
         if attribute.planned is None and chosen_by_ec2(attribute.name):
