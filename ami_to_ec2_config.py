@@ -143,6 +143,10 @@ DNS_RECORDS = []
 VOLUME_TYPE = None  # gp3, gp2, io1, io2, st1, sc1, standard
 ENCRYPTED = None
 KMS_KEY_ID = None  # implies ENCRYPTED = True
+# The customer managed KMS keys (by ARN) that encrypt the backups this config restores:
+# the policy (--print-iam-policy) grants their use through EC2, and a restore checks
+# before launch that each encrypted snapshot's key is listed and enabled (docs/iam.md).
+BACKUP_KMS_KEYS = []
 DELETE_ON_TERMINATION = None
 # Fetch each volume's blocks from its snapshot at this many MiB/s (100-300), so the
 # volume is fully fast after size / rate seconds (100 GiB at 300 MiB/s: under 6 minutes)

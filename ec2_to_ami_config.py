@@ -118,6 +118,10 @@ LOG_FILE = None
 # (None: the server's keep), encrypted with "kms_key_id" if given. Needs WAIT = True.
 # Example: {"us-west-2": {"keep": 7, "kms_key_id": "alias/dr-backups"}}
 COPY_TO_REGIONS = {}
+# The customer managed KMS keys (by ARN) that encrypt the servers' volumes, so their
+# backups: the policy (--print-iam-policy) grants their use through EC2 for the copies,
+# and through EBS for --cost (docs/iam.md). AWS managed keys (aws/ebs) need nothing here.
+BACKUP_KMS_KEYS = []
 # Share every new image and copy with these accounts (12-digit strings, at most 15).
 # An image encrypted with the AWS-managed key aws/ebs cannot be shared (a warning says so).
 SHARE_WITH_ACCOUNTS = []

@@ -38,8 +38,10 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 POOL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
+KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d+:\d{12}:key/[A-Za-z0-9-]+$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")
+KEY_ENABLED = "Enabled"  # KMS KeyState of a key that can be used
 KEY_MANAGER_AWS = "AWS"  # KMS KeyManager of an AWS-managed key such as aws/ebs
 COPY_OPTIONS = {"keep", "kms_key_id"}
 SHARE_ACCOUNTS_MAX = 15  # so TAG_SHARED_WITH fits in one tag value
@@ -83,7 +85,7 @@ STATUS_IDS_MAX = 100  # DescribeInstanceStatus: instance ids per call
 INSTANCE_TYPES_MAX = 100  # DescribeInstanceTypes: names per call
 DESCRIBED = {"subnets": "Subnets", "security_groups": "SecurityGroups", "key_pairs": "KeyPairs",
              "network_interfaces": "NetworkInterfaces", "addresses": "Addresses",
-             "instances": "Reservations"}  # fmt: skip
+             "instances": "Reservations", "snapshots": "Snapshots"}  # fmt: skip
 DNS_TTL_DEFAULT = 300  # for a DNS_RECORDS record that does not exist yet
 UNAVAILABLE = "not reproducible"  # an attribute a warning said cannot be reproduced
 MONITORING_ON = ("enabled", "pending")

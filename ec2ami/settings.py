@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from ec2ami.errors import ConfigError
+from ec2ami.facts import KMS_KEY_ARN_RE
 
 
 def read_settings(path: str) -> dict[str, Any]:
@@ -50,6 +51,16 @@ def check_pattern(config: dict, name: str, pattern: re.Pattern[str], want: str) 
     value = config[name]
     if value is not None and (not isinstance(value, str) or not pattern.match(value)):
         raise ConfigError(f"{name} must be None or {want}, not {value!r}")
+
+
+def check_key_arns(config: dict, name: str) -> None:
+    """BACKUP_KMS_KEYS: a list of KMS key ARNs (IAM names keys by ARN, never by alias)."""
+    value = config[name]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(k, str) and KMS_KEY_ARN_RE.match(k) for k in value
+    ):
+        example = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-..."
+        raise ConfigError(f"{name} must be a list of KMS key ARNs such as {example}, not {value!r}")
 
 
 def check_enum(config: dict, name: str, choices: tuple) -> None:

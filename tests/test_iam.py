@@ -239,7 +239,8 @@ def test_restore_does_its_whole_job_under_the_restore_policy(
     # CreateTags and iam:PassRole are checked inside RunInstances; EnableImage is only for
     # a disabled image, the Recycle Bin restores only for a deleted one (the next test);
     # the twin's own calls only for what web01 does not have (the kitchen-sink test).
-    rare = {"ec2:EnableImage", "ec2:DescribeSnapshots", "ec2:ListSnapshotsInRecycleBin",
+    rare = {"ec2:EnableImage", "ec2:DescribeSnapshots", "kms:DescribeKey",  # encrypted only
+            "ec2:ListSnapshotsInRecycleBin",
             "ec2:RestoreImageFromRecycleBin", "ec2:RestoreSnapshotFromRecycleBin"}  # fmt: skip
     assert used == actions_of(document) - {"ec2:CreateTags", "iam:PassRole"} - rare - TWIN_ONLY - (
         ON_OUR_BEHALF
@@ -345,7 +346,8 @@ def test_a_drill_does_its_whole_job_under_the_drill_policy(
     # PassRole is checked inside RunInstances; placement and source/dest check only for a
     # twin that has them.
     rare = {"iam:PassRole", "ec2:DescribePlacementGroups", "ec2:DescribeHosts",
-            "ec2:ModifyNetworkInterfaceAttribute"}  # fmt: skip
+            "ec2:ModifyNetworkInterfaceAttribute",
+            "ec2:DescribeSnapshots", "kms:DescribeKey"}  # encrypted backups only  # fmt: skip
     assert used - {"ec2:DescribeVolumes"} == actions_of(document) - rare - ON_OUR_BEHALF
     verified = [t for i in managed(ec2) for t in i.get("Tags", [])
                 if t["Key"] == "ec2-to-ami:verified"]  # fmt: skip
@@ -551,8 +553,12 @@ def test_copies_are_tagged_only_as_they_are_created_and_kms_only_through_ec2():
         "ForAllValues:StringEquals": {"aws:TagKeys": ["ec2-to-ami:shared-with"]},
     } in conditions
     [grants] = statements_with(document, "kms:CreateGrant")
-    assert grants["Condition"] == {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
-    assert grants["Resource"][0].startswith("arn:aws:kms:eu-central-1:")  # the key, not "*"
+    via = {"kms:ViaService": ["ec2.eu-central-1.amazonaws.com", "ec2.eu-west-1.amazonaws.com"]}
+    assert grants["Condition"] == {"StringEquals": via,
+                                   "Bool": {"kms:GrantIsForAWSResource": "true"}}  # fmt: skip
+    assert [k.split(":")[3] for k in grants["Resource"]] == ["eu-central-1", "eu-west-1"]
+    [use] = statements_with(document, "kms:ReEncryptFrom")  # the source key and the copy's
+    assert use["Resource"] == grants["Resource"] and use["Condition"] == {"StringEquals": via}
     [snapshots] = statements_with(document, "ec2:ModifySnapshotAttribute")
     assert snapshots["Condition"]["ForAllValues:StringEquals"] == {
         "ec2:Add/userId": ["210987654321"]

@@ -29,7 +29,7 @@ from ec2ami.facts import (
     SCHEDULE_RE,
     SHARE_ACCOUNTS_MAX,
 )
-from ec2ami.settings import read_settings
+from ec2ami.settings import check_key_arns, read_settings
 
 DEFAULTS: dict[str, Any] = {
     "REGION": None,
@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "SCRIPT_TIMEOUT_SECONDS": 300,
     "ON_SCRIPT_FAILURE": "fail",
     "COPY_TO_REGIONS": {},
+    "BACKUP_KMS_KEYS": [],
     "SHARE_WITH_ACCOUNTS": [],
     "DEPRECATE_AFTER_DAYS": None,
     "ROLE_ARN": None,
@@ -151,6 +152,7 @@ class BackupConfig:
     script_timeout_seconds: int
     on_script_failure: str  # "fail" or "crash"
     copy_to_regions: Mapping[str, CopyTarget]
+    backup_kms_keys: tuple[str, ...]  # customer managed keys of the servers' volumes
     share_with_accounts: tuple[str, ...]
     deprecate_after_days: float | None
     deregistration_protection: bool
@@ -291,6 +293,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         script_timeout_seconds=settings["SCRIPT_TIMEOUT_SECONDS"],
         on_script_failure=settings["ON_SCRIPT_FAILURE"],
         copy_to_regions=MappingProxyType(copies),
+        backup_kms_keys=tuple(settings["BACKUP_KMS_KEYS"]),
         share_with_accounts=tuple(settings["SHARE_WITH_ACCOUNTS"]),
         deprecate_after_days=settings["DEPRECATE_AFTER_DAYS"],
         deregistration_protection=settings["DEREGISTRATION_PROTECTION"],
@@ -380,6 +383,7 @@ def check_dr_settings(settings: dict) -> None:
         raise ConfigError(
             f"SHARE_WITH_ACCOUNTS must list at most {SHARE_ACCOUNTS_MAX} accounts, each once"
         )
+    check_key_arns(settings, "BACKUP_KMS_KEYS")
     regions = settings["COPY_TO_REGIONS"]
     if not isinstance(regions, dict):
         raise ConfigError(f"COPY_TO_REGIONS must be a dict of region to options, not {regions!r}")

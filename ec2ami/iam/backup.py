@@ -24,6 +24,7 @@ from ec2ami.contract import (
 from ec2ami.errors import EXIT_OK, ConfigError
 from ec2ami.facts import DOC_POWERSHELL, DOC_SHELL, DOC_VSS
 from ec2ami.iam import allow
+from ec2ami.iam.kms import blocks_statements, key_arn, kms_statements
 
 if TYPE_CHECKING:
     from ec2ami.backup.config import BackupConfig, ServerSpec
@@ -99,6 +100,7 @@ def iam_policy(config: BackupConfig) -> dict:
         allow("ReleaseProtectionOnlyOfMarkedImages",
                   "ec2:DisableImageDeregistrationProtection", images, marked),
         allow("CountBlocksOnlyOfMarkedSnapshots", DIRECT_ACTIONS, snapshots, marked),
+        *blocks_statements(config.backup_kms_keys, home),
     ]  # fmt: skip
     if config.record_load_balancers:
         statements.append(allow(
@@ -213,13 +215,12 @@ def dr_statements(
     if config.deprecate_after_days:
         made.append(allow("DeprecateOnlyMarkedImages", "ec2:EnableImageDeprecation",
                               images, marked))  # fmt: skip
-    keys = [t.kms_key_id for t in config.copy_to_regions.values() if t.kms_key_id]
-    if keys:  # an alias names no key ARN before a call: then any key, but through EC2 only
-        arns = keys if all(k.startswith("arn:") for k in keys) else "*"
-        made.append(allow(
-            "EncryptCopiesThroughEc2Only",
-            ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey",
-             "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
-            arns, {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}},
-        ))  # fmt: skip
+    if config.copy_to_regions:  # a copy decrypts its source and encrypts with its own key
+        keys = [
+            key_arn(f"COPY_TO_REGIONS[{region!r}]['kms_key_id']", t.kms_key_id, region, account)
+            for region, t in config.copy_to_regions.items()
+            if t.kms_key_id
+        ]
+        regions = [image.split(":")[3] for image in images]
+        made += kms_statements([*config.backup_kms_keys, *keys], regions)
     return made

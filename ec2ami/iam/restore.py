@@ -19,6 +19,7 @@ from ec2ami.contract import (
 from ec2ami.errors import EXIT_OK
 from ec2ami.facts import CHECK_DOCUMENTS, RESTORABLE_ROLE_PATH
 from ec2ami.iam import allow
+from ec2ami.iam.kms import key_arn, kms_statements
 from ec2ami.restore.config import RestoreConfig
 
 
@@ -52,8 +53,8 @@ def iam_policy(config: RestoreConfig) -> dict:
         "ec2:DescribeKeyPairs", "ec2:DescribeAddresses", "ec2:DescribePlacementGroups",
         "ec2:DescribeHosts", *LAUNCH_DATA_DESCRIBES,
     ]  # fmt: skip
-    if config.drill:
-        describe += ["ec2:DescribeNetworkInterfaces"]  # and DescribeVolumes, above
+    if config.drill:  # (DescribeSnapshots: the keys of encrypted snapshots, before launch)
+        describe += ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSnapshots"]
         sid, network = "LaunchOnlyIntoTheDrillSubnet", [
             arn + f"subnet/{config.drill_subnet_id}",
             *(arn + f"security-group/{g}" for g in config.drill_security_group_ids or []),
@@ -105,14 +106,14 @@ def iam_policy(config: RestoreConfig) -> dict:
         statements += drill_statements(config, region, launched, image)
     else:
         statements += production_statements(config, region, account, launched, image)
+    keys = [*config.backup_kms_keys]
     if config.kms_key_id:
-        key = config.kms_key_id
-        statements.append(allow(
-            "EncryptVolumesThroughEc2Only",
-            ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"],
-            key if key.startswith("arn:") else "*",
-            {"StringEquals": {"kms:ViaService": f"ec2.{region}.amazonaws.com"}},
-        ))  # fmt: skip
+        keys.append(key_arn("KMS_KEY_ID", config.kms_key_id, region, account))
+    statements += kms_statements(keys, [region])
+    # The check before launch describes the key of each encrypted snapshot (metadata only:
+    # DescribeKey returns no key material), directly, so not through EC2.
+    statements.append(allow("CheckTheBackupsKeysBeforeLaunch", "kms:DescribeKey",
+                            sorted({f"arn:aws:kms:{region}:{account}:key/*", *keys})))  # fmt: skip
     return {"Version": "2012-10-17", "Statement": statements}
 
 

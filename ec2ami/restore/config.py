@@ -26,7 +26,13 @@ from ec2ami.facts import (
     WAIT_MODES,
 )
 from ec2ami.restore.twin_settings import check_group_ids, check_private_ip, check_twin_settings
-from ec2ami.settings import check_choice, check_enum, check_pattern, read_settings
+from ec2ami.settings import (
+    check_choice,
+    check_enum,
+    check_key_arns,
+    check_pattern,
+    read_settings,
+)
 
 DEFAULTS: dict[str, Any] = {
     "REGION": None,
@@ -73,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "VOLUME_TYPE": None,
     "ENCRYPTED": None,
     "KMS_KEY_ID": None,
+    "BACKUP_KMS_KEYS": [],
     "DELETE_ON_TERMINATION": None,
     "VOLUME_INITIALIZATION_RATE": None,
     "WAIT": "status-ok",
@@ -143,6 +150,7 @@ class RestoreConfig:
     volume_type: str | None
     encrypted: bool | None
     kms_key_id: str | None
+    backup_kms_keys: list[str]
     delete_on_termination: bool | None
     volume_initialization_rate: int | None
     wait: str
@@ -244,6 +252,7 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
         check_choice(config, name, str)
     for name in ("NAME", "KMS_KEY_ID"):
         check_choice(config, name, str)
+    check_key_arns(config, "BACKUP_KMS_KEYS")
     check_pattern(config, "SUBNET_ID", SUBNET_ID_RE, "a subnet id")
     config["BACKUP_BEFORE"] = parse_before(config["BACKUP_BEFORE"])
     count = config["COUNT"]

@@ -24,6 +24,7 @@ from ec2ami.facts import (
 )
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.fit import fit_to_type
+from ec2ami.restore.keys import check_keys, describe_keys, encrypted_snapshots
 from ec2ami.restore.model import describe_launched
 from ec2ami.restore.network import target_label
 from ec2ami.restore.setup import mark_attributes
@@ -49,6 +50,10 @@ class Facts:
         self.in_use: dict[str, list[dict]] = {}  # private address -> interfaces holding it
         self.addresses: dict[str, dict] = {}  # allocation id -> its DescribeAddresses entry
         self.own: set[str] = set()  # instances this run's client tokens launched already
+        self.snapshot_keys: dict[str, str] = {}  # encrypted snapshot -> its KMS key
+        self.keys: dict[str, dict | str] = {}  # KMS key -> DescribeKey's metadata, or error
+        self.listed_keys: set[str] = set()  # BACKUP_KMS_KEYS
+        self.kms_key_id: str | None = None
         self._asked: dict[tuple, Any] = {}
 
     def once(self, key: tuple, ask: Any, *args: Any, **kwargs: Any) -> Any:
@@ -58,12 +63,21 @@ class Facts:
         return self._asked[key]
 
 
-def gather_facts(clients: Clients, plans: list[Plan]) -> Facts:
+def gather_facts(clients: Clients, plans: list[Plan], config: RestoreConfig) -> Facts:
     """Describe what every plan uses: subnets, security groups, key pairs, instance types,
-    fixed private addresses and Elastic IPs, each kind in one call for the fleet."""
+    fixed private addresses, Elastic IPs and the KMS keys of encrypted snapshots, each kind
+    in one call for the fleet (each key: one DescribeKey)."""
     facts, ec2 = Facts(), clients.ec2
     if not plans:
         return facts
+    facts.kms_key_id, facts.listed_keys = config.kms_key_id, set(config.backup_kms_keys)
+    encrypted = sorted({s for p in plans for s in encrypted_snapshots(p.image)})
+    for snapshot in filtered(ec2, "snapshots", "snapshot-id", encrypted):
+        if snapshot.get("KmsKeyId"):
+            facts.snapshot_keys[snapshot["SnapshotId"]] = snapshot["KmsKeyId"]
+    wanted = {*facts.snapshot_keys.values(), *([config.kms_key_id] if config.kms_key_id else [])}
+    if wanted:
+        facts.keys = describe_keys(clients.client("kms"), wanted)
     nics = [n for p in plans for n in launch_interfaces(p.params)]
     subnets = sorted({n["SubnetId"] for n in nics})
     facts.subnets = {s["SubnetId"]: s for s in filtered(ec2, "subnets", "subnet-id", subnets)}
@@ -157,6 +171,7 @@ def check_before_launch(clients: Clients, plan: Plan, facts: Facts) -> None:
         raise RestoreError(f"key pair {params['KeyName']} does not exist")
     check_architecture(plan, facts)
     fit_to_type(plan, facts.types)
+    check_keys(plan, facts.snapshot_keys, facts.keys, facts.listed_keys, facts.kms_key_id)
     for nic in nics:
         for fixed in fixed_addresses(nic):
             check_address_free(fixed, facts.subnets[nic["SubnetId"]], facts)

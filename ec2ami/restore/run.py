@@ -92,7 +92,7 @@ def prepare(
                     config, r.image, recorded, recorded.instance_id in alive,
                     server_token(token, r.server) if fleet else token, ec2.meta.region_name,
                 )  # fmt: skip
-    facts = gather_facts(clients, [r.plan for r in restores if r.plan])
+    facts = gather_facts(clients, [r.plan for r in restores if r.plan], config)
     for r in restores:
         if r.plan:
             with one_server(r, fleet):

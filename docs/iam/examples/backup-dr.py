@@ -17,3 +17,5 @@ COPY_TO_REGIONS = {
 }
 SHARE_WITH_ACCOUNTS = ["210987654321"]
 DEPRECATE_AFTER_DAYS = 90
+# The servers' volumes are encrypted with this customer managed key.
+BACKUP_KMS_KEYS = ["arn:aws:kms:eu-west-1:123456789012:key/0123abcd-12ab-34cd-56ef-1234567890ab"]
