@@ -45,13 +45,13 @@ def blocks_statements(keys: Iterable[str], region: str) -> list[dict]:
             ] if arns else []  # fmt: skip
 
 
-def kms_statements(keys: Iterable[str], via: Iterable[str], service: str = "ec2") -> list[dict]:
-    """Use of the keys (ARNs) only through service in the regions via, as EBS encryption
+def kms_statements(keys: Iterable[str], via: Iterable[str]) -> list[dict]:
+    """Use of the keys (ARNs) only through EC2 in the regions via, as EBS encryption
     needs it; grants only for AWS resources (EC2's own)."""
     arns = sorted(set(keys))
     if not arns:
         return []
-    through = {"StringEquals": {"kms:ViaService": [f"{service}.{r}.amazonaws.com"
+    through = {"StringEquals": {"kms:ViaService": [f"ec2.{r}.amazonaws.com"
                                                    for r in sorted(set(via))]}}  # fmt: skip
     return [
         allow("UseTheConfigsKeysThroughEc2Only", THROUGH_EC2, arns, through),
