@@ -90,6 +90,23 @@ def test_a_type_that_cannot_hold_the_servers_network_is_refused_before_launch(
     assert endpoint.count("RunInstances") == launches
 
 
+DRILLS = [  # (server, DRILL_INSTANCE_TYPE): each drill's launch is one EC2 accepts
+    ("linux01", None), ("win01", None), ("linux01", "m5.large"), ("win01", "t2.medium"),
+    ("win01", "t3.micro"), ("linux01", "t2.medium"), ("win01", "m5.metal"),
+]  # fmt: skip
+
+
+def test_every_drill_of_the_matrix_is_a_launch_ec2_accepts(kitchen, tmp_path, endpoint):
+    for server, instance_type in DRILLS:
+        config = write_config(tmp_path / "drill.py", DRILL_SUBNET_ID=kitchen.drill_subnet,
+                              DRILL_SECURITY_GROUP_IDS=[kitchen.drill_group],
+                              DRILL_INSTANCE_TYPE=instance_type)  # fmt: skip
+        result = run("ami_to_ec2.py", config, "--drill", "--server", server)
+        case = f"{server} on {instance_type}"
+        assert result.returncode == 0, (case, result.stderr)
+    assert endpoint.count("RunInstances", ok=False) == 0
+
+
 def test_a_drill_on_another_type_fits_it_or_refuses(kitchen, tmp_path, endpoint):
     config = write_config(tmp_path / "drill.py", DRILL_SUBNET_ID=kitchen.drill_subnet,
                           DRILL_SECURITY_GROUP_IDS=[kitchen.drill_group],
