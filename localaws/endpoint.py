@@ -174,8 +174,12 @@ DescribeInstanceInformation):
      command's document name or script text decides ("Failed", "TimedOut", or
      "Hang", which stays InProgress); otherwise "Success".
   S3 AWSEC2-CreateVssSnapshot with CreateAmi=True creates the image, named by
-     AmiName, tagged with the document's `tags` plus the reserved AppConsistent
-     and AwsVssConfig (and Device on the snapshot), as the real document does.
+     AmiName, tagged at creation with the document's `tags` plus the reserved
+     AppConsistent and AwsVssConfig, on the image and its snapshots (Device on the
+     snapshot too), as the real document does: its instance role's managed policy,
+     AWSEC2VssSnapshotPolicy, allows CreateImage on snapshots only with the request tag
+     AwsVssConfig and CreateTags on them only as part of CreateImage. `vss_snapshot_tags`
+     False leaves the `tags` off the snapshots, for the case the tool must catch.
   S4 ListCommandInvocations by CommandId (and InstanceId), in pages of MaxResults (1-50)
      with NextToken, with CommandPlugins (Details=true) whose ResponseCode is 0 for
      Success and 1 for Failed (moto has no ListCommandInvocations).
@@ -345,6 +349,7 @@ class Settings:
         self.recycle_bin_days: float | None = None  # P19: None, no retention rule
         self.recycle_bin_images_only = False  # P19: a rule for images, none for snapshots
         self.no_capacity: set[str | None] = set()  # P36: instance types and zones
+        self.vss_snapshot_tags = True  # S3: False, the document's tags go on the image only
         self.block_public_access = {"image": "block-new-sharing", "snapshot": "block-new-sharing"}
 
     def reset(self) -> None:
@@ -1453,7 +1458,8 @@ def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict)
         {"ResourceType": "image", "Tags": tags + reserved},
         {
             "ResourceType": "snapshot",
-            "Tags": [*tags, *reserved, {"Key": "Device", "Value": "/dev/sda1"}],
+            "Tags": [*(tags if SETTINGS.vss_snapshot_tags else []), *reserved,
+                     {"Key": "Device", "Value": "/dev/sda1"}],
         },
     ]
     backend = ec2_backends[account_id][region]

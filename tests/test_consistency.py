@@ -137,6 +137,20 @@ def test_vss_image_carries_the_tool_tags_and_is_pruned_like_any_other(
     assert endpoint.count("CreateImage") == 0
 
 
+def test_a_vss_image_whose_snapshots_came_unmarked_fails_the_server_and_prunes_nothing(
+    ec2, fleet, tmp_path
+):
+    config = vss_config(tmp_path, fleet, KEEP=1)
+    assert run("ec2_to_ami.py", config).returncode == 0
+    SETTINGS.vss_snapshot_tags = False
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 1
+    assert "came without the ec2-to-ami:managed-by tag" in result.stderr and "win01" in (
+        result.stderr
+    )
+    assert len(managed(ec2, "win01")) == 2  # KEEP=1, but nothing pruned after a failure
+
+
 def test_failed_vss_command_fails_the_server_naming_the_command(ec2, fleet, tmp_path):
     SETTINGS.ssm_results = {"AWSEC2-CreateVssSnapshot": "Failed"}
     result = run("ec2_to_ami.py", vss_config(tmp_path, fleet))

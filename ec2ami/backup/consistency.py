@@ -15,7 +15,7 @@ from ec2ami.aws import AWS_ERRORS, chunked, error_text, paginate
 from ec2ami.backup.images import create_backup, description
 from ec2ami.backup.look import to_image
 from ec2ami.backup.tags import identity_tags
-from ec2ami.contract import TOOL
+from ec2ami.contract import TAG_MANAGED, TOOL
 from ec2ami.facts import (
     DOC_POWERSHELL,
     DOC_SHELL,
@@ -176,7 +176,14 @@ def backup_with_vss(
 
 
 def tag_vss_image(ec2: Any, planned: ServerPlan, out: Outcome) -> None:
-    """Find the image the VSS document made and give it and its snapshots the planned tags."""
+    """Find the image the VSS document made and give it and its snapshots the planned tags.
+
+    The document tags the image and its snapshots at creation with its `tags` parameter,
+    the marker among them: AWSEC2VssSnapshotPolicy, the instance role it runs under,
+    allows CreateImage on snapshots only with the request tag AwsVssConfig, and CreateTags
+    on them only as part of CreateImage (or, after, only AppConsistent and Device). The
+    backup role may tag only marked snapshots, so a snapshot that came without the marker
+    could never be tagged, nor pruned: the server fails, naming it, rather than count it."""
     name = planned.name
     found = list(paginate(ec2, "describe_images", "Images", Owners=["self"],
                           Filters=[{"Name": "name", "Values": [name]}]))  # fmt: skip
@@ -184,8 +191,24 @@ def tag_vss_image(ec2: Any, planned: ServerPlan, out: Outcome) -> None:
         out.fail(f"the VSS command succeeded, but no image named {name} exists")
         return
     image = to_image(found[0])
+    unmarked = unmarked_snapshots(ec2, image.snapshot_ids)
+    if unmarked:
+        out.fail(f"VSS image {image.image_id}: snapshot(s) {', '.join(unmarked)} came without "
+                 f"the {TAG_MANAGED} tag the document was given, so this tool may never tag "
+                 "or prune them; tag them by hand (or delete the image and its snapshots) and "
+                 "check the AwsVssComponents version")  # fmt: skip
+        return
     ec2.create_tags(Resources=[image.image_id, *image.snapshot_ids], Tags=planned.tags)
     out.made(image.image_id)
+
+
+def unmarked_snapshots(ec2: Any, snapshot_ids: list[str]) -> list[str]:
+    """The snapshots, of those named, that do not carry the tool's marker."""
+    if not snapshot_ids:
+        return []  # DescribeSnapshots without ids would list the whole account
+    found = ec2.describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]
+    return sorted(s["SnapshotId"] for s in found
+                  if {"Key": TAG_MANAGED, "Value": TOOL} not in s.get("Tags", []))  # fmt: skip
 
 
 def check_post_scripts(
