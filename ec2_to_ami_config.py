@@ -86,6 +86,11 @@ SCRIPT_TIMEOUT_SECONDS = 300
 # A failed pre-script or VSS command: "fail" fails that server's backup (exit 1,
 # nothing pruned for it); "crash" makes a crash-consistent image instead, with a warning.
 ON_SCRIPT_FAILURE = "fail"
+# The name of this config's own SSM Command document for PRE_SCRIPT and POST_SCRIPT,
+# which then run through it instead of AWS-RunShellScript / AWS-RunPowerShellScript (which
+# run any command as root): the backup role may then run these scripts and nothing else.
+# `--print-ssm-document` prints it; create it once, and again after changing a script.
+SSM_DOCUMENT = None
 
 # Extra tags on every image and snapshot, e.g. {"CostCenter": "ops"}.
 TAGS = {}

@@ -38,6 +38,9 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SCHEDULE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 POOL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
+# An SSM document name of one's own: 3-128 of [a-zA-Z0-9_.-], without the prefixes SSM
+# reserves (aws, amazon, amzn; SSM API Reference, CreateDocument: Name).
+SSM_DOCUMENT_RE = re.compile(r"^(?!(?i:aws|amazon|amzn))[A-Za-z0-9_.-]{3,128}$")
 KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-[a-z]+)+-\d+:\d{12}:key/[A-Za-z0-9-]+$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 SESSION_NAME_BAD_CHARS = re.compile(r"[^\w+=,.@-]")

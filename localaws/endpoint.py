@@ -180,6 +180,9 @@ DescribeInstanceInformation):
      AWSEC2VssSnapshotPolicy, allows CreateImage on snapshots only with the request tag
      AwsVssConfig and CreateTags on them only as part of CreateImage. `vss_snapshot_tags`
      False leaves the `tags` off the snapshots, for the case the tool must catch.
+  S5 SendCommand of a document of the account's own refuses a document that does not
+     exist (InvalidDocument) and a parameter it does not declare or a value outside its
+     allowedValues (InvalidParameters), as SSM does (moto runs any name with anything).
   S4 ListCommandInvocations by CommandId (and InstanceId), in pages of MaxResults (1-50)
      with NextToken, with CommandPlugins (Details=true) whose ResponseCode is 0 for
      Success and 1 for Failed (moto has no ListCommandInvocations).
@@ -287,6 +290,7 @@ from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, generic_filter, get_prefix
 from moto.iam.access_control import IAMRequestBase
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.ssm.exceptions import SSMException
 from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import make_server
@@ -1375,14 +1379,17 @@ def ssm_page(response: Any, key: str, listed: list[dict], default: int) -> Actio
 
 
 def _send_command(self, *args, **kwargs):
-    """SendCommand with the outcome the test chose (S2); VSS makes an image (S3)."""
+    """SendCommand with the outcome the test chose (S2); VSS makes an image (S3); a
+    document of the account's own must exist and take the parameters given (S5)."""
     requested = list(kwargs.get("instance_ids") or [])
+    check_own_document(self, kwargs.get("document_name"), kwargs.get("parameters") or {})
     command = _original_send_command(self, *args, **kwargs)
     if requested and not kwargs.get("targets"):  # moto adds every instance when Targets is empty
         command.instance_ids = requested
         command.invocations = [i for i in command.invocations if i["InstanceId"] in requested]
         command.target_count = command.completed_count = len(requested)
-    text = " ".join([command.document_name or "", *command.parameters.get("commands", [])])
+    text = " ".join([command.document_name or "", *command.parameters.get("commands", []),
+                     *command.parameters.get("script", [])])  # fmt: skip
     status = next((v for k, v in SETTINGS.ssm_results.items() if k in text), "Success")
     status = "InProgress" if status == "Hang" else status
     command.status = status
@@ -1443,6 +1450,21 @@ def _list_command_invocations(self) -> ActionResult:
     return ssm_page(self, "CommandInvocations", listed, SSM_LIST_PAGE)
 
 
+def check_own_document(backend: Any, name: str | None, parameters: dict) -> None:
+    """S5: SendCommand of an account's own document refuses, as SSM does, a document that
+    does not exist (InvalidDocument) and a parameter it does not declare or a value outside
+    its allowedValues (InvalidParameters); moto runs any name with any parameters."""
+    if not name or name.startswith(("AWS-", "AWSEC2-")):
+        return
+    content = json.loads(backend._get_documents(name).get_default_version().content)
+    declared = content.get("parameters", {})
+    for key, values in parameters.items():
+        allowed = declared.get(key, {}).get("allowedValues")
+        if key not in declared or (allowed and any(v not in allowed for v in values)):
+            raise SSMException("InvalidParameters", f"Parameter {key}={values} is not valid "
+                               f"for document {name}.")  # fmt: skip
+
+
 def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict) -> None:
     """What AWSEC2-CreateVssSnapshot with CreateAmi=True leaves behind."""
     from moto.ec2.models import ec2_backends
@@ -1458,8 +1480,11 @@ def _vss_image(account_id: str, region: str, instance_id: str, parameters: dict)
         {"ResourceType": "image", "Tags": tags + reserved},
         {
             "ResourceType": "snapshot",
-            "Tags": [*(tags if SETTINGS.vss_snapshot_tags else []), *reserved,
-                     {"Key": "Device", "Value": "/dev/sda1"}],
+            "Tags": [
+                *(tags if SETTINGS.vss_snapshot_tags else []),
+                *reserved,
+                {"Key": "Device", "Value": "/dev/sda1"},
+            ],
         },
     ]
     backend = ec2_backends[account_id][region]

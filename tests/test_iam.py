@@ -15,6 +15,7 @@ What moto can check, and what it cannot:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import boto3
@@ -463,11 +464,12 @@ def test_ssm_commands_are_limited_to_the_consistency_documents():
     statements = statements_with(policy("backup-policy.json"), "ssm:SendCommand")
     resources = [r for s in statements for r in as_list(s["Resource"])]
     documents = [r.rsplit("/", 1)[1] for r in resources if ":document/" in r]
-    assert documents == [
-        "AWS-RunShellScript",
-        "AWS-RunPowerShellScript",
-        "AWSEC2-CreateVssSnapshot",
-    ]
+    assert documents == ["ec2-backup-db-scripts", "AWSEC2-CreateVssSnapshot"]  # SSM_DOCUMENT
+    example = load_config(str(ROOT / "docs" / "iam" / "examples" / "backup-ssm.py"))
+    plain = iam_backup.iam_policy(dataclasses.replace(example, ssm_document=None))
+    shared = [r.rsplit("/", 1)[1] for s in statements_with(plain, "ssm:SendCommand")
+              for r in as_list(s["Resource"]) if ":document/" in r]  # fmt: skip
+    assert shared == ["AWS-RunShellScript", "AWS-RunPowerShellScript", "AWSEC2-CreateVssSnapshot"]
 
 
 def test_restore_passes_roles_to_ec2_only():
@@ -578,7 +580,12 @@ def test_commands_run_only_on_the_consistency_servers_or_instances_that_opt_in(t
     document = iam_backup.iam_policy(load_config(str(tagged)))
     [opt_in] = [s for s in statements_with(document, "ssm:SendCommand") if "Condition" in s]
     assert opt_in["Resource"] == "arn:aws:ec2:eu-west-1:*:instance/*"
-    assert opt_in["Condition"] == {"StringEquals": {"ssm:resourceTag/ec2-to-ami-commands": "allow"}}
+    assert opt_in["Condition"] == {
+        "StringEquals": {  # opted in, and selected by SELECT_TAGS
+            "ssm:resourceTag/ec2-to-ami-commands": "allow",
+            "ssm:resourceTag/Backup": "db",
+        }
+    }
 
 
 def test_the_restore_passes_only_restorable_roles_and_moves_only_opted_in_addresses():

@@ -20,6 +20,7 @@ from ec2ami.backup.cron import CronError, check_cron_schedule, manage_cron
 from ec2ami.backup.listing import list_backups
 from ec2ami.backup.monitoring import run_check
 from ec2ami.backup.run import run_backup
+from ec2ami.backup.ssm_document import print_ssm_document
 from ec2ami.backup.state import record_run
 from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
 from ec2ami.iam.backup import print_iam_policy
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
             return manage_cron(args, script)
         if args.print_iam_policy:
             return print_iam_policy(config, guard=args.guard)
+        if args.print_ssm_document:
+            if not config.ssm_document:
+                raise ConfigError("--print-ssm-document: set SSM_DOCUMENT to the document's name")
+            return print_ssm_document(config)
         if args.server and not config.select_tags:
             names = {s.name for s in config.servers}
             unknown = [n for n in args.server if n not in names]
@@ -131,6 +136,12 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         help="print the least-privilege IAM policy this config needs (no AWS call)",
     )
     parser.add_argument(
+        "--print-ssm-document",
+        action="store_true",
+        help="print the SSM Command document SSM_DOCUMENT must hold: this config's scripts, "
+        "and nothing else (no AWS call)",
+    )
+    parser.add_argument(
         "--guard",
         action="store_true",
         help="with --print-iam-policy: the deny policy (an SCP or permission boundary) that "
@@ -165,10 +176,11 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
         parser.error("--list does not go with --dry-run or --no-prune")
     if args.recycle_bin and not args.list:
         parser.error("--recycle-bin goes with --list")
-    if args.print_iam_policy and (
-        args.list or args.check or args.cost or args.dry_run or args.no_prune
-    ):
-        parser.error("--print-iam-policy goes only with --config")
+    for printed in ("print_iam_policy", "print_ssm_document"):
+        if getattr(args, printed) and (
+            args.list or args.check or args.cost or args.dry_run or args.no_prune
+        ):
+            parser.error(f"--{printed.replace('_', '-')} goes only with --config")
     if args.guard and not args.print_iam_policy:
         parser.error("--guard goes with --print-iam-policy")
     if args.check and (args.list or args.dry_run or args.no_prune):

@@ -28,6 +28,7 @@ from ec2ami.facts import (
     ROLE_ARN_RE,
     SCHEDULE_RE,
     SHARE_ACCOUNTS_MAX,
+    SSM_DOCUMENT_RE,
 )
 from ec2ami.settings import check_key_arns, read_settings
 
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "CONSISTENCY": None,
     "PRE_SCRIPT": None,
     "POST_SCRIPT": None,
+    "SSM_DOCUMENT": None,
     "SCRIPT_TIMEOUT_SECONDS": 300,
     "ON_SCRIPT_FAILURE": "fail",
     "COPY_TO_REGIONS": {},
@@ -151,6 +153,7 @@ class BackupConfig:
     wait_timeout_minutes: float
     script_timeout_seconds: int
     on_script_failure: str  # "fail" or "crash"
+    ssm_document: str | None  # the config's own Command document for its scripts
     copy_to_regions: Mapping[str, CopyTarget]
     backup_kms_keys: tuple[str, ...]  # customer managed keys of the servers' volumes
     share_with_accounts: tuple[str, ...]
@@ -269,6 +272,12 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
     check_name_format(settings["NAME_FORMAT"], settings["SCHEDULE"], servers)
     if not servers and not settings["SELECT_TAGS"]:
         raise ConfigError("SERVERS and SELECT_TAGS are both empty: nothing to back up")
+    scripted = any(s.consistency == "scripts" for s in servers) or (
+        settings["SELECT_TAGS"] and defaults.consistency == "scripts"
+    )
+    if settings["SSM_DOCUMENT"] and not scripted:
+        raise ConfigError("SSM_DOCUMENT holds the scripts of CONSISTENCY 'scripts', which no "
+                          "server of this config uses")  # fmt: skip
     copies = {
         region: CopyTarget(options.get("keep"), options.get("kms_key_id"))
         for region, options in settings["COPY_TO_REGIONS"].items()
@@ -294,6 +303,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         on_script_failure=settings["ON_SCRIPT_FAILURE"],
         copy_to_regions=MappingProxyType(copies),
         backup_kms_keys=tuple(settings["BACKUP_KMS_KEYS"]),
+        ssm_document=settings["SSM_DOCUMENT"],
         share_with_accounts=tuple(settings["SHARE_WITH_ACCOUNTS"]),
         deprecate_after_days=settings["DEPRECATE_AFTER_DAYS"],
         deregistration_protection=settings["DEREGISTRATION_PROTECTION"],
@@ -359,6 +369,9 @@ def check_consistency_settings(settings: dict) -> None:
     _check_int(settings, "SCRIPT_TIMEOUT_SECONDS", minimum=SCRIPT_TIMEOUT_MIN)
     if settings["ON_SCRIPT_FAILURE"] not in ("fail", "crash"):
         raise ConfigError("ON_SCRIPT_FAILURE must be 'fail' or 'crash'")
+    _check_optional_str(settings, "SSM_DOCUMENT", SSM_DOCUMENT_RE,
+                        "a document name of 3-128 letters, digits, '_', '-' or '.', not "
+                        "starting with aws, amazon or amzn")  # fmt: skip
     if settings["CONSISTENCY"] == "scripts" and not (
         settings["PRE_SCRIPT"] or settings["POST_SCRIPT"]
     ):

@@ -14,6 +14,7 @@ from ec2ami import polling
 from ec2ami.aws import AWS_ERRORS, chunked, error_text, paginate
 from ec2ami.backup.images import create_backup, description
 from ec2ami.backup.look import to_image
+from ec2ami.backup.ssm_document import script_id
 from ec2ami.backup.tags import identity_tags
 from ec2ami.contract import TAG_MANAGED, TOOL
 from ec2ami.facts import (
@@ -90,10 +91,16 @@ def send(ssm: Any, instance_id: str, document: str, parameters: dict, timeout: i
     return response["Command"]["CommandId"]
 
 
-def send_script(ssm: Any, server: Server, script: str, timeout: int) -> str:
-    """Run a shell (Linux) or PowerShell (Windows) script through SSM Run Command."""
-    document = DOC_POWERSHELL if platform_of(server) == "windows" else DOC_SHELL
-    parameters = {"commands": [script], "executionTimeout": [str(timeout)]}
+def send_script(ssm: Any, server: Server, script: str, config: BackupConfig) -> str:
+    """Run a shell (Linux) or PowerShell (Windows) script through SSM Run Command: by its
+    id through SSM_DOCUMENT, else as the commands of the platform's AWS document."""
+    timeout = config.script_timeout_seconds
+    if config.ssm_document:
+        document, parameters = config.ssm_document, {"script": [script_id(script)]}
+    else:
+        document = DOC_POWERSHELL if platform_of(server) == "windows" else DOC_SHELL
+        parameters = {"commands": [script]}
+    parameters["executionTimeout"] = [str(timeout)]
     return send(ssm, server.spec.instance_id, document, parameters, timeout)
 
 
@@ -127,7 +134,7 @@ def backup_with_scripts(
     pre_sent = False
     try:
         if spec.pre_script:
-            command_id = send_script(clients.ssm, server, spec.pre_script, timeout)
+            command_id = send_script(clients.ssm, server, spec.pre_script, config)
             pre_sent = True
             status = wait_command(clients.ssm, command_id, spec.instance_id, timeout)
             failure = f"pre-script command {command_id} {status}"
@@ -136,7 +143,7 @@ def backup_with_scripts(
         create_backup(clients.ec2, planned, config, out, no_reboot=True)
     finally:
         if spec.post_script and (pre_sent or not spec.pre_script):
-            out.post_command = send_script(clients.ssm, server, spec.post_script, timeout)
+            out.post_command = send_script(clients.ssm, server, spec.post_script, config)
 
 
 def script_failed(out: Outcome, message: str, config: BackupConfig) -> bool:

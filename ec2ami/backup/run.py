@@ -31,6 +31,7 @@ from ec2ami.backup.look import (
 )
 from ec2ami.backup.ownership import Holdings, find_holdings, owners_of, split_keep_conflicts
 from ec2ami.backup.plan import keep_referenced, plan_backup
+from ec2ami.backup.ssm_document import document_mismatch
 from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
@@ -152,6 +153,11 @@ def create_all(
     try:
         through_ssm = [p.server for p, _ in pairs if p.spec.consistency in SSM_MODES]
         offline = ssm_offline(clients.ssm, through_ssm) if through_ssm else {}
+        scripted = [s for s in through_ssm if s.spec.consistency == "scripts"]
+        if scripted and config.ssm_document:  # one DescribeDocument for the run
+            problem = document_mismatch(clients.ssm, config)
+            offline = {**({s.spec.instance_id: problem for s in scripted} if problem else {}),
+                       **offline}  # fmt: skip
         for planned, out in pairs:
             try:
                 reason = offline.get(planned.spec.instance_id)

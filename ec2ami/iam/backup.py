@@ -153,22 +153,26 @@ def ssm_statements(config: BackupConfig, region: str, account: str) -> list[dict
     if not servers and not by_tags:
         return []
     modes = {s.consistency for s in servers} | ({config.defaults.consistency} if by_tags else set())
-    documents = [DOC_VSS] if "vss" in modes else []
-    if "scripts" in modes:
-        documents = [DOC_SHELL, DOC_POWERSHELL, *documents]
+    documents = [f"arn:aws:ssm:{region}:*:document/{DOC_VSS}"] if "vss" in modes else []
+    own = f"arn:aws:ssm:{region}:{account}:document/{config.ssm_document}"
+    if "scripts" in modes:  # SSM_DOCUMENT runs this config's scripts only; the AWS ones, any
+        shared = [f"arn:aws:ssm:{region}:*:document/{d}" for d in (DOC_SHELL, DOC_POWERSHELL)]
+        documents = [*([own] if config.ssm_document else shared), *documents]
     made = [
         allow("FindSsmManagedInstances", ["ssm:DescribeInstanceInformation",
                   "ssm:GetCommandInvocation", "ssm:ListCommands"], "*"),
-        allow("RunOnlyTheConsistencyDocuments", "ssm:SendCommand",
-                  [f"arn:aws:ssm:{region}:*:document/{d}" for d in documents]),
+        allow("RunOnlyTheConsistencyDocuments", "ssm:SendCommand", documents),
     ]  # fmt: skip
+    if config.ssm_document and "scripts" in modes:
+        made.append(allow("CheckTheConfigsDocument", "ssm:DescribeDocument", own))
     made += instance_statements(config, region, account, "ssm:SendCommand", "ssm:resourceTag",
                                 servers, "OnlyOnTheConsistencyServers")  # fmt: skip
-    if by_tags:
+    if by_tags:  # opted in, and selected by SELECT_TAGS as the backup selects them
+        selected = {f"ssm:resourceTag/{k}": v for k, v in sorted(config.select_tags.items())}
         made.append(allow(
-            "OnlyOnInstancesThatOptIn", "ssm:SendCommand",
+            "OnlyOnSelectedInstancesThatOptIn", "ssm:SendCommand",
             f"arn:aws:ec2:{region}:{account}:instance/*",
-            {"StringEquals": {f"ssm:resourceTag/{SSM_OPT_IN_TAG}": "allow"}},
+            {"StringEquals": {f"ssm:resourceTag/{SSM_OPT_IN_TAG}": "allow", **selected}},
         ))  # fmt: skip
     return made
 

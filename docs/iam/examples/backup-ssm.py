@@ -21,3 +21,6 @@ SERVERS = [
 KEEP = 7
 DEREGISTRATION_PROTECTION = True
 METRICS_NAMESPACE = "EC2Backup"
+# db01's scripts run through this config's own document (--print-ssm-document), so the
+# role never gets AWS-RunShellScript.
+SSM_DOCUMENT = "ec2-backup-db-scripts"
