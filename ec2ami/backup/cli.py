@@ -44,12 +44,8 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
             check_cron_schedule(args.install_cron)
         if args.cron:
             return manage_cron(args, script)
-        if args.print_iam_policy:
-            return print_iam_policy(config, guard=args.guard)
-        if args.print_ssm_document:
-            if not config.ssm_document:
-                raise ConfigError("--print-ssm-document: set SSM_DOCUMENT to the document's name")
-            return print_ssm_document(config)
+        if args.print_iam_policy or args.print_ssm_document:
+            return print_for_aws(config, args)
         if args.server and not config.select_tags:
             names = {s.name for s in config.servers}
             unknown = [n for n in args.server if n not in names]
@@ -165,6 +161,15 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     cron.add_argument("--show-cron", action="store_true", help="print this config's crontab entry")
     parser.add_argument("--cron-log", metavar="PATH", help="log file for --install-cron")
     return parser
+
+
+def print_for_aws(config: BackupConfig, args: argparse.Namespace) -> int:
+    """--print-iam-policy (with --guard: the tag guard) or --print-ssm-document."""
+    if args.print_iam_policy:
+        return print_iam_policy(config, guard=args.guard)
+    if not config.ssm_document:
+        raise ConfigError("--print-ssm-document: set SSM_DOCUMENT to the document's name")
+    return print_ssm_document(config)
 
 
 def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Namespace:
