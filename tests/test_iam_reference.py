@@ -12,6 +12,7 @@ For each Allow statement and each action in it:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -19,6 +20,12 @@ import pytest
 from parliament import get_resource_type_matches_from_arn
 from parliament.statement import get_privilege_info
 
+from ec2ami.backup.config import load_config
+from ec2ami.iam import backup as iam_backup
+from ec2ami.iam import restore as iam_restore
+from ec2ami.restore.config import DEFAULTS
+from ec2ami.restore.config import validate_config as validate_restore_config
+from tests.conftest import write_config
 from tests.test_iam import NEWER_THAN_PARLIAMENT, ROOT
 from tools.make_policies import SHIPPED
 
@@ -33,8 +40,10 @@ NAMED_BY_THE_TOOL = {
 }
 
 
-def statements(name: str) -> list[dict]:
-    document = json.loads((ROOT / "docs" / "iam" / name).read_text())
+def statements(name: str | dict) -> list[dict]:
+    """A shipped policy's Allow statements (by file name), or a policy document's."""
+    document = json.loads((ROOT / "docs" / "iam" / name).read_text()) if isinstance(
+        name, str) else name  # fmt: skip
     return [s for s in document["Statement"] if s["Effect"] == "Allow"]
 
 
@@ -61,7 +70,7 @@ def region_of(arn: str) -> str:
     return arn.split(":")[3] if arn != "*" else "*"
 
 
-def checked(name: str) -> list[tuple[str, dict]]:
+def checked(name: str | dict) -> list[tuple[str, dict]]:
     """(action, statement) for every action the reference knows."""
     return [(action, statement) for statement in statements(name)
             for action in as_list(statement["Action"])
@@ -84,8 +93,8 @@ def keys_for(action: str, kind: str) -> set[str]:
     return {k for r in resources if r["resource"] == kind for k in r["condition_keys"]}
 
 
-def findings(name: str, named_by_the_tool: dict[str, set[str]]) -> list[str]:
-    """What the reference says is wrong with a shipped policy."""
+def findings(name: str | dict, named_by_the_tool: dict[str, set[str]]) -> list[str]:
+    """What the reference says is wrong with a shipped policy (or a policy document)."""
     found = []
     allowed: dict[str, dict[str, set[str]]] = {}  # action -> resource type -> regions
     for statement in statements(name):
@@ -129,3 +138,60 @@ def findings(name: str, named_by_the_tool: dict[str, set[str]]) -> list[str]:
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_every_shipped_policy_holds_by_the_service_authorization_reference(name):
     assert findings(name, NAMED_BY_THE_TOOL.get(name, {})) == []
+
+
+# --- A wider matrix: configs that use what the shipped examples do not ----------------
+
+KEY = "arn:aws:kms:eu-west-1:123456789012:key/0123abcd-12ab-34cd-56ef-1234567890ab"
+ROLE = "arn:aws:iam::123456789012:role/ec2-backup"
+BACKUPS = {
+    "VSS and scripts by tags, own document": {
+        "SELECT_TAGS": {"Backup": "yes"}, "CONSISTENCY": "scripts", "PRE_SCRIPT": "sync",
+        "SSM_DOCUMENT": "ec2-backup-scripts",
+        "SERVERS": [{"name": "dc01", "instance_id": "i-0123456789abcdef2",
+                     "consistency": "vss", "platform": "windows"}]},
+    "DR to two regions with keys, sharing, an account": {
+        "SERVERS": [{"name": "web01", "instance_id": "i-0123456789abcdef0"}],
+        "ROLE_ARN": ROLE, "BACKUP_KMS_KEYS": [KEY], "SHARE_WITH_ACCOUNTS": ["210987654321"],
+        "DEPRECATE_AFTER_DAYS": 30, "COPY_TO_REGIONS": {
+            "eu-central-1": {"keep": 3, "kms_key_id": "1234abcd-12ab-34cd-56ef-1234567890ab"},
+            "us-east-1": {"keep": 3, "kms_key_id": None}}},
+    "check, cost and metrics, protection, load balancers": {
+        "SELECT_TAGS": {"Backup": "yes"}, "RPO_HOURS": 26, "METRICS_NAMESPACE": "EC2Backup",
+        "DEREGISTRATION_PROTECTION": True, "BACKUP_KMS_KEYS": [KEY]},
+}  # fmt: skip
+RESTORES = {
+    "a twin with everything": {
+        "ELASTIC_IP": "same", "TARGET_GROUPS": "same", "CLASSIC_LOAD_BALANCERS": ["web"],
+        "KMS_KEY_ID": KEY, "BACKUP_KMS_KEYS": [KEY], "ROLE_ARN": ROLE,
+        "SUBNET_ID": "subnet-0123456789abcdef0",
+        "DNS_RECORDS": [{"zone_id": "Z123", "name": "web.example.com", "type": "A",
+                         "value": "private"}]},
+    "listed balancers and address": {
+        "ELASTIC_IP": "eipalloc-0123456789abcdef0", "CLASSIC_LOAD_BALANCERS": "same",
+        "TARGET_GROUPS": ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:"
+                          "targetgroup/web/0123456789abcdef"]},
+}  # fmt: skip
+DRILLS = {
+    "a drill with its check and production's placement": {
+        "DRILL_SUBNET_ID": "subnet-0123456789abcdef1", "DRILL_PLACEMENT": True,
+        "DRILL_SECURITY_GROUP_IDS": ["sg-0123456789abcdef1"], "BACKUP_KMS_KEYS": [KEY],
+        "DRILL_CHECK": {"linux": "systemctl is-system-running"}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BACKUPS))
+def test_a_wider_matrix_of_backup_policies_holds_by_the_reference(case, tmp_path):
+    settings = {"REGION": "eu-west-1", **BACKUPS[case]}
+    config = load_config(str(write_config(tmp_path / "b.py", **settings)))
+    assert findings(iam_backup.iam_policy(config), {}) == []
+
+
+@pytest.mark.parametrize("case", sorted(RESTORES) + sorted(DRILLS))
+def test_a_wider_matrix_of_restore_and_drill_policies_holds_by_the_reference(case):
+    drill = case in DRILLS
+    settings = {**DEFAULTS, "REGION": "eu-west-1", **(DRILLS if drill else RESTORES)[case]}
+    config = dataclasses.replace(validate_restore_config(settings, listing=True), drill=drill)
+    named = {"key-pair", "placement-group", "group"} if not drill or config.drill_placement else {
+        "key-pair"}  # fmt: skip
+    assert findings(iam_restore.iam_policy(config), {"ec2:RunInstances": named}) == []
