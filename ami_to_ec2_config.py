@@ -191,6 +191,14 @@ DRILL_LOG = None
 # takes production's slots. True: it launches with them, as the twin would.
 DRILL_PLACEMENT = False
 
+# --- Restore in place: ami_to_ec2.py --in-place (docs/restore.md, "Restore in place") ---
+# True: put the server's disks back from the backup on its live instance, which keeps its
+# id, interfaces, addresses and everything attached to it, instead of launching a new one.
+IN_PLACE = False
+# The live instance to restore in place (and that --in-place --print-iam-policy is scoped
+# to). None: the instance the backup was made from, or the one restored from it.
+INSTANCE_ID = None
+
 # --- Disaster recovery (docs/dr.md) ---
 # Restoring a copy in another region (REGION or --region): the recorded subnet,
 # security groups and Elastic IP belong to the source region. Set SUBNET_ID and

@@ -112,6 +112,15 @@ TAG_RESTORED_SERVER = "ec2-to-ami:restored-server"
 TAG_RESTORED_POOL = "ec2-to-ami:restored-pool"
 # "allow" on an Elastic IP, target group or Classic Load Balancer: a restore may use it
 RESTORE_OPT_IN_TAG = "ec2-to-ami-restore"
+# The in-place restore (ec2ami/restore/inplace.py). On the instance while it runs: "<run>
+# <image> <state before>", which holds off a backup and a second in-place restore and
+# tells a rerun where to go on. On each volume it replaces, from the start: "<run> <device>
+# <time>". On each volume it makes (at creation): "<run> <device>". On the image, after:
+# "<time> <instance> <run>".
+TAG_IN_PLACE = "ec2-to-ami:in-place-restore"
+TAG_REPLACED_BY_RESTORE = "ec2-to-ami:replaced-by-restore"
+TAG_IN_PLACE_VOLUME = "ec2-to-ami:in-place-volume"
+TAG_RESTORED_IN_PLACE = "ec2-to-ami:restored-in-place"
 
 
 def split_value(key: str, value: str) -> list[tuple[str, str]]:

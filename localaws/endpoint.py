@@ -159,6 +159,8 @@ Patches (each has a test in tests/test_endpoint.py):
   P39 An image's boot mode is the one EC2 gives it: CreateImage's comes from the image the
      instance was launched from, CopyImage's from its source, and the public images are
      legacy-bios, as those AMIs are (moto: "uefi" for every image, which no T2 boots).
+  P40-P42 volumes as EC2 handles them, and the root volume replacement task:
+     localaws/volumes.py.
   P28 DescribeImages reports the facts EC2 records and no user can set: SourceImageId
      and SourceImageRegion (CreateImage: the image the instance was launched from;
      CopyImage: the source), besides moto's SourceInstanceId (CreateImage only) and
@@ -295,7 +297,7 @@ from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import make_server
 
-from localaws import launch_rules
+from localaws import launch_rules, volumes
 
 os.unlink(_handle.name)  # moto read it on import
 
@@ -450,6 +452,7 @@ def advance() -> None:
             ready_at = getattr(instance, "harness_ready_at", None)
             if instance.state == "pending" and ready_at is not None and now >= ready_at:
                 instance._state = InstanceState("running", 16)
+        volumes.advance(backend)
 
 
 def finish_pending() -> None:
@@ -1584,6 +1587,7 @@ def apply_patches() -> None:
     ElasticBlockStore.modify_snapshot_tier = _modify_snapshot_tier
     EBSResponse.list_snapshot_blocks = _list_snapshot_blocks
     EBSResponse.list_changed_blocks = _list_changed_blocks
+    volumes.apply()
 
 
 # --- Faults and the call log ---------------------------------------------------------
@@ -1766,6 +1770,7 @@ class Endpoint:
         """Forget all AWS state, faults, calls and settings."""
         moto_api_backend.reset()
         SETTINGS.reset()
+        volumes.VOLUMES.reset()
         with self._lock:
             self.faults.clear()
             self.calls.clear()

@@ -899,3 +899,62 @@ def test_p37_block_public_access_states_answer_the_settings(ec2):
     )
     SETTINGS.block_public_access["snapshot"] = "unblocked"
     assert ec2.get_snapshot_block_public_access_state()["State"] == "unblocked"
+
+
+# --- P40-P42: volumes and the root volume replacement task ---------------------------------
+
+
+def code_of(call, **kwargs) -> str:
+    with pytest.raises(ClientError) as err:
+        call(**kwargs)
+    return str(err.value.response["Error"]["Code"])
+
+
+def test_p40_attach_and_detach_refuse_what_ec2_refuses(ec2, fleet):
+    found = launched(ec2, SubnetId=fleet.subnet_id)
+    instance_id, zone = found["InstanceId"], found["Placement"]["AvailabilityZone"]
+    other = next(f"{REGION}{z}" for z in "abc" if f"{REGION}{z}" != zone)
+    elsewhere = ec2.create_volume(AvailabilityZone=other, Size=1)["VolumeId"]
+    assert code_of(ec2.attach_volume, VolumeId=elsewhere, InstanceId=instance_id,
+                   Device="/dev/sdf") == "InvalidVolume.ZoneMismatch"  # fmt: skip
+    here = ec2.create_volume(AvailabilityZone=zone, Size=1)["VolumeId"]
+    root = found["RootDeviceName"]
+    assert code_of(ec2.attach_volume, VolumeId=here, InstanceId=instance_id,
+                   Device=root) == "InvalidParameterValue"  # fmt: skip
+    ec2.attach_volume(VolumeId=here, InstanceId=instance_id, Device="/dev/sdf")
+    assert code_of(ec2.attach_volume, VolumeId=here, InstanceId=instance_id,
+                   Device="/dev/sdg") == "VolumeInUse"  # fmt: skip
+    root_volume = found["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    assert code_of(ec2.detach_volume, VolumeId=root_volume) == "IncorrectState"
+    ec2.stop_instances(InstanceIds=[instance_id])
+    ec2.detach_volume(VolumeId=root_volume)  # stopped: the root may go
+    again = ec2.create_volume(AvailabilityZone=zone, Size=1, ClientToken="t-1")["VolumeId"]
+    assert ec2.create_volume(AvailabilityZone=zone, Size=1, ClientToken="t-1")["VolumeId"] == again
+
+
+def test_p41_a_root_volume_task_replaces_the_root_and_keeps_the_instance(ec2, fleet):
+    found = launched(ec2, SubnetId=fleet.subnet_id)
+    instance_id, root = found["InstanceId"], found["RootDeviceName"]
+    old = found["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=old)["SnapshotId"]
+    task = ec2.create_replace_root_volume_task(InstanceId=instance_id, SnapshotId=snapshot,
+                                               ClientToken="c-1")["ReplaceRootVolumeTask"]  # fmt: skip
+    assert task["TaskState"] == "pending"
+    states = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "succeeded" not in states:
+        [seen] = ec2.describe_replace_root_volume_tasks(Filters=[
+            {"Name": "instance-id", "Values": [instance_id]}])["ReplaceRootVolumeTasks"]  # fmt: skip
+        states.add(seen["TaskState"])
+        time.sleep(0.05)
+    assert {"in-progress", "succeeded"} <= states
+    after = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    [mapping] = [m for m in after["BlockDeviceMappings"] if m["DeviceName"] == root]
+    assert mapping["Ebs"]["VolumeId"] != old
+    assert ec2.describe_volumes(VolumeIds=[old])["Volumes"][0]["State"] == "available"
+    again = ec2.create_replace_root_volume_task(InstanceId=instance_id, SnapshotId=snapshot,
+                                                ClientToken="c-1")["ReplaceRootVolumeTask"]  # fmt: skip
+    assert again["ReplaceRootVolumeTaskId"] == task["ReplaceRootVolumeTaskId"]
+    ec2.stop_instances(InstanceIds=[instance_id])
+    assert code_of(ec2.create_replace_root_volume_task, InstanceId=instance_id,
+                   SnapshotId=snapshot) == "IncorrectInstanceState"  # fmt: skip

@@ -688,3 +688,24 @@ def test_the_tag_guard_needs_its_writers_named(fleet, tmp_path):
     result = run("ec2_to_ami.py", backup_config(tmp_path, fleet), "--print-iam-policy", "--guard")
     assert result.returncode == 2 and "TAG_WRITERS" in result.stderr
     assert run("ec2_to_ami.py", backup_config(tmp_path, fleet), "--guard").returncode == 2
+
+
+def test_an_in_place_restore_and_its_rollback_do_their_job_under_the_in_place_policy(
+    ec2, fleet, tmp_path, endpoint, user_env
+):
+    web = fleet.instances["web01"]
+    zone = ec2.describe_instances(InstanceIds=[web])["Reservations"][0]["Instances"][0][
+        "Placement"]["AvailabilityZone"]  # fmt: skip
+    data = ec2.create_volume(AvailabilityZone=zone, Size=10)["VolumeId"]
+    ec2.attach_volume(VolumeId=data, InstanceId=web, Device="/dev/sdf")
+    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    SETTINGS.instance_pending_seconds = 0.1
+    config = write_config(tmp_path / "r.py", SERVER="web01", INSTANCE_ID=web, WAIT="running")
+    document = generated("ami_to_ec2.py", config, "--in-place")
+    env = user_env("in-place-bot", document)
+    used = actions_used(endpoint, env, "ami_to_ec2.py", config, [["--in-place", "--yes"]])
+    run_id = next(t["Value"] for t in ec2.describe_volumes(VolumeIds=[data])["Volumes"][0]["Tags"]
+                  if t["Key"] == "ec2-to-ami:replaced-by-restore").split()[0]  # fmt: skip
+    used |= actions_used(endpoint, env, "ami_to_ec2.py", config, [["--rollback", run_id, "--yes"]])
+    rare = {"ec2:DeleteVolume", "ec2:DescribeInstanceStatus"}  # --discard-replaced; status-ok
+    assert used == actions_of(document) - rare

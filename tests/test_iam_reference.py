@@ -172,6 +172,7 @@ RESTORES = {
         "TARGET_GROUPS": ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:"
                           "targetgroup/web/0123456789abcdef"]},
 }  # fmt: skip
+IN_PLACE = {"IN_PLACE": True, "INSTANCE_ID": "i-0123456789abcdef0", "BACKUP_KMS_KEYS": [KEY]}
 DRILLS = {
     "a drill with its check and production's placement": {
         "DRILL_SUBNET_ID": "subnet-0123456789abcdef1", "DRILL_PLACEMENT": True,
@@ -185,6 +186,18 @@ def test_a_wider_matrix_of_backup_policies_holds_by_the_reference(case, tmp_path
     settings = {"REGION": "eu-west-1", **BACKUPS[case]}
     config = load_config(str(write_config(tmp_path / "b.py", **settings)))
     assert findings(iam_backup.iam_policy(config), {}) == []
+
+
+def test_the_in_place_policy_holds_by_the_reference():
+    config = validate_restore_config({**DEFAULTS, "REGION": "eu-west-1", "SERVER": "web01",
+                                      **IN_PLACE})  # fmt: skip
+    named = {"ec2:CreateReplaceRootVolumeTask": {"image", "snapshot"},
+             "ec2:CreateVolume": {"snapshot"}}  # fmt: skip
+    document = iam_restore.iam_policy(config)
+    assert findings(document, named) == []
+    instances = {r for s in document["Statement"] for r in as_list(s["Resource"])
+                 if ":instance/" in r}  # fmt: skip
+    assert instances == {"arn:aws:ec2:eu-west-1:*:instance/i-0123456789abcdef0"}
 
 
 @pytest.mark.parametrize("case", sorted(RESTORES) + sorted(DRILLS))

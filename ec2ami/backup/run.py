@@ -34,6 +34,7 @@ from ec2ami.backup.plan import keep_referenced, plan_backup
 from ec2ami.backup.ssm_document import document_mismatch
 from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
+from ec2ami.contract import TAG_IN_PLACE
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import PENDING
 
@@ -160,7 +161,7 @@ def create_all(
                        **offline}  # fmt: skip
         for planned, out in pairs:
             try:
-                reason = offline.get(planned.spec.instance_id)
+                reason = offline.get(planned.spec.instance_id) or in_place_hold(planned.server)
                 if planned.dropped_tags:
                     out.warn(f"50-tag limit: instance tags not copied: "
                              f"{', '.join(planned.dropped_tags)}")  # fmt: skip
@@ -176,6 +177,16 @@ def create_all(
             check_post_scripts(clients.ssm, [o for _, o in pairs], config, now)
     finally:
         created.put(ALL_CREATED)
+
+
+def in_place_hold(server: Server) -> str | None:
+    """Why a server is not backed up now: an in-place restore is changing its disks."""
+    tags = {t["Key"]: t["Value"] for t in server.instance.get("Tags", [])}
+    held = tags.get(TAG_IN_PLACE)
+    if not held:
+        return None
+    return (f"an in-place restore (run {held.split()[0]}) is changing its disks: the backup "
+            "holds off until it finishes (or is rolled back)")  # fmt: skip
 
 
 NOTHING_SELECTED = (

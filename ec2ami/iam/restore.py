@@ -11,12 +11,16 @@ from ec2ami.contract import (
     LAUNCH_DATA_DESCRIBES,
     RESTORE_OPT_IN_TAG,
     TAG_DRILL,
+    TAG_IN_PLACE,
+    TAG_IN_PLACE_VOLUME,
     TAG_MANAGED,
+    TAG_REPLACED_BY_RESTORE,
     TAG_RESTORED_FROM,
+    TAG_RESTORED_IN_PLACE,
     TAG_VERIFIED,
     TOOL,
 )
-from ec2ami.errors import EXIT_OK
+from ec2ami.errors import EXIT_OK, ConfigError
 from ec2ami.facts import CHECK_DOCUMENTS, RESTORABLE_ROLE_PATH
 from ec2ami.iam import allow
 from ec2ami.iam.kms import key_arn, kms_statements
@@ -44,6 +48,8 @@ def iam_policy(config: RestoreConfig) -> dict:
     """
     region = base_session(config.profile, config.region)[0].region_name
     account = config.role_arn.split(":")[4] if config.role_arn else "*"
+    if config.in_place:
+        return {"Version": "2012-10-17", "Statement": in_place_statements(config, region, account)}
     arn = f"arn:aws:ec2:{region}:{account}:"
     image = f"arn:aws:ec2:{region}::image/*"
     launched = [arn + k for k in ("instance/*", "volume/*", "network-interface/*")]
@@ -115,6 +121,48 @@ def iam_policy(config: RestoreConfig) -> dict:
     statements.append(allow("CheckTheBackupsKeysBeforeLaunch", "kms:DescribeKey",
                             sorted({f"arn:aws:kms:{region}:{account}:key/*", *keys})))  # fmt: skip
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def in_place_statements(config: RestoreConfig, region: str, account: str) -> list[dict]:
+    """An in-place restore's calls, on INSTANCE_ID and volumes only: the root volume task
+    and new volumes from marked backups, stop and start, detach and attach, and the
+    restore's own tags; deleting a volume only one it marked as replaced."""
+    if not config.instance_id:
+        raise ConfigError("--in-place --print-iam-policy needs INSTANCE_ID (or --instance-id): "
+                          "the policy names the server's instance")  # fmt: skip
+    arn = f"arn:aws:ec2:{region}:{account}:"
+    instance, volume, task = (arn + f"instance/{config.instance_id}", arn + "volume/*",
+                              arn + "replace-root-volume-task/*")  # fmt: skip
+    image, snapshot = f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*"
+    marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
+    ours = [TAG_IN_PLACE, TAG_REPLACED_BY_RESTORE, TAG_IN_PLACE_VOLUME]
+    keys = [*config.backup_kms_keys]
+    statements = [
+        allow("Describe", ["ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeVolumes",
+                           "ec2:DescribeReplaceRootVolumeTasks", "ec2:DescribeInstanceStatus"],
+              "*"),
+        allow("ReplaceTheRootOfTheServersInstance", "ec2:CreateReplaceRootVolumeTask",
+              [instance, task, volume]),
+        allow("FromMarkedBackupsOnly", "ec2:CreateReplaceRootVolumeTask", [image, snapshot],
+              marked),
+        allow("NewVolumesOnlyMarkedAsTheRestores", "ec2:CreateVolume", volume,
+              {"Null": {f"aws:RequestTag/{TAG_IN_PLACE_VOLUME}": "false"}}),
+        allow("NewVolumesOnlyFromMarkedSnapshots", "ec2:CreateVolume", snapshot, marked),
+        allow("TagAtCreationOnly", "ec2:CreateTags", [volume, task], {"StringEquals": {
+            "ec2:CreateAction": ["CreateVolume", "CreateReplaceRootVolumeTask"]}}),
+        allow("MarkTheInstanceAndVolumesWithTheRestoresKeysOnly", ["ec2:CreateTags",
+              "ec2:DeleteTags"], [instance, volume],
+              {"ForAllValues:StringEquals": {"aws:TagKeys": ours}}),
+        allow("RecordTheRestoreOnMarkedImagesOnly", "ec2:CreateTags", image, {
+            **marked, "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_RESTORED_IN_PLACE]}}),
+        allow("StopAndStartTheServersInstanceOnly", ["ec2:StopInstances", "ec2:StartInstances"],
+              instance),
+        allow("SwapVolumesOnTheServersInstanceOnly", ["ec2:AttachVolume", "ec2:DetachVolume",
+              "ec2:ModifyInstanceAttribute"], [instance, volume]),
+        allow("DeleteOnlyVolumesTheRestoreReplaced", "ec2:DeleteVolume", volume,
+              {"Null": {f"aws:ResourceTag/{TAG_REPLACED_BY_RESTORE}": "false"}}),
+    ]  # fmt: skip
+    return statements + kms_statements(keys, [region])
 
 
 def production_statements(

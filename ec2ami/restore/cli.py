@@ -8,6 +8,7 @@ import argparse
 import getpass
 import logging
 import re
+import sys
 
 from ec2ami.aws import AWS_ERRORS, Clients, RoleError, base_session, connect, error_text
 from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
@@ -21,6 +22,7 @@ from ec2ami.restore.config import (
     validate_config,
 )
 from ec2ami.restore.drill import drill
+from ec2ami.restore.inplace import restore_in_place, roll_back
 from ec2ami.restore.listing import list_backups
 from ec2ami.restore.run import restore
 
@@ -33,9 +35,16 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     setup_logging(args, stamped=False)
     try:
         settings = apply_flags(load_config(args.config), args)
-        config = validate_config(settings, listing=args.list or args.print_iam_policy)
+        listing = bool(args.list or args.print_iam_policy or args.rollback)
+        config = validate_config(settings, listing=listing)
         if args.print_iam_policy:
             return print_iam_policy(config)
+        changes_a_live_server = config.in_place or args.rollback
+        if changes_a_live_server and not (args.yes or args.dry_run or sys.stdin.isatty()):
+            raise ConfigError(
+                f"{'--rollback' if args.rollback else '--in-place'} changes a "
+                "live server: add --yes, or run it in a terminal to confirm"
+            )
         clients = make_clients(config)
     except ConfigError as err:
         log.error("config error: %s", err)
@@ -46,6 +55,10 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     try:
         if args.list:
             return list_backups(clients.ec2, config, args.recycle_bin)
+        if args.rollback:
+            return roll_back(clients, config, args)
+        if config.in_place:
+            return restore_in_place(clients, config, args)
         if config.drill:
             return drill(clients, config, args)
         return restore(clients, config, args)
@@ -102,6 +115,20 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--client-token", metavar="T", help="idempotency token for a safe rerun")
     parser.add_argument(
+        "--in-place", action="store_true",
+        help="put the server's disks back from the backup on its live instance (IN_PLACE)",
+    )  # fmt: skip
+    parser.add_argument("--instance-id", metavar="ID",
+                        help="with --in-place: the live instance (INSTANCE_ID)")  # fmt: skip
+    parser.add_argument("--yes", action="store_true",
+                        help="with --in-place or --rollback: go on without asking")  # fmt: skip
+    parser.add_argument(
+        "--discard-replaced", action="store_true",
+        help="with --in-place: delete the replaced volumes instead of keeping them",
+    )  # fmt: skip
+    parser.add_argument("--rollback", metavar="RUN",
+                        help="put back the volumes an in-place restore RUN replaced")  # fmt: skip
+    parser.add_argument(
         "--replace", action="store_true",
         help="launch a new instance although an earlier restore's still runs (stop that one "
         "yourself)",
@@ -117,4 +144,8 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
         parser.error("--recycle-bin goes with --list")
     if args.client_token is not None and not re.fullmatch(r"[\x21-\x7e]{1,64}", args.client_token):
         parser.error("--client-token must be 1-64 printable ASCII characters")
+    if args.discard_replaced and not args.in_place:
+        parser.error("--discard-replaced goes with --in-place")
+    if args.rollback and (args.in_place or args.drill or args.list):
+        parser.error("--rollback goes alone (with --yes, --dry-run or --json)")
     return args

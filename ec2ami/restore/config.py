@@ -18,6 +18,7 @@ from ec2ami.facts import (
     DRILL_PICKS,
     HOST_LABEL_RE,
     INITIALIZATION_RATES,
+    INSTANCE_ID_RE,
     REGION_RE,
     ROLE_ARN_RE,
     SUBNET_ID_RE,
@@ -94,6 +95,8 @@ DEFAULTS: dict[str, Any] = {
     "DRILL_PICK": "newest",
     "DRILL_LOG": None,
     "DRILL_PLACEMENT": False,
+    "IN_PLACE": False,
+    "INSTANCE_ID": None,
 }
 
 
@@ -165,6 +168,8 @@ class RestoreConfig:
     drill_pick: str
     drill_log: str | None
     drill_placement: bool
+    in_place: bool
+    instance_id: str | None
     all: bool = False
     drill: bool = False
     fleet: bool = False
@@ -200,6 +205,10 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
     if args.ami is not None:
         config["AMI_ID"], config["SERVER"], config["SERVERS"] = args.ami, None, None
     config["ALL"], config["DRILL"] = args.all, args.drill
+    if getattr(args, "in_place", False):
+        config["IN_PLACE"] = True
+    if getattr(args, "instance_id", None) is not None:
+        config["INSTANCE_ID"] = args.instance_id
     if args.before is not None:
         config["BACKUP_BEFORE"] = args.before
     if args.pool is not None:
@@ -265,7 +274,11 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
     check_hostname(config["HOSTNAME"])
     config["USER_DATA"] = read_user_data(config["USER_DATA"])
     check_tags(config["TAGS"])
-    for name in ("ALLOW_REASSOCIATION", "DRILL_PLACEMENT"):
+    check_pattern(config, "INSTANCE_ID", INSTANCE_ID_RE, "an instance id such as i-0123...")
+    if config["IN_PLACE"] and (config["FLEET"] or config["DRILL"]):
+        raise ConfigError("IN_PLACE (--in-place) restores one server: not with SERVERS, --all "
+                          "or --drill")  # fmt: skip
+    for name in ("ALLOW_REASSOCIATION", "DRILL_PLACEMENT", "IN_PLACE"):
         if not isinstance(config[name], bool):
             raise ConfigError(f"{name} must be True or False, not {config[name]!r}")
     check_twin_settings(config)
