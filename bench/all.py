@@ -2,6 +2,7 @@
 
     make bench                       # every benchmark, at the sizes below
     .venv/bin/python -m bench.all    # the same
+    .venv/bin/python -m bench.all in_place   # only those named; the others' sections stay
 
 The numbers are the endpoint's, on this machine: what they show is the tool's own
 calls and pace against EC2's emulated buckets, not EC2's times. Nothing else in the
@@ -28,6 +29,7 @@ BENCHMARKS = [
     ("dr_copy", ["10", "100"], "DR copies to another region, and a restore there"),
     ("cost_calls", ["10", "100"], "--cost: the EBS direct API calls"),
     ("fleet_scale", ["100", "300"], "backup at EC2's throttling limits"),
+    ("in_place", [], "restore in place against a new instance, with 1 and 3 volumes"),
 ]
 
 
@@ -49,18 +51,41 @@ def main(only: list[str]) -> int:
         f"{os.cpu_count()} cores. Do not edit by hand; run `make bench` again.",
         "",
     ]
-    failed = 0
+    failed, kept = 0, earlier_sections()
     for module, args, what in BENCHMARKS:
         if only and module not in only:
+            section = kept.get(what, [])
+            while section and not section[-1].strip():
+                section.pop()
+            lines += [*section, ""] if section else []
             continue
         print(f"bench.{module} {' '.join(args)} ...", file=sys.stderr, flush=True)
         output, seconds, code = run(module, args)
         failed += code != 0
         command = " ".join(["python -m", f"bench.{module}", *args])
-        lines += [f"## {what}", "", f"`{command}` ({seconds:.0f} s, exit {code})", "", output, ""]
+        lines += [
+            f"## {what}",
+            "",
+            f"`{command}` ({seconds:.0f} s, exit {code}, run {made})",
+            "",
+            output,
+            "",
+        ]
     RESULTS.write_text("\n".join(lines), encoding="utf-8")
     print(RESULTS, file=sys.stderr)
     return 1 if failed else 0
+
+
+def earlier_sections() -> dict[str, list[str]]:
+    """The sections RESULTS.md has now, by heading: a run of some benchmarks keeps the rest."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in RESULTS.read_text(encoding="utf-8").splitlines() if RESULTS.exists() else []:
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:], [])
+        if current is not None:
+            current.append(line)
+    return sections
 
 
 if __name__ == "__main__":

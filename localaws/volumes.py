@@ -37,7 +37,7 @@ class VolumeSettings:
     """The knobs tests turn (reset with the endpoint's SETTINGS)."""
 
     def __init__(self) -> None:
-        self.root_task_seconds = 0.2
+        self.root_task_seconds = 0.1
         self.fail_root_tasks_of: set[str] = set()
 
     def reset(self) -> None:

@@ -937,14 +937,16 @@ def test_p41_a_root_volume_task_replaces_the_root_and_keeps_the_instance(ec2, fl
     instance_id, root = found["InstanceId"], found["RootDeviceName"]
     old = found["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
     snapshot = ec2.create_snapshot(VolumeId=old)["SnapshotId"]
-    task = ec2.create_replace_root_volume_task(InstanceId=instance_id, SnapshotId=snapshot,
-                                               ClientToken="c-1")["ReplaceRootVolumeTask"]  # fmt: skip
+    task = ec2.create_replace_root_volume_task(
+        InstanceId=instance_id, SnapshotId=snapshot, ClientToken="c-1"
+    )["ReplaceRootVolumeTask"]
     assert task["TaskState"] == "pending"
     states = set()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and "succeeded" not in states:
-        [seen] = ec2.describe_replace_root_volume_tasks(Filters=[
-            {"Name": "instance-id", "Values": [instance_id]}])["ReplaceRootVolumeTasks"]  # fmt: skip
+        [seen] = ec2.describe_replace_root_volume_tasks(
+            Filters=[{"Name": "instance-id", "Values": [instance_id]}]
+        )["ReplaceRootVolumeTasks"]
         states.add(seen["TaskState"])
         time.sleep(0.05)
     assert {"in-progress", "succeeded"} <= states
@@ -952,8 +954,9 @@ def test_p41_a_root_volume_task_replaces_the_root_and_keeps_the_instance(ec2, fl
     [mapping] = [m for m in after["BlockDeviceMappings"] if m["DeviceName"] == root]
     assert mapping["Ebs"]["VolumeId"] != old
     assert ec2.describe_volumes(VolumeIds=[old])["Volumes"][0]["State"] == "available"
-    again = ec2.create_replace_root_volume_task(InstanceId=instance_id, SnapshotId=snapshot,
-                                                ClientToken="c-1")["ReplaceRootVolumeTask"]  # fmt: skip
+    again = ec2.create_replace_root_volume_task(
+        InstanceId=instance_id, SnapshotId=snapshot, ClientToken="c-1"
+    )["ReplaceRootVolumeTask"]
     assert again["ReplaceRootVolumeTaskId"] == task["ReplaceRootVolumeTaskId"]
     ec2.stop_instances(InstanceIds=[instance_id])
     assert code_of(ec2.create_replace_root_volume_task, InstanceId=instance_id,

@@ -25,7 +25,9 @@ def encrypted(ec2, fleet, kms, tmp_path):
     key = kms.create_key(Description="web01 volumes")["KeyMetadata"]["Arn"]
     SETTINGS.encrypt_images_of[fleet.instances["web01"]] = key
     SETTINGS.encrypt_images_of[fleet.instances["app01"]] = None  # aws/ebs
-    assert run("ec2_to_ami.py", backup_config(tmp_path, fleet)).returncode == 0
+    servers = [{"name": n, "instance_id": fleet.instances[n]} for n in ("web01", "app01")]
+    config = backup_config(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={})
+    assert run("ec2_to_ami.py", config).returncode == 0
     SETTINGS.instance_pending_seconds = 0.1
     fleet.key = key
     return fleet

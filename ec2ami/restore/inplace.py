@@ -118,14 +118,21 @@ def prepare(ec2: Any, config: RestoreConfig, discard: bool) -> InPlacePlan:
                            "running or stopped")  # fmt: skip
     run = resumed or clock.new_run_id()
     was = held_value(instance, 2) or state
-    current = attached_volumes(ec2, instance)
-    current.update(volumes_of_run(ec2, TAG_REPLACED_BY_RESTORE, run))  # a rerun: the old ones
+    attached = attached_volumes(ec2, instance)
+    current = {**attached, **volumes_of_run(ec2, TAG_REPLACED_BY_RESTORE, run)}  # a rerun: old
     plan = InPlacePlan(server, instance, image, run, plan_devices(instance, image, current),
                        was, discard)  # fmt: skip
     plan.warnings = plan_warnings(plan)
     if resumed:
-        plan.warnings.insert(0, f"run {run} did not finish: this run goes on from where it "
-                                "stopped")  # fmt: skip
+        new = {d: v["VolumeId"] for d, v in volumes_of_run(ec2, TAG_IN_PLACE_VOLUME, run).items()}
+        where = ", ".join(
+            f"{d.name} {'new' if new.get(d.name) == held else 'old'} "
+            f"({held or 'nothing attached'})"
+            for d in plan.devices if d.snapshot
+            for held in [attached.get(d.name, {}).get("VolumeId")]
+        )  # fmt: skip
+        plan.warnings.insert(0, f"run {run} did not finish ({state}; now {where}): this run "
+                                "goes on from where it stopped")  # fmt: skip
     return plan
 
 
