@@ -176,6 +176,7 @@ def test_a_backup_of_another_instance_is_refused_before_any_change(ec2, fleet, t
     result = in_place(tmp_path, "--yes", SERVER="app01", INSTANCE_ID=fleet.instances["web01"])
     assert result.returncode == 1 and "was made from" in result.stderr
     assert "an in-place restore puts back this server's own disks only" in result.stderr
+    assert "nothing changed" in result.stderr
     assert [c for c in endpoint.calls[calls:] if not c.action.startswith("Describe")] == []
 
 

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
             return drill(clients, config, args)
         return restore(clients, config, args)
     except RestoreError as err:
-        log.error("%s; nothing launched", err)
+        unchanged = "nothing changed" if config.in_place or args.rollback else "nothing launched"
+        log.error("%s; %s", err, unchanged)
         return EXIT_FAILED
     except AWS_ERRORS as err:
         log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
