@@ -28,7 +28,8 @@ from pathlib import Path
 import boto3
 
 from bench import KEYS, launch_servers, print_table
-from localaws.endpoint import BUCKETS, SETTINGS, Endpoint
+from ec2ami.facts import request_bucket
+from localaws.endpoint import SETTINGS, Endpoint
 from localaws.fleet import REGION, ROOT, aws_env, write_config
 
 BOOT_SECONDS = 3.0
@@ -38,7 +39,7 @@ POLLS = ("DescribeInstances", "DescribeInstanceStatus")
 
 def floor(count: int) -> float:
     """The least time EC2 allows: RunInstances beyond the burst, then one boot."""
-    size, rate = BUCKETS["run"]
+    size, rate = request_bucket("RunInstances")
     return max(0, count - size) / rate + BOOT_SECONDS
 
 

@@ -24,14 +24,15 @@ import time
 from pathlib import Path
 
 from bench import budget, launch_servers, print_table
-from localaws.endpoint import BUCKETS, SETTINGS, Endpoint
+from ec2ami.facts import request_bucket
+from localaws.endpoint import SETTINGS, Endpoint
 from localaws.fleet import ROOT, aws_env, write_config
 
 
 def bucket_minimum(creates: int, deregisters: int) -> float:
     """Seconds EC2's buckets need for these calls, at the least."""
-    create_size, create_rate = BUCKETS["mutating"]
-    delete_size, delete_rate = BUCKETS["delete"]
+    create_size, create_rate = request_bucket("CreateImage")
+    delete_size, delete_rate = request_bucket("DeregisterImage")
     return max(
         max(0, creates - create_size) / create_rate,
         max(0, deregisters - delete_size) / delete_rate,

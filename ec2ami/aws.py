@@ -22,42 +22,34 @@ from botocore.parsers import ResponseParserError
 
 from ec2ami.contract import TOOL
 from ec2ami.errors import ConfigError
-from ec2ami.facts import FILTER_VALUES_MAX, SESSION_NAME_BAD_CHARS
+from ec2ami.facts import (
+    FILTER_VALUES_MAX,
+    RESOURCE_BUCKETS,
+    SESSION_NAME_BAD_CHARS,
+    request_bucket,
+)
 
 # Whatever botocore raises for a failed call: the service's error (ClientError), the
 # client's (BotoCoreError: no connection, retries exhausted, ...), and an answer it cannot
 # parse (ResponseParserError: an HTML page from a proxy), which is neither.
 AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
-# EC2's request token buckets for the calls a run makes per server or per instance:
-# (bucket, size, refill per second), from "Request throttling for the Amazon EC2 API"
-# in the EC2 developer guide. The client waits for a token before each call instead of
-# being refused (see Pacer). RunInstances' small bucket sets a fleet restore's pace.
-PACED_CALLS = {
-    "CreateImage": ("mutating", 50, 5.0),
-    "ModifyImageAttribute": ("mutating", 50, 5.0),
-    "ModifySnapshotAttribute": ("mutating", 50, 5.0),
-    "EnableImageDeprecation": ("mutating", 50, 5.0),
-    "AssociateAddress": ("mutating", 50, 5.0),
-    "ModifyNetworkInterfaceAttribute": ("mutating", 50, 5.0),
-    "EnableImage": ("mutating", 50, 5.0),
-    "TerminateInstances": ("mutating", 50, 5.0),
-    "DeleteVolume": ("mutating", 50, 5.0),  # a drill's debris
-    "DeleteNetworkInterface": ("mutating", 50, 5.0),
-    "DeregisterImage": ("delete", 100, 5.0),
-    "DeleteSnapshot": ("delete", 100, 5.0),
-    "CreateTags": ("tags", 100, 10.0),
-    "CopyImage": ("copy", 100, 1.0),
-    "RunInstances": ("run", 5, 2.0),
-    "GetLaunchTemplateData": ("describe", 100, 20.0),  # one per server
-}
+# The calls a run makes per server or per instance, each paced to its own EC2 request
+# bucket (ec2ami.facts.request_bucket: the documented table), and those that launch,
+# start or stop instances to their resource bucket too. The client waits for a token
+# before each call instead of being refused (see Pacer). RunInstances' bucket of 5 then 2
+# a second sets a fleet restore's pace.
+PACED_CALLS = (
+    "CreateImage", "ModifyImageAttribute", "ModifySnapshotAttribute", "EnableImageDeprecation",
+    "AssociateAddress", "ModifyNetworkInterfaceAttribute", "EnableImage", "TerminateInstances",
+    "DeleteVolume", "DeleteNetworkInterface", "DeregisterImage", "DeleteSnapshot", "CreateTags",
+    "CopyImage", "RunInstances", "GetLaunchTemplateData", "CreateVolume", "StartInstances",
+    "StopInstances",
+)  # fmt: skip
 # The EBS direct APIs have their own per-account quotas (Amazon EBS quotas, in Service
 # Quotas). --cost stays at this many calls a second of each, and botocore's standard
 # retries take any throttling.
-DIRECT_PACED_CALLS = {
-    "ListSnapshotBlocks": ("list-blocks", 20, 20.0),
-    "ListChangedBlocks": ("changed-blocks", 20, 20.0),
-}
+DIRECT_PACED_CALLS = {"ListSnapshotBlocks": (20, 20.0), "ListChangedBlocks": (20, 20.0)}
 # EC2 answers a launch it has no capacity for with a server error (HTTP 500: "Error codes
 # for the Amazon EC2 API", server error codes), which botocore's standard retries take for
 # a passing fault and retry up to max_attempts times, backing off: one server's capacity
@@ -193,12 +185,23 @@ class Pacer:
 
     def wait(self, **_: Any) -> None:
         """Block until a token is free, then spend it."""
+        self.spend(1)
+
+    def spend(self, tokens: int) -> None:
+        """Block until tokens are free, then spend them."""
         with self.lock:
             now = time.monotonic()
-            self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate) - 1
+            self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate) - tokens
             self.stamp = now
             delay = max(0.0, -self.tokens / self.rate)
         time.sleep(delay)
+
+    def wait_for_instances(self, params: dict | None = None, **_: Any) -> None:
+        """A resource bucket: one token per instance the call launches, starts or stops."""
+        body = (params or {}).get("body", {})
+        count = int(body.get("MaxCount", 0)) or len(
+            [k for k in body if k.startswith("InstanceId.")]) or 1  # fmt: skip
+        self.spend(count)
 
 
 def no_capacity_retries(response: Any = None, **_: Any) -> None:
@@ -213,12 +216,19 @@ def no_capacity_retries(response: Any = None, **_: Any) -> None:
 
 
 def pace(client: Any, service: str = "ec2") -> None:
-    """Make an EC2 or EBS client wait for a token of the right bucket before each paced call."""
-    pacers: dict[str, Pacer] = {}
-    paced = PACED_CALLS if service == "ec2" else DIRECT_PACED_CALLS
-    for operation, (bucket, size, rate) in paced.items():
-        pacer = pacers.setdefault(bucket, Pacer(size, rate))
-        client.meta.events.register(f"before-call.{service}.{operation}", pacer.wait)
+    """Make an EC2 or EBS client wait for a token of each call's own bucket before each
+    paced call (and of its resource bucket, for a call that launches, starts or stops)."""
+    if service != "ec2":
+        for operation, (size, rate) in DIRECT_PACED_CALLS.items():
+            client.meta.events.register(f"before-call.{service}.{operation}",
+                                        Pacer(size, rate).wait)  # fmt: skip
+        return
+    for operation in PACED_CALLS:
+        event = f"before-call.ec2.{operation}"
+        client.meta.events.register(event, Pacer(*request_bucket(operation)).wait)
+        if operation in RESOURCE_BUCKETS:
+            resources = Pacer(*RESOURCE_BUCKETS[operation])
+            client.meta.events.register(event, resources.wait_for_instances)
 
 
 def paginate(ec2: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict]:

@@ -113,3 +113,41 @@ BIN_RESTORE_SECONDS = 120  # for an image restored from the Recycle Bin to show 
 # than 5 minutes off (AWS General Reference, "Signature Version 4 signing"), so a correct
 # host clock gives a tag before CreationDate. The rest is margin.
 CLOCK_SKEW = timedelta(minutes=10)
+
+# --- EC2's throttling: token buckets per account and region ------------------------------
+# Source: the EC2 Developer Guide, "Request throttling for the Amazon EC2 API"
+# (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html), its tables
+# "Request token bucket sizes and refill rates" and "Resource token bucket sizes and refill
+# rates", read December 2026. "Each API is evaluated individually": every API has a bucket
+# of its own, of its category's size (mutating 50 then 5 a second, non-mutating 100 then
+# 20), unless the page lists it apart ("uncategorized"). (bucket size, refill per second):
+MUTATING_BUCKET, NON_MUTATING_BUCKET = (50, 5.0), (100, 20.0)
+# Listed apart: the calls of this tool's that are.
+OWN_BUCKETS: dict[str, tuple[int, float]] = {
+    "CopyImage": (100, 1.0), "CreateTags": (100, 10.0), "DeleteTags": (100, 10.0),
+    "DeregisterImage": (100, 5.0), "DeleteSnapshot": (100, 5.0), "CreateVolume": (100, 5.0),
+    "DeleteVolume": (100, 5.0), "DeleteNetworkInterface": (100, 5.0),
+    "ModifyImageAttribute": (100, 5.0), "ModifySnapshotAttribute": (100, 5.0),
+    "ModifyNetworkInterfaceAttribute": (100, 5.0), "TerminateInstances": (100, 5.0),
+    "RunInstances": (5, 2.0), "StartInstances": (5, 2.0),
+}  # fmt: skip
+# Describes without a filter, ids or pagination draw from a smaller bucket of their own.
+UNFILTERED_BUCKET = (50, 10.0)
+UNFILTERED_DESCRIBES = frozenset({
+    "DescribeInstances", "DescribeInstanceStatus", "DescribeNetworkInterfaces",
+    "DescribeSecurityGroups", "DescribeSnapshots", "DescribeSpotInstanceRequests",
+    "DescribeVolumes",
+})  # fmt: skip
+# Resource buckets count instances, not requests, for these (beside their request buckets).
+RESOURCE_BUCKETS: dict[str, tuple[int, float]] = {
+    "RunInstances": (1000, 2.0), "TerminateInstances": (1000, 20.0),
+    "StartInstances": (1000, 2.0), "StopInstances": (1000, 20.0),
+}  # fmt: skip
+NON_MUTATING_PREFIXES = ("Describe", "List", "Search", "Get")
+
+
+def request_bucket(action: str) -> tuple[int, float]:
+    """An EC2 API's own request bucket: listed apart, else its category's."""
+    if action in OWN_BUCKETS:
+        return OWN_BUCKETS[action]
+    return NON_MUTATING_BUCKET if action.startswith(NON_MUTATING_PREFIXES) else MUTATING_BUCKET

@@ -297,6 +297,12 @@ from moto.ssm.models import SimpleSystemManagerBackend as SSMBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 from werkzeug.serving import make_server
 
+from ec2ami.facts import (
+    RESOURCE_BUCKETS,
+    UNFILTERED_BUCKET,
+    UNFILTERED_DESCRIBES,
+    request_bucket,
+)
 from localaws import launch_rules, volumes
 
 os.unlink(_handle.name)  # moto read it on import
@@ -1592,39 +1598,40 @@ def apply_patches() -> None:
 
 # --- Faults and the call log ---------------------------------------------------------
 
-# EC2's request token buckets: category -> (bucket size, tokens refilled per second).
-BUCKETS = {
-    "mutating": (50, 5.0),  # CreateImage and most other mutating calls
-    "delete": (100, 5.0),  # DeregisterImage, DeleteSnapshot
-    "tags": (100, 10.0),  # CreateTags
-    "copy": (100, 1.0),  # CopyImage
-    "run": (5, 2.0),  # RunInstances
-    "describe": (100, 20.0),  # non-mutating calls
-    "describe-unfiltered": (50, 10.0),  # Describe* with no filter, id list or MaxResults
-}
-ACTION_BUCKETS = {
-    "DeregisterImage": "delete",
-    "DeleteSnapshot": "delete",
-    "CreateTags": "tags",
-    "CopyImage": "copy",
-    "RunInstances": "run",
-}
-
-
+# EC2's token buckets, as the EC2 Developer Guide documents them ("Request throttling for
+# the Amazon EC2 API"): every API has a request bucket of its own, its category's or one
+# listed apart; the few describes listed there draw from a smaller one when called without
+# a filter, ids or pagination; RunInstances, StartInstances, StopInstances and
+# TerminateInstances also spend one token per instance from a resource bucket. The table
+# is the package's (ec2ami.facts), the one the client paces to; tests/test_endpoint.py
+# checks its rows against the page's.
+UNFILTERED, INSTANCES = " unfiltered", " instances"
 # A describe call about one named resource (GetLaunchTemplateData) is not unfiltered.
 NARROWING_PARAMS = {"MaxResults", "InstanceId", "ImageId", "SnapshotId", "VolumeId"}
 
 
 def bucket_of(action: str, params: dict[str, str]) -> str:
-    """The token bucket an EC2 call draws from."""
-    if action in ACTION_BUCKETS:
-        return ACTION_BUCKETS[action]
-    if not action.startswith(("Describe", "Get", "List")):
-        return "mutating"
+    """The request token bucket an EC2 call draws from: its own, or its unfiltered one."""
     narrowed = any(
         k.startswith("Filter.") or k in NARROWING_PARAMS or k.endswith(".1") for k in params
     )
-    return "describe" if narrowed else "describe-unfiltered"
+    return action + UNFILTERED if action in UNFILTERED_DESCRIBES and not narrowed else action
+
+
+def bucket_size(bucket: str) -> tuple[int, float]:
+    """(size, refill per second) of a bucket bucket_of or a resource bucket names."""
+    if bucket.endswith(UNFILTERED):
+        return UNFILTERED_BUCKET
+    if bucket.endswith(INSTANCES):
+        return RESOURCE_BUCKETS[bucket[: -len(INSTANCES)]]
+    return request_bucket(bucket)
+
+
+def instances_in(action: str, params: dict[str, str]) -> int:
+    """The instances a call launches, starts, stops or terminates (its resource tokens)."""
+    if action == "RunInstances":
+        return int(params.get("MaxCount", 1))
+    return sum(1 for k in params if k.startswith("InstanceId."))
 
 
 # moto's refusals, as the EBS direct APIs name them (I3).
@@ -1675,16 +1682,24 @@ class TokenBuckets:
         self._state: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, last refill
         self._lock = threading.Lock()
 
-    def take(self, region: str, category: str) -> bool:
-        """Spend one token if there is one; return whether the call may go through."""
-        size, rate = BUCKETS[category]
+    def take(self, region: str, bucket: str, count: int = 1) -> bool:
+        """Spend count tokens if there are as many; return whether the call may go through."""
+        size, rate = bucket_size(bucket)
         now = self._clock()
         with self._lock:
-            tokens, stamp = self._state.get((region, category), (float(size), now))
+            tokens, stamp = self._state.get((region, bucket), (float(size), now))
             tokens = min(float(size), tokens + (now - stamp) * rate)
-            allowed = tokens >= 1.0
-            self._state[(region, category)] = (tokens - 1.0 if allowed else tokens, now)
+            allowed = tokens >= count
+            self._state[(region, bucket)] = (tokens - count if allowed else tokens, now)
         return allowed
+
+    def admit(self, region: str, action: str, params: dict[str, str]) -> bool:
+        """A call's request token, and its resource tokens if it has a resource bucket."""
+        if not self.take(region, bucket_of(action, params)):
+            return False
+        if action in RESOURCE_BUCKETS:
+            return self.take(region, action + INSTANCES, max(1, instances_in(action, params)))
+        return True
 
 
 ERROR_XML = (
@@ -1838,7 +1853,7 @@ class Endpoint:
                 and not fault
                 and buckets
                 and call.service != "ebs"  # the direct APIs have their own quotas
-                and not buckets.take(region_of(environ), bucket_of(action, params))
+                and not buckets.admit(region_of(environ), action, params)
             ):
                 fault = THROTTLED
             if fault and fault.lost:

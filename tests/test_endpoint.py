@@ -200,8 +200,9 @@ class FakeClock:
 
 @pytest.mark.parametrize(
     ("category", "size", "rate"),
-    [("mutating", 50, 5), ("delete", 100, 5), ("tags", 100, 10), ("copy", 100, 1),
-     ("run", 5, 2), ("describe", 100, 20), ("describe-unfiltered", 50, 10)],
+    [("CreateImage", 50, 5), ("DeregisterImage", 100, 5), ("CreateTags", 100, 10),
+     ("CopyImage", 100, 1), ("RunInstances", 5, 2), ("DescribeImages", 100, 20),
+     ("DescribeInstances unfiltered", 50, 10), ("RunInstances instances", 1000, 2)],
 )  # fmt: skip
 def test_token_bucket_has_ec2s_size_and_refill_rate(category, size, rate):
     clock = FakeClock()
@@ -214,25 +215,26 @@ def test_token_bucket_has_ec2s_size_and_refill_rate(category, size, rate):
     assert sum(buckets.take("us-east-1", category) for _ in range(size + 3)) == size  # capped
 
 
-def test_token_buckets_are_per_region_and_per_category():
+def test_token_buckets_are_per_region_and_per_api():
     buckets = TokenBuckets(FakeClock())
     for _ in range(50):
-        buckets.take("us-east-1", "mutating")
-    assert not buckets.take("us-east-1", "mutating")
-    assert buckets.take("us-west-2", "mutating")
-    assert buckets.take("us-east-1", "delete")
+        buckets.take("us-east-1", "CreateImage")
+    assert not buckets.take("us-east-1", "CreateImage")
+    assert buckets.take("us-west-2", "CreateImage")
+    assert buckets.take("us-east-1", "EnableImageDeprecation")  # mutating too, its own bucket
 
 
 @pytest.mark.parametrize(
     ("action", "params", "bucket"),
     [
-        ("CreateImage", {"InstanceId": "i-1"}, "mutating"),
-        ("DeregisterImage", {}, "delete"),
-        ("DeleteSnapshot", {}, "delete"),
-        ("RunInstances", {}, "run"),
-        ("DescribeImages", {"Filter.1.Name": "tag:x"}, "describe"),
-        ("DescribeInstances", {"InstanceId.1": "i-1"}, "describe"),
-        ("DescribeAddresses", {}, "describe-unfiltered"),
+        ("CreateImage", {"InstanceId": "i-1"}, "CreateImage"),
+        ("DeregisterImage", {}, "DeregisterImage"),
+        ("DeleteSnapshot", {}, "DeleteSnapshot"),
+        ("RunInstances", {}, "RunInstances"),
+        ("DescribeImages", {"Filter.1.Name": "tag:x"}, "DescribeImages"),
+        ("DescribeInstances", {"InstanceId.1": "i-1"}, "DescribeInstances"),
+        ("DescribeInstances", {}, "DescribeInstances unfiltered"),
+        ("DescribeAddresses", {}, "DescribeAddresses"),  # not among the page's seven
     ],
 )
 def test_calls_draw_from_their_buckets(action, params, bucket):
@@ -618,8 +620,34 @@ def test_p23_an_elastic_ip_sits_on_the_address_it_was_given(ec2, fleet):
 
 
 def test_a_describe_of_one_named_resource_is_not_an_unfiltered_one():
-    assert bucket_of("GetLaunchTemplateData", {"InstanceId": "i-1"}) == "describe"
-    assert bucket_of("DescribeInstances", {}) == "describe-unfiltered"
+    assert bucket_of("GetLaunchTemplateData", {"InstanceId": "i-1"}) == "GetLaunchTemplateData"
+    assert bucket_of("DescribeVolumes", {}) == "DescribeVolumes unfiltered"
+
+
+# The rows of "Request throttling for the Amazon EC2 API" (EC2 Developer Guide) for the
+# calls this tool makes, typed from the page, December 2026: (size, refill per second).
+DOCUMENTED = {
+    "CreateImage": (50, 5), "EnableImageDeprecation": (50, 5), "AssociateAddress": (50, 5),
+    "StopInstances": (50, 5), "DeregisterImage": (100, 5), "DeleteSnapshot": (100, 5),
+    "CreateTags": (100, 10), "DeleteTags": (100, 10), "CopyImage": (100, 1),
+    "ModifyImageAttribute": (100, 5), "ModifySnapshotAttribute": (100, 5),
+    "TerminateInstances": (100, 5), "CreateVolume": (100, 5), "DeleteVolume": (100, 5),
+    "RunInstances": (5, 2), "StartInstances": (5, 2), "DescribeImages": (100, 20),
+    "GetLaunchTemplateData": (100, 20),
+}  # fmt: skip
+
+
+def test_the_limits_table_is_the_documented_one():
+    from ec2ami.facts import RESOURCE_BUCKETS, UNFILTERED_BUCKET, request_bucket
+
+    assert {a: request_bucket(a) for a in DOCUMENTED} == DOCUMENTED
+    assert UNFILTERED_BUCKET == (50, 10)
+    assert RESOURCE_BUCKETS == {
+        "RunInstances": (1000, 2),
+        "TerminateInstances": (1000, 20),
+        "StartInstances": (1000, 2),
+        "StopInstances": (1000, 20),
+    }
 
 
 def two_volume_instance(ec2) -> tuple[str, dict[str, str]]:
@@ -933,6 +961,9 @@ def test_p40_attach_and_detach_refuse_what_ec2_refuses(ec2, fleet):
 
 
 def test_p41_a_root_volume_task_replaces_the_root_and_keeps_the_instance(ec2, fleet):
+    from localaws.volumes import VOLUMES
+
+    VOLUMES.root_task_seconds = 0.6  # each state lasts long enough for the polls below to see
     found = launched(ec2, SubnetId=fleet.subnet_id)
     instance_id, root = found["InstanceId"], found["RootDeviceName"]
     old = found["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
