@@ -147,6 +147,11 @@ KMS_KEY_ID = None  # implies ENCRYPTED = True
 # the policy (--print-iam-policy) grants their use through EC2, and a restore checks
 # before launch that each encrypted snapshot's key is listed and enabled (docs/iam.md).
 BACKUP_KMS_KEYS = []
+# EC2 throttles each API with a token bucket (the EC2 Developer Guide's "Request throttling
+# for the Amazon EC2 API"); the tool paces each call to the documented bucket. If AWS has
+# raised a limit for your account, give it here: {"RunInstances": (10, 4)} is a bucket of 10
+# requests refilled at 4 a second.
+EC2_API_LIMITS = {}
 DELETE_ON_TERMINATION = None
 # Fetch each volume's blocks from its snapshot at this many MiB/s (100-300), so the
 # volume is fully fast after size / rate seconds (100 GiB at 300 MiB/s: under 6 minutes)

@@ -127,6 +127,11 @@ COPY_TO_REGIONS = {}
 # backups: the policy (--print-iam-policy) grants their use through EC2 for the copies,
 # and through EBS for --cost (docs/iam.md). AWS managed keys (aws/ebs) need nothing here.
 BACKUP_KMS_KEYS = []
+# EC2 throttles each API with a token bucket (the EC2 Developer Guide's "Request throttling
+# for the Amazon EC2 API"); the tool paces each call to the documented bucket. If AWS has
+# raised a limit for your account, give it here: {"RunInstances": (10, 4)} is a bucket of 10
+# requests refilled at 4 a second.
+EC2_API_LIMITS = {}
 # Share every new image and copy with these accounts (12-digit strings, at most 15).
 # An image encrypted with the AWS-managed key aws/ebs cannot be shared (a warning says so).
 SHARE_WITH_ACCOUNTS = []

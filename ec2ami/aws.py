@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -71,8 +71,11 @@ class Clients:
     service and region (REGION if None); every EC2 and EBS client is paced.
     """
 
-    def __init__(self, session: boto3.Session, client_config: Config) -> None:
+    def __init__(
+        self, session: boto3.Session, client_config: Config, limits: Mapping | None = None
+    ) -> None:
         self.session, self.config = session, client_config
+        self.limits = dict(limits or {})  # EC2_API_LIMITS: raised buckets, by API
         self.region: str = session.region_name
         self._made: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -88,7 +91,7 @@ class Clients:
                     service, region_name=key[1], config=self.config
                 )
                 if service in ("ec2", "ebs"):
-                    pace(made, service)
+                    pace(made, service, self.limits)
                 if service == "ec2":
                     made.meta.events.register_first("needs-retry.ec2", no_capacity_retries)
                 self._made[key] = made
@@ -102,12 +105,14 @@ class Clients:
 
 
 def connect(
-    session: boto3.Session, client_config: Config, role_arn: str | None, *label: str
-) -> Clients:
-    """The run's clients from base_session's answer, as ROLE_ARN if set (session named by label)."""
+    session: boto3.Session, client_config: Config, role_arn: str | None, *label: str,
+    limits: Mapping | None = None,
+) -> Clients:  # fmt: skip
+    """The run's clients from base_session's answer, as ROLE_ARN if set (session named by
+    label), paced to EC2's documented buckets or to EC2_API_LIMITS' raised ones."""
     if role_arn:
         session = assume_role(session, role_arn, session_name(*label), client_config)
-    return Clients(session, client_config)
+    return Clients(session, client_config, limits)
 
 
 def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session, Config]:
@@ -215,9 +220,12 @@ def no_capacity_retries(response: Any = None, **_: Any) -> None:
         http.status_code = 400
 
 
-def pace(client: Any, service: str = "ec2") -> None:
+def pace(client: Any, service: str = "ec2", limits: Mapping | None = None) -> None:
     """Make an EC2 or EBS client wait for a token of each call's own bucket before each
-    paced call (and of its resource bucket, for a call that launches, starts or stops)."""
+    paced call (and of its resource bucket, for a call that launches, starts or stops);
+    limits (EC2_API_LIMITS) raises an API's request bucket for an account whose limit AWS
+    has raised."""
+    limits = limits or {}
     if service != "ec2":
         for operation, (size, rate) in DIRECT_PACED_CALLS.items():
             client.meta.events.register(f"before-call.{service}.{operation}",
@@ -225,7 +233,8 @@ def pace(client: Any, service: str = "ec2") -> None:
         return
     for operation in PACED_CALLS:
         event = f"before-call.ec2.{operation}"
-        client.meta.events.register(event, Pacer(*request_bucket(operation)).wait)
+        size, rate = limits.get(operation) or request_bucket(operation)
+        client.meta.events.register(event, Pacer(size, rate).wait)
         if operation in RESOURCE_BUCKETS:
             resources = Pacer(*RESOURCE_BUCKETS[operation])
             client.meta.events.register(event, resources.wait_for_instances)

@@ -63,6 +63,22 @@ def check_key_arns(config: dict, name: str) -> None:
         raise ConfigError(f"{name} must be a list of KMS key ARNs such as {example}, not {value!r}")
 
 
+def check_api_limits(config: dict, name: str) -> None:
+    """EC2_API_LIMITS: {"RunInstances": (bucket size, refill per second), ...}, for an
+    account whose EC2 throttling limits AWS has raised."""
+    value = config[name]
+    example = '{"RunInstances": (10, 4)}'
+    if not isinstance(value, dict) or not all(
+        isinstance(api, str) and api[:1].isupper() and api.isalnum()
+        and isinstance(limit, (list, tuple)) and len(limit) == 2
+        and all(isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0
+                for n in limit)
+        for api, limit in value.items()
+    ):  # fmt: skip
+        raise ConfigError(f"{name} must be a dict of EC2 API name to (bucket size, refill "
+                          f"per second), such as {example}, not {value!r}")  # fmt: skip
+
+
 def check_enum(config: dict, name: str, choices: tuple) -> None:
     """A setting that is one of choices."""
     if config[name] not in choices:

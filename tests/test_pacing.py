@@ -43,3 +43,49 @@ def test_pacer_refills_while_no_call_is_made(clock):
     for _ in range(5):
         pacer.wait()
     assert clock.now == 101.0
+
+
+def paced(limits=None) -> types.SimpleNamespace:
+    """A client's event system with only the pacer's handlers on it."""
+    from botocore.hooks import HierarchicalEmitter
+
+    client = types.SimpleNamespace(meta=types.SimpleNamespace(events=HierarchicalEmitter()))
+    aws.pace(client, "ec2", limits)
+    return client
+
+
+def launches_before_a_wait(clock, limits=None) -> int:
+    """How many RunInstances a paced client sends before it first waits for a token."""
+    client = paced(limits)
+    sent = 0
+    while sum(clock.slept) == 0:
+        client.meta.events.emit("before-call.ec2.RunInstances", params={"body": {"MaxCount": 1}})
+        sent += 1
+    return sent - 1
+
+
+def test_run_instances_is_paced_to_its_documented_bucket_or_to_a_raised_one(clock):
+    assert launches_before_a_wait(clock) == 5 - PACER_SLACK  # 5, then 2 a second
+    clock.slept.clear()
+    assert launches_before_a_wait(clock, {"RunInstances": (20, 8.0)}) == 20 - PACER_SLACK
+
+
+def test_the_resource_bucket_holds_a_launch_of_many_instances(clock):
+    client = paced({"RunInstances": (100, 100.0)})
+    client.meta.events.emit("before-call.ec2.RunInstances", params={"body": {"MaxCount": 998}})
+    assert sum(clock.slept) == 0  # 1,000 instances at once, less the slack
+    client.meta.events.emit("before-call.ec2.RunInstances", params={"body": {"MaxCount": 10}})
+    assert sum(clock.slept) == pytest.approx(10 / 2)  # then 2 instances a second
+
+
+@pytest.mark.parametrize("script", ["ec2_to_ami.py", "ami_to_ec2.py"])
+def test_a_bad_ec2_api_limits_setting_is_a_config_error(tmp_path, script):
+    from tests.conftest import run, write_config
+
+    which = ({"SERVERS": [{"name": "web01", "instance_id": "i-0123456789abcdef0"}]}
+             if script == "ec2_to_ami.py" else {"SERVER": "web01"})  # fmt: skip
+    config = write_config(tmp_path / "c.py", EC2_API_LIMITS={"RunInstances": "fast"}, **which)
+    result = run(script, config, "--dry-run")
+    assert result.returncode == 2 and "EC2_API_LIMITS must be a dict of EC2 API name" in (
+        result.stderr
+    )

@@ -98,7 +98,8 @@ def make_clients(config: BackupConfig) -> Clients:
     session, client_config = base_session(config.profile, config.region)
     if session.region_name in config.copy_to_regions:
         raise ConfigError(f"COPY_TO_REGIONS lists {session.region_name}, the region backed up")
-    return connect(session, client_config, config.role_arn, "backup", config.schedule)
+    return connect(session, client_config, config.role_arn, "backup", config.schedule,
+                   limits=config.ec2_api_limits)  # fmt: skip
 
 
 def build_parser(script: str | None = None) -> argparse.ArgumentParser:

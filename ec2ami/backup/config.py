@@ -30,7 +30,7 @@ from ec2ami.facts import (
     SHARE_ACCOUNTS_MAX,
     SSM_DOCUMENT_RE,
 )
-from ec2ami.settings import check_key_arns, read_settings
+from ec2ami.settings import check_api_limits, check_key_arns, read_settings
 
 DEFAULTS: dict[str, Any] = {
     "REGION": None,
@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "ON_SCRIPT_FAILURE": "fail",
     "COPY_TO_REGIONS": {},
     "BACKUP_KMS_KEYS": [],
+    "EC2_API_LIMITS": {},
     "SHARE_WITH_ACCOUNTS": [],
     "DEPRECATE_AFTER_DAYS": None,
     "ROLE_ARN": None,
@@ -156,6 +157,7 @@ class BackupConfig:
     ssm_document: str | None  # the config's own Command document for its scripts
     copy_to_regions: Mapping[str, CopyTarget]
     backup_kms_keys: tuple[str, ...]  # customer managed keys of the servers' volumes
+    ec2_api_limits: Mapping[str, tuple[float, float]]  # raised EC2 buckets, by API
     share_with_accounts: tuple[str, ...]
     deprecate_after_days: float | None
     deregistration_protection: bool
@@ -303,6 +305,7 @@ def validate_config(settings: dict[str, Any]) -> BackupConfig:
         on_script_failure=settings["ON_SCRIPT_FAILURE"],
         copy_to_regions=MappingProxyType(copies),
         backup_kms_keys=tuple(settings["BACKUP_KMS_KEYS"]),
+        ec2_api_limits=MappingProxyType(dict(settings["EC2_API_LIMITS"])),
         ssm_document=settings["SSM_DOCUMENT"],
         share_with_accounts=tuple(settings["SHARE_WITH_ACCOUNTS"]),
         deprecate_after_days=settings["DEPRECATE_AFTER_DAYS"],
@@ -397,6 +400,7 @@ def check_dr_settings(settings: dict) -> None:
             f"SHARE_WITH_ACCOUNTS must list at most {SHARE_ACCOUNTS_MAX} accounts, each once"
         )
     check_key_arns(settings, "BACKUP_KMS_KEYS")
+    check_api_limits(settings, "EC2_API_LIMITS")
     regions = settings["COPY_TO_REGIONS"]
     if not isinstance(regions, dict):
         raise ConfigError(f"COPY_TO_REGIONS must be a dict of region to options, not {regions!r}")

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
 def make_clients(config: RestoreConfig) -> Clients:
     """Build the clients: region, profile, ROLE_ARN and botocore's standard retries."""
     session, client_config = base_session(config.profile, config.region)
-    return connect(session, client_config, config.role_arn, "restore", getpass.getuser())
+    return connect(session, client_config, config.role_arn, "restore", getpass.getuser(),
+                   limits=config.ec2_api_limits)  # fmt: skip
 
 
 def build_parser(script: str | None = None) -> argparse.ArgumentParser:

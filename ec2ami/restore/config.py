@@ -28,6 +28,7 @@ from ec2ami.facts import (
 )
 from ec2ami.restore.twin_settings import check_group_ids, check_private_ip, check_twin_settings
 from ec2ami.settings import (
+    check_api_limits,
     check_choice,
     check_enum,
     check_key_arns,
@@ -81,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "ENCRYPTED": None,
     "KMS_KEY_ID": None,
     "BACKUP_KMS_KEYS": [],
+    "EC2_API_LIMITS": {},
     "DELETE_ON_TERMINATION": None,
     "VOLUME_INITIALIZATION_RATE": None,
     "WAIT": "status-ok",
@@ -154,6 +156,7 @@ class RestoreConfig:
     encrypted: bool | None
     kms_key_id: str | None
     backup_kms_keys: list[str]
+    ec2_api_limits: dict[str, Any]
     delete_on_termination: bool | None
     volume_initialization_rate: int | None
     wait: str
@@ -262,6 +265,7 @@ def validate_config(config: dict, listing: bool = False) -> RestoreConfig:
     for name in ("NAME", "KMS_KEY_ID"):
         check_choice(config, name, str)
     check_key_arns(config, "BACKUP_KMS_KEYS")
+    check_api_limits(config, "EC2_API_LIMITS")
     check_pattern(config, "SUBNET_ID", SUBNET_ID_RE, "a subnet id")
     config["BACKUP_BEFORE"] = parse_before(config["BACKUP_BEFORE"])
     count = config["COUNT"]
