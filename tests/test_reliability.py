@@ -459,6 +459,22 @@ def test_a_run_killed_anywhere_is_healed_by_the_next(ec2, fleet, tmp_path, endpo
     assert orphaned_managed_snapshots(ec2) == []
 
 
+def test_the_daily_and_weekly_pools_of_one_server_restore_its_newest_backup_with_no_flag(
+    ec2, fleet, tmp_path, endpoint
+):
+    daily = one_server(tmp_path, fleet, "daily.py", "web01", "web01", SCHEDULE="daily")
+    weekly = one_server(tmp_path, fleet, "weekly.py", "web01", "web01", SCHEDULE="weekly")
+    for config in (daily, weekly):
+        assert run("ec2_to_ami.py", config).returncode == 0
+    [newest] = [i for i in managed(ec2, "web01") if tags_of(i)["ec2-to-ami:pool"] == "weekly"]
+    restore = write_config(tmp_path / "restore.py", SERVER="web01", WAIT="none")
+    result = run("ami_to_ec2.py", restore, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"from {newest['ImageId']}" in result.stdout  # the newest, across both pools
+    listing = run("ami_to_ec2.py", restore, "--list").stdout
+    assert "POOL" in listing and " weekly " in listing and " daily " in listing
+
+
 def test_a_restore_by_name_chooses_a_pool_when_two_configs_have_the_server(
     ec2, fleet, tmp_path, endpoint
 ):
@@ -470,7 +486,7 @@ def test_a_restore_by_name_chooses_a_pool_when_two_configs_have_the_server(
     launches = endpoint.count("RunInstances")
     result = run("ami_to_ec2.py", restore)
     assert result.returncode == 1
-    assert "backups in several pools (prod, staging)" in result.stderr
+    assert "backups in several pools (prod, staging) of different instances" in result.stderr
     assert endpoint.count("RunInstances") == launches  # nothing launched
     result = run("ami_to_ec2.py", restore, "--pool", "prod", "--dry-run")
     assert result.returncode == 0, result.stderr

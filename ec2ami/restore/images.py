@@ -204,16 +204,51 @@ def pick_image(ec2: Any, config: RestoreConfig, server: str, images: list[dict])
             no_backup_message(ec2, config, what) if not config.fleet
             else f"no available backup of {what}{backup_scope(config)}"
         )  # fmt: skip
-    pools = sorted({p for p in (image_tag(i, TAG_POOL) for i in found) if p})
-    if len(pools) > 1:
+    groups = pools_by_instance(found, images)
+    if len(groups) > 1:
+        pools = sorted(p for group in groups for p in group)
+        which = "; ".join(f"{', '.join(sorted(g))}: {', '.join(sorted(i))}"
+                          for g, i in sorted(groups.items()))  # fmt: skip
         raise RestoreError(
-            f"server {server!r} has backups in several pools ({', '.join(pools)}): "
-            "backup configs that each have a server of that name; choose one with POOL "
-            "(or --pool)"
+            f"server {server!r} has backups in several pools ({', '.join(pools)}) of "
+            f"different instances ({which}): backup configs that each have a server of that "
+            "name; choose one with POOL (or --pool)"
         )
     if config.drill and config.drill_pick == "random":
         return random.SystemRandom().choice(found)
     return found[0]
+
+
+def pools_by_instance(found: list[dict], images: list[dict]) -> dict[tuple, set[str]]:
+    """The pools of a server's backups, joined where they are backups of one instance (a
+    daily and a weekly config of the same server) or of an instance restored from another
+    pool's backup: each group of pools, with its instances. EC2's own records decide
+    (SourceInstanceId; a new instance's backups name, as SourceImageId, the backup it was
+    restored from); a copy, which has no SourceInstanceId, by its recorded instance."""
+
+    def instance_of(image: dict) -> str:
+        return str(image.get("SourceInstanceId") or read_recorded(image).instance_id or "")
+
+    by_id = {i["ImageId"]: i for i in images}
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for image in found:
+        pool = f"pool:{image_tag(image, TAG_POOL) or '-'}"
+        parent[root(pool)] = root(f"instance:{instance_of(image)}")
+        origin = by_id.get(str(image.get("SourceImageId") or ""))
+        if origin is not None:  # this instance was restored from that backup
+            parent[root(f"instance:{instance_of(origin)}")] = root(f"instance:{instance_of(image)}")
+    groups: dict[str, tuple[set[str], set[str]]] = {}
+    for node in list(parent):
+        kind, _, name = node.partition(":")
+        pools, instances = groups.setdefault(root(node), (set(), set()))
+        (pools if kind == "pool" else instances).add(name)
+    return {tuple(sorted(p)): i for p, i in groups.values() if p}
 
 
 def restore_from_recycle_bin(ec2: Any, binned: dict) -> dict:

@@ -116,13 +116,14 @@ def list_backups(ec2: Any, config: RestoreConfig, recycle_bin: bool = False) -> 
     """Print the restorable backups of SERVER (or of every server), newest first; and
     with recycle_bin the images in the Recycle Bin, which `--ami` restores."""
     images = managed_images(ec2, config.server, config.schedule)
-    columns = ["server", "image", "created", "schedule", "state", "type", "subnet", "record",
-               "verified"]  # fmt: skip
+    columns = ["server", "image", "created", "pool", "schedule", "state", "type", "subnet",
+               "record", "verified"]  # fmt: skip
     rows: list[dict] = [{c: c.upper() for c in columns}]
-    for image in sorted(images, key=lambda i: read_recorded(i).server or ""):
+    newest_first = sorted(images, key=lambda i: str(i.get("CreationDate", "")), reverse=True)
+    for image in sorted(newest_first, key=lambda i: read_recorded(i).server or ""):
         r = read_recorded(image)
         rows.append({"server": r.server, "image": image["ImageId"], "created": r.created,
-                     "schedule": r.schedule, "state": image["State"],
+                     "pool": r.pool, "schedule": r.schedule, "state": image["State"],
                      "type": r.instance_type, "subnet": r.subnet_id,
                      "record": r.completeness,
                      "verified": verified_summary(image_tag(image, TAG_VERIFIED))})  # fmt: skip
