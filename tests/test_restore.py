@@ -354,7 +354,7 @@ def test_list_shows_restorable_backups(ec2, backed_up, tmp_path):
     result = restore(tmp_path, "--list")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    header = ["SERVER", "IMAGE", "CREATED", "SCHEDULE", "STATE", "TYPE", "SUBNET", "RECORD"]
+    header = ["SERVER", "IMAGE", "CREATED", "POOL", "SCHEDULE", "STATE", "TYPE", "SUBNET", "RECORD"]
     assert lines[0].split() == [*header, "VERIFIED"]
     assert [line.split()[0] for line in lines[1:]] == ["app01", "web01", "win01"]
     assert all(backed_up.subnet_id in line and "t3.small" in line for line in lines[1:])
