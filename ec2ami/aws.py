@@ -7,6 +7,8 @@ bucket before each paced call, so a large run keeps EC2's pace with nothing refu
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import threading
 import time
@@ -17,7 +19,14 @@ import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ProfileNotFound,
+)
 from botocore.parsers import ResponseParserError
 
 from ec2ami.contract import TOOL
@@ -28,6 +37,8 @@ from ec2ami.facts import (
     SESSION_NAME_BAD_CHARS,
     request_bucket,
 )
+
+log = logging.getLogger(__name__)
 
 # Whatever botocore raises for a failed call: the service's error (ClientError), the
 # client's (BotoCoreError: no connection, retries exhausted, ...), and an answer it cannot
@@ -62,6 +73,10 @@ CAPACITY_ERRORS = frozenset({
 # Tokens the pacer leaves in EC2's bucket, so jitter in when calls arrive is not refused.
 PACER_SLACK = 2
 DEFAULT_MAX_ATTEMPTS = 10
+# A connection EC2 has not accepted in this long is not coming (botocore's default is 60 s,
+# which an unreachable endpoint spends on every attempt).
+CONNECT_TIMEOUT_SECONDS = 4
+CONNECTION_ATTEMPTS = 3
 
 
 class Clients:
@@ -94,6 +109,7 @@ class Clients:
                     pace(made, service, self.limits)
                 if service == "ec2":
                     made.meta.events.register_first("needs-retry.ec2", no_capacity_retries)
+                made.meta.events.register_first(f"needs-retry.{service}", few_connection_retries)
                 self._made[key] = made
             return self._made[key]
 
@@ -128,11 +144,28 @@ def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session
         raise ConfigError(
             "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"
         )
+    check_region(session)
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
     config = Config(
-        retries={"mode": "standard", "total_max_attempts": int(attempts)}, user_agent_extra=TOOL
-    )
+        retries={"mode": "standard", "total_max_attempts": int(attempts)}, user_agent_extra=TOOL,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    )  # fmt: skip
     return session, config
+
+
+def check_region(session: boto3.Session) -> None:
+    """A region botocore knows of (for EC2, in any partition), or a config error with the
+    nearest one: a typo'd region otherwise costs a minute of silent connection retries.
+    A custom endpoint (AWS_ENDPOINT_URL) may serve any name."""
+    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_EC2"):
+        return
+    known = {r for partition in session.get_available_partitions()
+             for r in session.get_available_regions("ec2", partition)}  # fmt: skip
+    region = str(session.region_name)
+    if known and region not in known:
+        close = difflib.get_close_matches(region, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"region {region!r} is not an EC2 region this botocore knows{hint}")
 
 
 def session_name(*parts: str) -> str:
@@ -220,6 +253,20 @@ def no_capacity_retries(response: Any = None, **_: Any) -> None:
         http.status_code = 400
 
 
+def few_connection_retries(
+    caught_exception: Exception | None = None, attempts: int = 0, **_: Any
+) -> None:
+    """An endpoint that cannot be reached is retried CONNECTION_ATTEMPTS times, saying so,
+    not the ten of the standard retries, each waiting for a connect timeout: then the
+    error ends the call (raised here, before botocore's retry handler can retry it)."""
+    if not isinstance(caught_exception, (EndpointConnectionError, ConnectTimeoutError)):
+        return
+    if attempts >= CONNECTION_ATTEMPTS:
+        raise caught_exception
+    log.warning("cannot reach AWS (%s): retrying (%d/%d)", caught_exception, attempts + 1,
+                CONNECTION_ATTEMPTS)  # fmt: skip
+
+
 def pace(client: Any, service: str = "ec2", limits: Mapping | None = None) -> None:
     """Make an EC2 or EBS client wait for a token of each call's own bucket before each
     paced call (and of its resource bucket, for a call that launches, starts or stops);
@@ -247,11 +294,22 @@ def paginate(ec2: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict
 
 
 def error_text(err: Exception) -> str:
-    """A one-line description of an AWS error, with its code."""
+    """A one-line description of an AWS error, with its code, and what to do where the
+    error alone does not say (no credentials, no connection)."""
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
         return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
-    return f"{type(err).__name__}: {err}"
+    hint = next((h for kind, h in ERROR_HINTS if isinstance(err, kind)), "")
+    return f"{type(err).__name__}: {err}{hint}"
+
+
+ERROR_HINTS = (
+    (NoCredentialsError, "; set AWS_PROFILE (or PROFILE), run `aws configure`, or give the "
+                         "host an instance role"),
+    (EndpointConnectionError, "; check the network, a proxy (HTTPS_PROXY) and the region's "
+                              "endpoint (AWS_ENDPOINT_URL, if set)"),
+    (ConnectTimeoutError, "; check the network, a proxy (HTTPS_PROXY) and the region"),
+)  # fmt: skip
 
 
 def chunked(values: list[str], size: int = FILTER_VALUES_MAX) -> Iterator[list[str]]:

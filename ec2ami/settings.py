@@ -12,8 +12,9 @@ from ec2ami.errors import ConfigError
 from ec2ami.facts import KMS_KEY_ARN_RE
 
 
-def read_settings(path: str) -> dict[str, Any]:
-    """Run a config file and return its UPPER_CASE settings, not yet checked."""
+def read_settings(path: str, known: Any = ()) -> dict[str, Any]:
+    """Run a config file and return its UPPER_CASE settings, not yet checked; a lower-case
+    name that is a known setting's is a mistake the run would otherwise silently ignore."""
     try:
         with open(path, encoding="utf-8") as handle:
             source = handle.read()
@@ -26,6 +27,10 @@ def read_settings(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}, line {err.lineno}: syntax error: {err.msg}") from None
     except BaseException as err:  # any failure in the file, even sys.exit(), is a config error
         raise ConfigError(f"{path}: {type(err).__name__}: {err}") from None
+    for name in namespace:
+        if not name.isupper() and name.upper() in known:
+            raise ConfigError(f"{path}: {name}: settings are UPPER_CASE: did you mean "
+                              f"{name.upper()}?")  # fmt: skip
     return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
 
 

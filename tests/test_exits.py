@@ -126,3 +126,36 @@ def test_an_html_page_during_a_restore_is_exit_1_saying_what_was_launched(
         assert len(new) == 1 and new[0] in result.stdout + result.stderr
     else:
         assert new == [] and "nothing launched" in result.stderr
+
+
+# --- Broken environments: a clear message, fast (issue 28 §5) -----------------------------
+
+SERVERS = [{"name": "web01", "instance_id": "i-0123456789abcdef0"}]
+
+
+def test_an_unreachable_endpoint_fails_within_seconds_with_a_hint(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    config = write_config(tmp_path / "b.py", REGION="us-east-1", SERVERS=SERVERS)
+    started = time.monotonic()
+    result = run("ec2_to_ami.py", config)
+    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert "retrying (2/3)" in result.stderr and "retrying (3/3)" in result.stderr
+    assert "check the network, a proxy" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_typo_in_the_region_is_a_config_error_naming_the_nearest(tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    config = write_config(tmp_path / "b.py", REGION="us-eats-1", SERVERS=SERVERS)
+    result = run("ec2_to_ami.py", config, "--dry-run")
+    assert result.returncode == 2 and "did you mean us-east-1?" in result.stderr
+
+
+def test_a_lower_case_setting_is_a_config_error_not_ignored(tmp_path):
+    config = tmp_path / "b.py"
+    config.write_text(f"SERVERS = {SERVERS!r}\nkeep = 3\n")
+    result = run("ec2_to_ami.py", config, "--dry-run")
+    assert result.returncode == 2 and "settings are UPPER_CASE: did you mean KEEP?" in result.stderr

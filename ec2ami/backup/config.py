@@ -189,7 +189,7 @@ def load_other_config(path: str) -> BackupConfig:
 
 def load_config(path: str) -> BackupConfig:
     """Read a config file and return its validated settings."""
-    settings = read_settings(path)
+    settings = read_settings(path, DEFAULTS)
     if settings.get("POOL") is None:
         settings["POOL"] = default_pool(path)
     if settings.get("STATE_FILE") is None:

@@ -187,7 +187,7 @@ class RestoreError(Exception):
 
 def load_config(path: str) -> dict[str, Any]:
     """Read a config file's UPPER_CASE settings (not yet validated)."""
-    settings = read_settings(path)
+    settings = read_settings(path, DEFAULTS)
     for name in settings:
         if name not in DEFAULTS:
             close = difflib.get_close_matches(name, DEFAULTS, n=1)
