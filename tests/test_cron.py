@@ -60,6 +60,7 @@ def config(tmp_path):
     return write_config(
         tmp_path / "daily 100%.py",  # a space and a percent sign, which cron must not mangle
         SERVERS=[{"name": "web01", "instance_id": "i-0123456789abcdef0"}],
+        REGION="us-east-1",
     )
 
 
@@ -78,15 +79,34 @@ def test_install_writes_one_complete_entry(crontab, config, tmp_path):
     assert "daily 100\\%.py" in entry  # cron turns \% back into %
 
 
-def test_the_installed_command_runs_and_exits_2_on_this_config(crontab, config, tmp_path):
-    """What cron would run: the command part, with cron's \\% unescaped, through sh."""
+def test_the_installed_command_runs_and_fails_saying_how_to_give_it_credentials(
+    crontab, config, tmp_path
+):
+    """What cron would run: the command part, with cron's \\% unescaped, through sh, with
+    cron's bare environment (and no instance metadata to wait for, off EC2)."""
     log = tmp_path / "backup.log"
     run("ec2_to_ami.py", config, "--install-cron", "@daily", "--cron-log", str(log))
     [entry] = entries(crontab_l())
     command = entry.split(" ", 1)[1].replace("\\%", "%")
-    result = subprocess.run(["sh", "-c", command], env={"PATH": os.environ["PATH"]}, check=False)
-    assert result.returncode == 2  # the config has no REGION and no AWS_REGION: a config error
-    assert "config error: REGION is None" in log.read_text()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
+    result = subprocess.run(["sh", "-c", command], env=env, check=False)
+    assert result.returncode == 1
+    assert "NoCredentialsError" in log.read_text() and "run `aws configure`" in log.read_text()
+
+
+def test_install_refuses_what_cron_cannot_resolve(crontab, tmp_path, monkeypatch):
+    servers = [{"name": "web01", "instance_id": "i-0123456789abcdef0"}]
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws files
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # this shell's only
+    no_region = write_config(tmp_path / "a.py", SERVERS=servers)
+    result = run("ec2_to_ami.py", no_region, "--install-cron", "@daily")
+    assert result.returncode == 2 and "cron does not have: set REGION" in result.stderr
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    keys_here = write_config(tmp_path / "b.py", SERVERS=servers, REGION="us-east-1")
+    result = run("ec2_to_ami.py", keys_here, "--install-cron", "@daily")
+    assert result.returncode == 2 and "this shell's AWS_ACCESS_KEY_ID" in result.stderr
+    assert entries(crontab_l()) == []
 
 
 def test_install_again_replaces_the_entry(crontab, config):
@@ -99,7 +119,9 @@ def test_install_again_replaces_the_entry(crontab, config):
 def test_unrelated_lines_survive_byte_for_byte(crontab, config, tmp_path):
     subprocess.run(["crontab", "-"], input=UNRELATED, check=True)
     other = write_config(
-        tmp_path / "weekly.py", SERVERS=[{"name": "a", "instance_id": "i-0badcafe"}]
+        tmp_path / "weekly.py",
+        SERVERS=[{"name": "a", "instance_id": "i-0badcafe"}],
+        REGION="us-east-1",
     )
     run("ec2_to_ami.py", other, "--install-cron", "0 4 * * 0")
     run("ec2_to_ami.py", config, "--install-cron", "0 2 * * *")
@@ -114,7 +136,9 @@ def test_unrelated_lines_survive_byte_for_byte(crontab, config, tmp_path):
 
 def test_show_prints_only_this_configs_entry(crontab, config, tmp_path):
     other = write_config(
-        tmp_path / "weekly.py", SERVERS=[{"name": "a", "instance_id": "i-0badcafe"}]
+        tmp_path / "weekly.py",
+        SERVERS=[{"name": "a", "instance_id": "i-0badcafe"}],
+        REGION="us-east-1",
     )
     run("ec2_to_ami.py", other, "--install-cron", "0 4 * * 0")
     missing = run("ec2_to_ami.py", config, "--show-cron")

@@ -16,7 +16,7 @@ from ec2ami import clock
 from ec2ami.aws import AWS_ERRORS, Clients, RoleError, base_session, connect, error_text
 from ec2ami.backup.config import RPO_DEFAULTS, load_config, load_other_config
 from ec2ami.backup.cost import cost_report
-from ec2ami.backup.cron import CronError, check_cron_schedule, manage_cron
+from ec2ami.backup.cron import CronError, check_cron_can_run, check_cron_schedule, manage_cron
 from ec2ami.backup.listing import list_backups
 from ec2ami.backup.monitoring import run_check
 from ec2ami.backup.run import run_backup
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         setup_logging(args, config.log_file)
         if args.install_cron:
             check_cron_schedule(args.install_cron)
+            check_cron_can_run(config.region, config.profile, config.role_arn)
         if args.cron:
             return manage_cron(args, script)
         if args.print_iam_policy or args.print_ssm_document:

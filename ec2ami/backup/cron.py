@@ -35,6 +35,38 @@ def check_cron_schedule(schedule: str) -> None:
         raise ConfigError(f"--install-cron {schedule!r}: give five cron fields, e.g. '0 2 * * *'")
 
 
+def check_cron_can_run(region: str | None, profile: str | None, role_arn: str | None) -> None:
+    """Refuse an entry that would fail every night in silence: cron runs the job with a
+    bare environment (HOME, LOGNAME, PATH, SHELL), so a region or credentials that come
+    only from this shell's AWS_* variables are not there. What the config and the
+    profile's files give, cron has too (an instance role cannot be told from here, and is
+    not refused)."""
+    import botocore.session
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    try:
+        core = botocore.session.Session(profile=profile)
+        resolved = region or core.get_config_variable("region")
+        resolver = core.get_component("credential_provider")
+        for name in ("iam-role", "container-role"):  # no metadata calls at install time
+            resolver.remove(name)
+        credentials = core.get_credentials()
+    except Exception as err:  # a profile cron cannot find is the same failure
+        raise ConfigError(f"--install-cron: cron could not load the AWS profile: {err}") from None
+    finally:
+        os.environ.update(saved)
+    if not resolved:
+        raise ConfigError(
+            "--install-cron: REGION is None and the profile sets no region, so the region "
+            "comes from this shell's environment, which cron does not have: set REGION"
+        )
+    if credentials is None and "AWS_ACCESS_KEY_ID" in saved:
+        raise ConfigError(
+            "--install-cron: the credentials come from this shell's AWS_ACCESS_KEY_ID, "
+            "which cron does not have: use a profile (PROFILE) or the host's instance role"
+        )
+
+
 def cron_marker(config_path: str) -> str:
     """The comment that ends this config's crontab entry."""
     return CRON_MARKER + os.path.abspath(config_path)
@@ -97,6 +129,11 @@ def manage_cron(args: argparse.Namespace, script: str | None) -> int:
     write_crontab(kept)
     verb = "installed" if args.install_cron else "removed" if ours else "nothing to remove for"
     log.info("crontab entry %s: %s", verb, os.path.abspath(args.config))
+    if args.install_cron:
+        log.info("its output goes to %s (-q: only warnings and errors); to be told when a "
+                 "run fails, also install the hourly check: %s", log_path,
+                 " ".join([*command_of(script), "--config", os.path.abspath(args.config),
+                           "--check", "-q"]))  # fmt: skip
     return EXIT_OK
 
 
