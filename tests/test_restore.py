@@ -573,3 +573,29 @@ def test_a_fleet_rerun_skips_the_servers_already_restored(ec2, backed_up, tmp_pa
     document = json.loads(result.stdout)
     assert document["already_restored"] == ["web01"]
     assert len(live_of(ec2, "web01")) == 1 and len(live_of(ec2, "app01")) == 1
+
+
+def test_ctrl_c_after_launch_says_what_was_launched_and_how_to_finish(
+    ec2, backed_up, tmp_path, monkeypatch
+):
+    from ec2ami.restore import launch
+
+    ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    original = launch.advance
+    monkeypatch.setattr(launch, "advance", interrupt)  # while it waits for the instance
+    result = restore(tmp_path, SERVER="web01")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if "web01: launched i-" in x]
+    new_id = line.split("launched ")[1].split(",")[0]
+    token = result.stderr.split("--client-token ")[1].split()[0]
+    assert (
+        "to finish it, run: python " in result.stderr and "ami_to_ec2.py --config" in result.stderr
+    )
+    monkeypatch.setattr(launch, "advance", original)
+    again = restore(tmp_path, "--client-token", token, SERVER="web01")  # the printed command
+    assert again.returncode == 0, again.stderr
+    assert new_id in again.stdout  # the same instance, finished, not a second one

@@ -142,6 +142,8 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
     """Parse the command line; argparse exits 2 on bad usage."""
     parser = build_parser(script)
     args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args.command = ["python", script or "ami_to_ec2.py", *given]  # for a resume command
     if args.recycle_bin and not args.list:
         parser.error("--recycle-bin goes with --list")
     if args.client_token is not None and not re.fullmatch(r"[\x21-\x7e]{1,64}", args.client_token):

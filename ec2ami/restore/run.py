@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +45,30 @@ def restore(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -
         raise RestoreError(f"AWS error: {error_text(err)}") from None
     if restores is None or args.dry_run:
         return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config)
-    run_restores(clients, config, restores, run)
+    try:
+        run_restores(clients, config, restores, run)
+    except KeyboardInterrupt:
+        return interrupted(restores, run, args)
     report(clients.ec2, restores, config, args.json, run)
     return EXIT_FAILED if any(r.error for r in restores) else EXIT_OK
+
+
+def interrupted(restores: list[Restore], run: Run, args: argparse.Namespace) -> int:
+    """Ctrl-C after launching began: what was launched and how far each got, and the exact
+    command that finishes the job (this run's client token: EC2 returns the same instances
+    instead of launching more, and the rest of each setup is done)."""
+    log.error("interrupted: nothing more was done")
+    for r in restores:
+        if r.ids:
+            log.error("%s: launched %s, stopped at %s (Elastic IPs, load balancers and DNS "
+                      "may not be set yet)", r.server, ", ".join(r.ids), r.stage)  # fmt: skip
+        elif r.plan and not r.problems:
+            log.error("%s: not launched", r.server)
+    command = [c for c in getattr(args, "command", []) if c]
+    if "--client-token" not in command:
+        command += ["--client-token", run.token]
+    log.error("to finish it, run: %s", shlex.join(command))
+    return EXIT_FAILED
 
 
 def prepare(
