@@ -599,3 +599,18 @@ def test_ctrl_c_after_launch_says_what_was_launched_and_how_to_finish(
     again = restore(tmp_path, "--client-token", token, SERVER="web01")  # the printed command
     assert again.returncode == 0, again.stderr
     assert new_id in again.stdout  # the same instance, finished, not a second one
+
+
+def test_a_restore_that_waits_says_so_at_least_every_heartbeat(
+    ec2, backed_up, tmp_path, monkeypatch
+):
+    from ec2ami.restore import launch
+    from localaws.endpoint import SETTINGS
+
+    monkeypatch.setattr(launch, "HEARTBEAT_SECONDS", 0.2)
+    SETTINGS.instance_pending_seconds = 1.0
+    ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
+    result = restore(tmp_path, SERVER="web01", WAIT="running")
+    assert result.returncode == 0, result.stderr
+    beats = [line for line in result.stderr.splitlines() if "still waiting" in line]
+    assert beats and "web01 launched (i-" in beats[0]

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# While instances boot, the restore says so at least this often: at 3 a.m. a silent
+# terminal looks like a hung one.
+HEARTBEAT_SECONDS = 30.0
+
+
 def run_restores(
     clients: Clients, config: RestoreConfig, restores: list[Restore], run: Run
 ) -> None:
@@ -36,8 +41,12 @@ def run_restores(
     todo = [r for r in restores if r.plan and not r.problems]
     waiting: list[Restore] = []
     delay = polling.POLL_FIRST_SECONDS
-    next_poll = time.monotonic() + delay
+    next_poll, beat = time.monotonic() + delay, time.monotonic() + HEARTBEAT_SECONDS
     while todo or waiting:
+        if waiting and time.monotonic() >= beat:  # a line every HEARTBEAT_SECONDS, not silence
+            log.info("still waiting, %.0f s in: %s", run.since(), ", ".join(
+                f"{r.server} {r.stage} ({', '.join(r.ids)})" for r in waiting))  # fmt: skip
+            beat = time.monotonic() + HEARTBEAT_SECONDS
         if todo:
             restore = todo.pop(0)
             start(clients, config, restore, run)  # waits for a RunInstances token first
