@@ -138,8 +138,9 @@ def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session
         # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
         region = region or os.environ.get("AWS_REGION") or None
         session = boto3.Session(botocore_session=core, region_name=region)
-    except ProfileNotFound as err:
-        raise ConfigError(f"PROFILE: {err}") from None
+    except ProfileNotFound as err:  # say where the name came from: it may not be the config
+        where = "PROFILE (or --profile)" if profile else "AWS_PROFILE"
+        raise ConfigError(f"{where}: {err}") from None
     if not session.region_name:
         raise ConfigError(
             "REGION is None, and none of AWS_REGION, AWS_DEFAULT_REGION or the profile sets one"

@@ -159,3 +159,18 @@ def test_a_lower_case_setting_is_a_config_error_not_ignored(tmp_path):
     config.write_text(f"SERVERS = {SERVERS!r}\nkeep = 3\n")
     result = run("ec2_to_ami.py", config, "--dry-run")
     assert result.returncode == 2 and "settings are UPPER_CASE: did you mean KEEP?" in result.stderr
+
+
+def test_region_and_profile_flags_win_over_the_config_and_errors_say_where_a_name_came_from(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    config = write_config(tmp_path / "b.py", REGION="us-east-1", SERVERS=SERVERS)
+    result = run("ec2_to_ami.py", config, "--region", "us-eats-1", "--dry-run")
+    assert result.returncode == 2 and "did you mean us-east-1?" in result.stderr  # the flag's
+    result = run("ec2_to_ami.py", config, "--profile", "nosuch", "--dry-run")
+    assert result.returncode == 2 and "PROFILE (or --profile)" in result.stderr
+    monkeypatch.setenv("AWS_PROFILE", "nosuch")
+    result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="web01"), "--list")
+    assert result.returncode == 2 and "AWS_PROFILE: The config profile (nosuch)" in result.stderr

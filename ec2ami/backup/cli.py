@@ -5,6 +5,7 @@ list, check, cost, print a policy, manage cron, or run the backup (run.run_backu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import logging
 import os
@@ -23,6 +24,7 @@ from ec2ami.backup.run import run_backup
 from ec2ami.backup.ssm_document import print_ssm_document
 from ec2ami.backup.state import record_run
 from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
+from ec2ami.facts import REGION_RE
 from ec2ami.iam.backup import print_iam_policy
 from ec2ami.output import command_line, setup_logging
 from ec2ami.settings import lock_path
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     args = parse_args(argv, script)
     setup_logging(args)
     try:
-        config = load_config(args.config)
+        config = load_with_flags(args)
         setup_logging(args, config.log_file)
         if args.install_cron:
             check_cron_schedule(args.install_cron)
@@ -94,6 +96,15 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         return EXIT_FAILED
 
 
+def load_with_flags(args: argparse.Namespace) -> BackupConfig:
+    """The config file's settings, with --region and --profile over them."""
+    config = load_config(args.config)
+    if args.region or args.profile:
+        config = dataclasses.replace(config, region=args.region or config.region,
+                                     profile=args.profile or config.profile)  # fmt: skip
+    return config
+
+
 def make_clients(config: BackupConfig) -> Clients:
     """Build the run's clients: region, profile, ROLE_ARN and botocore's standard retries."""
     session, client_config = base_session(config.profile, config.region)
@@ -115,6 +126,8 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         script,
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--region", help="back up in this region (REGION)")
+    parser.add_argument("--profile", help="the AWS profile to use (PROFILE)")
     parser.add_argument("--list", action="store_true", help="list managed backups and exit")
     parser.add_argument(
         "--recycle-bin", action="store_true", help="with --list: the Recycle Bin's images too"
@@ -188,6 +201,8 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
             args.list or args.check or args.cost or args.dry_run or args.no_prune
         ):
             parser.error(f"--{printed.replace('_', '-')} goes only with --config")
+    if args.region is not None and not REGION_RE.match(args.region):
+        parser.error(f"--region must be a region such as eu-west-1, not {args.region!r}")
     if args.guard and not args.print_iam_policy:
         parser.error("--guard goes with --print-iam-policy")
     if args.check and (args.list or args.dry_run or args.no_prune):

@@ -100,6 +100,7 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--pool", metavar="POOL", help="only backups of this backup pool")
     parser.add_argument("--count", type=int, metavar="N", help="instances to launch")
     parser.add_argument("--region", help="restore in this region (a copy there, for DR)")
+    parser.add_argument("--profile", help="the AWS profile to use (PROFILE)")
     parser.add_argument("--subnet-id", metavar="ID", help="launch into this subnet")
     parser.add_argument(
         "--security-group-ids", metavar="IDS", help="comma-separated security group ids"

@@ -220,6 +220,8 @@ def apply_flags(config: dict, args: argparse.Namespace) -> dict:
         config["COUNT"] = args.count
     if args.region is not None:
         config["REGION"] = args.region
+    if getattr(args, "profile", None) is not None:
+        config["PROFILE"] = args.profile
     for flag, value, setting in (("--subnet-id", args.subnet_id, "DRILL_SUBNET_ID"),
                                  ("--security-group-ids", args.security_group_ids,
                                   "DRILL_SECURITY_GROUP_IDS")):  # fmt: skip
