@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -381,7 +382,9 @@ def test_failed_polls_are_retried_at_the_next_poll(ec2, fleet, tmp_path, endpoin
     endpoint.inject("DescribeImages", "InternalError", 500, times=2, **poll)
     result = run("ec2_to_ami.py", backup_config(tmp_path, fleet), AWS_MAX_ATTEMPTS="1")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("could not poll 3 new image(s): InternalError") == 2
+    # Two polls failed (how many images each covered depends on how far the creates got).
+    failed = re.findall(r"could not poll [123] new image\(s\): InternalError", result.stderr)
+    assert len(failed) == 2
     assert "3 server(s): 3 backed up, 0 failed" in result.stderr
 
 
