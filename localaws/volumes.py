@@ -30,8 +30,6 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
 
-ROOT_TASK_STATES = ("pending", "in-progress", "succeeded")
-
 
 class VolumeSettings:
     """The knobs tests turn (reset with the endpoint's SETTINGS)."""

@@ -36,9 +36,11 @@ def key_arn(setting: str, key: str, region: str, account: str) -> str:
 
 
 def blocks_statements(keys: Iterable[str], region: str) -> list[dict]:
-    """--cost reads encrypted snapshots' blocks with the EBS direct APIs: kms:Decrypt on
-    their keys, through EBS only (Amazon EBS User Guide, "Control access to EBS direct
-    APIs using IAM", its KMS policy for encrypted snapshots)."""
+    """--cost lists encrypted snapshots' blocks with the EBS direct APIs: kms:Decrypt on
+    their keys, through EBS only. Unconfirmed: the EBS User Guide's "Control access to EBS
+    direct APIs using IAM" covers the ebs: actions, and no page found here says whether
+    ListSnapshotBlocks and ListChangedBlocks (which read no data) need a key permission;
+    the grant is kept narrow in case they do."""
     arns = sorted(set(keys))
     via = {"StringEquals": {"kms:ViaService": f"ebs.{region}.amazonaws.com"}}
     return [allow("CountBlocksOfEncryptedSnapshotsThroughEbsOnly", "kms:Decrypt", arns, via)

@@ -273,14 +273,15 @@ def replace_root(ec2: Any, plan: InPlacePlan, config: RestoreConfig, deadline: f
                 "ResourceType": "replace-root-volume-task",
                 "Tags": [{"Key": TAG_IN_PLACE, "Value": plan.run}]}], **extra,
         )["ReplaceRootVolumeTask"]  # fmt: skip
-    task_id = task["ReplaceRootVolumeTaskId"]
+    task_id, seen = task["ReplaceRootVolumeTaskId"], {"state": task.get("TaskState")}
 
-    def state() -> str:
+    def ended() -> bool:
         found = ec2.describe_replace_root_volume_tasks(ReplaceRootVolumeTaskIds=[task_id])
-        return str(found["ReplaceRootVolumeTasks"][0]["TaskState"])
+        seen["state"] = found["ReplaceRootVolumeTasks"][0]["TaskState"]
+        return seen["state"] in TASK_DONE | TASK_FAILED
 
-    final = wait_for(lambda: state() in TASK_DONE | TASK_FAILED, f"task {task_id}", deadline)
-    if final and state() in TASK_FAILED:
+    wait_for(ended, f"task {task_id}", deadline)
+    if seen["state"] in TASK_FAILED:
         raise InPlaceError(
             f"root volume replacement task {task_id} failed: EC2 left the "
             "original root volume on the instance; nothing else was changed"
@@ -357,7 +358,7 @@ def volume_state(ec2: Any, volume_id: str) -> str:
     return str(ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"])
 
 
-def wait_for(done: Any, what: str, deadline: float) -> bool:
+def wait_for(done: Any, what: str, deadline: float) -> None:
     """Poll done() (backing off) until it is true; InPlaceError past the deadline."""
     delay = polling.POLL_FIRST_SECONDS / 4
     while not done():
@@ -365,7 +366,6 @@ def wait_for(done: Any, what: str, deadline: float) -> bool:
             raise InPlaceError(f"gave up waiting for {what} (WAIT_TIMEOUT_MINUTES)")
         time.sleep(delay)
         delay = min(delay * polling.POLL_FACTOR, polling.POLL_MAX_SECONDS)
-    return True
 
 
 def check_devices(ec2: Any, plan: InPlacePlan) -> None:
