@@ -25,7 +25,7 @@ from ec2ami.backup.state import age_metrics
 from ec2ami.errors import EXIT_LOCKED
 from localaws.endpoint import age_image
 from localaws.fleet import launch
-from tests.conftest import REGION, ROOT, backup_config, managed, run, write_config
+from tests.conftest import REGION, ROOT, backup_config, documented, managed, run, write_config
 
 NAMESPACE = "EC2Backup"
 LIVE = {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
@@ -50,7 +50,7 @@ def check(config: Path, *args: str) -> tuple[int, str, dict]:
     text = run("ec2_to_ami.py", config, "--check", *args)
     document = run("ec2_to_ami.py", config, "--check", "--json", *args)
     assert text.returncode == document.returncode, (text.stderr, document.stderr)
-    return text.returncode, text.stdout, json.loads(document.stdout)
+    return text.returncode, text.stdout, documented(document, "backup-check")
 
 
 def test_check_names_the_stale_the_missing_and_the_uncovered(ec2, fleet, tmp_path):
@@ -253,11 +253,13 @@ def shipped_command_lines() -> list[list[str]]:
 
 def test_the_shipped_cron_and_systemd_lines_parse_and_include_a_check():
     commands = shipped_command_lines()
-    assert len(commands) == 5  # cron: daily, weekly, the check; systemd: daily, the check
+    assert len(commands) == 6  # cron and systemd each: daily, weekly, the check
     for argv in commands:
         args = parse_args(argv)
         assert args.config.startswith("/etc/ec2-backup/")
     assert sum(parse_args(a).check for a in commands) == 2
+    for argv in (a for a in commands if parse_args(a).check):  # the weekly's servers count
+        assert parse_args(argv).also_config == ["/etc/ec2-backup/weekly.py"]
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
@@ -270,6 +272,34 @@ def test_the_systemd_units_verify(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *units],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+@pytest.mark.parametrize(
+    "unit", sorted(u.name for u in (ROOT / "docs" / "systemd").glob("*.service"))
+)
+def test_each_shipped_service_is_hardened(unit):
+    """systemd's own exposure score: at most 5 ("OK"), as each unit's comment promises."""
+    result = subprocess.run(
+        # --threshold is on the 0-100 scale behind the printed 0-10 score: 50 is 5.0.
+        ["systemd-analyze", "security", "--offline=true", "--threshold=50", "--no-pager", unit],
+        cwd=ROOT / "docs" / "systemd", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-400:] + result.stderr
+    score = float(result.stdout.split("Overall exposure level for ")[1].split()[1])
+    assert score <= 5
+    promised = (ROOT / "docs" / "systemd" / unit).read_text()
+    assert f" {score:.1f}" in promised.replace("\n# ", " "), f"the comment does not say {score}"
+
+
+def test_every_backup_and_drill_unit_can_write_its_logs():
+    """ProtectSystem=strict makes / read-only: LOG_FILE and DRILL_LOG need LogsDirectory."""
+    for unit in (ROOT / "docs" / "systemd").glob("ec2-*.service"):
+        text = unit.read_text()
+        if "ProtectSystem=strict" in text and "--check" not in text:
+            assert "LogsDirectory=ec2-backup" in text, unit.name
+        if "ProtectSystem=strict" in text:
+            assert "ReadWritePaths=-/run/lock" in text, unit.name  # the run lock (LOCK_DIRS)
 
 
 def test_a_config_that_selects_nothing_is_a_problem(fleet, tmp_path):
