@@ -13,11 +13,6 @@ import pytest
 
 from tests.conftest import ROOT, run, write_config
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("crontab") is None and not os.environ.get("CI"),
-    reason="the crontab command is not installed (CI installs Debian's cron package)",
-)
-
 UNRELATED = (
     b"# my own jobs\n"
     b"MAILTO=ops@example.com\n"
@@ -33,26 +28,40 @@ def crontab_l() -> bytes:
 
 
 CRONTAB_LOCK = os.path.join(tempfile.gettempdir(), "ec2-ami-backup-tests-crontab.lock")
+CRON_USER = "ec2ami-crontest"  # a system user of the tests' own: never your crontab
 
 
 @pytest.fixture
-def crontab():
-    """The user's crontab, saved before the test and put back after it.
+def crontab(tmp_path, monkeypatch):
+    """A crontab of the tests' own user, empty at the start, emptied after the test.
 
-    There is one crontab per user, and the suite runs in several workers (or twice at
-    once): a lock across processes lets one test at a time have it.
+    Debian's real crontab command does the work: `crontab` first on PATH is a two-line
+    script that runs it with `-u ec2ami-crontest` (root may edit another user's crontab),
+    so neither the tool nor the tests ever read or write the crontab of whoever runs the
+    suite. There is one crontab per user and the suite runs in several workers: a lock
+    across processes lets one test at a time have it.
     """
+    real = shutil.which("crontab")
+    if real is None:
+        pytest.fail("the crontab command is missing: `make test` installs Debian's cron package "
+                    "when run as root; otherwise apt-get install cron")  # fmt: skip
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the tests a crontab of their own user instead of yours")
+    if subprocess.run(["id", CRON_USER], capture_output=True, check=False).returncode:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        CRON_USER], capture_output=True, check=False)  # fmt: skip
+    shim = tmp_path / "bin" / "crontab"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {real} -u {CRON_USER} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
     with open(CRONTAB_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        saved = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
         subprocess.run(["crontab", "-r"], capture_output=True, check=False)
         try:
             yield
         finally:
-            if saved.returncode == 0:
-                subprocess.run(["crontab", "-"], input=saved.stdout, check=True)
-            else:
-                subprocess.run(["crontab", "-r"], capture_output=True, check=False)
+            subprocess.run(["crontab", "-r"], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -77,6 +86,8 @@ def test_install_writes_one_complete_entry(crontab, config, tmp_path):
     assert sys.executable in entry and str(ROOT / "ec2_to_ami.py") in entry
     assert " -q >> " in entry and str(log) in entry and entry.rstrip().endswith("100\\%.py")
     assert "daily 100\\%.py" in entry  # cron turns \% back into %
+    yours = subprocess.run(["/usr/bin/crontab", "-l"], capture_output=True, check=False)
+    assert b"ec2-to-ami-cron" not in yours.stdout  # the suite's user has its own crontab
 
 
 def test_the_installed_command_runs_and_fails_saying_how_to_give_it_credentials(
