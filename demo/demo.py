@@ -149,6 +149,8 @@ def demo(url: str) -> None:
             encoding="utf-8",
         )
         run(env, "ami_to_ec2.py", "--config", str(drill_config), "--drill", "--all")
+        print("DRILL_LOG is the drill's own record: one JSON line per server and drill, with "
+              "the result and the seconds each step took.")  # fmt: skip
         for line in log.read_text(encoding="utf-8").splitlines():
             entry = json.loads(line)
             steps = ", ".join(f"{k} {v:.1f} s" for k, v in entry["timings"].items())
@@ -162,6 +164,8 @@ def demo(url: str) -> None:
         restore_config.write_text('SERVER = "web01"\n', encoding="utf-8")
         step("Restore web01 from a config holding only SERVER")
         run(env, "ami_to_ec2.py", "--config", str(restore_config))
+        print("The client token above makes a retry safe: rerun with --client-token and EC2 "
+              "returns the same instance instead of launching a second one.")  # fmt: skip
         after = describe(ec2, newest_named(ec2, "web01"))
         step("Before and after")
         compare(before, after)

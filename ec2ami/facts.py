@@ -64,6 +64,9 @@ IN_RECYCLE_BIN = "in the Recycle Bin"  # deregistered, kept by a retention rule
 GONE_STATES = {"terminated", "shutting-down"}
 STATUS_OK = "ok"
 ERR_DRY_RUN_OK = "DryRunOperation"
+# RunInstances with a client token it has seen but other parameters (EC2 API Reference,
+# "Error codes for the Amazon EC2 API"; "Ensure idempotency", EC2 Developer Guide).
+ERR_TOKEN_MISMATCH = "IdempotentParameterMismatch"
 NOT_FOUND_CODES = {
     "InvalidSubnetID.NotFound": "subnet",
     "InvalidGroup.NotFound": "security group",

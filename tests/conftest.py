@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +20,7 @@ import botocore.client
 import botocore.loaders
 import botocore.retries.standard
 import botocore.session
+import jsonschema
 import pytest
 
 from ec2ami import clock, polling
@@ -244,6 +246,14 @@ def run(script: str, config: Path | None, *args: str, **env: str) -> subprocess.
             logging.getLogger().removeHandler(handler)
             handler.close()
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def documented(result: subprocess.CompletedProcess, schema: str) -> Any:
+    """stdout as the one JSON document --json promises, valid under docs/json's schema."""
+    document = json.loads(result.stdout)
+    found = json.loads((ROOT / "docs" / "json" / f"{schema}.schema.json").read_text())
+    jsonschema.validate(document, found)
+    return document
 
 
 def managed(ec2: Any, server: str | None = None) -> list[dict]:

@@ -244,7 +244,13 @@ def test_unknown_server_flag_exits_2(endpoint, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["--list", "--dry-run"], ["--cost", "--dry-run"], ["--cost", "--check"], ["--json"]]
+    "args",
+    [
+        ["--list", "--dry-run"],
+        ["--cost", "--dry-run"],
+        ["--cost", "--check"],
+        ["--last-run", "--list"],
+    ],
 )
 def test_bad_usage_exits_2(endpoint, tmp_path, args):
     path = write_config(tmp_path / "c.py", SERVERS=[SERVER])

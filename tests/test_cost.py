@@ -3,13 +3,12 @@ against volumes whose blocks the tests write between backups (harness patches P2
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
 from localaws.endpoint import BLOCKS_PER_GIB, resize_volume, write_blocks
 from localaws.fleet import launch
-from tests.conftest import backup_config, managed, run, tags_of, write_config
+from tests.conftest import backup_config, documented, managed, run, tags_of, write_config
 
 DR = "us-west-2"
 BLOCK_GIB = 1 / 2048  # a 512 KiB block, in GiB
@@ -31,7 +30,7 @@ def backup(config, *args: str) -> None:
 def cost(config, *args: str) -> tuple[int, dict, str]:
     """Run --cost --json; return the exit code, the report and stderr."""
     result = run("ec2_to_ami.py", config, "--cost", "--json", *args)
-    return result.returncode, json.loads(result.stdout), result.stderr
+    return result.returncode, documented(result, "backup-cost"), result.stderr
 
 
 def row(report: dict, server: str, region: str = "us-east-1") -> dict:
@@ -183,6 +182,6 @@ def test_two_pools_servers_of_one_name_are_two_rows(ec2, fleet, tmp_path):
         entry = {"name": "web01", "instance_id": fleet.instances[instance]}
         config = write_config(tmp_path / name, SERVERS=[entry])
         assert run("ec2_to_ami.py", config).returncode == 0
-    document = json.loads(run("ec2_to_ami.py", config, "--cost", "--json").stdout)
+    document = documented(run("ec2_to_ami.py", config, "--cost", "--json"), "backup-cost")
     pools = sorted(r["pool"] for r in document["rows"] if r["server"] == "web01" and r["backups"])
     assert pools == ["prod", "staging"]

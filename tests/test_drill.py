@@ -16,6 +16,7 @@ from localaws.endpoint import SETTINGS, age_instance
 from localaws.fleet import ROOT
 from tests.conftest import (
     backup_config,
+    documented,
     drill_config,
     later,
     managed,
@@ -181,7 +182,7 @@ def test_a_drill_killed_by_sigkill_is_cleaned_up_by_the_next_and_never_backed_up
     assert not {tags_of(i)["ec2-to-ami:instance-id"] for i in made} & set(left)
     # Nor does --check count one as an instance left without backups.
     checked = run("ec2_to_ami.py", backup_config(tmp_path, drilled), "--check", "--json")
-    assert json.loads(checked.stdout)["uncovered"] == []
+    assert documented(checked, "backup-check")["uncovered"] == []
     # Before their deadline (DRILL_TIMEOUT_MINUTES x 2 after their drill began), they may
     # belong to a drill still running.
     SETTINGS.instance_pending_seconds = 0.2

@@ -3,14 +3,13 @@ together, each with its own recorded configuration; one server's failure stops n
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 
 from localaws.endpoint import SETTINGS
 from localaws.fleet import launch
-from tests.conftest import backup_config, managed, run, tags_of, write_config
+from tests.conftest import backup_config, documented, managed, run, tags_of, write_config
 
 FIVE = ["app01", "cache01", "db01", "web01", "win01"]
 
@@ -73,7 +72,7 @@ def test_several_servers_report_their_backups_age_and_timings_as_json(ec2, lost,
     config = write_config(tmp_path / "r.py", SERVERS=["web01", "db01"])
     result = run("ami_to_ec2.py", config, "--json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = documented(result, "restore-result")
     assert [s["server"] for s in report["servers"]] == ["web01", "db01"]
     assert report["failed"] == [] and report["wall_seconds"] > 0
     for server in report["servers"]:

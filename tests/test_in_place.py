@@ -4,7 +4,6 @@ tagged, --rollback puts them back, and a run stopped anywhere is finished by the
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 
@@ -22,6 +21,7 @@ from localaws.volumes import VOLUMES
 from tests.conftest import (
     REGION,
     backup_config,
+    documented,
     managed,
     run,
     script_command,
@@ -106,7 +106,7 @@ def test_a_linux_server_gets_its_three_disks_back_and_keeps_everything_else(
     elbv2 = boto3.client("elbv2", region_name=REGION, endpoint_url=endpoint.url)
     result = in_place(tmp_path, "--yes", "--json", SERVER="web01")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout[result.stdout.index("{") :])
+    report = documented(result, "restore-in-place")  # the plan went to stderr
     assert report["result"] == "ok" and report["instance"] == web
     assert identity(ec2, web) == before  # the same instance, interfaces, addresses, EIP, tags
     members = elbv2.describe_target_health(TargetGroupArn=broken.group_arn)

@@ -3,7 +3,6 @@ count, order, or delete anything (ec2ami/backup/ownership.py, the sweep's eviden
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,6 +13,7 @@ from tests.conftest import (
     REGION,
     all_snapshots,
     backup_config,
+    documented,
     managed,
     orphaned_managed_snapshots,
     run,
@@ -70,7 +70,7 @@ def test_an_insiders_look_alikes_delete_nothing_real_and_are_reported(ec2, fleet
     assert set(forged) <= {i["ImageId"] for i in managed(ec2, "web01")}
     assert marked in {s["SnapshotId"] for s in all_snapshots(ec2)}
     check = run("ec2_to_ami.py", config, "--check", "--json", "--server", "web01")
-    document = json.loads(check.stdout)
+    document = documented(check, "backup-check")
     assert check.returncode == 1 and all(f in document["summary"] for f in forged)
     [fresh] = [b for b in document["backups"] if b["server"] == "web01"]
     assert fresh["status"] == "fresh" and 0 <= fresh["age_hours"] < 1

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
+import sys
 
 import pytest
 
 from localaws.endpoint import SETTINGS, finish_pending
 from localaws.fleet import launch
-from tests.conftest import backup_config, managed, run, tags_of, write_config
+from tests.conftest import ROOT, backup_config, documented, managed, run, tags_of, write_config
 
 
 @pytest.fixture
@@ -209,6 +209,29 @@ def test_rerun_with_the_same_client_token_launches_nothing_new(ec2, backed_up, t
     assert "was not moved" not in again.stderr  # the address is already on this instance
 
 
+def test_a_token_rerun_after_a_newer_backup_says_which_image_the_token_launched(
+    ec2, backed_up, tmp_path
+):
+    ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
+    first = restore(tmp_path, "--client-token", "incident-43", SERVER="web01", WAIT="none")
+    assert first.returncode == 0, first.stderr
+    [launched_from] = {instance(ec2, i)["ImageId"] for i in launched_ids(first)}
+    # A newer backup of web01, made in the same pool (its launch record is app01's, which
+    # does not matter here: the restore picks the newest backup by its server).
+    newer = backup_config(tmp_path, backed_up, SELECT_TAGS={}, SERVERS=[
+        {"name": "web01", "instance_id": backed_up.instances["app01"]}])  # fmt: skip
+    made = run("ec2_to_ami.py", newer, "--no-prune")
+    assert made.returncode == 0, made.stderr
+    again = restore(tmp_path, "--client-token", "incident-43", SERVER="web01", WAIT="none")
+    assert again.returncode == 1
+    assert f"from {launched_from}, not ami-" in again.stderr
+    assert f"add --ami {launched_from} to finish that restore" in again.stderr
+    fixed = restore(tmp_path, "--client-token", "incident-43", "--ami", launched_from,
+                    WAIT="none")  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr
+    assert launched_ids(fixed) == launched_ids(first)
+
+
 def test_same_private_ip_comes_back_after_terminate(ec2, backed_up, tmp_path):
     original = instance(ec2, backed_up.instances["app01"])
     ec2.terminate_instances(InstanceIds=[original["InstanceId"]])
@@ -365,7 +388,7 @@ def test_json_report(ec2, backed_up, tmp_path):
     ec2.terminate_instances(InstanceIds=[backed_up.instances["app01"]])
     result = restore(tmp_path, "--json", SERVER="app01", WAIT="running")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = documented(result, "restore-result")
     [row] = report["instances"]
     assert row["state"] == "running" and row["name"] == "app01"
     assert row["private_ip"] and row["availability_zone"]
@@ -558,6 +581,9 @@ def test_a_repeated_restore_never_launches_a_second_server(ec2, backed_up, tmp_p
         assert "--replace" in again.stderr and "Traceback" not in again.stderr
     assert live_of(ec2, "web01") == [earlier]
     token = re.search(r"client token: (\S+)", first.stdout).group(1)
+    assert f"If that restore was interrupted, finish it with --client-token {token}." in (
+        again.stderr  # the message after an interruption says what to do
+    )
     rerun = restore(tmp_path, "--client-token", token, SERVER="web01")
     assert rerun.returncode == 0, rerun.stderr  # the same token: the same instance
     assert live_of(ec2, "web01") == [earlier]
@@ -570,7 +596,7 @@ def test_a_fleet_rerun_skips_the_servers_already_restored(ec2, backed_up, tmp_pa
     assert restore(tmp_path, "--server", "web01", SERVER=None).returncode == 0
     result = restore(tmp_path, "--server", "web01", "--server", "app01", "--json")
     assert result.returncode == 0, result.stderr
-    document = json.loads(result.stdout)
+    document = documented(result, "restore-result")
     assert document["already_restored"] == ["web01"]
     assert len(live_of(ec2, "web01")) == 1 and len(live_of(ec2, "app01")) == 1
 
@@ -592,9 +618,7 @@ def test_ctrl_c_after_launch_says_what_was_launched_and_how_to_finish(
     [line] = [x for x in result.stderr.splitlines() if "web01: launched i-" in x]
     new_id = line.split("launched ")[1].split(",")[0]
     token = result.stderr.split("--client-token ")[1].split()[0]
-    assert (
-        "to finish it, run: python " in result.stderr and "ami_to_ec2.py --config" in result.stderr
-    )
+    assert f"to finish it, run: {sys.executable} {ROOT / 'ami_to_ec2.py'} --config" in result.stderr
     monkeypatch.setattr(launch, "advance", original)
     again = restore(tmp_path, "--client-token", token, SERVER="web01")  # the printed command
     assert again.returncode == 0, again.stderr
@@ -604,10 +628,9 @@ def test_ctrl_c_after_launch_says_what_was_launched_and_how_to_finish(
 def test_a_restore_that_waits_says_so_at_least_every_heartbeat(
     ec2, backed_up, tmp_path, monkeypatch
 ):
-    from ec2ami.restore import launch
-    from localaws.endpoint import SETTINGS
+    from ec2ami import live
 
-    monkeypatch.setattr(launch, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(live, "HEARTBEAT_SECONDS", 0.2)
     SETTINGS.instance_pending_seconds = 1.0
     ec2.terminate_instances(InstanceIds=[backed_up.instances["web01"]])
     result = restore(tmp_path, SERVER="web01", WAIT="running")

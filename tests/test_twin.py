@@ -4,7 +4,6 @@ endpoint, or a warning that names what could not be reproduced (issue 13)."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 
 import boto3
@@ -13,7 +12,7 @@ import pytest
 from ec2ami.restore.launch import statuses_ok
 from localaws.endpoint import SETTINGS
 from localaws.fleet import REGION, build_network, kitchen_sink
-from tests.conftest import managed, run, tags_of, write_config
+from tests.conftest import documented, managed, run, tags_of, write_config
 
 ATTRIBUTES = ["disableApiTermination", "disableApiStop", "instanceInitiatedShutdownBehavior"]
 
@@ -243,7 +242,7 @@ def test_json_carries_the_twin_check(ec2, kitchen, tmp_path):
     retire(ec2, kitchen.instances["win01"])
     result = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="win01"), "--json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = documented(result, "restore-result")
     assert report["differences"] == []
     by_name = {a["name"]: a for a in report["attributes"]}
     assert by_name["tenancy"] == {"name": "tenancy", "recorded": "dedicated",

@@ -22,11 +22,11 @@ from ec2ami.backup.listing import list_backups
 from ec2ami.backup.monitoring import run_check
 from ec2ami.backup.run import run_backup
 from ec2ami.backup.ssm_document import print_ssm_document
-from ec2ami.backup.state import record_run
+from ec2ami.backup.state import LastRun, record_run
 from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
 from ec2ami.facts import REGION_RE
 from ec2ami.iam.backup import print_iam_policy
-from ec2ami.output import command_line, setup_logging
+from ec2ami.output import command_line, json_failure, parse_command_line, setup_logging
 from ec2ami.settings import lock_path
 
 if TYPE_CHECKING:
@@ -36,9 +36,14 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None, script: str | None = None) -> int:
-    """Load the config, take the lock, then list, check, plan or run the backup."""
-    args = parse_args(argv, script)
+    """Parse the command line, run it; with --json, a failure prints the error document."""
+    args = parse_command_line(parse_args, argv, script)
     setup_logging(args)
+    return json_failure(args.json, run_command(args, script))
+
+
+def run_command(args: argparse.Namespace, script: str | None) -> int:
+    """Load the config, take the lock, then list, check, plan or run the backup."""
     try:
         config = load_with_flags(args)
         setup_logging(args, config.log_file)
@@ -49,6 +54,11 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
             return manage_cron(args, script)
         if args.print_iam_policy or args.print_ssm_document:
             return print_for_aws(config, args)
+        if args.last_run:  # STATE_FILE only: no AWS call
+            now = clock.utc_now()
+            return LastRun.read(config.state_file, config.rpo_hours or 1e6, now).show(
+                args.json, now
+            )
         if args.server and not config.select_tags:
             names = {s.name for s in config.servers}
             unknown = [n for n in args.server if n not in names]
@@ -72,28 +82,47 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.list:  # only reads: no lock needed
-            return list_backups(clients, config, args.server, args.recycle_bin)
+            return list_backups(clients, config, args.server, args.recycle_bin, args.json)
         if args.cost:  # only reads and lists
             return cost_report(clients, config, args.server, args.json)
         if args.check:  # only reads: no lock needed
             return run_check(clients, config, args, others)
-        with run_lock(args.config) as locked:
-            if not locked:
-                log.error("another run of %s is still going; nothing done", args.config)
-                return EXIT_LOCKED
-            started = clock.utc_now()  # to the microsecond: the sweep leaves what this run makes
-            try:
-                return run_backup(clients, config, args, started)
-            except AWS_ERRORS:
-                if not args.dry_run:
-                    record_run(clients, config, started, EXIT_FAILED)
-                raise
+        return run_locked(clients, config, args)
     except LockError as err:
         log.error("%s; nothing done", err)
         return EXIT_FAILED
     except AWS_ERRORS as err:
         log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
         return EXIT_FAILED
+
+
+def run_locked(clients: Clients, config: BackupConfig, args: argparse.Namespace) -> int:
+    """The backup (or its dry run) under this config's lock; STATE_FILE records how it
+    ended, an AWS error or Ctrl-C included."""
+    with run_lock(args.config) as locked:
+        if not locked:
+            log.error("another run of %s is still going; nothing done", args.config)
+            return EXIT_LOCKED
+        started = clock.utc_now()  # to the microsecond: the sweep leaves what this run makes
+        try:
+            return run_backup(clients, config, args, started)
+        except AWS_ERRORS as err:  # logged first, so STATE_FILE keeps the line
+            log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+            if not args.dry_run:
+                record_run(clients, config, started, EXIT_FAILED)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            log.error("%s", INTERRUPTED)
+            if not args.dry_run:
+                record_run(clients, config, started, EXIT_FAILED)
+            return EXIT_FAILED
+
+
+INTERRUPTED = (
+    "interrupted: nothing more was done. Images already asked for stay, tagged, and count "
+    "as backups once available; the next run prunes and sweeps as usual, snapshots a "
+    "cut-short prune left included"
+)
 
 
 def load_with_flags(args: argparse.Namespace) -> BackupConfig:
@@ -140,7 +169,13 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--cost", action="store_true", help="what the kept backups store and cost a month"
     )
-    parser.add_argument("--json", action="store_true", help="--check's or --cost's report as JSON")
+    parser.add_argument(
+        "--last-run",
+        action="store_true",
+        help="how the last run went, from STATE_FILE: its error lines and where its log is "
+        "(no AWS call)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--print-iam-policy",
         action="store_true",
@@ -209,8 +244,16 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
         parser.error("--check does not go with --list, --dry-run or --no-prune")
     if args.cost and (args.list or args.check or args.dry_run or args.no_prune):
         parser.error("--cost does not go with --list, --check, --dry-run or --no-prune")
-    if args.json and not (args.check or args.cost):
-        parser.error("--json goes with --check or --cost")
+    if args.last_run and (
+        args.list
+        or args.check
+        or args.cost
+        or args.dry_run
+        or args.no_prune
+        or args.server
+        or args.cron
+    ):
+        parser.error("--last-run goes only with --config and --json")  # fmt: skip
     if args.also_config and not args.check:
         parser.error("--also-config goes with --check")
     if args.cron and (

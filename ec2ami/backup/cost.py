@@ -4,7 +4,6 @@ and what that costs a month, per server, schedule and region.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from ec2ami.backup.look import managed_images
 from ec2ami.backup.ownership import is_copy
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, DISABLED
-from ec2ami.output import print_table
+from ec2ami.output import print_json, print_table
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
@@ -257,4 +256,4 @@ def print_cost_json(rows: list[CostRow], config: BackupConfig) -> None:
         "total": cost_total(rows, config),
         "note": cost_note(config).strip(),
     }
-    print(json.dumps(document, indent=2))
+    print_json(document)

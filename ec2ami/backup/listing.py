@@ -17,7 +17,7 @@ from ec2ami.backup.sweep import Evidence, find_orphans, region_of, sweep_places
 from ec2ami.backup.tags import stamp
 from ec2ami.contract import TAG_VERIFIED
 from ec2ami.errors import EXIT_OK
-from ec2ami.output import print_table, verified_summary
+from ec2ami.output import print_json, print_table, verified_summary
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
@@ -97,7 +97,11 @@ def print_sweep_plan(
 
 
 def list_backups(
-    clients: Clients, config: BackupConfig, only: list[str], recycle_bin: bool = False
+    clients: Clients,
+    config: BackupConfig,
+    only: list[str],
+    recycle_bin: bool = False,
+    as_json: bool = False,
 ) -> int:
     """Print a table of managed backups per server and region, newest first; with
     recycle_bin also the images each region's Recycle Bin holds."""
@@ -116,20 +120,29 @@ def list_backups(
     found.sort(
         key=lambda ri: (ri[1].server, ri[0] != clients.region, ri[0], -ri[1].created.timestamp())
     )
-    images = [i for _, i in found]
-    rows = [("SERVER", "REGION", "POOL", "IMAGE", "NAME", "CREATED", "STATE", "SCHEDULE",
-             "VERIFIED")]  # fmt: skip
-    for where, i in found:
-        created = i.created.strftime("%Y-%m-%d %H:%M:%S")
-        verified = verified_summary(i.tags.get(TAG_VERIFIED))
-        rows.append((i.server, where, i.pool or "-", i.image_id, i.name, created, i.state,
-                     i.schedule, verified))  # fmt: skip
-    print_table(rows)
-    if not images:
+    rows = [
+        {"server": i.server, "region": where, "pool": i.pool or "-", "image_id": i.image_id,
+         "name": i.name, "created": stamp(i.created), "state": i.state, "schedule": i.schedule,
+         "verified": verified_summary(i.tags.get(TAG_VERIFIED))}
+        for where, i in found
+    ]  # fmt: skip
+    binned = (
+        recycle_bins([(home, ec2)] + [(r.name, r.ec2) for r in regions]) if recycle_bin else None
+    )
+    if as_json:
+        impostors = [{"region": r, "image_id": i.image_id, "name": i.name, "claims": i.server,
+                      "why": why} for r, i, why in held.impostors]  # fmt: skip
+        print_json({"backups": rows, "impostors": impostors, "recycle_bin": binned})
+        return EXIT_OK
+    columns = ["server", "region", "pool", "image_id", "name", "created", "state", "schedule",
+               "verified"]  # fmt: skip
+    table = [{**r, "created": r["created"].replace("T", " ").rstrip("Z")} for r in rows]
+    print_table([{c: c.upper().replace("_ID", "") for c in columns}, *table], columns)
+    if not rows:
         print("(no managed backups)")
     print_impostors(held.impostors)
-    if recycle_bin:
-        print_recycle_bins([(home, ec2)] + [(r.name, r.ec2) for r in regions])
+    if binned is not None:
+        print_recycle_bins(binned)
     return EXIT_OK
 
 
@@ -144,20 +157,36 @@ def print_impostors(impostors: list[tuple[str, Image, str]]) -> None:
     print_table(rows)
 
 
-def print_recycle_bins(regions: list[tuple[str, Any]]) -> None:
+def recycle_bins(regions: list[tuple[str, Any]]) -> list[dict]:
     """The images in each region's Recycle Bin (deregistered, kept by a retention rule).
     EC2 lists them without tags, so all are shown, by name; ami_to_ec2.py --ami restores
     one."""
-    rows = [("REGION", "IMAGE", "NAME", "DELETED", "LEAVES THE BIN")]
+    found = []
     for name, ec2 in regions:
         for image in paginate(ec2, "list_images_in_recycle_bin", "Images"):
             entered, leaves = image.get("RecycleBinEnterTime"), image.get("RecycleBinExitTime")
-            rows.append((name, image["ImageId"], image.get("Name", ""),
-                         f"{entered:%Y-%m-%d %H:%M}" if entered else "-",
-                         f"{leaves:%Y-%m-%d %H:%M}" if leaves else "-"))  # fmt: skip
+            found.append({"region": name, "image_id": image["ImageId"],
+                          "name": image.get("Name", ""),
+                          "deleted": stamp(entered) if entered else None,
+                          "leaves_bin": stamp(leaves) if leaves else None})  # fmt: skip
+    return found
+
+
+def print_recycle_bins(found: list[dict]) -> None:
+    """The Recycle Bin's images as a table."""
     print()
-    if len(rows) == 1:
+    if not found:
         print("(no images in the Recycle Bin)")
         return
     print("In the Recycle Bin (ami_to_ec2.py --ami ID restores one):")
-    print_table(rows)
+    columns = ["region", "image_id", "name", "deleted", "leaves_bin"]
+    header = {"region": "REGION", "image_id": "IMAGE", "name": "NAME", "deleted": "DELETED",
+              "leaves_bin": "LEAVES THE BIN"}  # fmt: skip
+    shown = [{**f, "deleted": short(f["deleted"]), "leaves_bin": short(f["leaves_bin"])}
+             for f in found]  # fmt: skip
+    print_table([header, *shown], columns)
+
+
+def short(when: str | None) -> str:
+    """A stamp to the minute, for a table."""
+    return when.replace("T", " ")[:16] if when else "-"

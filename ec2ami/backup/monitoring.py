@@ -5,7 +5,7 @@ last run succeed. Nagios-style exit codes and an optional JSON document.
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -19,7 +19,7 @@ from ec2ami.backup.tags import stamp
 from ec2ami.contract import TAG_DRILL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, LIVE_INSTANCE_STATES
-from ec2ami.output import print_table
+from ec2ami.output import print_json, print_table
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
@@ -184,11 +184,11 @@ def print_check(
     """Print the summary line first (for Nagios and mail subjects), then the tables;
     -q prints nothing when all is well. Return 0 all fresh, 1 otherwise."""
     rpo = config.rpo_hours or 0.0
-    problems = [
-        f"{r.server}{'' if r.region == home else ' in ' + r.region}: {describe_freshness(r, rpo)}"
+    problems = one_line_each(
+        (f"{r.server}{'' if r.region == home else ' in ' + r.region}", describe_freshness(r, rpo))
         for r in rows
         if r.status != FRESH
-    ]
+    )
     if not rows:
         problems.append(f"the config selects no server (SELECT_TAGS {dict(config.select_tags)} "
                         "matches no live instance)")  # fmt: skip
@@ -209,11 +209,22 @@ def print_check(
         else f"OK: {len(rows)} backup(s) within RPO {rpo:g} h"
     )
     if args.json:
-        print(json.dumps(check_document(rows, coverage, last, rpo, problems, summary), indent=2))
+        print_json(check_document(rows, coverage, last, rpo, problems, summary))
     elif problems or not args.quiet:
         print(summary)
+        if len(problems) > 1:  # the summary is one line for Nagios and mail subjects
+            print("\n".join(f"- {p}" for p in problems))
         print_check_tables(rows, coverage, last, rpo)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def one_line_each(found: Iterable[tuple[str, str]]) -> list[str]:
+    """One problem per line: servers with the same problem (a run that fails them all for
+    one reason) share its line instead of repeating it."""
+    grouped: dict[str, list[str]] = {}
+    for who, what in found:
+        grouped.setdefault(what, []).append(who)
+    return [f"{', '.join(who)}: {what}" for what, who in grouped.items()]
 
 
 def describe_freshness(row: Freshness, rpo: float) -> str:

@@ -8,6 +8,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ec2ami import clock
@@ -36,7 +37,9 @@ from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
 from ec2ami.contract import TAG_IN_PLACE
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
-from ec2ami.facts import PENDING
+from ec2ami.facts import AVAILABLE, PENDING
+from ec2ami.live import progress
+from ec2ami.output import RUN_ERRORS, capture_if, print_json
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
@@ -68,12 +71,16 @@ def run_backup(
     if config.check_image_references:
         plan = keep_referenced(plan, clients.region, references(clients, regions, plan))
     if args.dry_run:
-        print_plan(plan, regions)
-        if plan.prune:
-            print_sweep_plan(clients, regions, config, held, servers, started)
+        with capture_if(args.json) as lines:
+            print_plan(plan, regions)
+            if plan.prune:
+                print_sweep_plan(clients, regions, config, held, servers, started)
         if not plan.servers and not failures:
             log.error("%s", NOTHING_SELECTED)
-        return EXIT_FAILED if failures or not plan.servers else EXIT_OK
+        code = EXIT_FAILED if failures or not plan.servers else EXIT_OK
+        if args.json:
+            print_json({"dry_run": True, "exit_code": code, "actions": lines})
+        return code
     outcomes = outcomes_of(plan)
     created: queue.Queue[Outcome] = queue.Queue()
     creator_args = (clients, plan.servers, outcomes, config, now, created)
@@ -88,14 +95,36 @@ def run_backup(
         replication.submit(out)  # first: it reads the outcome before housekeeping adds to it
         source.submit(out)
 
-    follow_up(ec2, created, config, settled)
-    source.finish()
-    copied = replication.finish()
+    with progress("backup", partial(progress_rows, outcomes), args.quiet):
+        follow_up(ec2, created, config, settled)
+        source.finish()
+        copied = replication.finish()
     if plan.prune:
         sweep_all(clients, regions, config, held, servers, started)
     code = report(outcomes + failures, copied, replication.errors)
     record_run(clients, config, started, code, outcomes + failures, copied, natives)
+    if args.json:
+        print_json(run_document(outcomes + failures, copied, code))
     return code
+
+
+def progress_rows(outcomes: list[Outcome]) -> list[tuple[str, bool]]:
+    """Each server's line for live.progress: its new image and how far it got (read from
+    the live thread: it only reads)."""
+    rows = []
+    for out in list(outcomes):
+        image = out.image
+        if out.error:
+            text, done = f"FAILED: {out.error}", True
+        elif not out.image_id:
+            text, done = "waits its turn at CreateImage's pace", False
+        elif image is None or image.state != AVAILABLE:
+            text, done = f"{out.image_id} {image.state if image else 'requested'}", False
+        else:
+            pruned = f", {len(out.pruned)} pruned" if out.pruned else ""
+            text, done = f"{out.image_id} available{pruned}", True
+        rows.append((f"{out.name} ({out.instance_id}): {text}", done))
+    return rows
 
 
 def outcomes_of(plan: BackupPlan) -> list[Outcome]:
@@ -234,6 +263,29 @@ def report(
         log.log(level, "%d copies: %d available, %d pending, %d failed", len(copies), done,
                 len(pending), len(failed_copies))  # fmt: skip
     return EXIT_FAILED if failed or failed_copies or errors else EXIT_OK
+
+
+def run_document(outcomes: list[Outcome], copies: Sequence[Outcome], code: int) -> dict:
+    """The run for --json: each server's new image or error, and each copy's."""
+
+    def one(out: Outcome) -> dict:
+        return {"server": out.name, "instance_id": out.instance_id, "image_id": out.image_id,
+                "error": out.error, "pruned": out.pruned, "warnings": out.warnings}  # fmt: skip
+
+    return {
+        "dry_run": False,
+        "exit_code": code,
+        "servers": [one(o) for o in outcomes],
+        "copies": [
+            {
+                **one(c),
+                "region": c.region,
+                "state": c.image.state if c.image and not c.error else None,
+            }
+            for c in copies
+        ],
+        "errors": RUN_ERRORS.kept(),
+    }
 
 
 def report_copies(copies: Sequence[Outcome]) -> None:

@@ -15,8 +15,9 @@ from ec2ami import clock
 from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.backup.look import parse_time
 from ec2ami.backup.tags import stamp
-from ec2ami.errors import EXIT_OK
+from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE
+from ec2ami.output import RUN_ERRORS, print_json
 
 if TYPE_CHECKING:
     from ec2ami.aws import Clients
@@ -53,8 +54,38 @@ class LastRun:
         if hours > 2 * rpo:
             return cls(path, record, f"the last run was {hours:.1f} h ago (2 x RPO: {2 * rpo:g} h)")
         if code != EXIT_OK:
-            return cls(path, record, f"the last run, {hours:.1f} h ago, exited {code}")
+            errors = record.get("errors") or [""]
+            why = f": {errors[0]}" if errors[0] else ""
+            more = f" (and {len(errors) - 1} more: --last-run)" if errors[1:] else ""
+            return cls(path, record, f"the last run, {hours:.1f} h ago, exited {code}{why}{more}")
         return cls(path, record, None)
+
+    def show(self, as_json: bool, now: datetime) -> int:
+        """--last-run: the record, its error lines and where the whole log is; exit 0 if
+        that run succeeded, 1 if it failed or none is recorded. No AWS call."""
+        if as_json:
+            print_json({"state_file": self.path, "record": self.record, "problem": self.problem})
+        elif self.record is None:
+            log.error("%s", self.problem or "STATE_FILE is None: runs are not recorded")
+        else:
+            done = self.record
+            hours = (now - parse_time(done["finished"])).total_seconds() / 3600
+            counts = [f"{done.get(k, '?')} {w}" for k, w in (
+                ("servers_backed_up", "backed up"), ("servers_failed", "failed"),
+                ("images_pruned", "pruned"))]  # fmt: skip
+            print(
+                f"Last run: finished {done['finished']} ({hours:.1f} h ago), exit "
+                f"{done['exit_code']}: {', '.join(counts)}, {done.get('run_seconds', '?')} s"
+            )
+            for line in done.get("errors") or []:
+                print(f"  {line}")
+            where = done.get("log_file")
+            print(f"Whole log: {where} (LOG_FILE)" if where else
+                  "Whole log: LOG_FILE is None, so where the job's output went: cron's mail or "
+                  "the file its line appends to (--show-cron), or journalctl -u <unit> "
+                  "(docs/troubleshooting.md)")  # fmt: skip
+        ok = self.record is not None and self.record.get("exit_code") == EXIT_OK
+        return EXIT_OK if ok else EXIT_FAILED
 
 
 def record_run(
@@ -87,6 +118,8 @@ def record_run(
             "exit_code": code,
             **counts,
             "run_seconds": round(seconds, 1),
+            "errors": RUN_ERRORS.kept(),  # for --check and --last-run: why it failed
+            "log_file": config.log_file,
         }
         write_state(config.state_file, record)
     if config.metrics_namespace:

@@ -13,7 +13,7 @@ import sys
 from ec2ami.aws import AWS_ERRORS, Clients, RoleError, base_session, connect, error_text
 from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from ec2ami.iam.restore import print_iam_policy
-from ec2ami.output import command_line, setup_logging
+from ec2ami.output import command_line, json_failure, parse_command_line, setup_logging
 from ec2ami.restore.config import (
     RestoreConfig,
     RestoreError,
@@ -25,14 +25,20 @@ from ec2ami.restore.drill import drill
 from ec2ami.restore.inplace import restore_in_place, roll_back
 from ec2ami.restore.listing import list_backups
 from ec2ami.restore.run import restore
+from ec2ami.settings import command_of
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None, script: str | None = None) -> int:
-    """Load and check the config, then list, dry-run, restore or drill."""
-    args = parse_args(argv, script)
+    """Parse the command line, run it; with --json, a failure prints the error document."""
+    args = parse_command_line(parse_args, argv, script)
     setup_logging(args, stamped=False)
+    return json_failure(args.json, run_command(args, script))
+
+
+def run_command(args: argparse.Namespace, script: str | None) -> int:
+    """Load and check the config, then list, dry-run, restore or drill."""
     try:
         settings = apply_flags(load_config(args.config), args)
         listing = bool(args.list or args.print_iam_policy or args.rollback)
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.list:
-            return list_backups(clients.ec2, config, args.recycle_bin)
+            return list_backups(clients.ec2, config, args.recycle_bin, args.json)
         if args.rollback:
             return roll_back(clients, config, args)
         if config.in_place:
@@ -68,6 +74,13 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         return EXIT_FAILED
     except AWS_ERRORS as err:
         log.error("AWS error: %s", error_text(err), exc_info=args.verbose > 0)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # a restore that launched says more itself (run.interrupted)
+        if config.in_place or args.rollback:
+            log.error("interrupted part way: run the same command again to finish (it finds "
+                      "its run's work by its tags), or undo it with --rollback RUN")  # fmt: skip
+        else:
+            log.error("interrupted before any launch: nothing launched")
         return EXIT_FAILED
 
 
@@ -144,7 +157,7 @@ def parse_args(argv: list[str] | None, script: str | None = None) -> argparse.Na
     parser = build_parser(script)
     args = parser.parse_args(argv)
     given = list(sys.argv[1:] if argv is None else argv)
-    args.command = ["python", script or "ami_to_ec2.py", *given]  # for a resume command
+    args.command = [*command_of(script), *given]  # for a resume command: this very tool
     if args.recycle_bin and not args.list:
         parser.error("--recycle-bin goes with --list")
     if args.client_token is not None and not re.fullmatch(r"[\x21-\x7e]{1,64}", args.client_token):

@@ -12,14 +12,16 @@ import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TAG_DRILL_RUN, TAG_VERIFIED, TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
+from ec2ami.live import progress
 from ec2ami.restore.checks import drill_check
 from ec2ami.restore.config import RestoreConfig, RestoreError
-from ec2ami.restore.launch import run_restores
+from ec2ami.restore.launch import progress_rows, run_restores
 from ec2ami.restore.leftovers import (
     drill_deadline,
     find_leftovers,
@@ -65,10 +67,11 @@ def drill(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> 
     except AWS_ERRORS as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
     if restores is None or args.dry_run:
-        return EXIT_OK if restores is None else dry_run(ec2, restores, config)
+        return EXIT_OK if restores is None else dry_run(ec2, restores, config, args.json)
     interrupted = False
     try:
-        with sigterm_interrupts():
+        rows = partial(progress_rows, restores, config.wait)
+        with sigterm_interrupts(), progress("drill", rows, args.quiet):
             run_restores(clients, config, restores, run)
     except KeyboardInterrupt:
         interrupted = True

@@ -14,7 +14,6 @@ rerun) says which.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -36,6 +35,7 @@ from ec2ami.contract import (
 )
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import NOT_FOUND_CODES, PENDING
+from ec2ami.output import human, print_json
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.images import find_image, pick_images
 from ec2ami.restore.inplace_plan import (
@@ -84,7 +84,14 @@ def restore_in_place(clients: Clients, config: RestoreConfig, args: argparse.Nam
         plan = prepare(ec2, config, args.discard_replaced)
     except AWS_ERRORS as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
-    print("\n".join(describe_plan(plan)))
+    if args.dry_run and args.json:
+        print_json({"dry_run": True, "server": plan.server, "instance": plan.instance["InstanceId"],
+                    "image": plan.image["ImageId"], "run": plan.run,
+                    "devices": [{"device": d.name, "action": d.action, "snapshot": d.snapshot}
+                                for d in plan.devices],
+                    "warnings": plan.warnings, "plan": describe_plan(plan)})  # fmt: skip
+        return EXIT_OK
+    print("\n".join(describe_plan(plan)), file=human(args.json))
     if args.dry_run:
         return EXIT_OK
     if not args.yes:
@@ -176,7 +183,12 @@ def volumes_of_run(ec2: Any, key: str, run: str) -> dict[str, dict]:
 
 def confirm(instance_id: str) -> None:
     """A person says yes, by typing the instance id (the CLI refused a non-terminal)."""
-    print(f"This changes the disks of {instance_id}. Type its id to go on: ", end="", flush=True)
+    print(
+        f"This changes the disks of {instance_id}. Type its id to go on: ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )  # a prompt, not output: stdout may be --json's
     answer = sys.stdin.readline().strip()
     if answer != instance_id:
         raise RestoreError("not confirmed")
@@ -393,7 +405,7 @@ def report(plan: InPlacePlan, progress: Progress, as_json: bool, error: str | No
         "steps": [{"step": s, "seconds": t} for s, t in progress.steps],
     }  # fmt: skip
     if as_json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         for step, seconds in progress.steps:
             print(f"  {seconds:>7.1f} s  {step}")
@@ -433,10 +445,15 @@ def roll_back(clients: Clients, config: RestoreConfig, args: argparse.Namespace)
     instance_id = next(iter(values.values()))[2]
     instance = describe_instance(ec2, instance_id)
     was = held_value(instance, 2) or instance["State"]["Name"]
-    print(f"Roll back run {run} on {instance_id} ({instance['State']['Name']}):")
+    shown = human(args.json)
+    print(f"Roll back run {run} on {instance_id} ({instance['State']['Name']}):", file=shown)
     for device, volume in sorted(olds.items()):
-        print(f"  {device}: put back {volume['VolumeId']}")
+        print(f"  {device}: put back {volume['VolumeId']}", file=shown)
+    put_back = {d: v["VolumeId"] for d, v in sorted(olds.items())}
     if args.dry_run:
+        if args.json:
+            print_json({"dry_run": True, "run": run, "instance": instance_id,
+                        "put_back": put_back})  # fmt: skip
         return EXIT_OK
     if not args.yes:
         confirm(instance_id)
@@ -459,7 +476,14 @@ def roll_back(clients: Clients, config: RestoreConfig, args: argparse.Namespace)
         text = str(err) if isinstance(err, InPlaceError) else error_text(err)
         log.error("rollback of run %s on %s stopped: %s; run it again to finish", run,
                   instance_id, text)  # fmt: skip
+        if args.json:
+            print_json({"dry_run": False, "run": run, "instance": instance_id,
+                        "put_back": put_back, "result": "failed", "error": text})  # fmt: skip
         return EXIT_FAILED
+    if args.json:
+        print_json({"dry_run": False, "run": run, "instance": instance_id, "put_back": put_back,
+                    "left_detached": progress.new, "result": "ok", "error": None})  # fmt: skip
+        return EXIT_OK
     left = ", ".join(f"{d} {v}" for d, v in sorted(progress.new.items())) or "none"
     print(
         f"{instance_id}: the volumes before run {run} are back; the restore's own volumes "

@@ -12,7 +12,15 @@ from botocore.exceptions import ClientError
 
 from ec2ami import polling
 from ec2ami.aws import AWS_ERRORS, CAPACITY_ERRORS, error_text
-from ec2ami.facts import DISABLED, PENDING, RUNNING, SSM_NEEDS, STATUS_IDS_MAX, STATUS_OK
+from ec2ami.facts import (
+    DISABLED,
+    ERR_TOKEN_MISMATCH,
+    PENDING,
+    RUNNING,
+    SSM_NEEDS,
+    STATUS_IDS_MAX,
+    STATUS_OK,
+)
 from ec2ami.restore.checks import advance_checks, drill_check
 from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.model import LaunchError, describe_launched, failing, ids_of
@@ -27,11 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# While instances boot, the restore says so at least this often: at 3 a.m. a silent
-# terminal looks like a hung one.
-HEARTBEAT_SECONDS = 30.0
-
-
 def run_restores(
     clients: Clients, config: RestoreConfig, restores: list[Restore], run: Run
 ) -> None:
@@ -41,12 +44,8 @@ def run_restores(
     todo = [r for r in restores if r.plan and not r.problems]
     waiting: list[Restore] = []
     delay = polling.POLL_FIRST_SECONDS
-    next_poll, beat = time.monotonic() + delay, time.monotonic() + HEARTBEAT_SECONDS
+    next_poll = time.monotonic() + delay
     while todo or waiting:
-        if waiting and time.monotonic() >= beat:  # a line every HEARTBEAT_SECONDS, not silence
-            log.info("still waiting, %.0f s in: %s", run.since(), ", ".join(
-                f"{r.server} {r.stage} ({', '.join(r.ids)})" for r in waiting))  # fmt: skip
-            beat = time.monotonic() + HEARTBEAT_SECONDS
         if todo:
             restore = todo.pop(0)
             start(clients, config, restore, run)  # waits for a RunInstances token first
@@ -65,6 +64,20 @@ def run_restores(
             time.sleep(max(0.0, next_poll - time.monotonic()))
 
 
+def progress_rows(restores: list[Restore], wait: str) -> list[tuple[str, bool]]:
+    """Each server's line for live.progress: its stage, instances and what it waits for
+    (read from the live thread: it only reads)."""
+    waits = {"planned": "waits its turn at RunInstances' pace", "launched": "waits for running",
+             "running": f"waits for {wait}", "ok": "being set up",
+             "checking": "runs DRILL_CHECK"}  # fmt: skip
+    rows = []
+    for r in list(restores):
+        ids = ", ".join(r.ids) or "not launched"
+        what = ("FAILED" if r.problems else "done") if r.stage == "done" else waits.get(r.stage, "")
+        rows.append((f"{r.server} {r.stage} ({ids}): {what}", r.stage == "done"))
+    return rows
+
+
 def start(clients: Clients, config: RestoreConfig, restore: Restore, run: Run) -> None:
     """RunInstances for each instance of the server's plan (one call each, so each has its
     own Name), then decide which Elastic IPs to associate once it runs."""
@@ -78,7 +91,8 @@ def start(clients: Clients, config: RestoreConfig, restore: Restore, run: Run) -
             restore.ids += [i["InstanceId"] for i in response["Instances"]]
     except AWS_ERRORS as err:
         if not restore.ids:
-            restore.fail(f"AWS error: {error_text(err)}{capacity_hint(err, plan.params)}")
+            hint = capacity_hint(err, plan.params) or token_hint(ec2, err, plan.params)
+            restore.fail(f"AWS error: {error_text(err)}{hint}")
             return
         restore.problems.append(f"launching the rest failed: {error_text(err)}")
     restore.at["run_instances_accepted"] = run.since()
@@ -102,6 +116,29 @@ def capacity_hint(err: Exception, params: dict) -> str:
         f"; EC2 has no {params['InstanceType']} capacity there now: set INSTANCE_TYPE to "
         "another type, or SUBNET_ID to a subnet in another zone, or try again later"
     )
+
+
+def token_hint(ec2: Any, err: Exception, params: dict) -> str:
+    """What to do when EC2 refuses a client token it saw with other parameters: most often
+    a rerun with --client-token after a newer backup was made, so this run picked it."""
+    if not isinstance(err, ClientError) or err.response["Error"].get("Code") != ERR_TOKEN_MISMATCH:
+        return ""
+    token = params["ClientToken"]
+    try:
+        answer = ec2.describe_instances(Filters=[{"Name": "client-token", "Values": [token]}])
+        found = [i for r in answer["Reservations"] for i in r["Instances"]]
+    except AWS_ERRORS:
+        found = []
+    if not found:
+        return (f"; client token {token} was used for another launch: drop --client-token "
+                "to start a new restore")  # fmt: skip
+    ids, image = ", ".join(i["InstanceId"] for i in found), found[0]["ImageId"]
+    if image != params["ImageId"]:
+        return (f"; this client token launched {ids} from {image}, not {params['ImageId']} "
+                f"(a newer backup since?): add --ami {image} to finish that restore, or drop "
+                "--client-token to start a new one")  # fmt: skip
+    return (f"; this client token launched {ids} with other settings (INSTANCE_TYPE, COUNT, "
+            "subnet, ...): rerun with that run's settings, or drop --client-token")  # fmt: skip
 
 
 def advance(clients: Clients, config: RestoreConfig, waiting: list[Restore], run: Run) -> None:

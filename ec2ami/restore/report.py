@@ -4,12 +4,11 @@ differences, as tables or JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.attributes import chosen_by_ec2
-from ec2ami.output import print_table
+from ec2ami.output import print_json, print_table
 from ec2ami.restore.config import RestoreConfig
 from ec2ami.restore.images import backup_time
 from ec2ami.restore.model import describe_launched, ids_of
@@ -31,7 +30,7 @@ def report(
         [restore] = restores
         print_report(restore, [rows[i] for i in restore.ids], as_json, run)
     elif as_json:
-        print(json.dumps(fleet_document(restores, rows, run), indent=2))
+        print_json(fleet_document(restores, rows, run))
     else:
         print_fleet(restores, rows, run, config.drill)
     for restore in restores:
@@ -96,7 +95,7 @@ def fleet_document(restores: list[Restore], rows: dict[str, dict], run: Run) -> 
 def print_report(restore: Restore, rows: list[dict], as_json: bool, run: Run) -> None:
     """Print a single restore's instances and twin check, as tables or as JSON."""
     if as_json:
-        print(json.dumps(restore_document(restore, rows, run), indent=2))
+        print_json(restore_document(restore, rows, run))
         return
     plan = restore.planned
     header = {"instance_id": "INSTANCE", "state": "STATE", "private_ip": "PRIVATE IP",
@@ -104,22 +103,35 @@ def print_report(restore: Restore, rows: list[dict], as_json: bool, run: Run) ->
     print_table([header, *rows], list(header))
     checked = [a for a in plan.attributes if a.checked]
     if checked:
-        print()
-        print(f"The twin, read back from {rows[0]['instance_id']}:")
-        columns = ["attribute", "recorded", "now", "origin", "check"]
-        table = [{c: c.upper() for c in columns}]
-        for a in plan.attributes:
-            check = ("ok" if same(a) else "DIFFERS") if a.checked else ""
-            now = shown(a.now) if a.checked else "(not checked)"
-            table.append({"attribute": a.name, "recorded": shown(a.recorded), "now": now,
-                          "origin": a.origin, "check": check})  # fmt: skip
-        print_table(table, columns)
+        print_twin(plan.attributes, rows[0]["instance_id"], log.isEnabledFor(logging.DEBUG))
         differences = restore.differences
         verdict = f"{len(differences)} difference(s)" if differences else "no difference"
         print(f"{verdict} in {len(checked)} attributes checked")
     if restore.at.get("run_instances_accepted") is not None:
         print(f"timings (s into the run): {timings_text(restore)}")
     print(f"client token: {plan.params['ClientToken']} (rerun with --client-token to retry safely)")
+
+
+def print_twin(attributes: list[Attribute], instance_id: str, every: bool) -> None:
+    """The twin table: the attributes that differ from what the original ran with, or that
+    could not be checked (left out, not reproducible), and a count of those that match; -v
+    lists every one."""
+    matched = [a for a in attributes if a.checked and same(a)]
+    shown_rows = attributes if every else [a for a in attributes if a not in matched]
+    more = "" if every else " (-v lists them too)"
+    print()
+    print(f"The twin, read back from {instance_id}: {len(matched)} attribute(s) as the "
+          f"original ran them{more}")  # fmt: skip
+    if not shown_rows:
+        return
+    columns = ["attribute", "recorded", "now", "origin", "check"]
+    table = [{c: c.upper() for c in columns}]
+    for a in shown_rows:
+        check = ("ok" if same(a) else "DIFFERS") if a.checked else ""
+        now = shown(a.now) if a.checked else "(not checked)"
+        table.append({"attribute": a.name, "recorded": shown(a.recorded), "now": now,
+                      "origin": a.origin, "check": check})  # fmt: skip
+    print_table(table, columns)
 
 
 TIMINGS = [("image_resolved", "resolved"), ("run_instances_accepted", "accepted"),

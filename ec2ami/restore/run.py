@@ -6,12 +6,15 @@ import argparse
 import logging
 import shlex
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ec2ami.aws import AWS_ERRORS, error_text
 from ec2ami.contract import TOOL
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, IN_RECYCLE_BIN
+from ec2ami.live import progress
+from ec2ami.output import print_json
 from ec2ami.restore.config import RestoreConfig, RestoreError
 from ec2ami.restore.images import (
     bin_time,
@@ -21,7 +24,7 @@ from ec2ami.restore.images import (
     restore_from_recycle_bin,
     restored_earlier,
 )
-from ec2ami.restore.launch import run_restores
+from ec2ami.restore.launch import progress_rows, run_restores
 from ec2ami.restore.listing import dry_run
 from ec2ami.restore.model import Restore, Run, one_server, server_token
 from ec2ami.restore.plan import plan_launch
@@ -44,9 +47,10 @@ def restore(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -
     except AWS_ERRORS as err:
         raise RestoreError(f"AWS error: {error_text(err)}") from None
     if restores is None or args.dry_run:
-        return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config)
+        return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config, args.json)
     try:
-        run_restores(clients, config, restores, run)
+        with progress("restore", partial(progress_rows, restores, config.wait), args.quiet):
+            run_restores(clients, config, restores, run)
     except KeyboardInterrupt:
         return interrupted(restores, run, args)
     report(clients.ec2, restores, config, args.json, run)
@@ -67,6 +71,10 @@ def interrupted(restores: list[Restore], run: Run, args: argparse.Namespace) -> 
     command = [c for c in getattr(args, "command", []) if c]
     if "--client-token" not in command:
         command += ["--client-token", run.token]
+    if any(r.ids for r in restores):  # what a rerun without the token would meet
+        log.error("run it with this client token: EC2 returns the instances above instead of "
+                  "launching more. Without --client-token, a rerun would stop at them as "
+                  "already restored, and --replace would launch second ones")  # fmt: skip
     log.error("to finish it, run: %s", shlex.join(command))
     return EXIT_FAILED
 
@@ -89,6 +97,11 @@ def prepare(
                 "images only, and changes nothing to reach one"
             )
         if image["State"] == IN_RECYCLE_BIN:
+            if args.dry_run and args.json:
+                print_json({"dry_run": True, "servers": [], "recycle_bin_image": {
+                    "image_id": image["ImageId"], "name": image.get("Name", ""),
+                    "leaves_bin": bin_time(image.get("RecycleBinExitTime"))}})  # fmt: skip
+                return None
             if args.dry_run:
                 print(
                     f"Would restore {image['ImageId']} ({image.get('Name', '')}) from the "
@@ -143,9 +156,15 @@ def guard_against_doubles(
             log.warning("%s: an earlier restore's %s still runs; --replace launches another",
                         restore.server, running)  # fmt: skip
             continue
+        tokens = sorted({i.get("ClientToken") or "" for i in others} - {""})
+        finish = (  # a single restore's token is the run's; a fleet's is derived from it
+            f"If that restore was interrupted, finish it with --client-token {tokens[0]}. "
+            if len(tokens) == 1 and not config.fleet else
+            "If that restore was interrupted, finish it with the --client-token it printed. "
+        )  # fmt: skip
         message = (
             f"{restore.server} was restored already and that instance still runs: {running}. "
-            "Terminate it first, or launch another on purpose with --replace"
+            f"{finish}Otherwise terminate it first, or launch another on purpose with --replace"
         )
         if not config.fleet:
             raise RestoreError(message)
