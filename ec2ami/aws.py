@@ -57,10 +57,23 @@ PACED_CALLS = (
     "CopyImage", "RunInstances", "GetLaunchTemplateData", "CreateVolume", "StartInstances",
     "StopInstances",
 )  # fmt: skip
-# The EBS direct APIs have their own per-account quotas (Amazon EBS quotas, in Service
-# Quotas). --cost stays at this many calls a second of each, and botocore's standard
-# retries take any throttling.
-DIRECT_PACED_CALLS = {"ListSnapshotBlocks": (20, 20.0), "ListChangedBlocks": (20, 20.0)}
+# The EBS direct APIs have per-account quotas of their own, in Service Quotas: 50
+# ListSnapshotBlocks and 50 ListChangedBlocks requests a second per account (quota codes
+# L-18E976AB and L-DB2FBAA1, not adjustable; AWS General Reference, "Amazon Elastic Block
+# Store endpoints and quotas"). Read from a public listing of the default quotas: the
+# General Reference page itself could not be read here. --cost paces to them as buckets
+# of one second's calls; the pacer adapts if the account's other work shares them.
+DIRECT_PACED_CALLS = {"ListSnapshotBlocks": (50, 50.0), "ListChangedBlocks": (50, 50.0)}
+# The answers that mean "your bucket is empty": EC2's RequestLimitExceeded ("Error codes
+# for the Amazon EC2 API", client errors), and the EBS direct APIs' RequestThrottled and
+# Throttling ("EBS direct APIs" API Reference, Errors).
+THROTTLING_CODES = frozenset({"RequestLimitExceeded", "RequestThrottledException",
+                              "ThrottlingException", "Throttling"})  # fmt: skip
+# After a throttled call the pacer halves its rate (down to this share of the documented
+# one, at least), then wins it back by this share of the documented rate each second: the
+# documented rate again within 20 s of the last refusal. Additive increase, multiplicative
+# decrease, as TCP and botocore's adaptive mode do; bench/throttled.py measures it.
+ADAPTIVE_FLOOR, ADAPTIVE_RECOVERY = 0.05, 0.05
 # EC2 answers a launch it has no capacity for with a server error (HTTP 500: "Error codes
 # for the Amazon EC2 API", server error codes), which botocore's standard retries take for
 # a passing fault and retry up to max_attempts times, backing off: one server's capacity
@@ -214,11 +227,14 @@ class Pacer:
 
     EC2 refuses a call that finds its bucket empty, and botocore then backs
     off and spends its retry quota. Waiting for a token here instead keeps a
-    large run at the bucket's pace with nothing refused.
+    large run at the bucket's pace with nothing refused. The bucket is the
+    account's, shared with whatever else runs in it: when EC2 refuses a call
+    all the same, the pacer slows down, and speeds up again as calls go through.
     """
 
     def __init__(self, size: int, rate: float) -> None:
-        self.size, self.rate = size - PACER_SLACK, rate
+        self.size, self.documented = size - PACER_SLACK, rate
+        self.rate = rate
         self.tokens, self.stamp = float(self.size), time.monotonic()
         self.lock = threading.Lock()
 
@@ -230,10 +246,24 @@ class Pacer:
         """Block until tokens are free, then spend them."""
         with self.lock:
             now = time.monotonic()
-            self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate) - tokens
+            elapsed = now - self.stamp
+            self.tokens = min(self.size, self.tokens + elapsed * self.rate) - tokens
+            self.rate = min(self.documented,
+                            self.rate + elapsed * self.documented * ADAPTIVE_RECOVERY)  # fmt: skip
             self.stamp = now
             delay = max(0.0, -self.tokens / self.rate)
         time.sleep(delay)
+
+    def throttled(self, response: Any = None, **_: Any) -> None:
+        """A needs-retry handler: when EC2 refused this API's call for its bucket, halve the
+        rate and empty the copy, as EC2's is. It never decides the retry itself."""
+        if not response:
+            return
+        parsed = response[1]
+        if isinstance(parsed, dict) and parsed.get("Error", {}).get("Code") in THROTTLING_CODES:
+            with self.lock:
+                self.rate = max(self.documented * ADAPTIVE_FLOOR, self.rate / 2)
+                self.tokens = min(self.tokens, 0.0)
 
     def wait_for_instances(self, params: dict | None = None, **_: Any) -> None:
         """A resource bucket: one token per instance the call launches, starts or stops."""
@@ -276,13 +306,16 @@ def pace(client: Any, service: str = "ec2", limits: Mapping | None = None) -> No
     limits = limits or {}
     if service != "ec2":
         for operation, (size, rate) in DIRECT_PACED_CALLS.items():
-            client.meta.events.register(f"before-call.{service}.{operation}",
-                                        Pacer(size, rate).wait)  # fmt: skip
+            pacer = Pacer(size, rate)
+            client.meta.events.register(f"before-call.{service}.{operation}", pacer.wait)
+            client.meta.events.register(f"needs-retry.{service}.{operation}", pacer.throttled)
         return
     for operation in PACED_CALLS:
         event = f"before-call.ec2.{operation}"
         size, rate = limits.get(operation) or request_bucket(operation)
-        client.meta.events.register(event, Pacer(size, rate).wait)
+        pacer = Pacer(size, rate)
+        client.meta.events.register(event, pacer.wait)
+        client.meta.events.register(f"needs-retry.ec2.{operation}", pacer.throttled)
         if operation in RESOURCE_BUCKETS:
             resources = Pacer(*RESOURCE_BUCKETS[operation])
             client.meta.events.register(event, resources.wait_for_instances)

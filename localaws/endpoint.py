@@ -223,6 +223,9 @@ Throttling: `throttle()` turns on an emulation of EC2's request token buckets,
 per action category and per region, with the sizes and refill rates of
 shared/aws-notes.md. A call that finds its bucket empty is refused with
 RequestLimitExceeded (HTTP 503), as EC2 does, and takes no token.
+`throttle(busier={"CreateImage": (20, 2.0)})` gives an API a smaller bucket than the
+documented one: an account where other work spends part of it, which the tool cannot
+know (bench/throttled.py, tests/test_pacing.py).
 """
 
 from __future__ import annotations
@@ -1677,14 +1680,19 @@ def region_of(environ: dict) -> str:
 class TokenBuckets:
     """EC2's request token buckets, one per (region, category), refilled continuously."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        busier: dict[str, tuple[int, float]] | None = None,
+    ) -> None:
         self._clock = clock
+        self._busier = busier or {}
         self._state: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, last refill
         self._lock = threading.Lock()
 
     def take(self, region: str, bucket: str, count: int = 1) -> bool:
         """Spend count tokens if there are as many; return whether the call may go through."""
-        size, rate = bucket_size(bucket)
+        size, rate = self._busier.get(bucket) or bucket_size(bucket)
         now = self._clock()
         with self._lock:
             tokens, stamp = self._state.get((region, bucket), (float(size), now))
@@ -1792,9 +1800,13 @@ class Endpoint:
             self.hooks.clear()
             self.buckets = None
 
-    def throttle(self, enabled: bool = True) -> None:
-        """Emulate EC2's request token buckets from now on, all of them full."""
-        self.buckets = TokenBuckets() if enabled else None
+    def throttle(
+        self, enabled: bool = True, busier: dict[str, tuple[int, float]] | None = None
+    ) -> None:
+        """Emulate EC2's request token buckets from now on, all of them full; busier gives
+        some APIs smaller buckets than the documented ones: an account whose other work
+        spends part of them (the tool's pacer does not know)."""
+        self.buckets = TokenBuckets(busier=busier) if enabled else None
 
     def inject(
         self, action: str, code: str, status: int = 400, times: int = 1, lost: bool = False,

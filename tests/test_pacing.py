@@ -89,3 +89,41 @@ def test_a_bad_ec2_api_limits_setting_is_a_config_error(tmp_path, script):
     assert result.returncode == 2 and "EC2_API_LIMITS must be a dict of EC2 API name" in (
         result.stderr
     )
+
+
+def refused(code: str = "RequestLimitExceeded") -> tuple:
+    """A needs-retry event's response: EC2's answer to a call that found its bucket empty."""
+    return (types.SimpleNamespace(status_code=503), {"Error": {"Code": code}})
+
+
+def test_a_refused_call_halves_the_pace_which_comes_back_as_calls_go_through(clock):
+    pacer = Pacer(size=2 + PACER_SLACK, rate=10.0)
+    pacer.throttled(response=refused())  # the account's bucket is busier than documented
+    assert pacer.rate == 5.0 and pacer.tokens <= 0
+    pacer.throttled(response=refused())
+    pacer.throttled(response=(None, {"Error": {"Code": "InvalidAMIID.NotFound"}}))  # not one
+    assert pacer.rate == 2.5
+    pacer.wait()
+    assert clock.slept[-1] == pytest.approx(1 / 2.5)  # the next call waits at the slower pace
+    clock.now += 30.0  # 30 s later: back to the documented pace, and no faster
+    pacer.wait()
+    assert pacer.rate == 10.0
+    for _ in range(200):
+        pacer.throttled(response=refused())
+    assert pacer.rate == pytest.approx(10.0 * aws.ADAPTIVE_FLOOR)  # never stops
+
+
+def test_a_backup_in_a_busier_account_slows_down_instead_of_failing(ec2, iam, tmp_path, endpoint):
+    """CreateImage's bucket far below the documented one (other work in the account): every
+    server is backed up, and EC2 refuses few calls, since the pacer slows down."""
+    from tests.conftest import linux_servers, managed, run, write_config
+
+    servers = linux_servers(ec2, iam, 12)
+    config = write_config(tmp_path / "b.py", SERVERS=servers, KEEP=2, WAIT_TIMEOUT_MINUTES=1)
+    endpoint.throttle(busier={"CreateImage": (3, 2.0)})
+    result = run("ec2_to_ami.py", config)
+    endpoint.throttle(False)
+    assert result.returncode == 0, result.stderr
+    assert len(managed(ec2)) == 12
+    refusals = endpoint.count("CreateImage", ok=False)
+    assert 0 < refusals <= 5  # 2 or 3 here; 9 when the pacer does not slow down

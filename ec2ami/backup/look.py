@@ -195,24 +195,41 @@ def split_bad_image_names(
     return clean, failures
 
 
-def record_launch(clients: Clients, config: BackupConfig, servers: list[Server]) -> None:
-    """Record what each instance runs with that DescribeInstances does not say: its Elastic
-    IPs (one call), load balancers (a call per target group), and its protections, shutdown
-    behaviour and CPU credits (one GetLaunchTemplateData per server)."""
-    if not servers:
-        return
-    ec2 = clients.ec2
-    addresses = ec2.describe_addresses().get("Addresses", [])
-    balancers = load_balancer_membership(clients, config, servers)
-    with ThreadPoolExecutor(LAUNCH_DATA_THREADS) as pool:  # the pacer keeps EC2's rate
-        data = list(pool.map(lambda server: launch_data(ec2, server), servers))
-    for server, found in zip(servers, data, strict=True):
-        instance_id = server.spec.instance_id
-        server.launch = launch_record(
-            server.instance, found, addresses,
-            balancers.get(instance_id) if balancers is not None else None,
-        )  # fmt: skip
+@dataclass
+class LaunchContext:
+    """What every server's launch record draws on, read once a run: the region's Elastic
+    IPs (one call) and load-balancer members (a call per target group; None: unknown)."""
+
+    addresses: list[dict]
+    balancers: dict[str, dict[str, list]] | None
+
+    @classmethod
+    def read(cls, clients: Clients, config: BackupConfig, servers: list[Server]) -> LaunchContext:
+        if not servers:
+            return cls([], {})
+        addresses = clients.ec2.describe_addresses().get("Addresses", [])
+        return cls(addresses, load_balancer_membership(clients, config, servers))
+
+    def record(self, ec2: Any, server: Server, found: dict | None = None) -> None:
+        """Record what an instance runs with that DescribeInstances does not say: its Elastic
+        IPs, load balancers, and its protections, shutdown behaviour and CPU credits (its
+        GetLaunchTemplateData, read here unless found). A run does it just ahead of the
+        server's CreateImage: the describe bucket refills four times faster than
+        CreateImage's, so the reads never hold creation up (EC2's throttling page)."""
+        if found is None:
+            found = launch_data(ec2, server)
+        members = (
+            self.balancers.get(server.spec.instance_id) if self.balancers is not None else None
+        )
+        server.launch = launch_record(server.instance, found, self.addresses, members)
         server.eip = primary_elastic_ip(server.launch)
+
+    def record_all(self, ec2: Any, servers: list[Server]) -> None:
+        """Every server's launch record at once (a dry run, which creates nothing)."""
+        with ThreadPoolExecutor(LAUNCH_DATA_THREADS) as pool:  # the pacer keeps EC2's rate
+            data = list(pool.map(lambda server: launch_data(ec2, server), servers))
+        for server, found in zip(servers, data, strict=True):
+            self.record(ec2, server, found)
 
 
 def launch_data(ec2: Any, server: Server) -> dict[str, Any]:

@@ -22,16 +22,16 @@ from ec2ami.backup.images import ALL_CREATED, follow_up
 from ec2ami.backup.journal import Journal
 from ec2ami.backup.listing import print_plan, print_sweep_plan
 from ec2ami.backup.look import (
+    LaunchContext,
     Outcome,
     Server,
     check_requested,
     discover,
     image_references,
     managed_images,
-    record_launch,
 )
 from ec2ami.backup.ownership import Holdings, find_holdings, owners_of, split_keep_conflicts
-from ec2ami.backup.plan import keep_referenced, plan_backup
+from ec2ami.backup.plan import BackupPlan, keep_referenced, plan_backup, planned_tags
 from ec2ami.backup.ssm_document import document_mismatch
 from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ec2ami.aws import Clients
     from ec2ami.backup.config import BackupConfig
     from ec2ami.backup.dr import Region
-    from ec2ami.backup.plan import BackupPlan, ServerPlan
+    from ec2ami.backup.plan import BackupPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def run_backup(
     ec2, now = clients.ec2, started.replace(microsecond=0)
     servers, failures = discover(ec2, config, args.server, now)
     check_requested(args.server, servers, failures)
-    record_launch(clients, config, servers)
+    launches = LaunchContext.read(clients, config, servers)
+    if args.dry_run:  # a run reads each server's just ahead of its CreateImage (create_all)
+        launches.record_all(ec2, servers)
     listed = managed_images(ec2, config.schedule)
     regions = destination_regions(clients, config)
     owners = owners_of(config, servers, listed)
@@ -83,7 +85,7 @@ def run_backup(
         return code
     outcomes = outcomes_of(plan)
     created: queue.Queue[Outcome] = queue.Queue()
-    creator_args = (clients, plan.servers, outcomes, config, now, created)
+    creator_args = (clients, plan, outcomes, config, now, created, launches)
     threading.Thread(target=create_all, args=creator_args, daemon=True).start()
     planned = {p.spec.name: p.prunes for p in plan.servers}
     finisher = Finisher(clients, None, plan)
@@ -168,17 +170,17 @@ def sweep_all(
 
 
 def create_all(
-    clients: Clients, plans: list[ServerPlan], outcomes: list[Outcome], config: BackupConfig,
-    now: datetime, created: queue.Queue,
+    clients: Clients, plan: BackupPlan, outcomes: list[Outcome], config: BackupConfig,
+    now: datetime, created: queue.Queue, launches: LaunchContext,
 ) -> None:  # fmt: skip
-    """Start every server's planned image in turn (the client paces CreateImage); queue each
-    outcome.
+    """Start every server's planned image in turn (the client paces CreateImage), each just
+    after reading its launch record for the image's tags; queue each outcome.
 
     Servers backed up through SSM come last, after one check that they are online,
     so their scripts never hold up the plain ones.
     """
     pairs = sorted(
-        zip(plans, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
+        zip(plan.servers, outcomes, strict=True), key=lambda p: p[0].spec.consistency in SSM_MODES
     )
     try:
         through_ssm = [p.server for p, _ in pairs if p.spec.consistency in SSM_MODES]
@@ -191,6 +193,10 @@ def create_all(
         for planned, out in pairs:
             try:
                 reason = offline.get(planned.spec.instance_id) or in_place_hold(planned.server)
+                if not reason:
+                    launches.record(clients.ec2, planned.server)
+                    planned.tags, planned.dropped_tags = planned_tags(
+                        planned.server, config, now, plan.run_id)  # fmt: skip
                 if planned.dropped_tags:
                     out.warn(f"50-tag limit: instance tags not copied: "
                              f"{', '.join(planned.dropped_tags)}")  # fmt: skip
