@@ -100,6 +100,10 @@ Patches (each has a test in tests/test_endpoint.py):
      different lineages and archived ones with ValidationException (moto's direct APIs
      know only the snapshots they made themselves, and its ListChangedBlocks misses
      blocks that only the second snapshot holds).
+  P43 A volume made from a snapshot (RunInstances from an image, CreateVolume) holds its
+     blocks, and a snapshot of that volume descends from it: ListChangedBlocks compares
+     the two, as EC2's direct APIs compare snapshots of one lineage (moto's volumes start
+     empty, so a restored server's or a golden image's first backup looked whole).
   P25 CreateImage snapshots every EBS volume attached to the instance, each under its
      own device in BlockDeviceMappings with its own VolumeSize; CopyImage, DeregisterImage
      with DeleteAssociatedSnapshots and the snapshot-id filter take them all (moto images
@@ -385,6 +389,7 @@ _original_ami_filter_value = Ami.get_filter_value
 _original_describe_images = AmisResponse.describe_images
 _original_delete_snapshot = EBSBackend.delete_snapshot
 _original_copy_snapshot = EBSBackend.copy_snapshot
+_original_ebs_create_volume = EBSBackend.create_volume
 _original_method_names = moto.core.responses.method_names_from_class
 _original_moto_modules = moto.backends.list_of_moto_modules
 _original_rsa_key_pair = moto.ec2.models.key_pairs.random_rsa_key_pair
@@ -851,12 +856,26 @@ def resize_volume(volume_id: str, size_gib: int) -> None:
 
 
 def _frozen(snapshot: Any, volume: Any, volume_id: str, lineage: str, blocks: dict) -> None:
-    """Give a snapshot a volume's size and these blocks, for good (P24)."""
+    """Give a snapshot a volume's size and these blocks, for good (P24), and the snapshots
+    its volume descends from (P43)."""
     stand_in = copy.copy(volume)
     stand_in.id = volume_id
     snapshot.volume = stand_in
     snapshot.harness_blocks = dict(blocks)
     snapshot.harness_lineage = lineage
+    snapshot.harness_ancestors = frozenset(getattr(volume, "harness_ancestors", ()))
+
+
+def _ebs_create_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """A volume made from a snapshot holds that snapshot's blocks, and descends from it and
+    its ancestors (P43): RunInstances from an image, CreateVolume, a root volume task."""
+    volume = _original_ebs_create_volume(self, *args, **kwargs)
+    snapshot_id = kwargs.get("snapshot_id") or (args[2] if len(args) > 2 else None)
+    if snapshot_id and snapshot_id in self.snapshots:
+        parent = self.snapshots[snapshot_id]
+        volume.harness_blocks = dict(parent.harness_blocks)
+        volume.harness_ancestors = frozenset(parent.harness_ancestors) | {parent.id}
+    return volume
 
 
 def image_volumes(backend: Any, ami: Any, instance: Instance) -> None:
@@ -999,7 +1018,9 @@ def _list_changed_blocks(self) -> Any:
         first = _direct_snapshot(self, first_id) if first_id else None
     except DirectApiError as err:
         return err.response()
-    if first is not None and first.harness_lineage != second.harness_lineage:
+    related = first is not None and (first.harness_lineage == second.harness_lineage
+                                     or first.id in second.harness_ancestors)  # fmt: skip
+    if first is not None and not related:
         return DirectApiError(
             "ValidationException", 400, "the snapshots are not of the same volume lineage"
         ).response()
@@ -1588,6 +1609,8 @@ def apply_patches() -> None:
     ElasticBlockStore.describe_snapshots = _describe_snapshots
     EC2BaseResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER["Image.CreationDate"] = _creation_date
     EBSBackend.copy_snapshot = _copy_snapshot
+    EBSBackend.create_volume = _ebs_create_volume
+    Snapshot.harness_ancestors = frozenset()
     EBSBackend._create_default_encryption_key = _aws_managed_default_key
     Snapshot.storage_tier = "standard"
     Snapshot.full_snapshot_size_in_bytes = None

@@ -139,13 +139,13 @@ def test_cost_of_servers_without_backups_is_zero_and_the_table_says_what_it_coun
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["SERVER", "SCHEDULE", "REGION", "POOL", "BACKUPS", "VOLUMES",
-                                "SIZE", "GiB", "STORED", "GiB", "ARCHIVED", "GiB",
-                                "USD/MONTH"]  # fmt: skip
+                                "SIZE", "GiB", "STORED", "GiB", "ARCHIVED", "GiB", "IN",
+                                "BIN", "USD/MONTH"]  # fmt: skip
     assert [line.split()[:5] for line in lines[1:3]] == [
         ["app01", "daily", "us-east-1", "backup", "0"],
         ["web01", "daily", "us-east-1", "backup", "0"],
     ]  # fmt: skip
-    assert lines[3].split() == ["TOTAL", "0", "0", "0.00", "0.00", "0.00"]
+    assert lines[3].split() == ["TOTAL", "0", "0", "0.00", "0.00", "0", "0.00"]
     assert "An estimate" in result.stdout and "SNAPSHOT_PRICE_GB_MONTH" in result.stdout
     assert endpoint.count("ListSnapshotBlocks") == 0
 
@@ -185,3 +185,118 @@ def test_two_pools_servers_of_one_name_are_two_rows(ec2, fleet, tmp_path):
     document = documented(run("ec2_to_ami.py", config, "--cost", "--json"), "backup-cost")
     pools = sorted(r["pool"] for r in document["rows"] if r["server"] == "web01" and r["backups"])
     assert pools == ["prod", "staging"]
+
+
+def test_a_restored_servers_first_backup_counts_only_what_changed_since_its_backup(
+    ec2, fleet, tmp_path, endpoint
+):
+    """EBS stores a snapshot of a volume made from snapshot A incrementally to A: the
+    restored server's first backup adds its own writes, not the whole disk again."""
+    from localaws.endpoint import SETTINGS
+
+    config = one_server(tmp_path, fleet, KEEP=5)
+    write_blocks(volumes_of(ec2, fleet.instances["web01"])["/dev/sda1"], range(3000))
+    backup(config)
+    ec2.terminate_instances(InstanceIds=[fleet.instances["web01"]])
+    SETTINGS.instance_pending_seconds = 0.1
+    restored = run("ami_to_ec2.py", write_config(tmp_path / "r.py", SERVER="web01",
+                                                 WAIT="running"))  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    [twin] = [line.split()[0] for line in restored.stdout.splitlines() if line.startswith("i-")]
+    twin_root = volumes_of(ec2, twin)["/dev/sda1"]
+    write_blocks(twin_root, range(5000, 5100))  # a day on the restored server
+    config = backup_config(tmp_path, fleet, KEEP=5, SELECT_TAGS={},
+                           SERVERS=[{"name": "web01", "instance_id": twin}])  # fmt: skip
+    backup(config)
+    code, report, _ = cost(config)
+    assert code == 0
+    web = row(report, "web01")
+    assert web["backups"] == 2
+    assert web["stored_blocks"] == 3000 + 100  # not 3000 + 3100
+    [note] = web["notes"]  # the original's first backup: its volume went with the instance
+    assert "is gone, so whether it was made from a snapshot is not known" in note
+
+
+def test_a_golden_image_fleet_counts_each_servers_own_writes(ec2, fleet, tmp_path, endpoint):
+    """Servers launched from one golden image (another pipeline's, unmarked): each first
+    backup adds what the server wrote since, not the golden image's blocks again."""
+    source = launch(ec2, fleet, "builder")
+    write_blocks(volumes_of(ec2, source)["/dev/sda1"], range(4000))
+    golden = ec2.create_image(InstanceId=source, Name="golden-2026-12")["ImageId"]
+    servers = []
+    for n, writes in enumerate((range(10), range(100, 250))):
+        name = f"app{n}"
+        instance = launch(ec2, fleet, name, ImageId=golden)
+        write_blocks(volumes_of(ec2, instance)["/dev/sda1"], writes)
+        servers.append({"name": name, "instance_id": instance})
+    config = backup_config(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={})
+    backup(config)
+    code, report, _ = cost(config)
+    assert code == 0
+    assert (row(report, "app0")["stored_blocks"], row(report, "app1")["stored_blocks"]) == (
+        10, 150)  # fmt: skip
+
+
+def test_a_first_backup_whose_parent_cannot_be_read_is_counted_whole_and_says_so(
+    ec2, fleet, tmp_path, endpoint
+):
+    source = launch(ec2, fleet, "builder")
+    write_blocks(volumes_of(ec2, source)["/dev/sda1"], range(400))
+    golden = ec2.create_image(InstanceId=source, Name="golden-2026-11")["ImageId"]
+    instance = launch(ec2, fleet, "app9", ImageId=golden)
+    write_blocks(volumes_of(ec2, instance)["/dev/sda1"], range(1000, 1010))
+    config = backup_config(tmp_path, fleet, SERVERS=[{"name": "app9", "instance_id": instance}],
+                           SELECT_TAGS={})  # fmt: skip
+    backup(config)
+    [parent] = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[golden])[
+        "Images"][0]["BlockDeviceMappings"] if "Ebs" in m]  # fmt: skip
+    endpoint.inject("ListChangedBlocks", "ValidationException", 400, times=5)  # e.g. archived
+    code, report, _ = cost(config)
+    assert code == 0
+    app = row(report, "app9")
+    assert app["stored_blocks"] == 410  # all it holds: what EBS bills if the parent is gone
+    [note] = app["notes"]
+    assert f"its volume was made from {parent}" in note and "EBS may store less" in note
+
+
+def test_the_recycle_bin_snapshots_are_counted_in_their_own_column(ec2, fleet, tmp_path, endpoint):
+    from localaws.endpoint import SETTINGS
+
+    SETTINGS.recycle_bin_days = 7
+    config = one_server(tmp_path, fleet, KEEP=1)
+    write_blocks(volumes_of(ec2, fleet.instances["web01"])["/dev/sda1"], range(20))
+    backup(config)
+    backup(config)  # prunes the first: its snapshot waits in the bin
+    code, report, _ = cost(config)
+    assert code == 0
+    web = row(report, "web01")
+    assert (web["backups"], web["binned_snapshots"]) == (1, 1)
+    assert report["total"]["binned_snapshots"] == 1
+    text = run("ec2_to_ami.py", config, "--cost").stdout
+    assert "IN BIN" in text and "in the Recycle Bin, billed at the standard rate" in text
+
+
+def test_an_encrypted_snapshot_cost_cannot_read_names_its_key_and_the_permission(
+    ec2, fleet, tmp_path, endpoint
+):
+    import boto3
+
+    from localaws.endpoint import SETTINGS
+    from tests.conftest import REGION
+
+    kms = boto3.client("kms", region_name=REGION, endpoint_url=endpoint.url)
+    key = kms.create_key(Description="web01 volumes")["KeyMetadata"]["Arn"]
+    SETTINGS.encrypt_images_of[fleet.instances["web01"]] = key
+    servers = [{"name": n, "instance_id": fleet.instances[n]} for n in ("web01", "app01")]
+    config = backup_config(tmp_path, fleet, SERVERS=servers, SELECT_TAGS={})
+    backup(config)
+    [snapshot] = [m["Ebs"]["SnapshotId"] for m in managed(ec2, "web01")[0]["BlockDeviceMappings"]
+                  if "Ebs" in m]  # fmt: skip
+    # What EBS answers a caller that may not use the key (the policy lacks kms:Decrypt).
+    endpoint.inject("ListSnapshotBlocks", "AccessDeniedException", 403, SnapshotId=snapshot)
+    code, report, stderr = cost(config)
+    assert code == 1
+    [error] = row(report, "web01")["errors"]
+    assert f"encrypted with KMS key {key}" in error and "kms:Decrypt" in error
+    assert "BACKUP_KMS_KEYS" in error and "web01" in stderr
+    assert row(report, "app01")["errors"] == []  # the others are measured

@@ -133,6 +133,8 @@ def assert_refused(calls) -> None:
 # the policies allow them; moto makes no such calls, so the tests never see them used.
 ON_OUR_BEHALF = {"ec2:DescribeInstanceAttribute", *LAUNCH_DATA_DESCRIBES,
                  *IMAGE_REFERENCES_DESCRIBES}  # fmt: skip
+# --cost calls DescribeVolumes itself too (the snapshot each first backup's volume came from).
+ON_OUR_BEHALF_BUT_COST = ON_OUR_BEHALF - {"ec2:DescribeVolumes"}
 
 
 def in_target_group(endpoint, fleet, server: str) -> None:
@@ -172,7 +174,7 @@ def test_an_ssm_config_does_its_whole_job_under_its_generated_policy(
     used = actions_used(endpoint, env, "ec2_to_ami.py", config, runs)
     # Tags at creation are checked inside CreateImage; DeleteSnapshot is the fallback
     # for a snapshot DeregisterImage could not delete.
-    assert used == actions_of(document) - {"ec2:DeleteSnapshot"} - ON_OUR_BEHALF
+    assert used == actions_of(document) - {"ec2:DeleteSnapshot"} - ON_OUR_BEHALF_BUT_COST
     assert len(managed(ec2, "web01")) == len(managed(ec2, "win01")) == 1
 
 
@@ -191,7 +193,7 @@ def test_a_plain_config_gets_no_ssm_and_no_dr_and_does_its_whole_job(
     # Tags at creation are checked inside CreateImage; only retention of an image someone
     # protected needs the protection lifted; with one backup kept, --cost has no change
     # between two snapshots to list.
-    assert used == actions_of(document) - ON_OUR_BEHALF - {
+    assert used == actions_of(document) - ON_OUR_BEHALF_BUT_COST - {
         "ec2:CreateTags",
         "ec2:DeleteSnapshot",
         "ec2:DisableImageDeregistrationProtection",
@@ -423,11 +425,25 @@ def statements_with(document: dict, action: str) -> list[dict]:
         ("backup-dr-policy.json", "ec2:EnableImageDeprecation"),
         ("restore-policy.json", "ec2:EnableImage"),
         ("backup-policy.json", "ebs:ListSnapshotBlocks"),
-        ("backup-policy.json", "ebs:ListChangedBlocks"),
     ],
 )
 def test_deleting_sharing_and_deprecating_need_the_marker_tag(document, action):
     assert unmarked(policy(document), action) == []
+
+
+def test_only_listing_changed_blocks_reaches_unmarked_snapshots():
+    """--cost compares a first backup with the snapshot its volume was made from (a golden
+    image's, a restored backup's), which carries no marker: block indexes only, in the
+    config's regions."""
+    document, sid = (
+        policy("backup-policy.json"),
+        "CompareFirstBackupsWithTheSnapshotsTheirVolumesCameFrom",
+    )
+    assert unmarked(document, "ebs:ListChangedBlocks") == [sid]
+    statement = next(s for s in document["Statement"] if s.get("Sid") == sid)
+    assert statement["Action"] == "ebs:ListChangedBlocks"
+    assert all(r.startswith("arn:aws:ec2:") and r.endswith("::snapshot/*")
+               for r in as_list(statement["Resource"]))  # fmt: skip
 
 
 def unmarked(document: dict, action: str) -> list[str]:
@@ -528,7 +544,7 @@ def test_a_dr_config_does_its_whole_job_under_its_generated_policy(
     in_target_group(endpoint, fleet, "web01")
     runs = [[], [], ["--list", "--recycle-bin"], ["--cost"]]  # --cost: in both regions
     used = actions_used(endpoint, user_env("dr-bot", document), "ec2_to_ami.py", config, runs)
-    assert used == actions_of(document) - ON_OUR_BEHALF - {
+    assert used == actions_of(document) - ON_OUR_BEHALF_BUT_COST - {
         "ec2:DeleteSnapshot",
         "ec2:DisableImageDeregistrationProtection",
         "ebs:ListChangedBlocks",  # one backup kept in each region

@@ -5,6 +5,7 @@ and what that costs a month, per server, schedule and region.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from ec2ami.backup.look import managed_images
 from ec2ami.backup.ownership import is_copy
 from ec2ami.errors import EXIT_FAILED, EXIT_OK
 from ec2ami.facts import AVAILABLE, DISABLED
+from ec2ami.live import progress
 from ec2ami.output import print_json, print_table
 
 if TYPE_CHECKING:
@@ -34,6 +36,10 @@ ARCHIVE_TIER = "archive"  # DescribeSnapshots' StorageTier of an archived snapsh
 COSTED_STATES = (AVAILABLE, DISABLED)  # images whose snapshots are whole and billed
 ERR_DIRECT_VALIDATION = "ValidationException"  # e.g. two snapshots of different volumes
 DIRECT_ACCESS_DENIED = {"AccessDeniedException", "AccessDenied"}
+# A parent snapshot the direct APIs cannot compare with: another account's (a public or
+# shared image's), deleted, or archived.
+PARENT_UNREADABLE = {ERR_DIRECT_VALIDATION, "ResourceNotFoundException", *DIRECT_ACCESS_DENIED}
+COPIED_VOLUME = "vol-ffffffff"  # the VolumeId EC2 gives a copied snapshot
 DIRECT_ACTIONS = ["ebs:ListSnapshotBlocks", "ebs:ListChangedBlocks"]  # --cost's only lists
 COST_THREADS = 8  # lineages measured at once: enough for the pace below at 200 ms a call
 
@@ -49,6 +55,27 @@ class Kept:
     snapshot_id: str
     row: tuple[str, str, str]  # (server, pool, schedule): the row it counts in
     archived_bytes: int | None  # None: in the standard tier
+    kms_key_id: str | None = None  # encrypted with this key
+
+
+@dataclass(frozen=True)
+class SnapshotFact:
+    """What DescribeSnapshots says of a kept snapshot."""
+
+    size_gib: int
+    archived_bytes: int | None  # None: in the standard tier
+    volume_id: str
+    kms_key_id: str | None
+
+
+@dataclass
+class Measured:
+    """What one lineage's kept standard-tier snapshots add, oldest first; why the count
+    stopped, if it did; and how the oldest was counted, if that needs saying."""
+
+    added: list[int]
+    error: str | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -65,7 +92,9 @@ class CostRow:
     size_gib: int = 0  # the newest backup's volumes, in full
     stored_blocks: int = 0  # standard tier: unique blocks this schedule's snapshots add
     archived_bytes: int = 0
+    binned: int = 0  # snapshots of this server's instances in the Recycle Bin
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def monthly(self, config: BackupConfig) -> float:
         """The estimated cost a month, at the configured prices."""
@@ -78,10 +107,14 @@ class CostRow:
 COST_NOTE = """
 Stored: the unique 512 KiB blocks the kept snapshots hold together, counted with the EBS
 direct APIs; each schedule's row has the blocks its own snapshots add to the ones before
-them. An estimate: blocks that other snapshots of the same volumes (another tool's) also
-hold are counted here, though EBS bills them once; an archived snapshot is billed in full
-(FullSnapshotSizeInBytes), for at least 90 days. Prices: USD {0} (standard) and {1}
-(archive) per GiB-month, from SNAPSHOT_PRICE_GB_MONTH and ARCHIVE_PRICE_GB_MONTH.
+them, and a volume made from a snapshot (a restored server's, one launched from a golden
+image) adds only what differs from it, as EBS stores it. An estimate: blocks that other
+snapshots of the same volumes (another tool's) also hold are counted here, though EBS bills
+them once; an archived snapshot is billed in full (FullSnapshotSizeInBytes), for at least
+90 days. IN BIN: snapshots of these servers in the Recycle Bin, billed at the standard rate
+while there, which the direct APIs cannot read: counted, not in USD/MONTH. Prices: USD {0}
+(standard) and {1} (archive) per GiB-month, from SNAPSHOT_PRICE_GB_MONTH and
+ARCHIVE_PRICE_GB_MONTH.
 """
 
 
@@ -117,68 +150,160 @@ def region_costs(ebs: Any, ec2: Any, region: str, images: list[Image]) -> list[C
         row.volumes = max(row.volumes, len(image.devices))
         row.size_gib = 0  # the newest backup's, as images come oldest first
         for device, snapshot_id in image.devices.items():
-            size, archived = facts.get(snapshot_id, (0, None))
-            row.size_gib += size
-            kept = Kept(snapshot_id, key, archived)
+            fact = facts.get(snapshot_id, SnapshotFact(0, None, "", None))
+            row.size_gib += fact.size_gib
+            kept = Kept(snapshot_id, key, fact.archived_bytes, fact.kms_key_id)
             lineages.setdefault((image.server, image.instance_id, device), []).append(kept)
     standard = {key: [k for k in chain if k.archived_bytes is None]
                 for key, chain in lineages.items()}  # fmt: skip
-    with ThreadPoolExecutor(COST_THREADS) as pool:
-        counts = pool.map(lambda chain: measure(ebs, chain), standard.values())
-        measured = dict(zip(standard, counts, strict=True))
+    firsts = {key: facts[chain[0].snapshot_id].volume_id for key, chain in standard.items()
+              if chain and chain[0].snapshot_id in facts}  # fmt: skip
+    parents = parents_of(ec2, [v for v in firsts.values() if v != COPIED_VOLUME])
+    done: list[tuple] = []  # one entry per lineage measured (list.append is atomic)
+
+    def measure_one(key: tuple[str, str, str]) -> Measured:
+        try:
+            return measure(ebs, standard[key], firsts.get(key), parents)
+        finally:
+            done.append(key)
+
+    def lines() -> list[tuple[str, bool]]:  # for a long run: how far it got
+        return [(f"{region}: {len(done)} of {len(standard)} volumes' backups measured",
+                 len(done) == len(standard))]  # fmt: skip
+
+    with progress("--cost", lines, quiet=False), ThreadPoolExecutor(COST_THREADS) as pool:
+        measured = dict(zip(standard, pool.map(measure_one, standard), strict=True))
     for key, chain in lineages.items():
-        (server, _, device), (added, error) = key, measured[key]
-        for kept, blocks in zip(standard[key], added, strict=False):
+        (server, _, device), found = key, measured[key]
+        for kept, blocks in zip(standard[key], found.added, strict=False):
             rows[kept.row].stored_blocks += blocks
         for kept in chain:
             rows[kept.row].archived_bytes += kept.archived_bytes or 0
-        if error:
-            log.error("%s in %s: %s: %s", server, region, device, error)
+        if found.note and standard[key]:
+            rows[standard[key][0].row].notes.append(f"{device}: {found.note}")
+        if found.error:
+            log.error("%s in %s: %s: %s", server, region, device, found.error)
             for counted in {k.row for k in chain}:
-                rows[counted].errors.append(f"{device}: {error}")
+                rows[counted].errors.append(f"{device}: {found.error}")
+    count_binned(ec2, images, rows)
     return list(rows.values())
 
 
-def snapshot_facts(ec2: Any, snapshot_ids: list[str]) -> dict[str, tuple[int, int | None]]:
-    """Each snapshot's volume size (GiB) and, if archived, its full size in bytes."""
-    facts: dict[str, tuple[int, int | None]] = {}
+def parents_of(ec2: Any, volume_ids: list[str]) -> dict[str, str]:
+    """The snapshot each volume that still exists was made from ("": made empty), by
+    DescribeVolumes with a filter, a batch at a time (a gone volume is simply absent)."""
+    found: dict[str, str] = {}
+    for chunk in chunked(sorted(set(volume_ids))):
+        filters = [{"Name": "volume-id", "Values": chunk}]
+        for volume in paginate(ec2, "describe_volumes", "Volumes", Filters=filters):
+            found[volume["VolumeId"]] = volume.get("SnapshotId") or ""
+    return found
+
+
+def count_binned(ec2: Any, images: list[Image], rows: dict[tuple[str, str, str], CostRow]) -> None:
+    """The Recycle Bin's snapshots that CreateImage made of these servers' instances: EBS
+    bills them at the standard rate while they wait there, but the direct APIs cannot read
+    them, so they are counted, not measured (ListSnapshotsInRecycleBin lists no tags: the
+    instance comes from EC2's own description, "Created by CreateImage(i-...) for ami-...")."""
+    servers = {i.instance_id: (i.server, i.pool, i.schedule) for i in images}
+    for snapshot in paginate(ec2, "list_snapshots_in_recycle_bin", "Snapshots"):
+        made_by = BIN_DESCRIPTION.match(snapshot.get("Description") or "")
+        key = servers.get(made_by.group(1)) if made_by else None
+        if key in rows:
+            rows[key].binned += 1
+
+
+BIN_DESCRIPTION = re.compile(r"Created by CreateImage\((i-[0-9a-f]+)\) for ami-[0-9a-f]+")
+
+
+def snapshot_facts(ec2: Any, snapshot_ids: list[str]) -> dict[str, SnapshotFact]:
+    """Each snapshot's volume size (GiB), full size in bytes if archived, volume and KMS key."""
+    facts: dict[str, SnapshotFact] = {}
     for chunk in chunked(sorted(set(snapshot_ids))):
         filters = [{"Name": "snapshot-id", "Values": chunk}]
         for snap in paginate(ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"],
                              Filters=filters):  # fmt: skip
             archived = snap.get("StorageTier") == ARCHIVE_TIER
             full = snap.get("FullSnapshotSizeInBytes") or snap["VolumeSize"] * GIB  # at most
-            facts[snap["SnapshotId"]] = (snap["VolumeSize"], full if archived else None)
+            key = snap.get("KmsKeyId") if snap.get("Encrypted") else None
+            facts[snap["SnapshotId"]] = SnapshotFact(
+                snap["VolumeSize"], full if archived else None, snap.get("VolumeId", ""), key
+            )
     return facts
 
 
-def measure(ebs: Any, standard: list[Kept]) -> tuple[list[int], str | None]:
-    """The blocks each standard-tier snapshot of a lineage adds to the ones before it (the
-    oldest: all of its blocks), oldest first; and the error that stopped the count, if any."""
-    added: list[int] = []
+def measure(
+    ebs: Any, standard: list[Kept], volume_id: str | None, parents: dict[str, str]
+) -> Measured:
+    """The blocks each standard-tier snapshot of a lineage adds to the ones before it,
+    oldest first. The oldest adds what it holds beyond the snapshot its volume was made
+    from (a restored backup's, a golden image's: EBS stores a snapshot of such a volume
+    incrementally to it), or all of its blocks where there is none to compare with."""
+    found = Measured([])
     for before, kept in zip([None, *standard], standard, strict=False):
         try:
-            added.append(added_blocks(ebs, before, kept))
+            if before is None:
+                blocks, found.note = first_blocks(ebs, kept, volume_id, parents)
+            else:
+                blocks = added_blocks(ebs, before, kept)
+            found.added.append(blocks)
         except ClientError as err:
-            if err.response["Error"]["Code"] in DIRECT_ACCESS_DENIED:
-                raise  # the policy, not this volume: main() says so once
-            return added, f"{error_text(err)} (snapshot {kept.snapshot_id})"
-    return added, None
+            code = err.response["Error"]["Code"]
+            if code in DIRECT_ACCESS_DENIED and kept.kms_key_id:
+                found.error = (f"{kept.snapshot_id} is encrypted with KMS key {kept.kms_key_id}, "
+                               "and --cost may not decrypt with it (kms:Decrypt through EBS): add "
+                               "the key's ARN to BACKUP_KMS_KEYS and attach the policy "
+                               "--print-iam-policy prints")  # fmt: skip
+                return found
+            if code in DIRECT_ACCESS_DENIED:
+                raise  # the policy, not this volume: the command says so once
+            found.error = f"{error_text(err)} (snapshot {kept.snapshot_id})"
+            return found
+    return found
 
 
-def added_blocks(ebs: Any, before: Kept | None, kept: Kept) -> int:
-    """The blocks a snapshot holds that the one before it does not."""
-    if before is not None:
+def first_blocks(
+    ebs: Any, kept: Kept, volume_id: str | None, parents: dict[str, str]
+) -> tuple[int, str | None]:
+    """The blocks the oldest kept snapshot of a lineage adds, and a note where it is counted
+    whole though EBS may store less."""
+    parent = parents.get(volume_id or "")
+    if parent:
         try:
             pages = direct_pages(ebs, "list_changed_blocks", "ChangedBlocks",
-                                 FirstSnapshotId=before.snapshot_id,
+                                 FirstSnapshotId=parent,
                                  SecondSnapshotId=kept.snapshot_id)  # fmt: skip
-            return sum(1 for block in pages if "SecondBlockToken" in block)
+            return sum(1 for block in pages if "SecondBlockToken" in block), None
         except ClientError as err:
-            if err.response["Error"]["Code"] != ERR_DIRECT_VALIDATION:
+            if err.response["Error"]["Code"] not in PARENT_UNREADABLE:
                 raise
-            log.debug("%s and %s: %s", before.snapshot_id, kept.snapshot_id, error_text(err))
-    # The oldest, or one of a new lineage (the volume was replaced): all of its blocks.
+            return all_blocks(ebs, kept), (
+                f"{kept.snapshot_id} counted whole: its volume was made from {parent}, which "
+                "the EBS direct APIs cannot compare with (another account's, deleted or "
+                "archived): EBS may store less")  # fmt: skip
+    if volume_id and volume_id != COPIED_VOLUME and volume_id not in parents:
+        return all_blocks(ebs, kept), (
+            f"{kept.snapshot_id} counted whole: its volume {volume_id} is gone, so whether "
+            "it was made from a snapshot is not known")  # fmt: skip
+    return all_blocks(ebs, kept), None
+
+
+def added_blocks(ebs: Any, before: Kept, kept: Kept) -> int:
+    """The blocks a snapshot holds that the one before it does not."""
+    try:
+        pages = direct_pages(ebs, "list_changed_blocks", "ChangedBlocks",
+                             FirstSnapshotId=before.snapshot_id,
+                             SecondSnapshotId=kept.snapshot_id)  # fmt: skip
+        return sum(1 for block in pages if "SecondBlockToken" in block)
+    except ClientError as err:
+        if err.response["Error"]["Code"] != ERR_DIRECT_VALIDATION:
+            raise
+        log.debug("%s and %s: %s", before.snapshot_id, kept.snapshot_id, error_text(err))
+    return all_blocks(ebs, kept)  # a new lineage (the volume was replaced)
+
+
+def all_blocks(ebs: Any, kept: Kept) -> int:
+    """Every block a snapshot holds."""
     return sum(1 for _ in direct_pages(ebs, "list_snapshot_blocks", "Blocks",
                                        SnapshotId=kept.snapshot_id))  # fmt: skip
 
@@ -198,18 +323,21 @@ def direct_pages(ebs: Any, operation: str, key: str, **kwargs: Any) -> Iterator[
 def print_cost(rows: list[CostRow], config: BackupConfig) -> None:
     """The cost table, a total line, and what the figures are."""
     table = [("SERVER", "SCHEDULE", "REGION", "POOL", "BACKUPS", "VOLUMES", "SIZE GiB",
-              "STORED GiB", "ARCHIVED GiB", "USD/MONTH")]  # fmt: skip
+              "STORED GiB", "ARCHIVED GiB", "IN BIN", "USD/MONTH")]  # fmt: skip
     for row in rows:
         stored = row.stored_blocks * BLOCK_BYTES / GIB
-        money = "?" if row.errors else f"{row.monthly(config):.2f}"
+        money = "?" if row.errors else f"{row.monthly(config):.2f}" + ("*" if row.notes else "")
         table.append((row.server, row.schedule, row.region, row.pool or "-", str(row.backups),
                       str(row.volumes), str(row.size_gib), "?" if row.errors else f"{stored:.2f}",
-                      f"{row.archived_bytes / GIB:.2f}", money))  # fmt: skip
+                      f"{row.archived_bytes / GIB:.2f}", str(row.binned), money))  # fmt: skip
     total = cost_total(rows, config)
     table.append(("TOTAL", "", "", "", str(total["backups"]), "", str(total["size_gib"]),
                   f"{total['stored_gib']:.2f}", f"{total['archived_gib']:.2f}",
-                  f"{total['usd_per_month']:.2f}"))  # fmt: skip
+                  str(total["binned_snapshots"]), f"{total['usd_per_month']:.2f}"))  # fmt: skip
     print_table(table)
+    for row in rows:
+        for note in row.notes:
+            print(f"* {row.server} ({row.schedule}, {row.region}): {note}")
     print(cost_note(config))
 
 
@@ -220,6 +348,7 @@ def cost_total(rows: list[CostRow], config: BackupConfig) -> dict[str, Any]:
         "size_gib": sum(r.size_gib for r in rows),
         "stored_gib": round(sum(r.stored_blocks for r in rows) * BLOCK_BYTES / GIB, 3),
         "archived_gib": round(sum(r.archived_bytes for r in rows) / GIB, 3),
+        "binned_snapshots": sum(r.binned for r in rows),
         "usd_per_month": round(sum(r.monthly(config) for r in rows), 2),
     }
 
@@ -248,8 +377,10 @@ def print_cost_json(rows: list[CostRow], config: BackupConfig) -> None:
                 "stored_blocks": r.stored_blocks,
                 "stored_gib": round(r.stored_blocks * BLOCK_BYTES / GIB, 3),
                 "archived_gib": round(r.archived_bytes / GIB, 3),
+                "binned_snapshots": r.binned,
                 "usd_per_month": round(r.monthly(config), 2),
                 "errors": r.errors,
+                "notes": r.notes,
             }
             for r in rows
         ],

@@ -79,7 +79,8 @@ def iam_policy(config: BackupConfig) -> dict:
     snapshots = [f"arn:aws:ec2:{r}::snapshot/*" for r in regions]
     marked = {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": TOOL}}
     describe = ["ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeImages",
-                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin"]  # fmt: skip
+                "ec2:DescribeSnapshots", "ec2:ListImagesInRecycleBin",
+                "ec2:DescribeVolumes", "ec2:ListSnapshotsInRecycleBin"]  # fmt: skip
     if config.check_image_references:  # what DescribeImageReferences looks in, for the caller
         describe += ["ec2:DescribeImageReferences", *IMAGE_REFERENCES_DESCRIBES]
     statements = [
@@ -100,6 +101,11 @@ def iam_policy(config: BackupConfig) -> dict:
         allow("ReleaseProtectionOnlyOfMarkedImages",
                   "ec2:DisableImageDeregistrationProtection", images, marked),
         allow("CountBlocksOnlyOfMarkedSnapshots", DIRECT_ACTIONS, snapshots, marked),
+        # A backup's volume made from a snapshot (a restored backup's, a golden image's) is
+        # stored incrementally to it; --cost compares the two, and that parent carries no
+        # marker. Block indexes only, no data: ListChangedBlocks reads nothing else.
+        allow("CompareFirstBackupsWithTheSnapshotsTheirVolumesCameFrom",
+              "ebs:ListChangedBlocks", snapshots),
         *blocks_statements(config.backup_kms_keys, home),
     ]  # fmt: skip
     if config.record_load_balancers:
