@@ -1,5 +1,6 @@
-"""What both commands show a person: the command line's shared options, tables, the drill
-verdict, and logging."""
+"""What both commands show: the command line's shared options, tables, the --json
+documents (and the error document when a run has none), logging to the terminal and to
+LOG_FILE, and the run's error lines kept for STATE_FILE."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from typing import Any, ClassVar, NoReturn, TextIO
 
 from ec2ami import __version__
-from ec2ami.errors import EXIT_USAGE
+from ec2ami.errors import EXIT_FAILED, EXIT_USAGE
 from ec2ami.settings import beside
 
 
@@ -90,6 +91,17 @@ def human(as_json: bool) -> TextIO:
     """Where text for a person goes: stdout, or stderr when --json keeps stdout for the
     document."""
     return sys.stderr if as_json else sys.stdout
+
+
+def run_to_exit(as_json: bool, command: Callable[[], int]) -> int:
+    """Run a parsed command and return its exit code: a Ctrl-C the command did not sum up
+    itself ends in one line and exit 1, never a traceback; then json_failure."""
+    try:
+        code = command()
+    except KeyboardInterrupt:
+        logging.getLogger("ec2ami").error("interrupted: nothing more was done")
+        code = EXIT_FAILED
+    return json_failure(as_json, code)
 
 
 def json_failure(as_json: bool, code: int) -> int:

@@ -83,3 +83,20 @@ def test_a_failure_prints_the_error_document(endpoint, tmp_path, script, setting
     document = documented(result, "error")
     assert result.returncode == document["exit_code"] == code
     assert document["error"] and document["error"] in result.stderr
+
+
+def test_ctrl_c_in_a_long_read_ends_in_one_line_and_the_error_document(
+    ec2, fleet, tmp_path, monkeypatch
+):
+    """--cost can read for minutes: Ctrl-C there is exit 1 and a line, never a traceback."""
+    from ec2ami.backup import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cost_report", interrupted)
+    result = run("ec2_to_ami.py", backup_config(tmp_path, fleet), "--cost", "--json")
+    document = documented(result, "error")
+    assert result.returncode == document["exit_code"] == 1
+    assert document["error"] == "interrupted: nothing more was done"
+    assert "Traceback" not in result.stderr

@@ -26,7 +26,7 @@ from ec2ami.backup.state import LastRun, record_run
 from ec2ami.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, ConfigError
 from ec2ami.facts import REGION_RE
 from ec2ami.iam.backup import print_iam_policy
-from ec2ami.output import command_line, json_failure, parse_command_line, setup_logging
+from ec2ami.output import command_line, parse_command_line, run_to_exit, setup_logging
 from ec2ami.settings import lock_path
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     """Parse the command line, run it; with --json, a failure prints the error document."""
     args = parse_command_line(parse_args, argv, script)
     setup_logging(args)
-    return json_failure(args.json, run_command(args, script))
+    return run_to_exit(args.json, lambda: run_command(args, script))
 
 
 def run_command(args: argparse.Namespace, script: str | None) -> int:

@@ -31,7 +31,7 @@ from ec2ami.backup.look import (
     managed_images,
 )
 from ec2ami.backup.ownership import Holdings, find_holdings, owners_of, split_keep_conflicts
-from ec2ami.backup.plan import BackupPlan, keep_referenced, plan_backup, planned_tags
+from ec2ami.backup.plan import keep_referenced, plan_backup, planned_tags
 from ec2ami.backup.ssm_document import document_mismatch
 from ec2ami.backup.state import record_run
 from ec2ami.backup.sweep import Evidence, region_of, sweep_places, sweep_snapshots

@@ -13,7 +13,7 @@ import sys
 from ec2ami.aws import AWS_ERRORS, Clients, RoleError, base_session, connect, error_text
 from ec2ami.errors import EXIT_FAILED, EXIT_USAGE, ConfigError
 from ec2ami.iam.restore import print_iam_policy
-from ec2ami.output import command_line, json_failure, parse_command_line, setup_logging
+from ec2ami.output import command_line, parse_command_line, run_to_exit, setup_logging
 from ec2ami.restore.config import (
     RestoreConfig,
     RestoreError,
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     """Parse the command line, run it; with --json, a failure prints the error document."""
     args = parse_command_line(parse_args, argv, script)
     setup_logging(args, stamped=False)
-    return json_failure(args.json, run_command(args, script))
+    return run_to_exit(args.json, lambda: run_command(args, script))
 
 
 def run_command(args: argparse.Namespace, script: str | None) -> int:

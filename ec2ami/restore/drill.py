@@ -70,7 +70,7 @@ def drill(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -> 
         return EXIT_OK if restores is None else dry_run(ec2, restores, config, args.json)
     interrupted = False
     try:
-        rows = partial(progress_rows, restores, config.wait)
+        rows = partial(progress_rows, restores, config.wait, run)
         with sigterm_interrupts(), progress("drill", rows, args.quiet):
             run_restores(clients, config, restores, run)
     except KeyboardInterrupt:

@@ -64,9 +64,9 @@ def run_restores(
             time.sleep(max(0.0, next_poll - time.monotonic()))
 
 
-def progress_rows(restores: list[Restore], wait: str) -> list[tuple[str, bool]]:
-    """Each server's line for live.progress: its stage, instances and what it waits for
-    (read from the live thread: it only reads)."""
+def progress_rows(restores: list[Restore], wait: str, run: Run) -> list[tuple[str, bool]]:
+    """Each server's line for live.progress: its stage, instances, how long since its
+    launch and what it waits for (read from the live thread: it only reads)."""
     waits = {"planned": "waits its turn at RunInstances' pace", "launched": "waits for running",
              "running": f"waits for {wait}", "ok": "being set up",
              "checking": "runs DRILL_CHECK"}  # fmt: skip
@@ -74,7 +74,9 @@ def progress_rows(restores: list[Restore], wait: str) -> list[tuple[str, bool]]:
     for r in list(restores):
         ids = ", ".join(r.ids) or "not launched"
         what = ("FAILED" if r.problems else "done") if r.stage == "done" else waits.get(r.stage, "")
-        rows.append((f"{r.server} {r.stage} ({ids}): {what}", r.stage == "done"))
+        launched = r.at.get("run_instances_accepted")
+        since = f", {run.since() - launched:.0f} s since launch" if launched is not None else ""
+        rows.append((f"{r.server} {r.stage} ({ids}){since}: {what}", r.stage == "done"))
     return rows
 
 

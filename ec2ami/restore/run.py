@@ -49,7 +49,7 @@ def restore(clients: Clients, config: RestoreConfig, args: argparse.Namespace) -
     if restores is None or args.dry_run:
         return EXIT_OK if restores is None else dry_run(clients.ec2, restores, config, args.json)
     try:
-        with progress("restore", partial(progress_rows, restores, config.wait), args.quiet):
+        with progress("restore", partial(progress_rows, restores, config.wait, run), args.quiet):
             run_restores(clients, config, restores, run)
     except KeyboardInterrupt:
         return interrupted(restores, run, args)
