@@ -25,11 +25,16 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 BENCHMARKS = [
     ("backup_calls", ["10", "100"], "backup: calls and wall time, first and steady runs"),
     ("restore_calls", [], "restore: the calls of single restores and kitchen-sink twins"),
-    ("fleet_restore", ["10", "50", "200"], "fleet restore (--all) at RunInstances' pace"),
+    ("fleet_restore", ["10", "50", "200", "1000"], "fleet restore (--all) at RunInstances' pace"),
     ("dr_copy", ["10", "100"], "DR copies to another region, and a restore there"),
     ("cost_calls", ["10", "100"], "--cost: the EBS direct API calls"),
     ("fleet_scale", ["100", "300"], "backup at EC2's throttling limits"),
     ("in_place", [], "restore in place against a new instance, with 1 and 3 volumes"),
+    (
+        "throttled",
+        ["100"],
+        "backup when the account's CreateImage bucket is busier than documented",
+    ),
 ]
 
 

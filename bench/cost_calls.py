@@ -6,11 +6,13 @@ before each later backup. Then --cost runs as a subprocess against the local end
 and the table gives its calls by action against the documented budget:
 
     1 DescribeImages page + ceil(snapshots / 200) DescribeSnapshots
-    + per volume: ceil(oldest snapshot's blocks / 10,000) ListSnapshotBlocks
+    + ceil(volumes / 200) DescribeVolumes + 1 ListSnapshotsInRecycleBin
+    + per volume: ceil(oldest snapshot's blocks / 10,000) ListSnapshotBlocks (or, for a
+                  volume made from a snapshot, ListChangedBlocks against it)
                   + per later backup, ceil(changed blocks / 10,000) ListChangedBlocks
 
-The EBS direct API calls are paced at 20 a second each, so the wall time is about
-ListChangedBlocks / 20 seconds.
+The EBS direct API calls are paced at 50 a second each (their Service Quotas), so the
+wall time is about ListChangedBlocks / 50 seconds, plus the endpoint's own time.
 
     .venv/bin/python -m bench.cost_calls 10 100
 """
@@ -34,7 +36,8 @@ from localaws.fleet import REGION, ROOT, aws_env, build_network, write_config
 
 BACKUPS, VOLUMES = 7, 2
 FIRST_BLOCKS, DAILY_CHANGE = 1000, BLOCKS_PER_GIB // 50
-COLUMNS = ["DescribeImages", "DescribeSnapshots", "ListSnapshotBlocks", "ListChangedBlocks"]
+COLUMNS = ["DescribeImages", "DescribeSnapshots", "DescribeVolumes", "ListSnapshotsInRecycleBin",
+           "ListSnapshotBlocks", "ListChangedBlocks"]  # fmt: skip
 
 
 def servers_with_two_volumes(endpoint: Endpoint, count: int) -> tuple[list[dict], list[str]]:
@@ -84,7 +87,8 @@ def bench(endpoint: Endpoint, count: int, workdir: Path) -> list[str]:
         time.sleep(1.0)  # the next run's image names are a second later
     wall, calls = run(endpoint, config, "--cost")
     snapshots = count * VOLUMES * BACKUPS
-    budget = 1 + math.ceil(snapshots / 200) + count * VOLUMES * BACKUPS
+    budget = 1 + math.ceil(snapshots / 200) + math.ceil(count * VOLUMES / 200) + 1
+    budget += count * VOLUMES * BACKUPS
     cells = [str(count), str(snapshots), f"{wall:.1f}", str(sum(calls.values())), str(budget)]
     cells += [str(calls.get(column, 0)) for column in COLUMNS]
     return ["| " + " | ".join(cells) + " |"]

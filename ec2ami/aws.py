@@ -145,7 +145,7 @@ def connect(
 
 
 def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session, Config]:
-    """The session for PROFILE and REGION, and a client Config with botocore's standard retries."""
+    """The session for PROFILE and REGION, and a client Config with botocore's retries."""
     try:
         core = botocore.session.Session(profile=profile)
         # AWS_REGION is what other SDKs and the AWS CLI read; botocore reads AWS_DEFAULT_REGION.
@@ -160,9 +160,13 @@ def base_session(profile: str | None, region: str | None) -> tuple[boto3.Session
         )
     check_region(session)
     attempts = core.get_config_variable("max_attempts") or DEFAULT_MAX_ATTEMPTS
+    # botocore's standard retries, unless AWS_RETRY_MODE (or retry_mode in the profile)
+    # asks for adaptive; its default, legacy, is not taken (bench/throttled.py compares).
+    adaptive = core.get_config_variable("retry_mode") == "adaptive"
     config = Config(
-        retries={"mode": "standard", "total_max_attempts": int(attempts)}, user_agent_extra=TOOL,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        retries={"mode": "adaptive" if adaptive else "standard",
+                 "total_max_attempts": int(attempts)},
+        user_agent_extra=TOOL, connect_timeout=CONNECT_TIMEOUT_SECONDS,
     )  # fmt: skip
     return session, config
 

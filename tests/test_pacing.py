@@ -127,3 +127,18 @@ def test_a_backup_in_a_busier_account_slows_down_instead_of_failing(ec2, iam, tm
     assert len(managed(ec2)) == 12
     refusals = endpoint.count("CreateImage", ok=False)
     assert 0 < refusals <= 5  # 2 or 3 here; 9 when the pacer does not slow down
+
+
+@pytest.mark.parametrize(
+    ("env", "mode"),
+    [({}, "standard"), ({"AWS_RETRY_MODE": "legacy"}, "standard"),
+     ({"AWS_RETRY_MODE": "adaptive"}, "adaptive")],
+)  # fmt: skip
+def test_retries_are_standard_unless_the_operator_asks_for_adaptive(monkeypatch, env, mode):
+    """botocore's adaptive mode is the operator's choice (bench/throttled.py measures it);
+    its default, legacy, never: it retries fewer errors, with a different backoff."""
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _, config = aws.base_session(None, "eu-west-1")
+    assert config.retries["mode"] == mode
