@@ -56,3 +56,36 @@ def test_a_broken_diagram_does_not_render(tmp_path):
     broken = tmp_path / "broken.md"
     broken.write_text("# x\n\n```mermaid\nflowchart LR\n  a --> ((b\n```\n")
     assert render(broken, tmp_path).returncode != 0
+
+
+def test_the_guides_numbers_are_the_benchmarks_and_the_calculators():
+    """The strategies' prices and every measured figure are generated, so they cannot
+    drift from docs/plan_dr.py or bench/RESULTS.md."""
+    from tools.make_guide import render as render_guide
+
+    text = STRATEGY.read_text()
+    assert text == render_guide(text), "run: python tools/make_guide.py"
+    assert "| fleet restore, N servers |" in text and "| 1000 |" in text
+    assert "- For an RPO of a day and an RTO of 4 hours, surviving a region: backup and" in text
+
+
+def test_the_guide_cites_what_the_reviewer_asked_for():
+    text = STRATEGY.read_text()
+    for fact in ("up to 72 hours", "about 28 minutes", "Region-level rule",
+                 "file system integrity on the created image can't be guaranteed",
+                 "Elastic Disaster Recovery", "hours, in AWS's terms"):  # fmt: skip
+        assert fact in text, fact
+    assert 'fully working low-capacity standby")' not in text
+
+
+def test_the_docs_state_the_buckets_the_code_paces_to():
+    """Every "<API> <size> then <rate>" in the docs is the package's table (ec2ami/facts.py),
+    which tests/test_endpoint.py checks against EC2's throttling page."""
+    from ec2ami.facts import request_bucket
+
+    stated = re.compile(r"\b([A-Z][A-Za-z]+)(?:'s)?(?: request bucket)? \(?(\d+),? then (\d+)")
+    found = [(m[1], int(m[2]), int(m[3])) for path in sorted((ROOT / "docs").glob("*.md"))
+             for m in stated.finditer(path.read_text())]  # fmt: skip
+    assert len(found) >= 4
+    for api, size, rate in found:
+        assert request_bucket(api) == (size, rate), api
