@@ -1,6 +1,7 @@
 # make test: set up .venv from requirements-dev.txt, then lint, type-check and run every test.
 # make demo: back up a local fleet three times, lose a server and restore it (no AWS account).
-# make bench: run every benchmark against the local endpoint; write bench/RESULTS.md.
+# make bench: run every benchmark against the local endpoint; write bench/RESULTS.md and
+#   the guide's measured figures (tools/make_guide.py).
 # make dist: build dist/ec2_to_ami.pyz and dist/ami_to_ec2.pyz, one file each for a host.
 # make install: install on this admin host (root): user, directories, run-time venv, configs.
 PYTHON ?= python3
@@ -38,6 +39,7 @@ test: lint typecheck cron
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.all
+	$(PY) tools/make_guide.py
 
 dist:
 	$(PYTHON) tools/make_dist.py dist
