@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pytest
 
 from tests.conftest import ROOT
+from tools import make_guide
 
-spec = importlib.util.spec_from_file_location("plan_dr", ROOT / "docs" / "plan_dr.py")
-plan_dr = importlib.util.module_from_spec(spec)
-sys.modules["plan_dr"] = plan_dr  # its dataclasses look their module up there
-spec.loader.exec_module(plan_dr)
+plan_dr = make_guide.plan_dr()
 
 
 def priced(servers: int = 20, **times) -> dict:

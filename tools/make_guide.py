@@ -11,11 +11,13 @@ around them is the guide's own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "strategy.md"
@@ -32,8 +34,9 @@ DECISIONS = [
 ]
 
 
-def plan_dr() -> object:
-    """docs/plan_dr.py as a module."""
+@functools.cache
+def plan_dr() -> Any:
+    """docs/plan_dr.py as a module (it is a script under docs/, not a package's)."""
     spec = importlib.util.spec_from_file_location("plan_dr", ROOT / "docs" / "plan_dr.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -46,7 +49,7 @@ def run_plan(args: list[str]) -> str:
     """What docs/plan_dr.py prints for args."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        plan_dr().main(args)  # type: ignore[attr-defined]
+        plan_dr().main(args)
     return out.getvalue()
 
 
